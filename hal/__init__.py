@@ -1,0 +1,1 @@
+"""Hardware abstraction layer for cp-agent: interfaces, drivers and the mock HAL."""

@@ -1,0 +1,264 @@
+"""Hardware abstraction layer: the contracts every driver (real or mock) fulfils.
+
+The HAL speaks volts, amps, watt-hours, pilot states, token UIDs and faults, never OCPP.
+Everything above it (the version-neutral core) is written against these interfaces only,
+so a bench rig, a controller board and the mock HAL are interchangeable.
+
+Events flow *up* through one listener callback that the HAL calls on the event-loop thread
+(drivers whose libraries call back on other threads hand events over with
+``loop.call_soon_threadsafe``).  Commands flow *down* as awaitable methods, each of which
+must return (or raise :class:`HalError`) within a bounded time.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+class PilotState(enum.StrEnum):
+    """IEC 61851-1 control pilot states as the EVSE sees them."""
+
+    A = "A"  # no EV connected (+12 V)
+    B = "B"  # EV connected, not asking for energy (+9 V)
+    C = "C"  # EV connected, asking for energy (+6 V)
+    D = "D"  # asking for energy, ventilation required (+3 V)
+    E = "E"  # short / no power (0 V): error
+    F = "F"  # EVSE not available / pilot fault (-12 V): error
+
+    @property
+    def connected(self) -> bool:
+        return self in (PilotState.B, PilotState.C, PilotState.D)
+
+    @property
+    def wants_energy(self) -> bool:
+        return self in (PilotState.C, PilotState.D)
+
+    @property
+    def is_error(self) -> bool:
+        return self in (PilotState.E, PilotState.F)
+
+
+class FaultKind(enum.StrEnum):
+    """Faults a HAL can report; the core maps them to protocol error codes."""
+
+    METER = "meter"  # meter does not answer / answers garbage
+    WELDED = "welded"  # contactor feedback says closed while commanded open
+    CONTACTOR_FAILED = "contactor_failed"  # feedback says open while commanded closed
+    PILOT = "pilot"  # pilot in state E or F, or diode check failed
+    READER = "reader"  # token reader gone
+    LOCK = "lock"  # connector lock failed
+    EV_BOARD = "ev_board"  # EVSE controller board does not answer
+    OVER_CURRENT = "over_current"  # EV draws more than offered
+    OVER_VOLTAGE = "over_voltage"
+    UNDER_VOLTAGE = "under_voltage"
+    OVER_TEMPERATURE = "over_temperature"
+    GROUND_FAILURE = "ground_failure"  # RCD tripped
+    INTERNAL = "internal"
+
+
+class IndicatorState(enum.StrEnum):
+    OFF = "off"
+    AVAILABLE = "available"
+    OCCUPIED = "occupied"  # EV connected or session being prepared
+    CHARGING = "charging"
+    FAULT = "fault"
+    UNAVAILABLE = "unavailable"
+
+
+class HalError(Exception):
+    """A device did not do what it was asked; ``kind`` says which fault to report."""
+
+    def __init__(self, kind: FaultKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    """One snapshot of the energy meter. Per-phase tuples hold L1, L2, L3 (as present)."""
+
+    energy_import_wh: float
+    energy_export_wh: float = 0.0
+    power_w: float = 0.0  # active power, positive = import (to the EV)
+    voltage_v: tuple[float, ...] = ()
+    current_a: tuple[float, ...] = ()
+    frequency_hz: float | None = None
+    power_reactive_var: float | None = None
+    power_factor: float | None = None
+    soc_percent: float | None = None
+    temperature_c: float | None = None
+
+
+# ---------------------------------------------------------------- events (up)
+
+
+@dataclass(frozen=True, slots=True)
+class PilotChanged:
+    evse_id: int
+    state: PilotState
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPresented:
+    """A card or token was read. ``evse_id`` is None for a reader shared by all EVSEs."""
+
+    uid: str
+    evse_id: int | None = None
+    reader: str = "rfid"
+    token_type: str = "ISO14443"
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRaised:
+    evse_id: int  # 0 = station-wide (e.g. a shared reader)
+    kind: FaultKind
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultCleared:
+    evse_id: int
+    kind: FaultKind
+
+
+HalEvent = PilotChanged | TokenPresented | FaultRaised | FaultCleared
+Listener = Callable[[HalEvent], None]
+
+
+# ---------------------------------------------------------------- devices (down)
+
+
+class Contactor(abc.ABC):
+    """The main contactor of one EVSE, with optional auxiliary feedback contact.
+
+    ``set`` returns once the coil is driven *and* the feedback (if any) has settled into
+    agreement; a disagreement raises ``HalError(WELDED | CONTACTOR_FAILED)``.
+    """
+
+    @abc.abstractmethod
+    async def set(self, closed: bool) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def commanded_closed(self) -> bool: ...
+
+    @abc.abstractmethod
+    def feedback_closed(self) -> bool | None:
+        """Auxiliary contact state, or None when the hardware has no feedback."""
+
+
+class PowerMeter(abc.ABC):
+    @abc.abstractmethod
+    async def read(self) -> MeterReading:
+        """Raise ``HalError(METER)`` when the meter does not answer in time."""
+
+    @property
+    def phases(self) -> int:
+        return 3
+
+
+class EvConnection(abc.ABC):
+    """The EV side: pilot state in, current limit (PWM duty) out."""
+
+    @abc.abstractmethod
+    def pilot_state(self) -> PilotState: ...
+
+    @abc.abstractmethod
+    async def set_current_limit(self, amps: float) -> None:
+        """Offer ``amps`` to the EV; 0 stops the PWM (the EV must not draw)."""
+
+    @property
+    @abc.abstractmethod
+    def current_limit(self) -> float: ...
+
+
+class ConnectorLock(abc.ABC):
+    @abc.abstractmethod
+    async def set_locked(self, locked: bool) -> bool:
+        """Return True when the lock reached the wanted position."""
+
+    @property
+    @abc.abstractmethod
+    def locked(self) -> bool: ...
+
+
+class Indicator(abc.ABC):
+    @abc.abstractmethod
+    def show(self, state: IndicatorState) -> None: ...
+
+
+class TokenReader(abc.ABC):
+    """Readers push TokenPresented events through the HAL listener; this is their health."""
+
+    name: str = "rfid"
+
+    @abc.abstractmethod
+    def healthy(self) -> bool: ...
+
+
+@dataclass
+class EvseHardware:
+    """The devices of one EVSE. Lock and indicator are optional (tethered cable, no LEDs)."""
+
+    evse_id: int
+    contactor: Contactor
+    meter: PowerMeter
+    ev: EvConnection
+    lock: ConnectorLock | None = None
+    indicator: Indicator | None = None
+    max_current_a: float = 32.0
+    phases: int = 3
+
+
+@dataclass
+class SelfCheckResult:
+    device: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class Hal(abc.ABC):
+    """A complete station's hardware. Drivers build one of these from the configuration."""
+
+    evses: dict[int, EvseHardware] = field(default_factory=dict)
+    readers: list[TokenReader] = field(default_factory=list)
+
+    @abc.abstractmethod
+    async def start(self, listener: Listener) -> None:
+        """Begin delivering events; the contactors must be open when this returns."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Open every contactor and release the devices."""
+
+    async def self_check(self) -> list[SelfCheckResult]:
+        """Probe every device; the daemon reports READY only when all are ok."""
+        results: list[SelfCheckResult] = []
+        for evse in self.evses.values():
+            try:
+                await evse.meter.read()
+                results.append(SelfCheckResult(f"evse {evse.evse_id} meter", True))
+            except HalError as exc:
+                results.append(SelfCheckResult(f"evse {evse.evse_id} meter", False, str(exc)))
+            fb = evse.contactor.feedback_closed()
+            ok = fb is None or fb == evse.contactor.commanded_closed
+            results.append(
+                SelfCheckResult(
+                    f"evse {evse.evse_id} contactor",
+                    ok,
+                    "" if ok else "feedback disagrees with coil (welded?)",
+                )
+            )
+            st = evse.ev.pilot_state()
+            results.append(
+                SelfCheckResult(
+                    f"evse {evse.evse_id} pilot", not st.is_error, f"state {st.value}"
+                )
+            )
+        for reader in self.readers:
+            results.append(SelfCheckResult(f"reader {reader.name}", reader.healthy()))
+        return results

@@ -1,0 +1,343 @@
+"""The mock HAL: a simulated station and EV, indistinguishable from real drivers above the HAL.
+
+The simulated EV follows IEC 61851 as a real car does: plugging in gives state B, and it moves
+to C once the pilot offers at least 6 A (unless told to pause), drawing
+``min(offered, ev_max_current)`` at nominal voltage on its phases.  The meter integrates
+energy over the injected monotonic clock, so a fast clock in tests makes energy flow fast.
+Faults are injected by name (:class:`FaultKind`) from tests or from ``cp-agent ctl``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from hal.interfaces import (
+    ConnectorLock,
+    Contactor,
+    EvConnection,
+    EvseHardware,
+    FaultCleared,
+    FaultKind,
+    FaultRaised,
+    Hal,
+    HalError,
+    HalEvent,
+    Indicator,
+    IndicatorState,
+    Listener,
+    MeterReading,
+    PilotChanged,
+    PilotState,
+    PowerMeter,
+    TokenPresented,
+    TokenReader,
+)
+
+NOMINAL_VOLTAGE = 230.0
+MIN_PILOT_CURRENT = 6.0
+
+Monotonic = Callable[[], float]
+
+
+class _Sim:
+    """Physics of one EVSE + EV pair, shared by its mock devices."""
+
+    def __init__(self, evse_id: int, phases: int, ev_max_current: float, now: Monotonic,
+                 emit: Callable[[HalEvent], None]) -> None:
+        self.evse_id = evse_id
+        self.phases = phases
+        self.ev_max_current = ev_max_current
+        self.now = now
+        self.emit = emit
+        self.plugged = False
+        self.paused = False  # the EV does not ask for energy (stays in B)
+        self.forced: PilotState | None = None  # `ctl ev EVSE STATE` / pilot fault
+        self.offered = 0.0
+        self.coil_closed = False
+        self.welded = False
+        self.meter_fault = False
+        self.energy_wh = 0.0
+        self._last_t = now()
+        self._state = PilotState.A
+
+    # -- physics
+    def pilot(self) -> PilotState:
+        if self.forced is not None:
+            return self.forced
+        if not self.plugged:
+            return PilotState.A
+        if not self.paused and self.offered >= MIN_PILOT_CURRENT:
+            return PilotState.C
+        return PilotState.B
+
+    def power_closed(self) -> bool:
+        return self.coil_closed or self.welded
+
+    def current(self) -> float:
+        if self.power_closed() and self.pilot().wants_energy:
+            if self.offered >= MIN_PILOT_CURRENT:
+                return min(self.offered, self.ev_max_current)
+        return 0.0
+
+    def power(self) -> float:
+        return self.current() * NOMINAL_VOLTAGE * self.phases
+
+    def integrate(self) -> None:
+        t = self.now()
+        dt = max(0.0, t - self._last_t)
+        self._last_t = t
+        self.energy_wh += self.power() * dt / 3600.0
+
+    def changed(self) -> None:
+        """Call after any input changed: integrates up to now, emits a pilot change if any."""
+        new = self.pilot()
+        if new != self._state:
+            self._state = new
+            self.emit(PilotChanged(self.evse_id, new))
+
+
+class MockContactor(Contactor):
+    def __init__(self, sim: _Sim) -> None:
+        self._sim = sim
+
+    async def set(self, closed: bool) -> None:
+        self._sim.integrate()
+        self._sim.coil_closed = closed
+        self._sim.changed()
+        fb = self.feedback_closed()
+        if fb != closed:
+            kind = FaultKind.WELDED if fb else FaultKind.CONTACTOR_FAILED
+            raise HalError(kind, f"evse {self._sim.evse_id}: contactor feedback "
+                                 f"{'closed' if fb else 'open'} while commanded "
+                                 f"{'closed' if closed else 'open'}")
+
+    @property
+    def commanded_closed(self) -> bool:
+        return self._sim.coil_closed
+
+    def feedback_closed(self) -> bool | None:
+        return self._sim.power_closed()
+
+
+class MockMeter(PowerMeter):
+    def __init__(self, sim: _Sim) -> None:
+        self._sim = sim
+
+    @property
+    def phases(self) -> int:
+        return self._sim.phases
+
+    async def read(self) -> MeterReading:
+        if self._sim.meter_fault:
+            raise HalError(FaultKind.METER, f"evse {self._sim.evse_id}: meter does not answer")
+        self._sim.integrate()
+        amps = self._sim.current()
+        n = self._sim.phases
+        return MeterReading(
+            energy_import_wh=round(self._sim.energy_wh, 3),
+            power_w=round(self._sim.power(), 1),
+            voltage_v=(NOMINAL_VOLTAGE,) * n,
+            current_a=(round(amps, 2),) * n,
+            frequency_hz=50.0,
+        )
+
+
+class MockEv(EvConnection):
+    def __init__(self, sim: _Sim) -> None:
+        self._sim = sim
+
+    def pilot_state(self) -> PilotState:
+        return self._sim.pilot()
+
+    async def set_current_limit(self, amps: float) -> None:
+        self._sim.integrate()
+        self._sim.offered = max(0.0, float(amps))
+        self._sim.changed()
+
+    @property
+    def current_limit(self) -> float:
+        return self._sim.offered
+
+
+class MockLock(ConnectorLock):
+    def __init__(self) -> None:
+        self._locked = False
+        self.fail = False
+
+    async def set_locked(self, locked: bool) -> bool:
+        if self.fail:
+            return False
+        self._locked = locked
+        return True
+
+    @property
+    def locked(self) -> bool:
+        return self._locked
+
+
+class MockIndicator(Indicator):
+    def __init__(self) -> None:
+        self.state = IndicatorState.OFF
+
+    def show(self, state: IndicatorState) -> None:
+        self.state = state
+
+
+class MockReader(TokenReader):
+    def __init__(self, name: str = "rfid") -> None:
+        self.name = name
+        self.gone = False
+
+    def healthy(self) -> bool:
+        return not self.gone
+
+
+class MockHal(Hal):
+    """A station of ``evse_count`` EVSEs with simulated EVs, one shared RFID reader."""
+
+    def __init__(self, evse_count: int = 1, *, phases: int = 3, max_current_a: float = 32.0,
+                 ev_max_current_a: float = 16.0, monotonic: Monotonic = time.monotonic) -> None:
+        super().__init__()
+        self._listener: Listener | None = None
+        self._pending: list[HalEvent] = []
+        self.sims: dict[int, _Sim] = {}
+        self.reader = MockReader()
+        self.readers = [self.reader]
+        for evse_id in range(1, evse_count + 1):
+            sim = _Sim(evse_id, phases, ev_max_current_a, monotonic, self._emit)
+            self.sims[evse_id] = sim
+            self.evses[evse_id] = EvseHardware(
+                evse_id=evse_id,
+                contactor=MockContactor(sim),
+                meter=MockMeter(sim),
+                ev=MockEv(sim),
+                lock=MockLock(),
+                indicator=MockIndicator(),
+                max_current_a=max_current_a,
+                phases=phases,
+            )
+
+    def _emit(self, event: HalEvent) -> None:
+        if self._listener is None:
+            self._pending.append(event)
+        else:
+            self._listener(event)
+
+    async def start(self, listener: Listener) -> None:
+        for evse in self.evses.values():
+            try:
+                await evse.contactor.set(False)
+            except HalError as exc:  # welded at start-up: reported, never hidden
+                self._pending.append(FaultRaised(evse.evse_id, exc.kind, str(exc)))
+        self._listener = listener
+        pending, self._pending = self._pending, []
+        for event in pending:
+            listener(event)
+
+    async def stop(self) -> None:
+        for evse in self.evses.values():
+            try:
+                await evse.contactor.set(False)
+            except HalError:
+                pass
+            await evse.ev.set_current_limit(0)
+        self._listener = None
+
+    # ------------------------------------------------------------ bench controls
+
+    def _sim(self, evse_id: int) -> _Sim:
+        try:
+            return self.sims[evse_id]
+        except KeyError:
+            raise ValueError(f"no EVSE {evse_id} (this station has {sorted(self.sims)})") from None
+
+    def plug(self, evse_id: int, *, ev_max_current_a: float | None = None) -> None:
+        sim = self._sim(evse_id)
+        sim.integrate()
+        sim.plugged = True
+        sim.paused = False
+        if ev_max_current_a is not None:
+            sim.ev_max_current = ev_max_current_a
+        sim.changed()
+
+    def unplug(self, evse_id: int) -> None:
+        sim = self._sim(evse_id)
+        sim.integrate()
+        sim.plugged = False
+        sim.paused = False
+        if sim.forced in (PilotState.B, PilotState.C, PilotState.D):
+            sim.forced = None
+        sim.changed()
+
+    def set_ev_state(self, evse_id: int, state: PilotState | str) -> None:
+        """Force what the EV does: A unplugs, B pauses, C/D resume asking, E/F are pilot faults."""
+        state = PilotState(state)
+        sim = self._sim(evse_id)
+        sim.integrate()
+        if state == PilotState.A:
+            sim.plugged, sim.paused, sim.forced = False, False, None
+        elif state == PilotState.B:
+            sim.plugged, sim.paused, sim.forced = True, True, None
+        elif state == PilotState.C:
+            sim.plugged, sim.paused, sim.forced = True, False, None
+        else:  # D is C with ventilation; E/F are errors and override everything
+            if state == PilotState.D:
+                sim.plugged, sim.paused = True, False
+            sim.forced = state
+        sim.changed()
+
+    def tap(self, uid: str, evse_id: int | None = None) -> bool:
+        """Present a card; returns False when the reader is faulted (the tap is lost)."""
+        if evse_id is not None:
+            self._sim(evse_id)
+        if self.reader.gone:
+            return False
+        self._emit(TokenPresented(uid=uid, evse_id=evse_id, reader=self.reader.name))
+        return True
+
+    def inject_fault(self, evse_id: int, kind: FaultKind | str) -> None:
+        kind = FaultKind(kind)
+        if kind == FaultKind.READER:
+            self.reader.gone = True
+            self._emit(FaultRaised(0, kind, "mock reader unplugged"))
+            return
+        sim = self._sim(evse_id)
+        sim.integrate()
+        if kind == FaultKind.METER:
+            sim.meter_fault = True  # discovered by the core on its next read
+        elif kind == FaultKind.WELDED:
+            sim.welded = True
+            if not sim.coil_closed:
+                self._emit(FaultRaised(evse_id, kind, "feedback closed while coil open"))
+        elif kind == FaultKind.PILOT:
+            sim.forced = PilotState.E
+        elif kind == FaultKind.LOCK:
+            lock = self.evses[evse_id].lock
+            assert isinstance(lock, MockLock)
+            lock.fail = True
+        else:
+            self._emit(FaultRaised(evse_id, kind, "injected"))
+        sim.changed()
+
+    def clear_fault(self, evse_id: int, kind: FaultKind | str) -> None:
+        kind = FaultKind(kind)
+        if kind == FaultKind.READER:
+            self.reader.gone = False
+            self._emit(FaultCleared(0, kind))
+            return
+        sim = self._sim(evse_id)
+        sim.integrate()
+        if kind == FaultKind.METER:
+            sim.meter_fault = False
+        elif kind == FaultKind.WELDED:
+            sim.welded = False
+        elif kind == FaultKind.PILOT:
+            if sim.forced in (PilotState.E, PilotState.F):
+                sim.forced = None
+        elif kind == FaultKind.LOCK:
+            lock = self.evses[evse_id].lock
+            assert isinstance(lock, MockLock)
+            lock.fail = False
+        sim.changed()
+        self._emit(FaultCleared(evse_id, kind))
