@@ -1,0 +1,240 @@
+"""The composition root: reads the configuration, builds every layer, runs and stops them.
+
+Only this module knows all the pieces.  ``Agent`` is used by ``cp-agent run`` (the daemon), by
+``cp-agent demo``, by the tests (several agents in one process) and by the swarm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from agent import __version__
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.control import ControlServer
+from agent.core.model import StopReason, Token
+from agent.core.station import Station
+from agent.link.connection import Link
+from agent.ocpp.v16.adapter import V16Adapter
+from agent.ocpp.v16.keys import ConfigurationKeys
+from agent.sdnotify import Notifier
+from agent.storage import Storage
+from hal.interfaces import FaultKind, Hal, PilotState
+from hal.mock import MockHal
+
+log = logging.getLogger("cp_agent")
+
+# How long a clean stop waits for queued transaction messages to reach a connected CSMS.
+FLUSH_ON_STOP_S = 5.0
+
+
+def build_hal(cfg: AgentConfig, clock: Clock) -> Hal:
+    """The HAL named by ``hal.driver``; the hardware factory validates its own section."""
+    try:
+        from hal.factory import build_hal as build
+        from hal.factory import parse_hal_config
+    except ImportError:  # pragma: no cover - only while the factory is absent
+        raw = dict(cfg.hal)
+        if raw.pop("driver", None) != "mock":
+            raise
+        return MockHal(len(cfg.evses), monotonic=clock.monotonic, **raw)
+    hal_cfg = parse_hal_config(cfg.hal, cfg.evse_ids)
+    return build(hal_cfg, monotonic=clock.monotonic)
+
+
+class Agent:
+    """One charge point: storage, HAL, core, protocol adapter, link, control socket."""
+
+    def __init__(self, cfg: AgentConfig, *, clock: Clock | None = None,
+                 hal: Hal | None = None, notifier: Notifier | None = None,
+                 control: bool = True,
+                 on_frame: Callable[[str, str, str, str, dict], None] | None = None) -> None:
+        self.cfg = cfg
+        self.clock = clock or Clock()
+        self.notifier = notifier or Notifier()
+        self.storage = Storage(cfg.storage.path)
+        self.hal = hal or build_hal(cfg, self.clock)
+        limits = {e.id: (e.max_current_a, e.min_current_a) for e in cfg.evses}
+        self.station = Station(self.hal, self.storage, self.clock, evse_limits=limits,
+                               meter_persist_s=cfg.storage.meter_persist_s)
+        self.keys = ConfigurationKeys(self.storage, len(cfg.evses), cfg.ocpp.defaults)
+        self.reset_kind: str | None = None
+        self._stop = asyncio.Event()
+        self.v16 = V16Adapter(
+            station=self.station, storage=self.storage, clock=self.clock, keys=self.keys,
+            station_id=cfg.station.id, vendor=cfg.station.vendor, model=cfg.station.model,
+            serial_number=cfg.station.serial_number,
+            firmware_version=cfg.station.firmware_version or f"cp-agent {__version__}",
+            request_reset=self._request_reset)
+        adapters: dict[str, Any] = {"1.6": self.v16}
+        self.adapter = self.v16
+        self.station.observer = self.v16
+        self.station.authorizer = self.v16
+        self.link = Link(cfg.ocpp, cfg.station.id, adapters, clock=self.clock,
+                         ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),
+                         on_version=self._on_version, on_frame=on_frame)
+        self.control = ControlServer(cfg.control.socket, self.handle_control) if control else None
+        self._tasks: list[asyncio.Task] = []
+        self.ready = asyncio.Event()
+
+    def _on_version(self, adapter: Any) -> None:
+        self.adapter = adapter
+        self.station.observer = adapter
+        self.station.authorizer = adapter
+
+    async def _request_reset(self, kind: str) -> None:
+        self.reset_kind = kind
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        await self.station.start()
+        await self.v16.start()
+        if self.control is not None:
+            await self.control.start()
+        self._tasks.append(asyncio.create_task(self._ready_when_healthy(), name="self-check"))
+        self._tasks.append(asyncio.create_task(self.link.run(), name="link"))
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(interval / 2),
+                                                   name="watchdog"))
+
+    async def _ready_when_healthy(self) -> None:
+        """READY=1 only once every device answers; until then systemd sees us starting."""
+        while True:
+            results = await self.hal.self_check()
+            bad = [r for r in results if not r.ok]
+            if not bad:
+                self.notifier.ready(f"station {self.cfg.station.id} running")
+                self.ready.set()
+                return
+            text = "; ".join(f"{r.device}: {r.detail or 'failed'}" for r in bad)
+            log.error("self-check failed, not ready: %s", text)
+            self.notifier.status(f"waiting for devices: {text}"[:200])
+            await self.clock.sleep(5)
+
+    async def _watchdog(self, period: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(period)
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def stop(self, reason: StopReason = StopReason.REBOOT) -> None:
+        """Contactors open first; then transactions end, their Stops get a moment to go out."""
+        self.notifier.stopping()
+        for evse in self.station.evses.values():
+            await evse.emergency_open()
+        if self.reset_kind is None:
+            await self.station.end_all(reason)
+        if self.v16.online and self.storage.outbox_count():
+            self.v16.outbox.wake()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.v16.outbox.idle.wait(), FLUSH_ON_STOP_S)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.close()
+        await self.v16.stop()
+        await self.station.stop()
+        if self.control is not None:
+            await self.control.stop()
+        self.storage.close()
+        self.notifier.close()
+
+    async def run(self) -> str | None:
+        """Run until SIGTERM/SIGINT or a Reset; returns the reset kind, if any."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        try:
+            await self.wait()
+        finally:
+            await self.stop()
+        return self.reset_kind
+
+    # ------------------------------------------------------------------ control socket
+
+    def status(self) -> dict[str, Any]:
+        evses = []
+        for snap in self.station.snapshots():
+            evses.append({
+                "evse": snap.evse_id, "connector": snap.connector_id,
+                "pilot": snap.pilot.value, "contactor": "closed" if snap.contactor_closed
+                else "open", "status": snap.status.value,
+                "transaction_id": snap.tx_remote_id, "local_transaction_id": snap.tx_local_id,
+                "token": snap.token,
+                "energy_wh": round(snap.energy_wh, 1) if snap.energy_wh is not None else None,
+                "meter_wh": round(snap.reading.energy_import_wh, 1) if snap.reading else None,
+                "power_w": snap.power_w, "current_limit_a": snap.offered_a,
+                "max_current_a": snap.limit_a, "operative": snap.operative,
+                "faults": [str(f) for f in snap.faults],
+            })
+        return {"station": self.cfg.station.id, "link": self.link.state,
+                "ocpp_version": self.link.version, "registration": self.v16.registration,
+                "last_error": self.link.last_error, "outbox": self.storage.outbox_count(),
+                "station_faults": [str(f) for f in self.station.station_faults],
+                "evses": evses}
+
+    def _mock(self) -> MockHal:
+        if not isinstance(self.hal, MockHal):
+            raise ValueError("this command drives the mock HAL; the agent runs on hardware")
+        return self.hal
+
+    def _evse_id(self, args: dict) -> int:
+        evse = args.get("evse")
+        if not isinstance(evse, int) or evse not in self.station.evses:
+            raise ValueError(f"no EVSE {evse!r}; this station has EVSEs "
+                             f"{sorted(self.station.evses)}")
+        return evse
+
+    async def handle_control(self, request: dict) -> Any:
+        cmd = request.get("cmd")
+        args = request.get("args") or {}
+        if cmd == "status":
+            return self.status()
+        if cmd == "plug":
+            self._mock().plug(self._evse_id(args))
+        elif cmd == "unplug":
+            self._mock().unplug(self._evse_id(args))
+        elif cmd == "ev":
+            self._mock().set_ev_state(self._evse_id(args), PilotState(args.get("state")))
+        elif cmd == "tap":
+            token = args.get("token")
+            if not isinstance(token, str) or not token:
+                raise ValueError("tap needs a token")
+            evse = args.get("evse")
+            if evse is not None:
+                self._evse_id(args)
+            if isinstance(self.hal, MockHal):
+                if not self.hal.tap(token, evse):
+                    raise ValueError("the RFID reader is faulted (clear-fault 0 reader)")
+                return {"tapped": token}
+            return {"result": await self.station.present_token(Token(token), evse)}
+        elif cmd in ("fault", "clear-fault"):
+            kind = FaultKind(args.get("kind"))
+            evse = args.get("evse")
+            if kind != FaultKind.READER:
+                evse = self._evse_id(args)
+            if isinstance(self.hal, MockHal):
+                (self.hal.inject_fault if cmd == "fault" else self.hal.clear_fault)(
+                    evse or 0, kind)
+            elif cmd == "clear-fault":
+                await self.station.evses[evse].clear_fault(kind)
+            else:
+                await self.station.evses[evse].raise_fault(kind, "raised from ctl")
+        else:
+            raise ValueError(f"unknown command {cmd!r}")
+        return self.status()

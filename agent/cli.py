@@ -1,0 +1,139 @@
+"""`cp-agent` command line: run (the daemon), demo, ctl (bench tool), doctor (hardware probe)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from agent import __version__
+from agent.config import AgentConfig, ConfigError, load_config
+
+EXIT_CONFIG = 2
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal adds its own timestamps; keep lines short and greppable.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+def _load(path: str) -> AgentConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"cp-agent: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    cfg = _load(ns.config)
+    _setup_logging(ns.log_level or cfg.log.level)
+    from agent.app import Agent
+    from agent.storage import StorageError
+
+    async def main() -> str | None:
+        agent = Agent(cfg)
+        return await agent.run()
+
+    try:
+        reset = asyncio.run(main())
+    except StorageError as exc:
+        logging.getLogger("cp_agent").critical("state storage unusable: %s", exc)
+        return 3
+    except KeyboardInterrupt:
+        return 0
+    if reset is not None:
+        # Reset: start the same program afresh (same PID, so systemd keeps supervising it).
+        logging.getLogger("cp_agent").warning("%s reset: restarting", reset)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:]])
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return asyncio.run(run_demo(version=ns.ocpp, verbose=ns.verbose))
+
+
+def cmd_ctl(argv: list[str]) -> int:
+    from agent.control import ctl_main
+
+    return ctl_main(argv, os.environ.get("CP_AGENT_SOCKET"))
+
+
+def cmd_doctor(ns: argparse.Namespace) -> int:
+    cfg = _load(ns.config)
+    try:
+        from agent.doctor import doctor
+        from hal.factory import HalConfigError, parse_hal_config
+    except ImportError:
+        print("cp-agent doctor: hardware support is not installed", file=sys.stderr)
+        return 1
+    try:
+        hal_cfg = parse_hal_config(cfg.hal, cfg.evse_ids)
+    except HalConfigError as exc:
+        print(f"cp-agent: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(doctor(hal_cfg, sys.stdout))
+
+
+def cmd_check_config(ns: argparse.Namespace) -> int:
+    cfg = _load(ns.config)
+    try:
+        from hal.factory import HalConfigError, parse_hal_config
+    except ImportError:
+        HalConfigError = ValueError  # noqa: N806
+        parse_hal_config = None
+    if parse_hal_config is not None:
+        try:
+            parse_hal_config(cfg.hal, cfg.evse_ids)
+        except HalConfigError as exc:
+            print(f"cp-agent: configuration error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    print(f"{ns.config}: ok (station {cfg.station.id}, {len(cfg.evses)} EVSE(s), "
+          f"OCPP {', '.join(cfg.ocpp.versions)}, hal {cfg.hal.get('driver')})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cp-agent", description="OCPP charge point agent")
+    p.add_argument("--version", action="version", version=f"cp-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the station daemon")
+    r.add_argument("--config", required=True, help="YAML configuration file")
+    r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.set_defaults(func=cmd_run)
+    d = sub.add_parser("demo", help="play a charging session against a local CSMS (mock HAL)")
+    d.add_argument("--ocpp", default="1.6", choices=["1.6", "2.0.1"],
+                   help="OCPP version to speak (default 1.6)")
+    d.add_argument("-v", "--verbose", action="store_true", help="also print agent logs")
+    d.set_defaults(func=cmd_demo)
+    sub.add_parser("ctl", help="drive a running agent (bench tool); see `cp-agent ctl -h`",
+                   add_help=False)
+    doc = sub.add_parser("doctor", help="probe every configured device")
+    doc.add_argument("--config", required=True)
+    doc.set_defaults(func=cmd_doctor)
+    c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    c.add_argument("--config", required=True)
+    c.set_defaults(func=cmd_check_config)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "ctl":
+        return cmd_ctl(argv[1:])
+    ns = build_parser().parse_args(argv)
+    return ns.func(ns)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

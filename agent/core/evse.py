@@ -1,0 +1,528 @@
+"""One EVSE: the session life cycle and the safety invariants, independent of OCPP versions.
+
+Every input (pilot change, fault, authorization, command) mutates state under one lock and
+then calls :meth:`EvseController._reconcile`, which derives the outputs from the state alone:
+the PWM offer, the contactor and the connector status.  Deriving instead of sequencing means
+no combination of events can leave the contactor closed when an invariant says open:
+
+    contactor closed  <=>  EV asks (C/D) and session authorized and energy allowed
+                           and EVSE operative and no blocking fault and offer >= minimum
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+
+from agent.clock import Clock
+from agent.core.model import (
+    BLOCKING_FAULTS,
+    AuthResult,
+    ConnectorStatus,
+    CoreObserver,
+    EvseSnapshot,
+    Session,
+    StopReason,
+    Token,
+    TxPoint,
+)
+from agent.storage import Storage, TxRecord
+from hal.interfaces import EvseHardware, FaultKind, HalError, IndicatorState, MeterReading
+
+log = logging.getLogger("cp_agent.evse")
+
+_INDICATOR = {
+    ConnectorStatus.AVAILABLE: IndicatorState.AVAILABLE,
+    ConnectorStatus.PREPARING: IndicatorState.OCCUPIED,
+    ConnectorStatus.CHARGING: IndicatorState.CHARGING,
+    ConnectorStatus.SUSPENDED_EV: IndicatorState.OCCUPIED,
+    ConnectorStatus.SUSPENDED_EVSE: IndicatorState.OCCUPIED,
+    ConnectorStatus.FINISHING: IndicatorState.OCCUPIED,
+    ConnectorStatus.RESERVED: IndicatorState.OCCUPIED,
+    ConnectorStatus.UNAVAILABLE: IndicatorState.UNAVAILABLE,
+    ConnectorStatus.FAULTED: IndicatorState.FAULT,
+}
+
+
+class EvseController:
+    """State and outputs of one EVSE (with one connector)."""
+
+    def __init__(self, hw: EvseHardware, *, connector_id: int = 1, max_current_a: float,
+                 min_current_a: float = 6.0, storage: Storage, clock: Clock,
+                 observer: Callable[[], CoreObserver]) -> None:
+        self.hw = hw
+        self.id = hw.evse_id
+        self.connector_id = connector_id
+        self.max_current_a = min(max_current_a, hw.max_current_a)
+        self.min_current_a = min_current_a
+        self._storage = storage
+        self._clock = clock
+        self._observer = observer
+        self.lock = asyncio.Lock()
+        self.session: Session | None = None
+        self.faults: dict[FaultKind, str] = {}
+        self.operative = storage.get_setting(f"core.evse.{self.id}.operative") != "0"
+        self.pending_operative: bool | None = None  # ChangeAvailability scheduled after the tx
+        self.external_limit_a: float | None = None  # smart charging / CSMS limit
+        self.reserved_for: dict | None = None
+        self.reading: MeterReading | None = None
+        self.status = ConnectorStatus.UNAVAILABLE
+        self._last_reported: tuple[ConnectorStatus, FaultKind | None] | None = None
+        self._connection_timer: asyncio.Task[None] | None = None
+        self.connection_timeout_s: Callable[[], float] = lambda: 60.0
+        self.start_points: Callable[[], frozenset[TxPoint]] = (
+            lambda: frozenset({TxPoint.POWER_PATH_CLOSED}))
+        self.stop_points: Callable[[], frozenset[TxPoint]] = (
+            lambda: frozenset({TxPoint.POWER_PATH_CLOSED}))
+        self.on_tx_closed: Callable[[TxRecord], None] | None = None
+        # Observers of what the EVSE does to its hardware (demo timeline, latency benchmark).
+        self.trace: Callable[[int, str, dict], None] | None = None
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def pilot(self):  # noqa: ANN201 - PilotState
+        return self.hw.ev.pilot_state()
+
+    @property
+    def ev_connected(self) -> bool:
+        return self.pilot.connected
+
+    @property
+    def blocking_fault(self) -> FaultKind | None:
+        for kind in self.faults:
+            if kind in BLOCKING_FAULTS:
+                return kind
+        return None
+
+    @property
+    def limit_a(self) -> float:
+        limit = self.max_current_a
+        if self.external_limit_a is not None:
+            limit = min(limit, self.external_limit_a)
+        return limit
+
+    @property
+    def tx(self) -> TxRecord | None:
+        s = self.session
+        return s.tx if s is not None and s.ended_reason is None else None
+
+    def energy_wh(self) -> float | None:
+        tx = self.tx
+        if tx is None or self.reading is None:
+            return None
+        return max(0.0, self.reading.energy_import_wh - tx.meter_start_wh)
+
+    def snapshot(self) -> EvseSnapshot:
+        tx = self.tx
+        return EvseSnapshot(
+            evse_id=self.id, connector_id=self.connector_id, status=self.status,
+            pilot=self.pilot, contactor_closed=self.hw.contactor.commanded_closed,
+            offered_a=self.hw.ev.current_limit, limit_a=self.limit_a,
+            operative=self.operative, faults=tuple(self.faults),
+            token=self.session.token.id if self.session and self.session.token else None,
+            tx_local_id=tx.local_id if tx else None,
+            tx_remote_id=tx.remote_id if tx else None,
+            energy_wh=self.energy_wh(),
+            power_w=self.reading.power_w if self.reading else None,
+            reading=self.reading,
+        )
+
+    # ------------------------------------------------------------------ derivations
+
+    def _offer(self) -> float:
+        s = self.session
+        if (s is None or not s.authorized or not s.energy_allowed or s.ended_reason is not None
+                or not self.operative or self.blocking_fault is not None
+                or not self.ev_connected):
+            return 0.0
+        limit = self.limit_a
+        return limit if limit >= self.min_current_a else 0.0
+
+    def _derive_status(self) -> ConnectorStatus:
+        s = self.session
+        if self.blocking_fault is not None:
+            return ConnectorStatus.FAULTED
+        if s is not None and s.tx is not None and s.ended_reason is None:
+            if self.hw.contactor.commanded_closed and self.pilot.wants_energy:
+                return ConnectorStatus.CHARGING
+            if self.hw.ev.current_limit >= self.min_current_a and self.ev_connected:
+                return ConnectorStatus.SUSPENDED_EV
+            if not self.ev_connected:
+                # Transaction kept open across an unplug (StopTransactionOnEVSideDisconnect
+                # false): the EVSE is waiting for the EV, not offering energy.
+                return ConnectorStatus.SUSPENDED_EVSE
+            return ConnectorStatus.SUSPENDED_EVSE
+        if s is not None and s.ended_reason is not None and self.ev_connected:
+            return ConnectorStatus.FINISHING
+        if not self.operative:
+            return ConnectorStatus.UNAVAILABLE
+        if self.ev_connected or (s is not None and s.authorized):
+            return ConnectorStatus.PREPARING
+        if self.reserved_for is not None:
+            return ConnectorStatus.RESERVED
+        return ConnectorStatus.AVAILABLE
+
+    # ------------------------------------------------------------------ the one output path
+
+    def _trace(self, what: str, **detail: object) -> None:
+        if self.trace is not None:
+            self.trace(self.id, what, detail)
+
+    async def _set_contactor(self, closed: bool) -> None:
+        try:
+            await self.hw.contactor.set(closed)
+            self._trace("contactor", closed=closed)
+        except HalError as exc:
+            self._raise_fault(exc.kind, str(exc))
+            if closed:
+                # Closing failed: make sure we are not left half-closed.
+                try:
+                    await self.hw.contactor.set(False)
+                except HalError:
+                    pass
+
+    async def _reconcile(self) -> None:
+        """Drive the outputs from the state. Must be called with ``self.lock`` held."""
+        try:
+            offer = self._offer()
+            want_closed = offer >= self.min_current_a and self.pilot.wants_energy
+            if not want_closed and self.hw.contactor.commanded_closed:
+                await self._set_contactor(False)
+            if self.hw.ev.current_limit != offer:
+                try:
+                    await self.hw.ev.set_current_limit(offer)
+                    self._trace("pwm", amps=offer)
+                except HalError as exc:
+                    self._raise_fault(exc.kind, str(exc))
+                    offer = 0.0
+                    want_closed = False
+            # The fault handling above may have changed the picture: ask again before closing.
+            if (want_closed and not self.hw.contactor.commanded_closed
+                    and self._offer() >= self.min_current_a and self.pilot.wants_energy):
+                await self._set_contactor(True)
+                if self.hw.contactor.commanded_closed and self.session is not None:
+                    self._observer().session_event(self.id, "power_path_closed", {})
+            self._check_tx_points()
+        except Exception:
+            log.exception("evse %s: error in EVSE logic; opening the contactor", self.id)
+            await self.emergency_open()
+            raise
+        finally:
+            self._update_status()
+
+    async def emergency_open(self) -> None:
+        """Open the contactor and stop the PWM whatever else is going on (invariant 1)."""
+        for action in (lambda: self.hw.contactor.set(False),
+                       lambda: self.hw.ev.set_current_limit(0)):
+            try:
+                await action()
+            except Exception as exc:  # noqa: BLE001 - nothing may stop the opening
+                log.error("evse %s: emergency open: %s", self.id, exc)
+
+    def _update_status(self) -> None:
+        new = self._derive_status()
+        if new != self.status:
+            self._trace("status", status=new.value)
+        self.status = new
+        if self.hw.indicator is not None:
+            try:
+                self.hw.indicator.show(_INDICATOR[self.status])
+            except Exception as exc:  # noqa: BLE001 - an LED is never worth a crash
+                log.warning("evse %s: indicator: %s", self.id, exc)
+        fault = self.blocking_fault or next(iter(self.faults), None)
+        key = (self.status, fault)
+        if key != self._last_reported:
+            self._last_reported = key
+            self._observer().status_changed(self.snapshot(), fault)
+
+    # ------------------------------------------------------------------ transactions
+
+    def _points_reached(self) -> set[TxPoint]:
+        s = self.session
+        reached: set[TxPoint] = set()
+        if self.ev_connected:
+            reached.add(TxPoint.EV_CONNECTED)
+        if s is not None and s.authorized:
+            reached.add(TxPoint.AUTHORIZED)
+            if self.ev_connected:
+                reached.add(TxPoint.POWER_PATH_CLOSED)
+        if self.hw.contactor.commanded_closed and self.pilot.wants_energy:
+            reached.add(TxPoint.ENERGY_TRANSFER)
+        return reached
+
+    def _check_tx_points(self) -> None:
+        s = self.session
+        reached = self._points_reached()
+        if s is None:
+            return
+        if s.tx is None and s.ended_reason is None:
+            hit = reached & self.start_points()
+            if hit:
+                self._start_tx(sorted(hit)[0])
+        elif s.tx is not None and s.ended_reason is None:
+            missing = self.stop_points() - reached
+            if missing:
+                if TxPoint.EV_CONNECTED in missing or (
+                        TxPoint.POWER_PATH_CLOSED in missing and not self.ev_connected):
+                    reason = StopReason.EV_DISCONNECTED
+                elif s.extras.get("deauth_reason"):
+                    reason = StopReason(s.extras["deauth_reason"])
+                elif TxPoint.ENERGY_TRANSFER in missing:
+                    reason = StopReason.STOPPED_BY_EV
+                else:
+                    reason = StopReason.LOCAL
+                self._end_tx(reason)
+
+    def _meter_wh(self) -> float:
+        return self.reading.energy_import_wh if self.reading is not None else 0.0
+
+    def _start_tx(self, trigger: TxPoint) -> None:
+        s = self.session
+        assert s is not None
+        token = s.token
+        now = self._clock.now_iso()
+        rec = TxRecord(
+            local_id=uuid.uuid4().hex, evse_id=self.id, connector_id=self.connector_id,
+            id_token=token.id if token else "", token_type=token.type if token else None,
+            started_at=now, meter_start_wh=self._meter_wh(), remote_id=None,
+            last_meter_wh=self._meter_wh(), last_meter_at=now, stopped_at=None,
+            stop_reason=None, meter_stop_wh=None, seq_no=0,
+            data={"remote_start_id": s.remote_start_id,
+                  "parent": s.auth.parent if s.auth else None,
+                  "auth_source": s.auth.source if s.auth else None,
+                  "offline": False},
+            closed=False,
+        )
+        with self._storage.atomic():
+            self._storage.tx_begin(rec)
+            s.tx = rec
+            self._observer().transaction_started(rec, self.snapshot(), trigger)
+        log.info("evse %s: transaction %s started (%s, token %s, meter %.1f Wh)", self.id,
+                 rec.local_id, trigger, rec.id_token, rec.meter_start_wh)
+
+    def _end_tx(self, reason: StopReason) -> None:
+        s = self.session
+        assert s is not None and s.tx is not None
+        tx = s.tx
+        now = self._clock.now_iso()
+        meter = self._meter_wh() if self.reading is not None else tx.last_meter_wh
+        with self._storage.atomic():
+            self._storage.tx_close(tx.local_id, now, reason.value, meter)
+            tx.stopped_at, tx.stop_reason = now, reason.value
+            tx.meter_stop_wh, tx.closed = meter, True
+            s.ended_reason = reason
+            self._observer().transaction_ended(tx, reason, self.snapshot())
+        log.info("evse %s: transaction %s ended (%s, %.1f Wh)", self.id, tx.local_id,
+                 reason, meter - tx.meter_start_wh)
+        if self.pending_operative is not None:
+            self._apply_operative(self.pending_operative)
+        if self.on_tx_closed is not None:
+            self.on_tx_closed(tx)
+
+    def _maybe_release_session(self) -> None:
+        """Forget the session once nothing of it remains (EV gone, transaction over or none)."""
+        s = self.session
+        if s is None:
+            return
+        if self.ev_connected:
+            return
+        if s.tx is not None and s.ended_reason is None:
+            return  # transaction kept open across an unplug
+        if s.authorized and s.tx is None and s.ended_reason is None:
+            return  # authorized, waiting for the plug (ConnectionTimeOut running)
+        if s.tx is None and s.remote_start_id is not None and s.authorized:
+            return
+        self.session = None
+        self._cancel_connection_timer()
+
+    # ------------------------------------------------------------------ inputs
+
+    async def on_pilot(self) -> None:
+        async with self.lock:
+            s = self.session
+            if self.ev_connected and s is None:
+                self.session = Session()
+                self._observer().session_event(self.id, "ev_connected", {})
+            if self.ev_connected:
+                self._cancel_connection_timer()
+            if self.pilot.is_error:
+                self._raise_fault(FaultKind.PILOT, f"pilot state {self.pilot.value}")
+            elif FaultKind.PILOT in self.faults:
+                self._clear_fault(FaultKind.PILOT)
+            if not self.ev_connected and s is not None:
+                self._observer().session_event(self.id, "ev_disconnected", {})
+            await self._reconcile()
+            self._maybe_release_session()
+            self._update_status()
+
+    async def authorize(self, token: Token, result: AuthResult, *,
+                        remote_start_id: int | None = None) -> bool:
+        """Accept an authorized token for this EVSE; False when the EVSE cannot take it."""
+        async with self.lock:
+            if not result.accepted:
+                return False
+            if not self.operative or self.blocking_fault is not None:
+                return False
+            s = self.session
+            if s is not None and (s.authorized or s.ended_reason is not None):
+                return False
+            if s is None:
+                s = self.session = Session()
+            s.token, s.auth = token, result
+            s.authorized_at = self._clock.monotonic()
+            s.remote_start_id = remote_start_id
+            self.reserved_for = None
+            self._observer().session_event(self.id, "authorized", {"token": token.id})
+            if not self.ev_connected:
+                self._start_connection_timer()
+            await self._reconcile()
+            return True
+
+    async def deauthorize(self, reason: StopReason) -> bool:
+        """End the authorization (local/remote stop, invalid id): energy stops at once.
+
+        Whether the transaction ends now or at the next stop point (e.g. the unplug, with a
+        2.0.1 TxStopPoint of EVConnected) is decided by the stop points, as for every end.
+        """
+        async with self.lock:
+            s = self.session
+            if s is None or not s.authorized or s.ended_reason is not None:
+                return False
+            s.auth = AuthResult("Invalid", source="deauthorized")
+            s.extras["deauth_reason"] = reason.value
+            await self._reconcile()
+            if s.tx is None:
+                s.token, s.auth = None, None  # back to waiting for an authorization
+                self._cancel_connection_timer()
+            self._maybe_release_session()
+            self._update_status()
+            return True
+
+    async def suspend(self, allowed: bool) -> None:
+        """Stop or resume energy without ending the session (e.g. invalid id, no tx stop)."""
+        async with self.lock:
+            if self.session is not None:
+                self.session.energy_allowed = allowed
+            await self._reconcile()
+
+    async def set_external_limit(self, amps: float | None) -> None:
+        async with self.lock:
+            self.external_limit_a = amps
+            await self._reconcile()
+
+    async def raise_fault(self, kind: FaultKind, detail: str = "") -> None:
+        async with self.lock:
+            self._raise_fault(kind, detail)
+            await self._reconcile()
+
+    async def clear_fault(self, kind: FaultKind) -> None:
+        async with self.lock:
+            self._clear_fault(kind)
+            await self._reconcile()
+
+    def _raise_fault(self, kind: FaultKind, detail: str) -> None:
+        if kind not in self.faults:
+            self.faults[kind] = detail
+            log.warning("evse %s: fault %s: %s", self.id, kind, detail)
+            self._observer().fault_changed(self.id, kind, True, detail)
+
+    def _clear_fault(self, kind: FaultKind) -> None:
+        if self.faults.pop(kind, None) is not None or kind in self.faults:
+            log.info("evse %s: fault %s cleared", self.id, kind)
+            self._observer().fault_changed(self.id, kind, False, "")
+
+    async def set_operative(self, operative: bool) -> str:
+        """ChangeAvailability: Accepted now, or Scheduled until the transaction ends."""
+        async with self.lock:
+            if self.tx is not None and not operative:
+                self.pending_operative = operative
+                return "Scheduled"
+            self._apply_operative(operative)
+            await self._reconcile()
+            return "Accepted"
+
+    def _apply_operative(self, operative: bool) -> None:
+        self.pending_operative = None
+        self.operative = operative
+        self._storage.set_setting(f"core.evse.{self.id}.operative", "1" if operative else "0")
+
+    async def unlock(self) -> str:
+        """UnlockConnector: ends a running transaction first, then releases the lock."""
+        async with self.lock:
+            s = self.session
+            if s is not None and s.tx is not None and s.ended_reason is None:
+                s.auth = AuthResult("Invalid", source="deauthorized")
+                s.extras["deauth_reason"] = StopReason.UNLOCK_COMMAND.value
+                await self._reconcile()
+                if s.ended_reason is None:
+                    self._end_tx(StopReason.UNLOCK_COMMAND)
+                self._update_status()
+            if self.hw.lock is None:
+                return "NotSupported"
+            try:
+                ok = await asyncio.wait_for(self.hw.lock.set_locked(False), 5.0)
+            except (TimeoutError, HalError):
+                ok = False
+            return "Unlocked" if ok else "UnlockFailed"
+
+    async def end_transaction(self, reason: StopReason) -> bool:
+        """Stop a running transaction now whatever the stop points say (reset, power loss)."""
+        async with self.lock:
+            s = self.session
+            if s is None or s.tx is None or s.ended_reason is not None:
+                return False
+            s.auth = AuthResult("Invalid", source="deauthorized")
+            s.extras["deauth_reason"] = reason.value
+            await self._set_contactor(False)
+            self._end_tx(reason)
+            await self._reconcile()
+            self._maybe_release_session()
+            self._update_status()
+            return True
+
+    def adopt_recovered(self, tx: TxRecord) -> None:
+        """A transaction found open after a restart is already closed by the adapter."""
+        self.session = None
+
+    async def on_meter(self, reading: MeterReading | None, error: str | None) -> None:
+        """Called by the station's sampler; the meter is the ground truth for energy."""
+        if reading is not None:
+            self.reading = reading
+            if FaultKind.METER in self.faults:
+                await self.clear_fault(FaultKind.METER)
+        elif error is not None and FaultKind.METER not in self.faults:
+            await self.raise_fault(FaultKind.METER, error)
+
+    # ------------------------------------------------------------------ ConnectionTimeOut
+
+    def _start_connection_timer(self) -> None:
+        self._cancel_connection_timer()
+        timeout = self.connection_timeout_s()
+        if timeout > 0:
+            self._connection_timer = asyncio.get_running_loop().create_task(
+                self._connection_timeout(timeout), name=f"evse{self.id}-conn-timeout")
+
+    def _cancel_connection_timer(self) -> None:
+        t = self._connection_timer
+        if t is not None and t is not asyncio.current_task():
+            t.cancel()
+        self._connection_timer = None
+
+    async def _connection_timeout(self, timeout: float) -> None:
+        await self._clock.sleep(timeout)
+        self._connection_timer = None
+        async with self.lock:
+            s = self.session
+            if s is None or self.ev_connected or s.ended_reason is not None:
+                return
+            log.info("evse %s: no EV plugged within %.0f s; authorization dropped",
+                     self.id, timeout)
+            self._observer().session_event(self.id, "connection_timeout", {})
+            if s.tx is not None:
+                s.auth = AuthResult("Invalid", source="timeout")
+                self._end_tx(StopReason.TIMEOUT)
+            self.session = None
+            await self._reconcile()

@@ -1,0 +1,132 @@
+"""Version-neutral vocabulary shared by the core and the protocol adapters."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from agent.storage import TxRecord
+from hal.interfaces import FaultKind, MeterReading, PilotState
+
+
+class ConnectorStatus(enum.StrEnum):
+    """The detailed status (1.6 ChargePointStatus); 2.0.1 adapters fold it to fewer values."""
+
+    AVAILABLE = "Available"
+    PREPARING = "Preparing"
+    CHARGING = "Charging"
+    SUSPENDED_EV = "SuspendedEV"
+    SUSPENDED_EVSE = "SuspendedEVSE"
+    FINISHING = "Finishing"
+    RESERVED = "Reserved"
+    UNAVAILABLE = "Unavailable"
+    FAULTED = "Faulted"
+
+
+class StopReason(enum.StrEnum):
+    """Why a transaction ended; names follow 1.6 Reason, 2.0.1 adapters map them."""
+
+    LOCAL = "Local"
+    REMOTE = "Remote"
+    EV_DISCONNECTED = "EVDisconnected"
+    DEAUTHORIZED = "DeAuthorized"
+    HARD_RESET = "HardReset"
+    SOFT_RESET = "SoftReset"
+    REBOOT = "Reboot"
+    POWER_LOSS = "PowerLoss"
+    EMERGENCY_STOP = "EmergencyStop"
+    UNLOCK_COMMAND = "UnlockCommand"
+    TIMEOUT = "Timeout"
+    STOPPED_BY_EV = "StoppedByEV"
+    OTHER = "Other"
+
+
+class TxPoint(enum.StrEnum):
+    """Session milestones that can start or stop a transaction (2.0.1 TxStartPoint names)."""
+
+    EV_CONNECTED = "EVConnected"
+    AUTHORIZED = "Authorized"
+    POWER_PATH_CLOSED = "PowerPathClosed"  # EV connected and authorized: energy may flow
+    ENERGY_TRANSFER = "EnergyTransfer"
+
+
+# Faults that make an EVSE unusable (Faulted); the others are reported but charging goes on.
+BLOCKING_FAULTS = frozenset(FaultKind) - {FaultKind.READER}
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: str
+    type: str = "ISO14443"  # 2.0.1 IdTokenEnumType; 1.6 only uses the id
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    status: str  # Accepted, Blocked, Expired, Invalid, ConcurrentTx, Unknown, ...
+    parent: str | None = None
+    source: str = "online"  # online, cache, local_list, offline, remote
+    expires_at: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status == "Accepted"
+
+
+@dataclass
+class Session:
+    """Everything from the first of (plug-in, authorization) until the EVSE is free again."""
+
+    token: Token | None = None
+    auth: AuthResult | None = None
+    authorized_at: float | None = None  # monotonic
+    remote_start_id: int | None = None
+    energy_allowed: bool = True  # False: authorized but suspended (e.g. invalid id on start)
+    tx: TxRecord | None = None
+    ended_reason: StopReason | None = None  # set once the transaction of this session ended
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def authorized(self) -> bool:
+        return self.token is not None and self.auth is not None and self.auth.accepted
+
+
+@dataclass(frozen=True, slots=True)
+class EvseSnapshot:
+    """What the control socket and adapters may read of an EVSE at one instant."""
+
+    evse_id: int
+    connector_id: int
+    status: ConnectorStatus
+    pilot: PilotState
+    contactor_closed: bool
+    offered_a: float
+    limit_a: float
+    operative: bool
+    faults: tuple[FaultKind, ...]
+    token: str | None
+    tx_local_id: str | None
+    tx_remote_id: str | None
+    energy_wh: float | None  # of the running transaction
+    power_w: float | None
+    reading: MeterReading | None
+
+
+class Authorizer(Protocol):
+    async def authorize(self, token: Token, evse_id: int | None) -> AuthResult: ...
+
+
+class CoreObserver(Protocol):
+    """Implemented by the active protocol adapter. Calls are synchronous: enqueue, never wait.
+
+    ``transaction_started`` / ``transaction_ended`` run inside the storage transaction that
+    records the change, so the protocol message they enqueue commits together with it.
+    """
+
+    def status_changed(self, snap: EvseSnapshot, fault: FaultKind | None) -> None: ...
+    def transaction_started(self, tx: TxRecord, snap: EvseSnapshot,
+                            trigger: TxPoint) -> None: ...
+    def transaction_ended(self, tx: TxRecord, reason: StopReason,
+                          snap: EvseSnapshot) -> None: ...
+    def session_event(self, evse_id: int, event: str, detail: dict) -> None: ...
+    def fault_changed(self, evse_id: int, kind: FaultKind, active: bool, detail: str) -> None: ...

@@ -1,0 +1,303 @@
+"""The station core: EVSEs, token routing, meter sampling and recovery, for any OCPP version.
+
+It takes HAL events and adapter commands and emits version-neutral events through the
+:class:`CoreObserver` (the active protocol adapter).  It never speaks OCPP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from agent.clock import Clock
+from agent.core.evse import EvseController
+from agent.core.model import (
+    Authorizer,
+    AuthResult,
+    CoreObserver,
+    EvseSnapshot,
+    StopReason,
+    Token,
+)
+from agent.storage import Storage, TxRecord
+from hal.interfaces import (
+    FaultCleared,
+    FaultKind,
+    FaultRaised,
+    Hal,
+    HalError,
+    HalEvent,
+    PilotChanged,
+    TokenPresented,
+)
+
+log = logging.getLogger("cp_agent.core")
+
+
+class _NullObserver:
+    """Stands in until an adapter is attached, so the core never has to check for one."""
+
+    def status_changed(self, snap, fault) -> None:  # noqa: ANN001
+        pass
+
+    def transaction_started(self, tx, snap, trigger) -> None:  # noqa: ANN001
+        pass
+
+    def transaction_ended(self, tx, reason, snap) -> None:  # noqa: ANN001
+        pass
+
+    def session_event(self, evse_id, event, detail) -> None:  # noqa: ANN001
+        pass
+
+    def fault_changed(self, evse_id, kind, active, detail) -> None:  # noqa: ANN001
+        pass
+
+
+class Station:
+    """Composition of EVSE controllers over one HAL, plus station-wide concerns."""
+
+    def __init__(self, hal: Hal, storage: Storage, clock: Clock, *,
+                 evse_limits: dict[int, tuple[float, float]] | None = None,
+                 meter_poll_s: float = 1.0, meter_persist_s: float = 10.0) -> None:
+        self.hal = hal
+        self.storage = storage
+        self.clock = clock
+        self.observer: CoreObserver = _NullObserver()
+        self.authorizer: Authorizer | None = None
+        self.meter_poll_s = meter_poll_s
+        self.meter_persist_s = meter_persist_s
+        self.station_faults: dict[FaultKind, str] = {}
+        self.evses: dict[int, EvseController] = {}
+        limits = evse_limits or {}
+        for evse_id, hw in sorted(hal.evses.items()):
+            max_a, min_a = limits.get(evse_id, (hw.max_current_a, 6.0))
+            self.evses[evse_id] = EvseController(
+                hw, max_current_a=max_a, min_current_a=min_a, storage=storage, clock=clock,
+                observer=lambda: self.observer)
+        self._tasks: set[asyncio.Task] = set()
+        self._event_queue: asyncio.Queue[HalEvent] = asyncio.Queue()
+        self._stopping = False
+        self.hal_events: list[Callable[[HalEvent], None]] = []  # taps for timelines / tests
+        self.traces: list[Callable[[int, str, dict], None]] = []
+        for evse in self.evses.values():
+            evse.trace = self._trace
+
+    def _trace(self, evse_id: int, what: str, detail: dict) -> None:
+        for listener in self.traces:
+            listener(evse_id, what, detail)
+
+    # ------------------------------------------------------------------ life cycle
+
+    def spawn(self, coro, name: str) -> asyncio.Task:  # noqa: ANN001
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def start(self) -> None:
+        """Open every contactor, then begin taking events and sampling meters."""
+        for evse in self.evses.values():
+            await evse.emergency_open()
+        await self.hal.start(self._on_hal_event)
+        for evse in self.evses.values():
+            try:
+                evse.reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
+            except (HalError, TimeoutError) as exc:
+                await evse.raise_fault(FaultKind.METER, str(exc) or "meter read timed out")
+            await evse.on_pilot()  # adopt the pilot state the hardware has now
+        self.spawn(self._event_pump(), "hal-events")
+        for evse in self.evses.values():
+            self.spawn(self._sampler(evse), f"meter-{evse.id}")
+
+    async def stop(self) -> None:
+        """Open every contactor first; nothing else in shutdown may delay that."""
+        self._stopping = True
+        for evse in self.evses.values():
+            await evse.emergency_open()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.hal.stop(), 5.0)
+        except Exception as exc:  # noqa: BLE001
+            log.error("hal stop: %s", exc)
+
+    # ------------------------------------------------------------------ HAL events
+
+    def _on_hal_event(self, event: HalEvent) -> None:
+        for tap in self.hal_events:
+            tap(event)
+        self._event_queue.put_nowait(event)
+
+    async def _event_pump(self) -> None:
+        while True:
+            event = await self._event_queue.get()
+            try:
+                await self._handle(event)
+            except Exception:
+                log.exception("error handling %s", event)
+
+    async def _handle(self, event: HalEvent) -> None:
+        if isinstance(event, PilotChanged):
+            evse = self.evses.get(event.evse_id)
+            if evse is not None:
+                await evse.on_pilot()
+        elif isinstance(event, TokenPresented):
+            # Authorization may take a network round trip: never hold up pilot events for it.
+            self.spawn(self.present_token(Token(event.uid, event.token_type), event.evse_id),
+                       f"token-{event.uid}")
+        elif isinstance(event, FaultRaised):
+            if event.evse_id == 0:
+                self.station_faults[event.kind] = event.detail
+                self.observer.fault_changed(0, event.kind, True, event.detail)
+                for evse in self.evses.values():
+                    async with evse.lock:
+                        evse._update_status()
+            elif event.evse_id in self.evses:
+                await self.evses[event.evse_id].raise_fault(event.kind, event.detail)
+        elif isinstance(event, FaultCleared):
+            if event.evse_id == 0:
+                if self.station_faults.pop(event.kind, None) is not None:
+                    self.observer.fault_changed(0, event.kind, False, "")
+            elif event.evse_id in self.evses:
+                await self.evses[event.evse_id].clear_fault(event.kind)
+
+    # ------------------------------------------------------------------ tokens
+
+    def _evse_for_token(self, token: Token, evse_id: int | None) -> EvseController | None:
+        if evse_id is not None:
+            return self.evses.get(evse_id)
+        candidates = [e for e in self.evses.values()
+                      if e.operative and e.blocking_fault is None]
+        for e in candidates:  # an EV waiting for authorization comes first
+            s = e.session
+            if e.ev_connected and (s is None or (not s.authorized and s.ended_reason is None)):
+                return e
+        for e in candidates:  # then a free EVSE (tap before plug)
+            if e.session is None and not e.ev_connected:
+                if e.reserved_for is None or e.reserved_for.get("id_tag") == token.id:
+                    return e
+        return None
+
+    async def present_token(self, token: Token, evse_id: int | None = None) -> str:
+        """A card was presented: stop the session it owns, or authorize a new one.
+
+        Returns what happened ("stopped", "authorized", "rejected", "ignored") for the caller
+        (the control socket prints it; the benchmark times it).
+        """
+        for e in self.evses.values():  # the same card stops its own session, no round trip
+            s = e.session
+            if s is not None and s.authorized and s.token is not None and s.token.id == token.id:
+                await e.deauthorize(StopReason.LOCAL)
+                return "stopped"
+        target = self._evse_for_token(token, evse_id)
+        running = [e for e in self.evses.values()
+                   if e.session is not None and e.session.authorized and e.tx is not None]
+        if target is None and not running:
+            log.info("token %s: no EVSE can take it", token.id)
+            return "ignored"
+        if self.authorizer is None:
+            return "rejected"
+        result = await self.authorizer.authorize(token, target.id if target else None)
+        if result.accepted and result.parent and target is None:
+            # Another card of the same group stops the session (1.6 parentIdTag rules).
+            for e in running:
+                auth = e.session.auth if e.session else None
+                tx = e.tx
+                parent = (tx.data.get("parent") if tx else None) or (auth.parent if auth else None)
+                if parent and parent == result.parent:
+                    await e.deauthorize(StopReason.LOCAL)
+                    return "stopped"
+        if target is None or not result.accepted:
+            log.info("token %s: %s (%s)", token.id, result.status, result.source)
+            return "rejected"
+        ok = await target.authorize(token, result)
+        return "authorized" if ok else "rejected"
+
+    async def remote_start(self, token: Token, evse_id: int | None,
+                           remote_start_id: int | None = None,
+                           result: AuthResult | None = None) -> EvseController | None:
+        """Authorize a session the CSMS asked for; None when no EVSE can take it."""
+        if evse_id is not None:
+            target = self.evses.get(evse_id)
+        else:
+            target = self._evse_for_token(token, None)
+        if target is None:
+            return None
+        ok = await target.authorize(token, result or AuthResult("Accepted", source="remote"),
+                                    remote_start_id=remote_start_id)
+        return target if ok else None
+
+    # ------------------------------------------------------------------ queries
+
+    def find_tx(self, remote_id: str | None = None,
+                local_id: str | None = None) -> EvseController | None:
+        for e in self.evses.values():
+            tx = e.tx
+            if tx is None:
+                continue
+            if remote_id is not None and tx.remote_id == remote_id:
+                return e
+            if local_id is not None and tx.local_id == local_id:
+                return e
+        return None
+
+    def snapshots(self) -> list[EvseSnapshot]:
+        return [e.snapshot() for e in self.evses.values()]
+
+    @property
+    def any_transaction(self) -> bool:
+        return any(e.tx is not None for e in self.evses.values())
+
+    async def end_all(self, reason: StopReason) -> None:
+        for e in self.evses.values():
+            await e.end_transaction(reason)
+
+    async def set_operative(self, evse_id: int, operative: bool) -> str:
+        """Availability for one EVSE, or all of them (0): Scheduled if any is busy."""
+        targets = list(self.evses.values()) if evse_id == 0 else [self.evses[evse_id]]
+        results = [await e.set_operative(operative) for e in targets]
+        return "Scheduled" if "Scheduled" in results else "Accepted"
+
+    def open_transactions(self) -> list[TxRecord]:
+        """Transactions the journal has open: after a restart, those a power cut interrupted."""
+        return self.storage.tx_open()
+
+    # ------------------------------------------------------------------ meter sampling
+
+    async def sample(self, evse: EvseController) -> None:
+        try:
+            reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
+        except (HalError, TimeoutError) as exc:
+            await evse.on_meter(None, str(exc) or "meter read timed out")
+            return
+        await evse.on_meter(reading, None)
+
+    async def _sampler(self, evse: EvseController) -> None:
+        """Poll the meter: live figures, fault detection, and the power-loss meter journal."""
+        failures = 0
+        last_persist = self.clock.monotonic()
+        while True:
+            await self.clock.sleep(self.meter_poll_s)
+            try:
+                reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
+            except (HalError, TimeoutError) as exc:
+                failures += 1
+                if failures >= 2:  # one lost frame on RS-485 is not a fault yet
+                    await evse.on_meter(None, str(exc) or "meter read timed out")
+                continue
+            failures = 0
+            await evse.on_meter(reading, None)
+            tx = evse.tx
+            now = self.clock.monotonic()
+            if tx is not None and now - last_persist >= self.meter_persist_s:
+                last_persist = now
+                tx.last_meter_wh = reading.energy_import_wh
+                tx.last_meter_at = self.clock.now_iso()
+                self.storage.tx_meter(tx.local_id, reading.energy_import_wh, tx.last_meter_at)
