@@ -14,7 +14,13 @@ import logging
 from collections.abc import Callable
 
 from agent.clock import Clock
-from agent.ocpp.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcSession
+from agent.ocpp.rpc import (
+    CallErrorReceived,
+    CallTimeout,
+    ConnectionLost,
+    ResponseInvalid,
+    RpcSession,
+)
 from agent.storage import OutboxItem, Storage
 
 log = logging.getLogger("cp_agent.outbox")
@@ -67,7 +73,7 @@ class OutboxSender:
                 continue
             try:
                 result = await rpc.call(item.action, payload)
-            except CallErrorReceived as exc:
+            except (CallErrorReceived, ResponseInvalid) as exc:
                 if item.attempts + 1 >= self._attempts():
                     log.error("%s #%s refused %d times (%s): dropped", item.action, item.id,
                               item.attempts + 1, exc.code)

@@ -25,7 +25,15 @@ from agent.core.model import (
 )
 from agent.core.station import Station
 from agent.link.outbox import OutboxSender
-from agent.ocpp.rpc import CallErrorReceived, CallTimeout, ConnectionLost, OcppCallError, RpcSession
+from agent.ocpp.rpc import (
+    CallErrorReceived,
+    CallFailed,
+    CallTimeout,
+    ConnectionLost,
+    OcppCallError,
+    ResponseInvalid,
+    RpcSession,
+)
 from agent.ocpp.v16.keys import ConfigurationKeys
 from agent.storage import OutboxItem, Storage, TxRecord
 from hal.interfaces import FaultKind, MeterReading
@@ -230,6 +238,12 @@ class V16Adapter:
                 continue
             except CallTimeout:
                 continue
+            except ConnectionLost:
+                raise
+            except CallFailed as exc:
+                log.warning("BootNotification answer unusable (%s); retrying in 60 s", exc)
+                await self.clock.sleep(60)
+                continue
             self.registration = res["status"]
             self._sync_clock(res.get("currentTime"))
             interval = int(res.get("interval", 0))
@@ -268,7 +282,7 @@ class V16Adapter:
                 continue  # interval changed: start over with the new one
             try:
                 res = await self._call("Heartbeat", {})
-            except (CallErrorReceived, CallTimeout):
+            except CallFailed:
                 continue
             self._sync_clock(res.get("currentTime"))
 
@@ -339,7 +353,7 @@ class V16Adapter:
                 payload = self._status.pop(connector_id)
                 try:
                     await self._call("StatusNotification", payload)
-                except CallErrorReceived as exc:
+                except (CallErrorReceived, ResponseInvalid) as exc:
                     log.warning("StatusNotification refused: %s", exc)
                 except (CallTimeout, ConnectionLost):
                     # Keep the newest status for the next connection; do not resend stale ones.
@@ -513,7 +527,7 @@ class V16Adapter:
         """A message that is not transaction-related: sent once if online, never queued."""
         try:
             await self._call(action, payload)
-        except (CallErrorReceived, CallTimeout, ConnectionLost) as exc:
+        except CallFailed as exc:
             log.info("%s not delivered: %s", action, exc)
 
     # ------------------------------------------------------------------ authorization
@@ -554,10 +568,8 @@ class V16Adapter:
         if self.online:
             try:
                 res = await self._call("Authorize", {"idTag": token.id[:20]})
-            except CallErrorReceived as exc:
-                log.warning("Authorize refused: %s", exc)
-            except (CallTimeout, ConnectionLost):
-                pass
+            except CallFailed as exc:
+                log.warning("Authorize not answered: %s", exc)
             else:
                 info = res.get("idTagInfo", {})
                 self._cache_put(token.id, info)
@@ -722,7 +734,7 @@ class V16Adapter:
             try:
                 res = await self._call("BootNotification", payload)
                 self._sync_clock(res.get("currentTime"))
-            except (CallErrorReceived, CallTimeout, ConnectionLost) as exc:
+            except CallFailed as exc:
                 log.info("triggered BootNotification: %s", exc)
         elif what == "Heartbeat":
             await self._send_quiet("Heartbeat", {})
