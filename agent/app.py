@@ -81,6 +81,7 @@ class Agent:
         self.control = ControlServer(cfg.control.socket, self.handle_control) if control else None
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()
+        self._stopped = False
 
     def _on_version(self, adapter: Any) -> None:
         self.adapter = adapter
@@ -132,6 +133,9 @@ class Agent:
 
     async def stop(self, reason: StopReason = StopReason.REBOOT) -> None:
         """Contactors open first; then transactions end, their Stops get a moment to go out."""
+        if self._stopped:
+            return
+        self._stopped = True
         self.notifier.stopping()
         for evse in self.station.evses.values():
             await evse.emergency_open()

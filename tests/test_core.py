@@ -72,12 +72,7 @@ async def rig():
 
 async def settle(station: Station) -> None:
     """Let the HAL event pump process everything queued (no wall-clock waiting)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-    while not station._event_queue.empty():
-        await asyncio.sleep(0)
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await asyncio.wait_for(station.settled(), 5)
 
 
 def contactor(hal: MockHal, evse: int = 1) -> bool:

@@ -193,8 +193,8 @@ class EvseController:
                 await self._set_contactor(False)
             if self.hw.ev.current_limit != offer:
                 try:
-                    await self.hw.ev.set_current_limit(offer)
                     self._trace("pwm", amps=offer)
+                    await self.hw.ev.set_current_limit(offer)
                 except HalError as exc:
                     self._raise_fault(exc.kind, str(exc))
                     offer = 0.0

@@ -142,6 +142,12 @@ class Station:
                 await self._handle(event)
             except Exception:
                 log.exception("error handling %s", event)
+            finally:
+                self._event_queue.task_done()
+
+    async def settled(self) -> None:
+        """Wait until every HAL event received so far has been handled (tests, benches)."""
+        await self._event_queue.join()
 
     async def _handle(self, event: HalEvent) -> None:
         if isinstance(event, PilotChanged):

@@ -184,8 +184,13 @@ class V16Adapter:
     @staticmethod
     def _reap(task: asyncio.Task, group: set) -> None:
         group.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("task %s failed", task.get_name(), exc_info=task.exception())
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, ConnectionLost):
+            log.debug("task %s ended with the connection", task.get_name())
+        elif exc is not None:
+            log.error("task %s failed", task.get_name(), exc_info=exc)
 
     async def start(self) -> None:
         """Agent start-up: recover transactions a power cut left open, start the samplers."""

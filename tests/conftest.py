@@ -1,0 +1,95 @@
+"""Shared fixtures: a strict test CSMS on 127.0.0.1 and agents built as `cp-agent run` builds them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.app import Agent
+from agent.config import load_config_text
+from agent.testing.csms import TestCsms
+
+
+@pytest.fixture
+def short_dir() -> Any:
+    """Unix socket paths are limited to 107 bytes; pytest's tmp_path can be longer."""
+    d = tempfile.mkdtemp(prefix="cpa-", dir="/tmp")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+async def csms() -> AsyncIterator[TestCsms]:
+    server = TestCsms(versions=("1.6",))
+    await server.start()
+    yield server
+    await server.stop()
+    assert server.violations == [], f"schema violations: {server.violations}"
+
+
+def agent_config(url: str, state: Path, *, station_id: str = "CP1", versions=("1.6",),
+                 defaults: dict | None = None, password: str | None = None,
+                 profile: int = 0, evses: int = 1, extra: str = "") -> Any:
+    ocpp: dict[str, Any] = {"url": url, "versions": list(versions),
+                            "defaults": defaults or {}, "security_profile": profile,
+                            "call_timeout_s": 5,
+                            "reconnect": {"min_backoff_s": 0.05, "max_backoff_s": 0.2}}
+    if password is not None:
+        ocpp["password"] = password
+    doc = {
+        "station": {"id": station_id},
+        "ocpp": ocpp,
+        "storage": {"path": str(state / f"{station_id}.sqlite3"), "meter_persist_s": 1},
+        "control": {"socket": str(state / f"{station_id}.sock")},
+        "evses": [{"id": i} for i in range(1, evses + 1)],
+        "hal": {"driver": "mock", "ev_max_current_a": 16},
+    }
+    return load_config_text(json.dumps(doc) + extra, "test")
+
+
+AgentFactory = Callable[..., Awaitable[Agent]]
+
+
+@pytest.fixture
+async def make_agent(csms: TestCsms, short_dir: Path) -> AsyncIterator[AgentFactory]:
+    agents: list[Agent] = []
+
+    async def make(start: bool = True, **kw: Any) -> Agent:
+        url = kw.pop("url", csms.url)
+        agent = Agent(agent_config(url, short_dir, **kw))
+        agents.append(agent)
+        if start:
+            await agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        await agent.stop()
+
+
+async def online(agent: Agent, csms: TestCsms, timeout: float = 5.0) -> Any:
+    """Wait until the agent's boot was accepted; return its CSMS-side link."""
+    await asyncio.wait_for(agent.v16.accepted.wait(), timeout)
+    link = await csms.wait_station(agent.cfg.station.id, timeout)
+    # The statuses sent right after boot end with connector 0: the station is settled.
+    await csms.wait_for("StatusNotification", station_id=agent.cfg.station.id,
+                        predicate=lambda p: p["connectorId"] == 0, timeout=timeout)
+    return link
+
+
+async def charging(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int = 1) -> dict:
+    """Plug, tap, and wait for the StartTransaction to be confirmed; returns its payload."""
+    hal = agent.hal
+    hal.plug(evse)
+    hal.tap(tag)
+    start = await csms.wait_for("StartTransaction", station_id=agent.cfg.station.id,
+                                predicate=lambda p: p["idTag"] == tag and p["connectorId"] == evse)
+    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
+    return start
