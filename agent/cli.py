@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import sys
@@ -34,6 +35,8 @@ def _load(path: str) -> AgentConfig:
 def cmd_run(ns: argparse.Namespace) -> int:
     cfg = _load(ns.config)
     _setup_logging(ns.log_level or cfg.log.level)
+    # A hung loop is killed by the systemd watchdog (SIGABRT): dump every stack to the journal.
+    faulthandler.enable()
     from agent.app import Agent
     from agent.storage import StorageError
 

@@ -492,10 +492,8 @@ async def test_station_link_call_round_trip(csms, station):
     request = await station.next_csms_call()
     await station.ws.send(json.dumps([3, request[1], {"status": "Maybe"}]))
     assert await pending == {"status": "Maybe"}
-    assert csms.violations == [
-        "CP1: ClearCache response violates the schema: status: 'Maybe' is not one of "
-        "['Accepted', 'Rejected']"
-    ]
+    assert len(csms.violations) == 1
+    assert csms.violations[0].startswith("CP1: ClearCache response violates the schema: status:")
     assert [(m.direction, m.kind, m.action) for m in csms.log[-4:]] == [
         ("csms->cs", "CALL", "Reset"),
         ("cs->csms", "CALLERROR", "Reset"),

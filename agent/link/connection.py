@@ -62,6 +62,7 @@ class Link:
         self.version: str | None = None
         self.last_error: str | None = None
         self.connected = asyncio.Event()
+        self.failed = asyncio.Event()  # set at every failed attempt; observers clear it
         self.connects = 0
         self._ws: ClientConnection | None = None
         self._attempt = 0
@@ -93,9 +94,11 @@ class Link:
                 raise
             except LinkError as exc:
                 self.last_error = str(exc)
+                self.failed.set()
                 log.error("%s", exc)
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                self.failed.set()
                 log.warning("connection to %s failed: %s", self.url, self.last_error)
             self.state = "disconnected"
             self.connected.clear()

@@ -43,8 +43,11 @@ class OutboxSender:
         self.sent = 0
         self.dropped = 0
         self.idle = asyncio.Event()  # set whenever the outbox is empty (tests, clean shutdown)
+        self.queued = asyncio.Event()  # set on every new item; observers clear it
 
     def wake(self) -> None:
+        """Called after each outbox_put: something new to deliver."""
+        self.queued.set()
         self.idle.clear()
         self._wakeup.set()
 

@@ -6,6 +6,8 @@ reference peer.
 """
 
 from agent.testing.csms import (
+    CS_TO_CSMS,
+    CSMS_TO_CS,
     NO_REPLY,
     CsmsCallError,
     Message,
@@ -15,6 +17,8 @@ from agent.testing.csms import (
 )
 
 __all__ = [
+    "CS_TO_CSMS",
+    "CSMS_TO_CS",
     "NO_REPLY",
     "CsmsCallError",
     "Message",

@@ -426,8 +426,13 @@ class StationLink(ocpp.charge_point.ChargePoint):
     async def recv_raw_reply(self, unique_id: str, timeout: float = 5.0) -> list:
         """Wait for the station's [3|4, unique_id, ...] frame and return it parsed."""
 
+        scanned = 0
+
         def find() -> tuple[list] | None:
-            for text in self.raw_in:
+            nonlocal scanned
+            while scanned < len(self.raw_in):
+                text = self.raw_in[scanned]
+                scanned += 1
                 try:
                     frame = json.loads(text)
                 except ValueError:
@@ -1128,24 +1133,27 @@ class TestCsms:
         simply does not match it.
         """
 
-        def matching() -> list[dict]:
-            found = []
-            for m in self._calls(station_id, action, CS_TO_CSMS):
-                if predicate is None or _safe_predicate(predicate, m.payload):
-                    found.append(m.payload)
-                    if len(found) == count:
-                        break
-            return found
+        # Scanned incrementally: with thousands of stations the log gets long.
+        scanned = 0
+        found: list[dict] = []
 
         def reached() -> tuple[dict] | None:
-            found = matching()
-            return (found[-1],) if len(found) == count else None
+            nonlocal scanned
+            log = self.log
+            while scanned < len(log) and len(found) < count:
+                m = log[scanned]
+                scanned += 1
+                if _is_call(m, station_id, action, CS_TO_CSMS) and (
+                    predicate is None or _safe_predicate(predicate, m.payload)
+                ):
+                    found.append(m.payload)
+            return (found[-1],) if len(found) >= count else None
 
         def describe() -> str:
             who = f" from {station_id}" if station_id else ""
             cond = " matching the predicate" if predicate else ""
             return (
-                f"waited {timeout}s for {count} x {action}{who}{cond}, got {len(matching())}.\n"
+                f"waited {timeout}s for {count} x {action}{who}{cond}, got {len(found)}.\n"
                 + self.dump(station_id)
             )
 
@@ -1166,14 +1174,7 @@ class TestCsms:
         return text
 
     def _calls(self, station_id: str | None, action: str | None, direction: str) -> list[Message]:
-        return [
-            m
-            for m in self.log
-            if m.kind in ("CALL", "SEND")
-            and m.direction == direction
-            and (station_id is None or m.station_id == station_id)
-            and (action is None or m.action == action)
-        ]
+        return [m for m in self.log if _is_call(m, station_id, action, direction)]
 
     async def _wait_until(
         self,
@@ -1413,6 +1414,15 @@ class TestCsms:
         if "idToken" in payload:
             answer["idTokenInfo"] = self._id_token_info(payload["idToken"])
         return answer
+
+
+def _is_call(m: Message, station_id: str | None, action: str | None, direction: str) -> bool:
+    return (
+        m.kind in ("CALL", "SEND")
+        and m.direction == direction
+        and (station_id is None or m.station_id == station_id)
+        and (action is None or m.action == action)
+    )
 
 
 def _safe_predicate(predicate: Callable[[dict], bool], payload: dict) -> bool:

@@ -1,0 +1,212 @@
+"""The link (auth, negotiation, reconnect, outage) and the daemon as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.asyncio.server import serve
+
+from agent.config import ReconnectConfig
+from agent.link.connection import Link
+from agent.testing.csms import TestCsms
+from tests.conftest import agent_config, charging, online
+
+ROOT = Path(__file__).resolve().parent.parent
+CP_AGENT = [sys.executable, "-m", "agent"]
+
+
+# ---------------------------------------------------------------- link
+
+
+def test_backoff_is_jittered_exponential_and_capped():
+    cfg = agent_config("ws://127.0.0.1:1/", Path("/tmp")).ocpp
+    cfg.reconnect = ReconnectConfig(min_backoff_s=1, max_backoff_s=60)
+    link = Link(cfg, "CP1", {}, clock=None, rng=random.Random(7))  # type: ignore[arg-type]
+    for attempt in range(12):
+        ceiling = min(60, 1 * 2 ** attempt)
+        samples = [link.backoff(attempt) for _ in range(200)]
+        assert all(1 <= s <= ceiling for s in samples)
+        if ceiling > 2:
+            assert max(samples) - min(samples) > (ceiling - 1) * 0.5, "jittered"
+    assert max(link.backoff(30) for _ in range(100)) <= 60
+
+
+async def test_basic_auth_profile_1(short_dir):
+    server = TestCsms(passwords={"CP1": "correct horse battery", "CP2": "the real one"})
+    url = await server.start()
+    from agent.app import Agent
+
+    good = Agent(agent_config(url, short_dir, password="correct horse battery", profile=1))
+    bad = Agent(agent_config(url, short_dir, station_id="CP2", password="wrong", profile=1))
+    try:
+        await good.start()
+        await asyncio.wait_for(good.v16.accepted.wait(), 5)
+        await bad.start()
+        await server.wait_for("BootNotification", station_id="CP1")
+        await asyncio.wait_for(bad.link.failed.wait(), 5)
+        assert "refused the credentials (HTTP 401)" in (bad.link.last_error or "")
+        assert "CP2" not in server.stations
+    finally:
+        await good.stop()
+        await bad.stop()
+        await server.stop()
+
+
+async def test_csms_agreeing_no_version_is_a_clear_error(short_dir):
+    server = TestCsms(versions=("2.0.1",))
+    url = await server.start()
+    cfg = agent_config(url, short_dir)
+    link = Link(cfg.ocpp, "CP1", {}, clock=None)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(Exception) as exc:
+            await link.connect_once()
+        assert "1.6" in str(exc.value) or "ocpp1.6" in str(exc.value)
+    finally:
+        await server.stop()
+
+
+async def test_server_that_picks_no_subprotocol_is_refused(short_dir):
+    async def handler(ws):
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0) as srv:  # agrees no subprotocol at all
+        port = srv.sockets[0].getsockname()[1]
+        cfg = agent_config(f"ws://127.0.0.1:{port}/", short_dir)
+        link = Link(cfg.ocpp, "CP1", {}, clock=None)  # type: ignore[arg-type]
+        with pytest.raises(Exception, match="agreed none of the offered OCPP versions"):
+            await link.connect_once()
+
+
+async def test_reconnects_and_boots_again_after_drop(csms, make_agent):
+    agent = await make_agent()
+    await online(agent, csms)
+    await csms.kick("CP1")
+    await csms.wait_for("BootNotification", station_id="CP1", count=2, timeout=10)
+    await asyncio.wait_for(agent.v16.accepted.wait(), 5)
+    assert agent.link.connects == 2
+
+
+async def test_outage_messages_wait_in_outbox_and_arrive_in_order(csms, make_agent):
+    agent = await make_agent(defaults={"MeterValueSampleInterval": 1})
+    await online(agent, csms)
+    start = await charging(agent, csms)
+    await csms.pause()
+    # Charge on offline: a meter value queues, then the session ends while still offline.
+    agent.v16.outbox.queued.clear()
+    await asyncio.wait_for(agent.v16.outbox.queued.wait(), 5)
+    agent.hal.unplug(1)
+    await asyncio.wait_for(agent.station.settled(), 5)
+    queued = agent.storage.outbox_count()
+    assert queued >= 2, "meter values and the stop are queued"
+    await csms.resume()
+    stop = await csms.wait_for("StopTransaction", station_id="CP1", timeout=15)
+    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 10)
+    tx_id = next(iter(csms.transactions))
+    assert stop["transactionId"] == tx_id and stop["reason"] == "EVDisconnected"
+    assert stop["meterStop"] > start["meterStart"]
+    order = [m.action for m in csms.log if m.direction == "cs->csms" and m.kind == "CALL"
+             and m.action in ("StartTransaction", "MeterValues", "StopTransaction")]
+    assert order[0] == "StartTransaction" and order[-1] == "StopTransaction"
+    assert order.count("StartTransaction") == 1 and order.count("StopTransaction") == 1
+    assert agent.storage.outbox_count() == 0
+
+
+# ---------------------------------------------------------------- the daemon as a process
+
+
+def _write_config(path: Path, url: str, state: Path) -> Path:
+    cfg = path / "config.yaml"
+    cfg.write_text(f"""
+station: {{id: PROC1}}
+ocpp: {{url: "{url}", versions: ["1.6"], reconnect: {{min_backoff_s: 0.1, max_backoff_s: 0.5}}}}
+storage: {{path: "{state / 'state.sqlite3'}"}}
+control: {{socket: "{state / 'ctl.sock'}"}}
+hal: {{driver: mock, ev_max_current_a: 16}}
+""")
+    return cfg
+
+
+def _ctl(sock: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CP_AGENT, "ctl", "--socket", str(sock), *args],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+
+
+async def test_daemon_ctl_sigterm_and_sd_notify(csms, short_dir):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify_path = short_dir / "notify"
+    notify.bind(str(notify_path))
+    notify.setblocking(False)
+    cfg = _write_config(short_dir, csms.url, short_dir)
+    env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(ROOT))
+    proc = await asyncio.create_subprocess_exec(
+        *CP_AGENT, "run", "--config", str(cfg), cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    loop = asyncio.get_running_loop()
+    try:
+        ready = await asyncio.wait_for(loop.sock_recv(notify, 4096), 20)
+        assert b"READY=1" in ready
+        await csms.wait_for("BootNotification", station_id="PROC1", timeout=20)
+        sock = short_dir / "ctl.sock"
+        for args in (["plug", "1"], ["tap", "CARD42"]):
+            res = await asyncio.to_thread(_ctl, sock, *args)
+            assert res.returncode == 0, res.stderr
+        await csms.wait_for("StartTransaction", station_id="PROC1", timeout=10)
+        res = await asyncio.to_thread(_ctl, sock, "status")
+        status = json.loads(res.stdout)
+        assert status["link"] == "connected" and status["ocpp_version"] == "1.6"
+        evse = status["evses"][0]
+        assert evse["contactor"] == "closed" and evse["pilot"] == "C"
+        assert evse["status"] == "Charging" and evse["current_limit_a"] >= 6
+        bad = await asyncio.to_thread(_ctl, sock, "plug", "7")
+        assert bad.returncode == 1 and "no EVSE 7" in bad.stderr
+        proc.send_signal(signal.SIGTERM)
+        rc = await asyncio.wait_for(proc.wait(), 20)
+        assert rc == 0
+        stop = await csms.wait_for("StopTransaction", station_id="PROC1", timeout=5)
+        assert stop["reason"] == "Reboot"
+        msgs = []
+        while True:
+            try:
+                msgs.append(notify.recv(4096))
+            except BlockingIOError:
+                break
+        assert any(b"STOPPING=1" in m for m in msgs)
+        gone = await asyncio.to_thread(_ctl, sock, "status")
+        assert gone.returncode == 3 and "not running" in gone.stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        notify.close()
+
+
+def test_demo_runs_as_a_subprocess_and_exits_0():
+    res = subprocess.run([*CP_AGENT, "demo"], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "StartTransaction" in res.stdout and "StopTransaction" in res.stdout
+    assert "contactor CLOSED" in res.stdout
+    assert "energy delivered" in res.stdout
+    assert "schema errors    0" in res.stdout
+
+
+def test_run_with_bad_config_exits_2_naming_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ocpp: {versions: ['1.5']}\n")
+    res = subprocess.run([*CP_AGENT, "run", "--config", str(cfg)], capture_output=True,
+                         text=True, timeout=30, cwd=ROOT)
+    assert res.returncode == 2
+    assert "ocpp.versions[0]" in res.stderr
+
+
+__all__ = ["websockets"]
