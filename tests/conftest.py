@@ -1,4 +1,4 @@
-"""Shared fixtures: a strict test CSMS on 127.0.0.1 and agents built as `cp-agent run` builds them."""
+"""Shared fixtures: a strict test CSMS on 127.0.0.1 and agents built as `cp-agent run` does."""
 
 from __future__ import annotations
 
