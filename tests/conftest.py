@@ -32,6 +32,7 @@ async def csms() -> AsyncIterator[TestCsms]:
     yield server
     await server.stop()
     assert server.violations == [], f"schema violations: {server.violations}"
+    assert server.internal_errors == [], f"test CSMS bugs: {server.internal_errors}"
 
 
 def agent_config(url: str, state: Path, *, station_id: str = "CP1", versions=("1.6",),

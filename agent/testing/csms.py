@@ -1140,6 +1140,9 @@ class TestCsms:
         def reached() -> tuple[dict] | None:
             nonlocal scanned
             log = self.log
+            if scanned > len(log):  # a test cleared the log while this wait was running
+                scanned = 0
+                found.clear()
             while scanned < len(log) and len(found) < count:
                 m = log[scanned]
                 scanned += 1
