@@ -443,3 +443,16 @@ async def test_csms_answering_call_error_or_never(csms, make_agent):
 
 def _refuse(link, payload):
     raise CsmsCallError("InternalError", "refused for the test")
+
+
+async def test_rejected_station_does_not_answer_csms_calls(csms, make_agent):
+    """1.6 4.2.1: while Rejected the Charge Point SHALL NOT respond to CSMS messages."""
+    csms.boot_status = "Rejected"
+    csms.boot_interval = 30
+    agent = await make_agent()
+    link = await csms.wait_station("CP1")
+    await asyncio.wait_for(agent.v16.registration_seen.wait(), 5)
+    assert agent.v16.registration == "Rejected"
+    with pytest.raises(TimeoutError):
+        await link.call("GetConfiguration", {}, timeout=0.5)
+    assert csms.messages("CP1", "StatusNotification") == []

@@ -320,6 +320,9 @@ class RpcSession:
         # Ids of CALLRESULTs we sent recently, so a 2.1 CALLRESULTERROR can name its action.
         self._answered: OrderedDict[str, str] = OrderedDict()
         self._closed = False
+        # 1.6 4.2.1: "While Rejected, the Charge Point SHALL NOT respond to any Central System
+        # initiated message." The adapter sets this while its registration is Rejected.
+        self.ignore_calls = False
 
     # ---------------------------------------------------------------- public
 
@@ -553,6 +556,9 @@ class RpcSession:
                                   "Payload is not a JSON object")
             return
         self._report("in", "CALL", unique_id, action, payload)
+        if self.ignore_calls:
+            log.info("%s: %s ignored while the registration is Rejected", self.name, action)
+            return
 
         if unique_id in self._incoming:
             if self.version == "2.1":

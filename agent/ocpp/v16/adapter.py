@@ -127,6 +127,7 @@ class V16Adapter:
         self.rpc: RpcSession | None = None
         self.registration: str | None = None  # Accepted / Pending / Rejected of the last boot
         self.accepted = asyncio.Event()
+        self.registration_seen = asyncio.Event()  # set at every Boot answer (tests, demo)
         self._status: dict[int, dict] = {}  # latest StatusNotification per connector, unsent
         self._status_wakeup = asyncio.Event()
         self._heartbeat_wakeup = asyncio.Event()
@@ -250,6 +251,8 @@ class V16Adapter:
                 await self.clock.sleep(60)
                 continue
             self.registration = res["status"]
+            self.rpc.ignore_calls = self.registration == "Rejected"
+            self.registration_seen.set()
             self._sync_clock(res.get("currentTime"))
             interval = int(res.get("interval", 0))
             if self.registration == "Accepted":
