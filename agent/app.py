@@ -20,8 +20,11 @@ from agent.control import ControlServer
 from agent.core.model import StopReason, Token
 from agent.core.station import Station
 from agent.link.connection import Link
+from agent.ocpp.v16.adapter import TX_ACTIONS as V16_OUTBOX_ACTIONS
 from agent.ocpp.v16.adapter import V16Adapter
 from agent.ocpp.v16.keys import ConfigurationKeys
+from agent.ocpp.v201.adapter import V201Adapter
+from agent.ocpp.v201.device_model import EvseInfo, translate_defaults
 from agent.sdnotify import Notifier
 from agent.storage import Storage
 from hal.interfaces import FaultKind, Hal, PilotState
@@ -31,6 +34,14 @@ log = logging.getLogger("cp_agent")
 
 # How long a clean stop waits for queued transaction messages to reach a connected CSMS.
 FLUSH_ON_STOP_S = 5.0
+# The OCPP version last agreed with a CSMS (its adapter is in charge while offline).
+LAST_VERSION_SETTING = "link.version"
+_PASSWORD_SETTING = "v201.dm.SecurityCtrlr/BasicAuthPassword"
+# What each adapter puts in the outbox.
+OUTBOX_ACTIONS: dict[str, frozenset[str]] = {
+    "1.6": frozenset(V16_OUTBOX_ACTIONS),
+    "2.0.1": V201Adapter.OUTBOX_ACTIONS,
+}
 
 
 def build_hal(cfg: AgentConfig, clock: Clock) -> Hal:
@@ -62,7 +73,10 @@ class Agent:
         limits = {e.id: (e.max_current_a, e.min_current_a) for e in cfg.evses}
         self.station = Station(self.hal, self.storage, self.clock, evse_limits=limits,
                                meter_persist_s=cfg.storage.meter_persist_s)
-        self.keys = ConfigurationKeys(self.storage, len(cfg.evses), cfg.ocpp.defaults)
+        # 2.0.1 names of settings 1.6 also has (e.g. SampledDataCtrlr.TxUpdatedInterval) are
+        # the same stored value as the 1.6 key.
+        self.keys = ConfigurationKeys(self.storage, len(cfg.evses),
+                                      translate_defaults(cfg.ocpp.defaults))
         self.reset_kind: str | None = None
         self._stop = asyncio.Event()
         self.v16 = V16Adapter(
@@ -71,10 +85,30 @@ class Agent:
             serial_number=cfg.station.serial_number,
             firmware_version=cfg.station.firmware_version or f"cp-agent {__version__}",
             request_reset=self._request_reset)
-        adapters: dict[str, Any] = {"1.6": self.v16}
-        self.adapter = self.v16
-        self.station.observer = self.v16
-        self.station.authorizer = self.v16
+        firmware = cfg.station.firmware_version or f"cp-agent {__version__}"
+        self.v201 = V201Adapter(
+            station=self.station, storage=self.storage, clock=self.clock, keys=self.keys,
+            station_id=cfg.station.id, vendor=cfg.station.vendor, model=cfg.station.model,
+            serial_number=cfg.station.serial_number, firmware_version=firmware,
+            security_profile=cfg.ocpp.security_profile,
+            message_timeout_s=cfg.ocpp.call_timeout_s,
+            evses=[EvseInfo(e.id, e.phases, e.max_current_a * 230.0 * e.phases,
+                            e.connectors[0].type) for e in cfg.evses],
+            defaults=cfg.ocpp.defaults, request_reset=self._request_reset)
+        # A password the CSMS set (SecurityCtrlr.BasicAuthPassword) replaces the YAML one.
+        password = self.storage.get_setting(_PASSWORD_SETTING)
+        if password and cfg.ocpp.security_profile >= 1:
+            cfg.ocpp.password = password
+        self.v201.dm.listeners.append(self._variable_changed)
+        adapters: dict[str, Any] = {"1.6": self.v16, "2.0.1": self.v201}
+        self.adapters = adapters
+        # While offline the core reports to the adapter of the version last negotiated, so
+        # that what happens during an outage is queued in the form that CSMS understands.
+        last = self.storage.get_setting(LAST_VERSION_SETTING)
+        if last not in adapters or last not in cfg.ocpp.versions:
+            last = next((v for v in cfg.ocpp.versions if v in adapters), "1.6")
+        self.adapter: Any = adapters[last]
+        self._activate(self.adapter)
         self.link = Link(cfg.ocpp, cfg.station.id, adapters, clock=self.clock,
                          ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),
                          on_version=self._on_version, on_frame=on_frame)
@@ -83,10 +117,49 @@ class Agent:
         self.ready = asyncio.Event()
         self._stopped = False
 
-    def _on_version(self, adapter: Any) -> None:
+    def _activate(self, adapter: Any) -> None:
         self.adapter = adapter
+        adapter.attach()
         self.station.observer = adapter
         self.station.authorizer = adapter
+
+    def _on_version(self, adapter: Any) -> None:
+        """A CSMS agreed a version: its adapter takes over; messages of the other go."""
+        previous = self.storage.get_setting(LAST_VERSION_SETTING)
+        if previous != adapter.version:
+            self.storage.set_setting(LAST_VERSION_SETTING, adapter.version)
+        if adapter is not self.adapter:
+            log.warning("OCPP version changed from %s to %s", self.adapter.version,
+                        adapter.version)
+            self._activate(adapter)
+        self._drop_foreign_messages(adapter.version)
+
+    def _drop_foreign_messages(self, version: str) -> None:
+        """Messages queued for another OCPP version cannot be sent on this connection.
+
+        A 1.6 StopTransaction means nothing to a 2.0.1 CSMS (and the other way round), so they
+        are moved to the ``dropped`` table, where diagnostics can still find them, instead of
+        blocking the queue.  A transaction still running is reported by the new adapter in
+        its own terms (2.0.1 sends a Started for a transaction begun under 1.6).
+        """
+        allowed = OUTBOX_ACTIONS.get(version, frozenset())
+        forgotten: set[str] = set()
+        for item in self.storage.outbox_peek(1_000_000):
+            if item.action in allowed:
+                continue
+            log.warning("dropping queued %s #%s: queued for another OCPP version than %s",
+                        item.action, item.id, version)
+            self.storage.outbox_drop(item.id, f"queued for another OCPP version than {version}")
+            if item.tx_ref is not None:
+                forgotten.add(item.tx_ref)
+        for local_id in forgotten:
+            tx = self.storage.tx_get(local_id)
+            if tx is not None and tx.closed and self.storage.tx_outbox_pending(local_id) == 0:
+                self.storage.tx_forget(local_id)
+
+    def _variable_changed(self, d: Any, value: str) -> None:
+        if d.component == "SecurityCtrlr" and d.name == "BasicAuthPassword":
+            self.cfg.ocpp.password = value  # used from the next connection on
 
     async def _request_reset(self, kind: str) -> None:
         self.reset_kind = kind
@@ -99,7 +172,11 @@ class Agent:
 
     async def start(self) -> None:
         await self.station.start()
-        await self.v16.start()
+        # Only the adapter in charge closes the transactions a power cut left open; an adapter
+        # of a version not offered at all stays idle (no sampler tasks in a swarm of agents).
+        for adapter in (self.v16, self.v201):
+            if adapter is self.adapter or adapter.version in self.cfg.ocpp.versions:
+                await adapter.start(recover=adapter is self.adapter)
         if self.control is not None:
             await self.control.start()
         self._tasks.append(asyncio.create_task(self._ready_when_healthy(), name="self-check"))
@@ -141,15 +218,16 @@ class Agent:
             await evse.emergency_open()
         if self.reset_kind is None:
             await self.station.end_all(reason)
-        if self.v16.online and self.storage.outbox_count():
-            self.v16.outbox.wake()
+        if self.adapter.online and self.storage.outbox_count():
+            self.adapter.outbox.wake()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.v16.outbox.idle.wait(), FLUSH_ON_STOP_S)
+                await asyncio.wait_for(self.adapter.outbox.idle.wait(), FLUSH_ON_STOP_S)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.link.close()
         await self.v16.stop()
+        await self.v201.stop()
         await self.station.stop()
         if self.control is not None:
             await self.control.stop()
@@ -178,7 +256,9 @@ class Agent:
                 "evse": snap.evse_id, "connector": snap.connector_id,
                 "pilot": snap.pilot.value, "contactor": "closed" if snap.contactor_closed
                 else "open", "status": snap.status.value,
-                "transaction_id": snap.tx_remote_id, "local_transaction_id": snap.tx_local_id,
+                # 2.0.1 has no CSMS-assigned id: the station's own id is the transactionId.
+                "transaction_id": snap.tx_local_id if self.adapter is self.v201
+                else snap.tx_remote_id, "local_transaction_id": snap.tx_local_id,
                 "token": snap.token,
                 "energy_wh": round(snap.energy_wh, 1) if snap.energy_wh is not None else None,
                 "meter_wh": round(snap.reading.energy_import_wh, 1) if snap.reading else None,
@@ -187,7 +267,7 @@ class Agent:
                 "faults": [str(f) for f in snap.faults],
             })
         return {"station": self.cfg.station.id, "link": self.link.state,
-                "ocpp_version": self.link.version, "registration": self.v16.registration,
+                "ocpp_version": self.link.version, "registration": self.adapter.registration,
                 "last_error": self.link.last_error, "outbox": self.storage.outbox_count(),
                 "station_faults": [str(f) for f in self.station.station_faults],
                 "evses": evses}

@@ -47,8 +47,18 @@ def cmd_run(ns: argparse.Namespace) -> int:
     try:
         reset = asyncio.run(main())
     except StorageError as exc:
+        # Never charge without the journal; see agent/degraded.py for exit-or-degrade.
+        from agent.degraded import EXIT_STORAGE, must_exit, run_degraded
+        from agent.sdnotify import Notifier
+
         logging.getLogger("cp_agent").critical("state storage unusable: %s", exc)
-        return 3
+        if must_exit(exc):
+            Notifier().status(f"not started: {exc}"[:400])
+            return EXIT_STORAGE
+        try:
+            reset = asyncio.run(run_degraded(cfg, exc))
+        except KeyboardInterrupt:
+            return 0
     except KeyboardInterrupt:
         return 0
     if reset is not None:
@@ -64,6 +74,28 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
     return asyncio.run(run_demo(version=ns.ocpp, verbose=ns.verbose))
+
+
+def cmd_swarm(ns: argparse.Namespace) -> int:
+    from agent.swarm import SwarmOptions, run_swarm
+
+    logging.basicConfig(level=getattr(logging, ns.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("websockets").setLevel(logging.CRITICAL)
+    options = SwarmOptions(
+        csms=ns.csms, count=ns.count, ocpp=ns.ocpp, id_prefix=ns.id_prefix,
+        first_index=ns.first_index, charging_ratio=ns.charging_ratio, ramp=ns.ramp,
+        duration=ns.duration, session_s=ns.session_s, meter_interval=ns.meter_interval,
+        evses=ns.evses, id_tag=ns.id_tag, password=ns.password, state_dir=ns.state_dir,
+        seed=ns.seed)
+    try:
+        options.validate()
+    except ValueError as exc:
+        print(f"cp-agent swarm: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    summary = asyncio.run(run_swarm(options, sys.stdout, install_signals=True))
+    return 0 if summary.booted == summary.stations else 1
 
 
 def cmd_ctl(argv: list[str]) -> int:
@@ -127,6 +159,43 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
     c.add_argument("--config", required=True)
     c.set_defaults(func=cmd_check_config)
+    sw = sub.add_parser("swarm", help="simulate many stations (real agents, mock HAL) "
+                                      "against a CSMS", description="Run N stations in one "
+                        "process, each the real agent on its own mock HAL, with simulated "
+                        "drivers. Ctrl-C finishes the sessions and stops cleanly (twice: "
+                        "at once).")
+    sw.add_argument("--csms", required=True, metavar="URL",
+                    help="CSMS websocket URL; the station id is appended to it")
+    sw.add_argument("--count", type=int, required=True, metavar="N", help="stations")
+    sw.add_argument("--ocpp", default="1.6", choices=["1.6", "2.0.1"], metavar="VERSION",
+                    help="OCPP version: 1.6 (default) or 2.0.1")
+    sw.add_argument("--id-prefix", default="SWARM-", metavar="P",
+                    help="station ids are P00001, P00002, ... (default SWARM-); give each "
+                         "swarm process its own prefix")
+    sw.add_argument("--first-index", type=int, default=1, metavar="I",
+                    help="number of the first station (default 1)")
+    sw.add_argument("--charging-ratio", type=float, default=0.1, metavar="R",
+                    help="long-run share of stations with a session (default 0.1)")
+    sw.add_argument("--ramp", type=float, default=20.0, metavar="STATIONS_PER_S",
+                    help="connection rate (default 20/s); 0 starts all at once")
+    sw.add_argument("--duration", type=float, default=0.0, metavar="S",
+                    help="seconds to run, ramp included (default: until Ctrl-C)")
+    sw.add_argument("--session-s", type=float, default=300.0, metavar="S",
+                    help="mean session length, plug-in to unplug (default 300)")
+    sw.add_argument("--meter-interval", type=int, default=60, metavar="S",
+                    help="MeterValueSampleInterval of every station (default 60)")
+    sw.add_argument("--evses", type=int, default=1, help="EVSEs per station (default 1)")
+    sw.add_argument("--id-tag", metavar="TAG",
+                    help="card every driver taps (default: one per station, TAG<id>)")
+    sw.add_argument("--password", help="HTTP basic auth password of every station")
+    sw.add_argument("--state-dir", metavar="DIR",
+                    help="one SQLite file per station here, kept (default: a temporary "
+                         "directory, removed at the end)")
+    sw.add_argument("--seed", type=int, help="random seed, for a repeatable run")
+    sw.add_argument("--log-level", default="error",
+                    choices=["debug", "info", "warning", "error", "critical"],
+                    help="agent log lines on stderr (default error)")
+    sw.set_defaults(func=cmd_swarm)
     return p
 
 

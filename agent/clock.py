@@ -1,20 +1,43 @@
 """Time for the agent: one injectable source of monotonic and wall-clock time.
 
 Many controller boards have no real-time clock and boot in 1970; the CSMS tells us the time
-(BootNotification, Heartbeat).  We keep an offset to it, so every timestamp the agent sends is
-corrected, and a clock jump of the system never makes intervals run wild (intervals use the
-monotonic clock only).  Tests inject :class:`FakeClock` to run schedules in milliseconds.
+(BootNotification, Heartbeat).  Once it has, the wall clock is *anchored to the monotonic clock*
+(CSMS time at the sync + monotonic seconds since), so an NTP step or a manual ``date`` after the
+sync cannot make timestamps jump, and intervals never use the wall clock at all.
+
+Before the first sync, the system clock is used if it is plausible (2024 or later).  If it is
+not, nothing dated can be produced honestly, so :meth:`Clock.stamp` hands out a *deferred*
+timestamp instead: a marker holding the kernel boot id and the monotonic time.  Messages are
+queued with the marker in place and :meth:`Clock.resolve_payload` turns it into a real time once
+the CSMS time is known; anchors (monotonic -> wall of a boot) are persisted so that a marker
+written before a crash (same kernel boot) or before a power cut (a boot that later synced) can
+still be resolved by the next process.  No 1970 timestamp ever leaves the station.
+
+Tests inject :class:`FakeClock` to run schedules in milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
+import uuid
 from datetime import UTC, datetime
+from typing import Any, Protocol
+
+log = logging.getLogger("cp_agent.clock")
 
 # Before this instant the system clock is certainly wrong (no RTC, no NTP yet).
 _PLAUSIBLE_EPOCH = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
+
+# Deferred timestamps look like "~<boot id>@<monotonic seconds>"; no RFC 3339 time starts with
+# "~", so a marker can never be mistaken for a real time (and a CSMS would reject one).
+_DEFERRED = "~"
+
+# Settings keys of persisted anchors: "clock.anchor.<boot id>" -> "<monotonic> <wall>".
+_ANCHOR_PREFIX = "clock.anchor."
+_ANCHORS_KEPT = 8
 
 
 def iso(dt: datetime) -> str:
@@ -31,12 +54,64 @@ def parse_iso(text: str) -> datetime:
     return dt
 
 
-class Clock:
-    """Real time, corrected by the offset to the CSMS clock."""
+def is_deferred(value: object) -> bool:
+    """True for a marker from :meth:`Clock.stamp` that still waits for the real time."""
+    return isinstance(value, str) and value.startswith(_DEFERRED)
 
-    def __init__(self) -> None:
-        self._offset = 0.0  # csms_time - system_time, seconds
+
+def _split_marker(text: str) -> tuple[str, float] | None:
+    boot, sep, mono = text[len(_DEFERRED):].rpartition("@")
+    if not sep:
+        return None
+    try:
+        return boot, float(mono)
+    except ValueError:
+        return None
+
+
+def _kernel_boot_id() -> str:
+    """Linux names every kernel boot; the monotonic clock is only comparable within one."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            text = f.read().strip()
+        if text:
+            return text
+    except OSError:
+        pass
+    return "proc-" + uuid.uuid4().hex  # no boot id: markers resolve within this process only
+
+
+_BOOT_ID: str | None = None
+
+
+def _default_boot_id() -> str:
+    global _BOOT_ID
+    if _BOOT_ID is None:
+        _BOOT_ID = _kernel_boot_id()
+    return _BOOT_ID
+
+
+class SettingsStore(Protocol):
+    """The part of :class:`agent.storage.Storage` the clock persists its anchors in."""
+
+    def settings(self, prefix: str = "") -> dict[str, str]: ...
+    def set_setting(self, key: str, value: str) -> None: ...
+    def delete_setting(self, key: str) -> None: ...
+
+
+class Clock:
+    """Real time, corrected to the CSMS clock once it has been heard."""
+
+    def __init__(self, boot_id: str | None = None) -> None:
+        self._offset = 0.0  # csms_time - system_time at the last sync, seconds (diagnostics)
         self._synced = False
+        self._sync_mono: float | None = None
+        self._sync_wall: float | None = None
+        self.boot_id = boot_id or _default_boot_id()
+        #: (monotonic, wall) pairs of other boots, to resolve markers written there.
+        self.anchors: dict[str, tuple[float, float]] = {}
+        self._store: SettingsStore | None = None
+        self._saved: tuple[float, float] | None = None
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -48,8 +123,10 @@ class Clock:
         await asyncio.sleep(max(0.0, seconds))
 
     def wall(self) -> float:
-        """Seconds since the epoch, corrected to the CSMS clock once it has been heard."""
-        return self._system() + self._offset
+        """Seconds since the epoch: the CSMS time carried on by the monotonic clock once synced."""
+        if self._sync_mono is not None and self._sync_wall is not None:
+            return self._sync_wall + (self.monotonic() - self._sync_mono)
+        return self._system()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.wall(), UTC)
@@ -62,26 +139,140 @@ class Clock:
         """False while we have neither a CSMS time nor a plausible system clock."""
         return self._synced or self._system() >= _PLAUSIBLE_EPOCH
 
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
     def sync(self, csms_time: datetime | str) -> float:
-        """Adopt the CSMS time; returns the correction applied (seconds), for logging."""
+        """Adopt the CSMS time; returns the correction applied (seconds), for logging.
+
+        A CSMS time before 2024 is ignored (returns 0.0): a backend with a broken clock must not
+        make a good station clock bad, nor push it back to 1970.
+        """
         if isinstance(csms_time, str):
             csms_time = parse_iso(csms_time)
-        new_offset = csms_time.timestamp() - self._system()
-        delta = new_offset - self._offset
-        self._offset = new_offset
+        target = csms_time.timestamp()
+        if target < _PLAUSIBLE_EPOCH:
+            log.warning("ignoring implausible CSMS time %s", csms_time.isoformat())
+            return 0.0
+        before = self.wall()
+        self._sync_mono = self.monotonic()
+        self._sync_wall = target
+        self._offset = target - self._system()
         self._synced = True
-        return delta
+        self._save_anchor()
+        return target - before
 
     @property
     def offset(self) -> float:
-        return self._offset
+        """How far the agent's time is from the system clock now (positive: system is behind)."""
+        return self.wall() - self._system()
+
+    # ------------------------------------------------------------------ deferred timestamps
+
+    def stamp(self) -> str:
+        """The time of an event that may be reported later (queued messages, the journal).
+
+        An ISO timestamp when the clock can be trusted, otherwise a marker that
+        :meth:`resolve` turns into one once the CSMS has told us the time.
+        """
+        if self.trustworthy:
+            return self.now_iso()
+        return f"{_DEFERRED}{self.boot_id}@{self.monotonic():.3f}"
+
+    def resolve(self, value: str) -> str | None:
+        """A real timestamp for ``value`` (unchanged if it is one); None if not yet known."""
+        if not is_deferred(value):
+            return value
+        parts = _split_marker(value)
+        if parts is None:
+            return None
+        boot, mono = parts
+        if boot == self.boot_id:
+            if not self.trustworthy:
+                return None
+            return iso(datetime.fromtimestamp(self.wall() - (self.monotonic() - mono), UTC))
+        anchor = self.anchors.get(boot)
+        if anchor is not None:
+            return iso(datetime.fromtimestamp(anchor[1] + (mono - anchor[0]), UTC))
+        return None
+
+    def boot_started(self) -> float:
+        """Wall time at which this boot's monotonic clock read zero (when power came back)."""
+        return self.wall() - self.monotonic()
+
+    def resolve_payload(self, payload: Any) -> tuple[Any, bool]:
+        """Replace every marker in a message; returns (payload, held).
+
+        ``held`` is True when a marker of *this* boot cannot be resolved yet (the clock is not
+        trustworthy): send nothing, wait for the CSMS time.  A marker of an earlier boot that
+        never learnt the time cannot be placed exactly; it gets the time this boot started, the
+        latest instant it can have happened, which keeps every queued message in order.
+        """
+        held = False
+
+        def walk(node: Any) -> Any:
+            nonlocal held
+            if isinstance(node, dict):
+                return {k: walk(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [walk(v) for v in node]
+            if is_deferred(node):
+                resolved = self.resolve(node)
+                if resolved is not None:
+                    return resolved
+                parts = _split_marker(node)
+                if (parts is None or parts[0] != self.boot_id) and self.trustworthy:
+                    log.warning("time of an event before the last power cut is unknown (no "
+                                "RTC, no CSMS contact); reporting the time power came back")
+                    return iso(datetime.fromtimestamp(self.boot_started(), UTC))
+                held = True
+            return node
+
+        out = walk(payload)
+        return out, held
+
+    # ------------------------------------------------------------------ anchors
+
+    def attach_store(self, store: SettingsStore) -> None:
+        """Load anchors of earlier boots and persist this boot's anchor at every sync."""
+        self._store = store
+        for key, text in store.settings(_ANCHOR_PREFIX).items():
+            boot = key[len(_ANCHOR_PREFIX):]
+            try:
+                mono, wall = (float(x) for x in text.split())
+            except ValueError:
+                continue
+            if boot != self.boot_id:
+                self.anchors[boot] = (mono, wall)
+        if self._synced:
+            self._save_anchor()
+
+    def _save_anchor(self) -> None:
+        store = self._store
+        if store is None or self._sync_mono is None or self._sync_wall is None:
+            return
+        anchor = (self._sync_mono, self._sync_wall)
+        saved = self._saved
+        # The anchor only has to place markers of this boot; refresh it when the time moved.
+        if saved is not None and abs((saved[1] - saved[0]) - (anchor[1] - anchor[0])) < 1.0:
+            return
+        try:
+            store.set_setting(_ANCHOR_PREFIX + self.boot_id, f"{anchor[0]:.3f} {anchor[1]:.3f}")
+            self._saved = anchor
+            old = sorted(store.settings(_ANCHOR_PREFIX).items(),
+                         key=lambda kv: float(kv[1].split()[-1]) if kv[1].split() else 0.0)
+            for key, _ in old[:-_ANCHORS_KEPT]:
+                store.delete_setting(key)
+        except Exception as exc:  # noqa: BLE001 - an anchor is worth a log line, not a crash
+            log.warning("could not persist the clock anchor: %s", exc)
 
 
 class FakeClock(Clock):
     """A clock that only moves when told to; ``sleep`` waits for :meth:`advance`."""
 
-    def __init__(self, start_wall: float = 1_800_000_000.0) -> None:
-        super().__init__()
+    def __init__(self, start_wall: float = 1_800_000_000.0, boot_id: str | None = None) -> None:
+        super().__init__(boot_id=boot_id or "fake-" + uuid.uuid4().hex)
         self._mono = 1000.0
         self._wall0 = start_wall
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
@@ -92,6 +283,10 @@ class FakeClock(Clock):
 
     def _system(self) -> float:
         return self._wall0 + self._mono
+
+    def jump(self, seconds: float) -> None:
+        """Step the *system* clock (NTP step, manual ``date``) without moving monotonic time."""
+        self._wall0 += seconds
 
     async def sleep(self, seconds: float) -> None:
         if seconds <= 0:

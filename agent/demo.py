@@ -48,25 +48,46 @@ class Timeline:
 
 
 def _summary(action: str, p: dict) -> str:
+    """The fields worth a glance, for both 1.6 and 2.0.1 payloads (absent ones are skipped)."""
+    if action == "TransactionEvent":
+        info = p.get("transactionInfo", {})
+        text = (f"{p.get('eventType')} seqNo={p.get('seqNo')} "
+                f"triggerReason={p.get('triggerReason')}")
+        for key in ("chargingState", "stoppedReason"):
+            if key in info:
+                text += f" {key}={info[key]}"
+        return text + _values(p, "unitOfMeasure")
+    if action == "MeterValues":
+        return f"tx {p.get('transactionId', '-')}:" + _values(p, "unit")
     keys = {
-        "BootNotification": ("chargePointVendor", "chargePointModel"),
+        "BootNotification": ("chargePointVendor", "chargePointModel", "reason"),
         "BootNotification.conf": ("status", "interval"),
-        "StatusNotification": ("connectorId", "status", "errorCode"),
+        "StatusNotification": ("connectorId", "status", "errorCode", "evseId",
+                               "connectorStatus"),
         "Authorize": ("idTag",),
-        "Authorize.conf": ("idTagInfo",),
+        "Authorize.conf": ("idTagInfo", "idTokenInfo"),
         "StartTransaction": ("connectorId", "idTag", "meterStart"),
         "StartTransaction.conf": ("transactionId", "idTagInfo"),
         "StopTransaction": ("transactionId", "meterStop", "reason"),
+        "TransactionEvent.conf": ("idTokenInfo",),
+        "SecurityEventNotification": ("type",),
         "Heartbeat.conf": ("currentTime",),
-    }.get(action)
-    if action == "MeterValues":
-        values = [f"{v.get('measurand', 'Energy.Active.Import.Register')}="
-                  f"{v['value']}{v.get('unit', '')}"
-                  for mv in p.get("meterValue", []) for v in mv.get("sampledValue", [])]
-        return f"tx {p.get('transactionId')}: " + ", ".join(values[:4])
-    if keys is None:
-        return ""
-    return " ".join(f"{k}={p[k]}" for k in keys if k in p)
+    }.get(action, ())
+    parts = [f"{k}={p[k]}" for k in keys if k in p]
+    if isinstance(p.get("idToken"), dict):
+        parts.append(f"idToken={p['idToken'].get('idToken')}")
+    return " ".join(parts)
+
+
+def _values(p: dict, unit_key: str) -> str:
+    values = []
+    for mv in p.get("meterValue", []):
+        for v in mv.get("sampledValue", []):
+            unit = v.get(unit_key, "")
+            unit = unit.get("unit", "Wh") if isinstance(unit, dict) else unit
+            values.append(f"{v.get('measurand', 'Energy.Active.Import.Register')}="
+                          f"{v['value']}{unit}")
+    return f" ({', '.join(values[:4])})" if values else ""
 
 
 async def _until(event: asyncio.Event, timeout: float, what: str) -> None:
@@ -74,6 +95,30 @@ async def _until(event: asyncio.Event, timeout: float, what: str) -> None:
         await asyncio.wait_for(event.wait(), timeout)
     except TimeoutError:
         raise RuntimeError(f"demo: timed out waiting for {what}") from None
+
+
+def _register(event: dict, context: str) -> float | None:
+    for mv in event.get("meterValue", []):
+        for v in mv["sampledValue"]:
+            if v.get("context") == context and v.get(
+                    "measurand", "Energy.Active.Import.Register") == \
+                    "Energy.Active.Import.Register":
+                return float(v["value"])
+    return None
+
+
+def _outcome(version: str, csms: TestCsms, stop: dict) -> tuple[Any, Any, float]:
+    """(transaction id, stop reason, energy in Wh) as the CSMS saw them."""
+    if version == "1.6":
+        tx = next(iter(csms.transactions.values()))
+        return (stop["transactionId"], stop.get("reason"),
+                stop["meterStop"] - tx["start"]["meterStart"])
+    tx_id = stop["transactionInfo"]["transactionId"]
+    events = csms.transactions[tx_id]["events"]
+    begin = next((w for e in events if (w := _register(e, "Transaction.Begin")) is not None),
+                 0.0)
+    end = _register(stop, "Transaction.End") or 0.0
+    return tx_id, stop["transactionInfo"].get("stoppedReason"), round(end - begin, 3)
 
 
 async def run_demo(version: str = "1.6", verbose: bool = False, out: Any = sys.stdout) -> int:
@@ -127,11 +172,13 @@ hal: {{driver: mock}}
         try:
             link = await csms.wait_station(STATION_ID, timeout=10)
             await csms.wait_for("BootNotification", station_id=STATION_ID, timeout=10)
-            await _until(agent.v16.accepted, 10, "boot accepted")
+            adapter = agent.adapter  # the one the negotiated version picked
+            await _until(adapter.accepted, 10, "boot accepted")
             tl.line("demo", "EV driver plugs in the cable")
             hal.plug(1)
             await csms.wait_for("StatusNotification", station_id=STATION_ID,
-                                predicate=lambda p: p.get("status") == "Preparing", timeout=5)
+                                predicate=lambda p: p.get("status") == "Preparing"
+                                or p.get("connectorStatus") == "Occupied", timeout=5)
             tl.line("demo", f"driver taps card {TAG}")
             hal.tap(TAG)
             await _until(closed, 10, "the contactor to close")
@@ -139,23 +186,28 @@ hal: {{driver: mock}}
             await asyncio.sleep(6.0)
             tl.line("demo", "driver unplugs the cable")
             hal.unplug(1)
-            stop = await csms.wait_for("StopTransaction", station_id=STATION_ID, timeout=10)
-            await _until(agent.v16.outbox.idle, 10, "the outbox to drain")
+            if version == "1.6":
+                stop = await csms.wait_for("StopTransaction", station_id=STATION_ID,
+                                           timeout=10)
+            else:
+                stop = await csms.wait_for("TransactionEvent", station_id=STATION_ID,
+                                           predicate=lambda p: p["eventType"] == "Ended",
+                                           timeout=10)
+            await _until(adapter.outbox.idle, 10, "the outbox to drain")
             await csms.wait_for("StatusNotification", station_id=STATION_ID,
-                                predicate=lambda p: p.get("status") == "Available", count=2,
-                                timeout=5)
+                                predicate=lambda p: "Available" in (
+                                    p.get("status"), p.get("connectorStatus")),
+                                count=2, timeout=5)
             del link
         finally:
             await agent.stop()
             await csms.stop()
-        tx = next(iter(csms.transactions.values()))
-        energy = stop["meterStop"] - tx["start"]["meterStart"]
+        tx_id, reason, energy = _outcome(version, csms, stop)
         duration = time.monotonic() - started
         print("", file=out)
         print("Summary", file=out)
         print(f"  station          {STATION_ID} over OCPP {version}", file=out)
-        print(f"  transaction      {stop['transactionId']} (stop reason {stop.get('reason')})",
-              file=out)
+        print(f"  transaction      {tx_id} (stop reason {reason})", file=out)
         print(f"  energy delivered {energy} Wh", file=out)
         print(f"  session duration {duration:.1f} s", file=out)
         msgs = ", ".join(f"{k} {v}" for k, v in sorted(tl.counts.items()))

@@ -134,6 +134,12 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: how often each queued message was handed to the link. A message with sends > 0 found
+    # at start-up may have reached the CSMS before the crash: resending it is the 1.6
+    # duplicate window, which the agent can then at least name in its log.
+    """
+    ALTER TABLE outbox ADD COLUMN sends INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 # SQLite primary result codes we give advice for (extended codes carry these in the low byte).
@@ -161,7 +167,16 @@ _MESSAGE_CODES = (
 
 
 class StorageError(Exception):
-    """The state file cannot be used; the message says which file, why, and what to do."""
+    """The state file cannot be used; the message says which file, why, and what to do.
+
+    ``kind`` lets the caller choose a reaction without parsing the text: "locked" (another
+    cp-agent owns the file), "busy", "damaged", "full", "readonly", "io", "foreign", "newer",
+    "closed" or "other".
+    """
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -173,6 +188,7 @@ class OutboxItem:
     attempts: int
     next_attempt: float
     created: str
+    sends: int = 0  # times handed to the link (survives restarts; see migration 2)
 
 
 @dataclass
@@ -200,7 +216,7 @@ _TX_COLUMNS = (
     "remote_id, last_meter_wh, last_meter_at, stopped_at, stop_reason, meter_stop_wh, "
     "seq_no, data, closed"
 )
-_OUTBOX_COLUMNS = "id, action, payload, tx_ref, attempts, next_attempt, created"
+_OUTBOX_COLUMNS = "id, action, payload, tx_ref, attempts, next_attempt, created, sends"
 
 
 def _dumps(value: dict) -> str:
@@ -327,7 +343,8 @@ class Storage:
                 f"state database {self._path} is locked by another process{holder}: another "
                 f"cp-agent is already running with this state file. Stop that instance, or "
                 f"give each instance its own state file (two agents sharing one outbox would "
-                f"send transaction messages twice)."
+                f"send transaction messages twice).",
+                "locked",
             ) from None
         except OSError as exc:
             os.close(fd)
@@ -379,7 +396,8 @@ class Storage:
         if rows != ["ok"]:
             raise StorageError(
                 f"state database {self._path} is damaged (integrity check: "
-                f"{'; '.join(map(str, rows))}). {self._damaged_advice()}"
+                f"{'; '.join(map(str, rows))}). {self._damaged_advice()}",
+                "damaged",
             )
 
     def _migrate(self) -> None:
@@ -393,7 +411,8 @@ class Storage:
             raise StorageError(
                 f"{self._path} is an SQLite database but not a cp-agent state database "
                 f"(application_id {app_id:#x}, user_version {version}). Point the agent at "
-                f"another file; this one was left untouched."
+                f"another file; this one was left untouched.",
+                "foreign",
             )
         known = len(MIGRATIONS)
         if version > known:
@@ -401,7 +420,8 @@ class Storage:
                 f"state database {self._path} has schema version {version}, written by a newer "
                 f"cp-agent; this version understands up to {known}. Install the newer agent "
                 f"again, or move the file aside to start afresh (its queued messages and "
-                f"settings would then be lost)."
+                f"settings would then be lost).",
+                "newer",
             )
         for number in range(version, known):
             script = (
@@ -436,7 +456,7 @@ class Storage:
 
     def _require(self) -> sqlite3.Connection:
         if self._conn is None:
-            raise StorageError(f"state database {self._path} is closed")
+            raise StorageError(f"state database {self._path} is closed", "closed")
         return self._conn
 
     @contextlib.contextmanager
@@ -459,26 +479,32 @@ class Storage:
         if code == _SQLITE_NOTADB:
             return StorageError(
                 f"{where} is not an SQLite database or its header is damaged ({exc}). "
-                f"{self._damaged_advice()}"
+                f"{self._damaged_advice()}",
+                "damaged",
             )
         if code == _SQLITE_CORRUPT:
-            return StorageError(f"{where} is damaged ({exc}). {self._damaged_advice()}")
+            return StorageError(f"{where} is damaged ({exc}). {self._damaged_advice()}",
+                                "damaged")
         if code == _SQLITE_FULL:
             return StorageError(
                 f"{where}: the disk is full ({exc}) while {doing}. Free space on that "
-                f"filesystem; until then nothing new can be recorded."
+                f"filesystem; until then nothing new can be recorded.",
+                "full",
             )
         if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM):
-            return StorageError(f"{where}: cannot write ({exc}) while {doing}. {self._access()}")
+            return StorageError(f"{where}: cannot write ({exc}) while {doing}. {self._access()}",
+                                "readonly")
         if code in (_SQLITE_BUSY, _SQLITE_LOCKED):
             return StorageError(
                 f"{where} is busy ({exc}) while {doing}: another program (an sqlite3 shell, a "
-                f"backup job) holds a lock on it. Close that program."
+                f"backup job) holds a lock on it. Close that program.",
+                "busy",
             )
         if code == _SQLITE_IOERR:
             return StorageError(
                 f"{where}: I/O error ({exc}) while {doing}. The storage medium may be failing "
-                f"or was removed; check the kernel log (dmesg)."
+                f"or was removed; check the kernel log (dmesg).",
+                "io",
             )
         if code == _SQLITE_NOMEM:
             return StorageError(f"{where}: out of memory ({exc}) while {doing}.")
@@ -489,13 +515,15 @@ class Storage:
         if exc.errno == errno.ENOSPC:
             return StorageError(
                 f"{where}: the disk is full ({exc.strerror}) while {doing}. Free space on "
-                f"that filesystem."
+                f"that filesystem.",
+                "full",
             )
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
             return StorageError(
-                f"{where}: cannot write {file} ({exc.strerror}) while {doing}. {self._access()}"
+                f"{where}: cannot write {file} ({exc.strerror}) while {doing}. {self._access()}",
+                "readonly",
             )
-        return StorageError(f"{where}: {exc.strerror or exc} on {file} while {doing}.")
+        return StorageError(f"{where}: {exc.strerror or exc} on {file} while {doing}.", "io")
 
     def _access(self) -> str:
         """Say which of the usual causes applies, so the fix is obvious from the log line."""
@@ -650,6 +678,7 @@ class Storage:
             attempts=row["attempts"],
             next_attempt=row["next_attempt"],
             created=row["created"],
+            sends=row["sends"],
         )
 
     def outbox_ack(self, item_id: int) -> None:
@@ -667,6 +696,24 @@ class Storage:
             )
             if cur.rowcount == 0:
                 raise KeyError(f"no outbox item {item_id}")
+
+    def outbox_mark_sent(self, item_id: int) -> None:
+        """Count a hand-over to the link, just before the frame goes out.
+
+        Not fsynced (like :meth:`tx_meter`): it survives kill -9, and what a power cut may lose
+        is only diagnostics (the log line naming a possible duplicate), never a message.
+        """
+        conn = self._require()
+        sql = "UPDATE outbox SET sends = sends + 1 WHERE id = ?"
+        with self._translate("counting a send"):
+            if self._depth:
+                conn.execute(sql, (item_id,))
+            else:
+                conn.execute("PRAGMA synchronous = NORMAL")
+                try:
+                    conn.execute(sql, (item_id,))
+                finally:
+                    conn.execute("PRAGMA synchronous = FULL")
 
     def outbox_update(self, item_id: int, payload: dict) -> None:
         """Replace a queued payload, e.g. to fill in the CSMS transaction id once it is known."""
@@ -795,7 +842,7 @@ class Storage:
             "saving the CSMS transaction id", local_id, "remote_id = ?", (str(remote_id),)
         )
 
-    def tx_meter(self, local_id: str, wh: float, at: str) -> None:
+    def tx_meter(self, local_id: str, wh: float, at: str, *, durable: bool = False) -> None:
         """Record the latest meter reading: one UPDATE by primary key, and no fsync.
 
         This is the one write that does not wait for the disk. It runs every few seconds per
@@ -804,12 +851,14 @@ class Storage:
         WAL with synchronous=NORMAL still survives kill -9 and stays consistent on power loss;
         a power cut loses at most the readings since the last fsynced commit, which any other
         write (or a WAL checkpoint) provides. Inside ``atomic()`` it commits with the block.
+        ``durable=True`` commits with fsync: the caller does so now and then, which bounds what
+        a power cut can lose even when nothing else is written.
         """
         value = _finite("wh", wh)
         conn = self._require()
         sql = "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ? WHERE local_id = ?"
         with self._translate(f"recording a meter reading for transaction {local_id}"):
-            if self._depth:
+            if self._depth or durable:
                 cur = conn.execute(sql, (value, at, local_id))
             else:
                 # Autocommit statement: its own small transaction, committed without fsync.
@@ -918,10 +967,13 @@ class Storage:
 
     # ------------------------------------------------------------------ authorization
 
-    def auth_cache_get(self, id_token: str) -> dict | None:
+    def auth_cache_get(self, id_token: str, *, include_expired: bool = False) -> dict | None:
         """The cached info, or None if absent or past its ``expires_at`` (by the injected clock).
 
         An expired entry is left in place: deleting it would turn every read into an fsync.
+        ``include_expired`` returns it anyway, for a caller that judges expiry with its own
+        (CSMS-corrected) clock: an identifier known to be expired must be rejected offline,
+        not mistaken for an unknown one.
         """
         rows = self._read(
             "SELECT info, expires_at FROM auth_cache WHERE id_token = ?",
@@ -931,13 +983,19 @@ class Storage:
         if not rows:
             return None
         info, expires_at = rows[0]
-        if expires_at is not None:
+        if expires_at is not None and not include_expired:
             now = datetime.fromtimestamp(self._clock(), UTC)
             if _parse_ts(expires_at) <= now:
                 return None
         return json.loads(info)
 
-    def auth_cache_put(self, id_token: str, info: dict, expires_at: str | None) -> None:
+    def auth_cache_put(self, id_token: str, info: dict, expires_at: str | None, *,
+                       limit: int | None = None) -> None:
+        """Insert or update an entry; with ``limit``, make room as 1.6 section 3.5.1 says.
+
+        When the cache is full, NOT-valid entries (status other than Accepted) go first, then
+        the oldest valid ones.
+        """
         text = _dumps(info)
         if expires_at is not None:
             _parse_ts(expires_at)  # reject a malformed timestamp now, not at every lookup
@@ -949,6 +1007,18 @@ class Storage:
                 "stored_at = excluded.stored_at",
                 (id_token, text, expires_at, _iso(self._clock())),
             )
+            if limit is not None:
+                excess = conn.execute("SELECT count(*) FROM auth_cache").fetchone()[0] - limit
+                if excess > 0:
+                    conn.execute(
+                        "DELETE FROM auth_cache WHERE id_token IN (SELECT id_token FROM "
+                        "auth_cache WHERE id_token != ? ORDER BY "
+                        "(json_extract(info, '$.status') = 'Accepted'), stored_at LIMIT ?)",
+                        (id_token, excess),
+                    )
+
+    def auth_cache_count(self) -> int:
+        return self._read("SELECT count(*) FROM auth_cache", (), "counting the cache")[0][0]
 
     def auth_cache_clear(self) -> None:
         with self._write("clearing the authorization cache") as conn:

@@ -94,3 +94,69 @@ async def charging(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int = 
                                 predicate=lambda p: p["idTag"] == tag and p["connectorId"] == evse)
     await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
     return start
+
+
+# ---------------------------------------------------------------- OCPP 2.0.1
+
+
+@pytest.fixture
+async def csms201() -> AsyncIterator[TestCsms]:
+    """A strict test CSMS speaking 2.0.1 only; any schema or protocol violation fails the test."""
+    server = TestCsms(versions=("2.0.1",))
+    await server.start()
+    yield server
+    await server.stop()
+    assert server.violations == [], f"schema violations: {server.violations}"
+    assert server.internal_errors == [], f"test CSMS errors: {server.internal_errors}"
+
+
+@pytest.fixture
+async def make_agent201(csms201: TestCsms, short_dir: Path) -> AsyncIterator[AgentFactory]:
+    """Agents offering only 2.0.1 (unless ``versions`` says otherwise) to ``csms201``."""
+    agents: list[Agent] = []
+
+    async def make(start: bool = True, **kw: Any) -> Agent:
+        url = kw.pop("url", csms201.url)
+        kw.setdefault("versions", ("2.0.1",))
+        agent = Agent(agent_config(url, short_dir, **kw))
+        agents.append(agent)
+        if start:
+            await agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        await agent.stop()
+
+
+async def online201(agent: Agent, csms: TestCsms, timeout: float = 5.0) -> Any:
+    """Wait until a 2.0.1 boot was accepted and settled; return the CSMS-side link."""
+    await asyncio.wait_for(agent.v201.accepted.wait(), timeout)
+    link = await csms.wait_station(agent.cfg.station.id, timeout)
+    for evse_id in agent.station.evses:
+        await csms.wait_for("StatusNotification", station_id=agent.cfg.station.id,
+                            predicate=lambda p, e=evse_id: p["evseId"] == e, timeout=timeout)
+    await asyncio.wait_for(agent.v201.outbox.idle.wait(), timeout)
+    return link
+
+
+def tx_events(csms: TestCsms, station_id: str = "CP1", **match: Any) -> list[dict]:
+    """The TransactionEvents a station sent, filtered by top-level fields (eventType=...)."""
+    return [p for p in csms.messages(station_id, "TransactionEvent")
+            if all(p.get(k) == v for k, v in match.items())]
+
+
+async def charging201(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int = 1) -> dict:
+    """Plug, tap, wait until the EV charges and every event was delivered; return Started."""
+    agent.hal.plug(evse)
+    agent.hal.tap(tag)
+    started = await csms.wait_for(
+        "TransactionEvent", station_id=agent.cfg.station.id,
+        predicate=lambda p: p["eventType"] == "Started" and p["evse"]["id"] == evse)
+    await csms.wait_for(
+        "TransactionEvent", station_id=agent.cfg.station.id,
+        predicate=lambda p: p["transactionInfo"]["transactionId"]
+        == started["transactionInfo"]["transactionId"]
+        and p["transactionInfo"].get("chargingState") == "Charging")
+    await asyncio.wait_for(agent.v201.outbox.idle.wait(), 5)
+    return started

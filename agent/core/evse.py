@@ -28,7 +28,7 @@ from agent.core.model import (
     Token,
     TxPoint,
 )
-from agent.storage import Storage, TxRecord
+from agent.storage import Storage, StorageError, TxRecord
 from hal.interfaces import EvseHardware, FaultKind, HalError, IndicatorState, MeterReading
 
 log = logging.getLogger("cp_agent.evse")
@@ -77,6 +77,7 @@ class EvseController:
         self.stop_points: Callable[[], frozenset[TxPoint]] = (
             lambda: frozenset({TxPoint.POWER_PATH_CLOSED}))
         self.on_tx_closed: Callable[[TxRecord], None] | None = None
+        self._ev_was_connected = False  # pilot connected at the last on_pilot
         # Observers of what the EVSE does to its hardware (demo timeline, latency benchmark).
         self.trace: Callable[[int, str, dict], None] | None = None
 
@@ -261,9 +262,15 @@ class EvseController:
         if s.tx is None and s.ended_reason is None:
             hit = reached & self.start_points()
             if hit:
+                s.extras["tx_points_seen"] = set(reached)
                 self._start_tx(sorted(hit)[0])
         elif s.tx is not None and s.ended_reason is None:
-            missing = self.stop_points() - reached
+            # A stop point ends the transaction when it is no longer valid, so only once it
+            # has been reached (2.0.1: TxStartPoint Authorized with TxStopPoint EVConnected
+            # must not end a transaction before the EV was ever plugged in).
+            seen = s.extras.setdefault("tx_points_seen", set())
+            seen |= reached
+            missing = (self.stop_points() & seen) - reached
             if missing:
                 if TxPoint.EV_CONNECTED in missing or (
                         TxPoint.POWER_PATH_CLOSED in missing and not self.ev_connected):
@@ -279,11 +286,20 @@ class EvseController:
     def _meter_wh(self) -> float:
         return self.reading.energy_import_wh if self.reading is not None else 0.0
 
+    def _storage_failed(self, exc: StorageError, doing: str) -> None:
+        """A transaction change could not be made durable: fault the EVSE, energy stays off.
+
+        Charging on without a journal would be exactly the lost transaction this agent exists
+        to prevent; the fault (InternalError towards the CSMS) lasts until a restart.
+        """
+        log.error("evse %s: %s failed, EVSE taken out of service: %s", self.id, doing, exc)
+        self._raise_fault(FaultKind.INTERNAL, f"state storage failed ({exc.kind})")
+
     def _start_tx(self, trigger: TxPoint) -> None:
         s = self.session
         assert s is not None
         token = s.token
-        now = self._clock.now_iso()
+        now = self._clock.stamp()
         rec = TxRecord(
             local_id=uuid.uuid4().hex, evse_id=self.id, connector_id=self.connector_id,
             id_token=token.id if token else "", token_type=token.type if token else None,
@@ -296,10 +312,16 @@ class EvseController:
                   "offline": False},
             closed=False,
         )
-        with self._storage.atomic():
-            self._storage.tx_begin(rec)
-            s.tx = rec
-            self._observer().transaction_started(rec, self.snapshot(), trigger)
+        try:
+            with self._storage.atomic():
+                self._storage.tx_begin(rec)
+                s.tx = rec
+                self._observer().transaction_started(rec, self.snapshot(), trigger)
+        except BaseException as exc:
+            s.tx = None  # rolled back: memory must not claim a transaction the journal lacks
+            if isinstance(exc, StorageError):
+                self._storage_failed(exc, "recording the start of a transaction")
+            raise
         log.info("evse %s: transaction %s started (%s, token %s, meter %.1f Wh)", self.id,
                  rec.local_id, trigger, rec.id_token, rec.meter_start_wh)
 
@@ -307,14 +329,23 @@ class EvseController:
         s = self.session
         assert s is not None and s.tx is not None
         tx = s.tx
-        now = self._clock.now_iso()
+        now = self._clock.stamp()
         meter = self._meter_wh() if self.reading is not None else tx.last_meter_wh
-        with self._storage.atomic():
-            self._storage.tx_close(tx.local_id, now, reason.value, meter)
-            tx.stopped_at, tx.stop_reason = now, reason.value
-            tx.meter_stop_wh, tx.closed = meter, True
-            s.ended_reason = reason
-            self._observer().transaction_ended(tx, reason, self.snapshot())
+        try:
+            with self._storage.atomic():
+                self._storage.tx_close(tx.local_id, now, reason.value, meter)
+                tx.stopped_at, tx.stop_reason = now, reason.value
+                tx.meter_stop_wh, tx.closed = meter, True
+                s.ended_reason = reason
+                self._observer().transaction_ended(tx, reason, self.snapshot())
+        except BaseException as exc:
+            # Rolled back: the transaction is still open in the journal, so it must stay open
+            # here too; the next reconcile (or the recovery after a restart) ends it again.
+            tx.stopped_at, tx.stop_reason, tx.meter_stop_wh, tx.closed = None, None, None, False
+            s.ended_reason = None
+            if isinstance(exc, StorageError):
+                self._storage_failed(exc, "recording the end of a transaction")
+            raise
         log.info("evse %s: transaction %s ended (%s, %.1f Wh)", self.id, tx.local_id,
                  reason, meter - tx.meter_start_wh)
         if self.pending_operative is not None:
@@ -343,8 +374,13 @@ class EvseController:
     async def on_pilot(self) -> None:
         async with self.lock:
             s = self.session
+            was_connected, self._ev_was_connected = self._ev_was_connected, self.ev_connected
             if self.ev_connected and s is None:
                 self.session = Session()
+                self._observer().session_event(self.id, "ev_connected", {})
+            elif self.ev_connected and not was_connected:
+                # A plug into a session that exists already (authorized first, or a
+                # transaction kept open across an unplug): 2.0.1 reports it (CablePluggedIn).
                 self._observer().session_event(self.id, "ev_connected", {})
             if self.ev_connected:
                 self._cancel_connection_timer()
@@ -352,7 +388,7 @@ class EvseController:
                 self._raise_fault(FaultKind.PILOT, f"pilot state {self.pilot.value}")
             elif FaultKind.PILOT in self.faults:
                 self._clear_fault(FaultKind.PILOT)
-            if not self.ev_connected and s is not None:
+            if not self.ev_connected and s is not None and was_connected:
                 self._observer().session_event(self.id, "ev_disconnected", {})
             await self._reconcile()
             self._maybe_release_session()
@@ -381,11 +417,13 @@ class EvseController:
             await self._reconcile()
             return True
 
-    async def deauthorize(self, reason: StopReason) -> bool:
+    async def deauthorize(self, reason: StopReason, by: str | None = None) -> bool:
         """End the authorization (local/remote stop, invalid id): energy stops at once.
 
         Whether the transaction ends now or at the next stop point (e.g. the unplug, with a
         2.0.1 TxStopPoint of EVConnected) is decided by the stop points, as for every end.
+        ``by`` names the token that asked (another card of the same group may stop a session);
+        adapters find it as ``tx.data["stopped_by"]`` when the transaction ends.
         """
         async with self.lock:
             s = self.session
@@ -393,6 +431,9 @@ class EvseController:
                 return False
             s.auth = AuthResult("Invalid", source="deauthorized")
             s.extras["deauth_reason"] = reason.value
+            if by is not None and s.tx is not None:
+                s.tx.data["stopped_by"] = by
+            self._observer().session_event(self.id, "deauthorized", {"reason": reason.value})
             await self._reconcile()
             if s.tx is None:
                 s.token, s.auth = None, None  # back to waiting for an authorization

@@ -143,7 +143,12 @@ class Link:
             raise LinkError(
                 f"CSMS at {self.url} agreed none of the offered OCPP versions "
                 f"({', '.join(offered)}); it answered {agreed!r}. Check ocpp.versions.")
-        adapter = self.adapters[version]
+        adapter = self.adapters.get(version)
+        if adapter is None:
+            await ws.close(code=1002, reason=f"OCPP {version} is not implemented")
+            raise LinkError(f"CSMS at {self.url} agreed OCPP {version}, which this agent "
+                            f"offers but does not implement yet. Remove it from "
+                            f"ocpp.versions.")
         self._ws = ws
         self.version = version
         self.state = "connected"

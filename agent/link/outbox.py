@@ -5,6 +5,15 @@ next one (a timeout does not count as an attempt: the CSMS never saw it, or its 
 lost); a CALLERROR counts, and after TransactionMessageAttempts / MessageAttempts the item is
 dropped (kept in the `dropped` table for diagnosis) so one poisoned message cannot block every
 later session forever.  Strict FIFO keeps Start before MeterValues before Stop.
+
+Version-neutral: the adapter supplies ``prepare`` (fill in ids and times known only at send
+time), ``on_result`` (runs in the same SQLite transaction as the ack, so a kill -9 can never
+separate "the CSMS answered" from "we recorded the answer") and the retry settings.
+
+The one thing no station can close on its own is the window between the CSMS processing a
+message and our ack commit: a crash there makes the message go again after restart.  Every
+hand-over to the link is counted in the item (``sends``), so such a resend is at least named in
+the log and counted in :attr:`OutboxSender.resent`.
 """
 
 from __future__ import annotations
@@ -21,9 +30,18 @@ from agent.ocpp.rpc import (
     ResponseInvalid,
     RpcSession,
 )
-from agent.storage import OutboxItem, Storage
+from agent.storage import OutboxItem, Storage, StorageError
 
 log = logging.getLogger("cp_agent.outbox")
+
+# After a storage failure the sender pauses this long before looking at the queue again.
+STORAGE_RETRY_S = 5.0
+# How often a held message (waiting for the CSMS time) is looked at without a wake-up.
+HOLD_POLL_S = 1.0
+
+
+class Hold(Exception):  # noqa: N818 - a signal from ``prepare``, not an error
+    """Raised by ``prepare``: the head message cannot go yet (e.g. its time is not known)."""
 
 
 class OutboxSender:
@@ -42,65 +60,129 @@ class OutboxSender:
         self._wakeup = asyncio.Event()
         self.sent = 0
         self.dropped = 0
+        self.resent = 0  # items sent again after a restart had interrupted their first send
+        self._sent_here: set[int] = set()  # items handed to the link by this process
+        self._due: dict[tuple[int, int], float] = {}  # (id, attempts) -> monotonic deadline
         self.idle = asyncio.Event()  # set whenever the outbox is empty (tests, clean shutdown)
         self.queued = asyncio.Event()  # set on every new item; observers clear it
 
     def wake(self) -> None:
-        """Called after each outbox_put: something new to deliver."""
+        """Called after each outbox_put (or when a held item may go now)."""
         self.queued.set()
         self.idle.clear()
         self._wakeup.set()
 
+    async def _pause(self, seconds: float) -> None:
+        """Wait for ``seconds`` of the injected clock or a wake-up, whichever comes first."""
+        self._wakeup.clear()
+        sleeper = asyncio.ensure_future(self._clock.sleep(max(0.0, seconds)))
+        waker = asyncio.ensure_future(self._wakeup.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    def _drop(self, item: OutboxItem, reason: str) -> None:
+        self._storage.outbox_drop(item.id, reason)
+        self.dropped += 1
+        if self._on_done is not None:
+            self._on_done(item)
+
     async def run(self, rpc: RpcSession) -> None:
         """Deliver until the connection drops (ConnectionLost / CallTimeout end the loop)."""
         while True:
-            items = self._storage.outbox_peek(1)
-            if not items:
-                self.idle.set()
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            item = items[0]
-            delay = item.next_attempt - self._clock.wall()
-            if delay > 0:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
-                continue
-            payload = self._prepare(item)
-            if payload is None:
-                self._storage.outbox_drop(item.id, "cannot be completed")
-                self.dropped += 1
-                continue
             try:
-                result = await rpc.call(item.action, payload)
-            except (CallErrorReceived, ResponseInvalid) as exc:
-                if item.attempts + 1 >= self._attempts():
-                    log.error("%s #%s refused %d times (%s): dropped", item.action, item.id,
-                              item.attempts + 1, exc.code)
-                    self._storage.outbox_drop(item.id, f"{exc.code}: {exc.description}")
-                    self.dropped += 1
-                    if self._on_done is not None:
-                        self._on_done(item)
-                else:
-                    wait = self._retry_interval() * (item.attempts + 1)
-                    log.warning("%s #%s refused (%s); retry in %.0f s", item.action, item.id,
-                                exc.code, wait)
-                    self._storage.outbox_retry(item.id, self._clock.wall() + wait)
+                done = await self._step(rpc)
+            except StorageError as exc:
+                # Disk full, I/O error: the messages are still in the file (or were never
+                # written); try again later rather than end delivery for this connection.
+                log.error("outbox: %s; retrying in %.0f s", exc, STORAGE_RETRY_S)
+                await self._pause(STORAGE_RETRY_S)
                 continue
-            except CallTimeout:
-                # No answer: the item stays and goes again (not an attempt: the CSMS may never
-                # have seen it). A dead link is noticed by the ping and ends this loop.
-                log.warning("%s #%s: no answer; will send again", item.action, item.id)
-                await self._clock.sleep(min(10.0, self._retry_interval()))
-                continue
-            except ConnectionLost:
-                return  # the item stays; the next connection starts again
+            if done:
+                return
+
+    async def _step(self, rpc: RpcSession) -> bool:
+        """Handle the head of the queue once; True when the connection is gone."""
+        items = self._storage.outbox_peek(1)
+        if not items:
+            self.idle.set()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+            return False
+        item = items[0]
+        # next_attempt is wall time so that it survives a restart; after one (or a clock
+        # step) it may lie far in the future, so it is turned into a monotonic deadline once,
+        # never further away than the retry rule allows.
+        key = (item.id, item.attempts)
+        due = self._due.get(key)
+        if due is None:
+            longest = self._retry_interval() * max(1, item.attempts)
+            wait = min(max(0.0, item.next_attempt - self._clock.wall()), longest)
+            due = self._clock.monotonic() + wait
+            self._due = {key: due}  # only the head of the queue is ever waited for
+        delay = due - self._clock.monotonic()
+        if delay > 0:
+            await self._pause(delay)
+            return False
+        try:
+            payload = self._prepare(item)
+        except Hold:
+            await self._pause(HOLD_POLL_S)
+            return False
+        if payload is None:
+            self._drop(item, "cannot be completed")
+            return False
+        if item.sends > 0 and item.id not in self._sent_here:
+            self.resent += 1
+            log.warning("%s #%s was handed to the CSMS before the last restart without an "
+                        "acknowledged answer; sending the identical message again (a CSMS "
+                        "that already processed it must treat it as a repeat)",
+                        item.action, item.id)
+        self._storage.outbox_mark_sent(item.id)
+        self._sent_here.add(item.id)
+        try:
+            result = await rpc.call(item.action, payload)
+        except ValueError as exc:
+            # Our own message does not match the schema: it can never be delivered, and
+            # retrying would block every later transaction message.
+            log.error("%s #%s is invalid and can never be sent (%s): dropped", item.action,
+                      item.id, exc)
+            self._drop(item, f"invalid: {exc}"[:200])
+            return False
+        except (CallErrorReceived, ResponseInvalid) as exc:
+            if item.attempts + 1 >= self._attempts():
+                log.error("%s #%s refused %d times (%s): dropped", item.action, item.id,
+                          item.attempts + 1, exc.code)
+                self._drop(item, f"{exc.code}: {exc.description}")
+            else:
+                wait = self._retry_interval() * (item.attempts + 1)
+                log.warning("%s #%s refused (%s); retry in %.0f s", item.action, item.id,
+                            exc.code, wait)
+                self._storage.outbox_retry(item.id, self._clock.wall() + wait)
+            return False
+        except CallTimeout:
+            # No answer: the item stays and goes again (not an attempt: the CSMS may never
+            # have seen it). A dead link is noticed by the ping and ends this loop.
+            log.warning("%s #%s: no answer; will send again", item.action, item.id)
+            await self._clock.sleep(min(10.0, self._retry_interval()))
+            return False
+        except ConnectionLost:
+            return True  # the item stays; the next connection starts again
+        try:
             with self._storage.atomic():
                 self._on_result(item, result)
                 self._storage.outbox_ack(item.id)
-            self.sent += 1
-            if self._on_done is not None:
-                self._on_done(item)
+        except StorageError:
+            raise
+        except Exception:
+            # A bug in handling the answer must not make us send a delivered message forever.
+            log.exception("%s #%s: handling the answer failed; acknowledging it anyway",
+                          item.action, item.id)
+            self._storage.outbox_ack(item.id)
+        self._sent_here.discard(item.id)
+        self.sent += 1
+        if self._on_done is not None:
+            self._on_done(item)
+        return False

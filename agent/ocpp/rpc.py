@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import json
 import logging
 import os
@@ -28,14 +29,13 @@ from decimal import Decimal
 from typing import Any
 
 import ocpp
-import ocpp.v16.enums
-import ocpp.v21.enums
-import ocpp.v201.enums
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 from jsonschema.exceptions import best_match
 from ocpp.exceptions import OCPPError
 from ocpp.messages import get_validator
+
+from agent.ocpp.fastschema import compile_schema
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +106,13 @@ _KEYWORD_CODES = {
     "maxProperties": "OccurrenceConstraintViolation",
 }
 
+# Imported on first use, for the negotiated version only: importing a version's enums loads
+# its whole package (dataclasses of every message), ~250 ms and ~9 MB for all three, which
+# would otherwise be paid by every agent at start-up (see docs/performance.md).
 _ACTION_ENUMS = {
-    "1.6": ocpp.v16.enums.Action,
-    "2.0.1": ocpp.v201.enums.Action,
-    "2.1": ocpp.v21.enums.Action,
+    "1.6": "ocpp.v16.enums",
+    "2.0.1": "ocpp.v201.enums",
+    "2.1": "ocpp.v21.enums",
 }
 
 
@@ -185,7 +188,8 @@ class _Pending:
 
 @functools.cache
 def _call_actions(version: str) -> frozenset[str]:
-    return frozenset(a.value for a in _ACTION_ENUMS[version])
+    module = importlib.import_module(_ACTION_ENUMS[version])
+    return frozenset(a.value for a in module.Action)
 
 
 @functools.cache
@@ -243,12 +247,25 @@ def _schema(version: str, message_type: int, action: str) -> tuple[Draft4Validat
     return Draft4Validator(_decimalize(base.schema)), True
 
 
+@functools.cache
+def _fast_check(version: str, message_type: int, action: str) -> Callable[[Any], bool] | None:
+    """A compiled one-sided check (see agent.ocpp.fastschema); None if the schema needs Decimal."""
+    entry = _schema(version, message_type, action)
+    if entry is None or entry[1]:
+        return None
+    return compile_schema(entry[0].schema)
+
+
 def _violation(version: str, message_type: int, action: str, payload: dict) -> _Violation | None:
     """Check a payload against its schema; LookupError when there is no schema for it."""
     entry = _schema(version, message_type, action)
     if entry is None:
         raise LookupError(f"no {KIND.get(message_type, '')} schema for {action} in {version}")
     validator, needs_decimal = entry
+    if not needs_decimal:
+        fast = _fast_check(version, message_type, action)
+        if fast is not None and fast(payload):
+            return None  # certainly valid; only a doubtful payload pays for jsonschema
     error: SchemaError | None = best_match(
         validator.iter_errors(_decimalize(payload) if needs_decimal else payload)
     )

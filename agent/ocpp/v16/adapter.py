@@ -3,7 +3,14 @@
 Core + RemoteTrigger profiles, with the local authorization list and cache.  Transaction
 messages (StartTransaction, MeterValues of a transaction, StopTransaction) never go straight to
 the wire: they are committed to the durable outbox together with the state change that caused
-them and sent from there, so nothing is lost across outages and power cuts.
+them and sent from there, so nothing is lost across outages and power cuts.  What is only known
+at send time is filled in then: the transactionId (from the journal, once the Start was
+confirmed) and the real time of events recorded while the clock could not be trusted.
+
+Authorization follows 1.6 section 3.5: the local list has priority over the cache, a local or
+cached hit with LocalPreAuthorize needs no round trip, and offline the rules are
+LocalAuthorizeOffline / AllowOfflineTxForUnknownId, where an identifier known to be invalid or
+expired is always refused.  See docs/durability.md for the promises and their limits.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from agent.core.model import (
     TxPoint,
 )
 from agent.core.station import Station
-from agent.link.outbox import OutboxSender
+from agent.link.outbox import Hold, OutboxSender
 from agent.ocpp.rpc import (
     CallErrorReceived,
     CallFailed,
@@ -35,8 +42,18 @@ from agent.ocpp.rpc import (
     RpcSession,
 )
 from agent.ocpp.v16.keys import ConfigurationKeys
-from agent.storage import OutboxItem, Storage, TxRecord
+from agent.storage import OutboxItem, Storage, StorageError, TxRecord
 from hal.interfaces import FaultKind, MeterReading
+
+# Entries kept in the authorization cache before the oldest make room (1.6 3.5.1).
+AUTH_CACHE_MAX = 10000
+# A meter register read at start-up is trusted for meterStop after a power cut only if it is
+# at most this many seconds of full power ahead of the last journalled reading (more means the
+# energy flowed while we were not looking, or a different meter: not ours to bill).
+RECOVERY_SLACK_S = 5.0
+NOMINAL_VOLTAGE = 230.0
+# Authorization statuses that make an identifier valid for charging (1.6 3.5.2).
+VALID_STATUSES = ("Accepted",)
 
 log = logging.getLogger("cp_agent.v16")
 
@@ -159,11 +176,15 @@ class V16Adapter:
     # ------------------------------------------------------------------ wiring
 
     def _wire_core(self) -> None:
+        self.attach()
+        self.keys.listeners.append(self._key_changed)
+
+    def attach(self) -> None:
+        """Make the core follow 1.6 rules (at start-up, or when a CSMS negotiates 1.6 again)."""
         for evse in self.station.evses.values():
             evse.connection_timeout_s = lambda: float(self.keys["ConnectionTimeOut"])
             evse.start_points = lambda: frozenset({TxPoint.POWER_PATH_CLOSED})
             evse.stop_points = self._stop_points
-        self.keys.listeners.append(self._key_changed)
 
     def _stop_points(self) -> frozenset[TxPoint]:
         if self.keys["StopTransactionOnEVSideDisconnect"]:
@@ -193,9 +214,14 @@ class V16Adapter:
         elif exc is not None:
             log.error("task %s failed", task.get_name(), exc_info=exc)
 
-    async def start(self) -> None:
-        """Agent start-up: recover transactions a power cut left open, start the samplers."""
-        self._recover()
+    async def start(self, *, recover: bool = True) -> None:
+        """Agent start-up: recover transactions a power cut left open, start the samplers.
+
+        ``recover`` is False when another OCPP version's adapter was the last one in use: that
+        one closes the transactions, each exactly once.
+        """
+        if recover:
+            self._recover()
         for evse in self.station.evses.values():
             self.spawn(self._tx_sampler(evse.id), f"v16-sampled-{evse.id}")
         self.spawn(self._aligned_sampler(), "v16-aligned")
@@ -276,6 +302,7 @@ class V16Adapter:
             return
         if abs(delta) > 2:
             log.info("clock corrected by %+.1f s to the CSMS time", delta)
+        self.outbox.wake()  # messages held for want of a trustworthy time may go now
 
     async def _heartbeat(self) -> None:
         await self.accepted.wait()
@@ -324,8 +351,9 @@ class V16Adapter:
             "connectorId": snap.evse_id,
             "errorCode": ERROR_CODES.get(fault, "OtherError") if fault else "NoError",
             "status": snap.status.value,
-            "timestamp": self.clock.now_iso(),
         }
+        if self.clock.trustworthy:  # optional in 1.6: better none than 1970
+            payload["timestamp"] = self.clock.now_iso()
         if fault is not None:
             payload["vendorErrorCode"] = str(fault)[:50]
             detail = self.station.evses[snap.evse_id].faults.get(fault, "")
@@ -343,10 +371,14 @@ class V16Adapter:
         else:
             status = "Available"
         payload: dict[str, Any] = {"connectorId": 0, "status": status,
-                                   "errorCode": ERROR_CODES[fault] if fault else "NoError",
-                                   "timestamp": self.clock.now_iso()}
+                                   "errorCode": ERROR_CODES[fault] if fault else "NoError"}
+        if self.clock.trustworthy:
+            payload["timestamp"] = self.clock.now_iso()
         if fault is not None:
             payload["vendorErrorCode"] = str(fault)
+            detail = self.station.station_faults.get(fault, "")
+            if detail:
+                payload["info"] = detail[:50]
         self._status.pop(0, None)
         self._status[0] = payload
         self._status_wakeup.set()
@@ -363,7 +395,12 @@ class V16Adapter:
                     await self._call("StatusNotification", payload)
                 except (CallErrorReceived, ResponseInvalid) as exc:
                     log.warning("StatusNotification refused: %s", exc)
-                except (CallTimeout, ConnectionLost):
+                except CallTimeout:
+                    # A CSMS that does not answer: keep the newest status and try again at the
+                    # next change, rather than give up on statuses for this connection.
+                    self._status.setdefault(connector_id, payload)
+                    break
+                except ConnectionLost:
                     # Keep the newest status for the next connection; do not resend stale ones.
                     self._status.setdefault(connector_id, payload)
                     raise
@@ -381,6 +418,13 @@ class V16Adapter:
         pass
 
     def transaction_started(self, tx: TxRecord, snap: EvseSnapshot, trigger: TxPoint) -> None:
+        if not tx.data.get("parent"):
+            # The group of the starting card, if the local list or cache knows it, lets a card
+            # of the same group stop the session even offline (1.6 3.10).
+            known = self._local_info(tx.id_token)
+            if known is not None and known[0].get("parentIdTag"):
+                tx.data["parent"] = known[0]["parentIdTag"]
+                self.storage.tx_update_data(tx.local_id, {"parent": tx.data["parent"]})
         payload = {"connectorId": tx.connector_id, "idTag": tx.id_token[:20],
                    "meterStart": int(round(tx.meter_start_wh)), "timestamp": tx.started_at}
         if tx.data.get("reservation_id") is not None:
@@ -393,13 +437,15 @@ class V16Adapter:
 
     def transaction_ended(self, tx: TxRecord, reason: StopReason, snap: EvseSnapshot) -> None:
         payload: dict[str, Any] = {
-            "meterStop": int(round(tx.meter_stop_wh or tx.last_meter_wh)),
-            "timestamp": tx.stopped_at or self.clock.now_iso(),
+            "meterStop": int(round(tx.meter_stop_wh if tx.meter_stop_wh is not None
+                                   else tx.last_meter_wh)),
+            "timestamp": tx.stopped_at or self.clock.stamp(),
             "transactionId": 0,  # filled in from the journal when the Start is confirmed
             "reason": reason.value if reason.value in _V16_REASONS else "Other",
         }
-        if reason in (StopReason.LOCAL,) and tx.id_token:
-            payload["idTag"] = tx.id_token[:20]
+        stopped_by = tx.data.get("stopped_by") or tx.id_token
+        if reason in (StopReason.LOCAL,) and stopped_by:
+            payload["idTag"] = stopped_by[:20]
         if snap.reading is not None:
             self._collect_stop_sample(tx.local_id, snap.reading, "Transaction.End")
         data = self._stop_samples.pop(tx.local_id, [])
@@ -416,57 +462,127 @@ class V16Adapter:
         values = sampled_values(reading, measurands, context)
         bucket = self._stop_samples.setdefault(local_id, [])
         if values and len(bucket) < 500:  # bounded: a week-long session must not grow RAM
-            bucket.append({"timestamp": self.clock.now_iso(), "sampledValue": values})
+            bucket.append({"timestamp": self.clock.stamp(), "sampledValue": values})
 
     # ------------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
-        """Close, exactly once, every transaction a power cut or crash left open."""
+        """Close, exactly once, every transaction a power cut or crash left open.
+
+        1.6 has no way to resume a transaction across a restart, so each one ends with reason
+        PowerLoss, stamped with the time of its last journalled meter reading (when the power
+        was last seen on) rather than the restart time, which would bill the outage.  The Stop
+        is queued in the same SQLite transaction that closes the journal entry, so a second
+        crash during recovery can neither lose it nor queue it twice.
+        """
         for tx in self.storage.tx_open():
-            meter = tx.last_meter_wh
-            now = self.clock.now_iso() if self.clock.trustworthy else (
-                tx.last_meter_at or tx.started_at)
-            log.warning("transaction %s was open at start-up: closing it (PowerLoss, %.1f Wh)",
-                        tx.local_id, meter)
+            meter, source = self._recovered_meter(tx)
+            when = tx.last_meter_at or tx.started_at
+            log.warning("transaction %s (connector %s, %s) was open at start-up: closing it "
+                        "with PowerLoss, meterStop %.1f Wh (%s)", tx.local_id, tx.connector_id,
+                        tx.id_token, meter, source)
             with self.storage.atomic():
-                self.storage.tx_close(tx.local_id, now, StopReason.POWER_LOSS.value, meter)
-                tx.meter_stop_wh, tx.stopped_at = meter, now
-                payload = {"meterStop": int(round(meter)), "timestamp": now,
+                self.storage.tx_close(tx.local_id, when, StopReason.POWER_LOSS.value, meter)
+                tx.meter_stop_wh, tx.stopped_at = meter, when
+                payload = {"meterStop": int(round(meter)), "timestamp": when,
                            "transactionId": 0, "reason": "PowerLoss"}
                 self.storage.outbox_put("StopTransaction", payload, tx_ref=tx.local_id)
+        if self.storage.outbox_count():
+            self.outbox.wake()
+
+    def _recovered_meter(self, tx: TxRecord) -> tuple[float, str]:
+        """meterStop of a transaction found open: the meter's register if plausible, else the
+        last journalled reading (at most ``meter_persist_s`` behind at the moment of the cut).
+
+        A power cut stops the charging and, with it, a meter that keeps its register: reading
+        it now gives the exact value.  A lower register (meter replaced or reset) or one far
+        ahead (energy that flowed while nobody journalled it) is not trusted.
+        """
+        journal = tx.last_meter_wh
+        evse = self.station.evses.get(tx.evse_id)
+        reading = evse.reading if evse is not None else None
+        if reading is None:
+            return journal, "last journalled reading; meter not readable"
+        register = reading.energy_import_wh
+        max_w = (evse.max_current_a * max(1, evse.hw.phases) * NOMINAL_VOLTAGE
+                 if evse is not None else 0.0)
+        slack_wh = max_w * (self.station.meter_persist_s + RECOVERY_SLACK_S) / 3600.0
+        if journal <= register <= journal + slack_wh:
+            return register, "meter register at start-up"
+        return journal, (f"last journalled reading; register {register:.1f} Wh "
+                         f"not consistent with it")
 
     # ------------------------------------------------------------------ outbox hooks
 
     def _prepare_outbox(self, item: OutboxItem) -> dict | None:
-        """Fill in the CSMS transaction id; None drops a message that can no longer be sent."""
+        """Fill in the CSMS transaction id and real times; None drops a message that can no
+        longer be sent; :class:`Hold` keeps it (and all behind it) until the time is known."""
+        payload, held = self.clock.resolve_payload(item.payload)
+        if held:
+            log.info("%s #%s waits for the CSMS time (no trustworthy clock yet)", item.action,
+                     item.id)
+            raise Hold()
         if item.tx_ref is None or item.action == "StartTransaction":
-            return item.payload
+            return payload
         tx = self.storage.tx_get(item.tx_ref)
         if tx is None or tx.remote_id is None:
             log.error("%s for transaction %s has no transactionId (its Start was never "
                       "confirmed); dropping it", item.action, item.tx_ref)
             return None
-        payload = dict(item.payload)
-        payload["transactionId"] = int(tx.remote_id)
+        try:
+            payload["transactionId"] = int(tx.remote_id)
+        except ValueError:
+            log.error("transaction %s has an unusable CSMS id %r; dropping its %s",
+                      item.tx_ref, tx.remote_id, item.action)
+            return None
         return payload
 
     def _outbox_result(self, item: OutboxItem, result: dict) -> None:
-        if item.action == "StartTransaction" and item.tx_ref is not None:
-            tx_id = result.get("transactionId")
-            self.storage.tx_set_remote_id(item.tx_ref, str(tx_id))
-            evse = self.station.find_tx(local_id=item.tx_ref)
-            if evse is not None and evse.tx is not None:
-                evse.tx.remote_id = str(tx_id)
-            status = result.get("idTagInfo", {}).get("status", "Accepted")
-            if status != "Accepted" and evse is not None:
-                log.warning("StartTransaction %s: idTag %s", tx_id, status)
-                if self.keys["StopTransactionOnInvalidId"]:
-                    self.spawn(evse.deauthorize(StopReason.DEAUTHORIZED), "v16-invalid-id")
-                else:
-                    self.spawn(evse.suspend(False), "v16-invalid-id")
-            info = result.get("idTagInfo")
-            if info is not None and evse is not None and evse.tx is not None:
-                self._cache_put(evse.tx.id_token, info)
+        """Runs inside the SQLite transaction that acks the item (see OutboxSender)."""
+        info = result.get("idTagInfo")
+        id_tag = item.payload.get("idTag")
+        if isinstance(info, dict) and isinstance(id_tag, str):
+            # 1.6 4.8 / 4.10: StartTransaction.conf and StopTransaction.conf update the cache.
+            self._cache_put(id_tag, info)
+            self._check_list_conflict(id_tag, info)
+        if item.action != "StartTransaction" or item.tx_ref is None:
+            return
+        tx_id = result.get("transactionId")
+        self.storage.tx_set_remote_id(item.tx_ref, str(tx_id))
+        parent = info.get("parentIdTag") if isinstance(info, dict) else None
+        if parent:
+            self.storage.tx_update_data(item.tx_ref, {"parent": parent})
+        evse = self.station.find_tx(local_id=item.tx_ref)
+        if evse is not None and evse.tx is not None:
+            evse.tx.remote_id = str(tx_id)
+            if parent:
+                evse.tx.data["parent"] = parent
+        status = info.get("status", "Accepted") if isinstance(info, dict) else "Accepted"
+        if status not in VALID_STATUSES and evse is not None and evse.tx is not None:
+            # The CSMS answered late (the start was queued offline, or authorized locally with
+            # outdated data): 1.6 3.5.4 says stop, or only stop the energy.
+            log.warning("StartTransaction %s: idTag %s", tx_id, status)
+            self.spawn(self._invalid_id(evse.id, evse.tx.local_id), "v16-invalid-id")
+
+    async def _invalid_id(self, evse_id: int, local_id: str) -> None:
+        """Deauthorize (StopTransactionOnInvalidId) or suspend, after MaxEnergyOnInvalidId."""
+        evse = self.station.evses[evse_id]
+        limit = self.keys["MaxEnergyOnInvalidId"]
+        while limit > 0:
+            tx = evse.tx
+            if tx is None or tx.local_id != local_id:
+                return
+            delivered = evse.energy_wh() or 0.0
+            if delivered >= limit:
+                break
+            await self.clock.sleep(max(0.5, self.station.meter_poll_s))
+        tx = evse.tx
+        if tx is None or tx.local_id != local_id:
+            return
+        if self.keys["StopTransactionOnInvalidId"]:
+            await evse.deauthorize(StopReason.DEAUTHORIZED)
+        else:
+            await evse.suspend(False)
 
     def _outbox_done(self, item: OutboxItem) -> None:
         if item.action == "StopTransaction" and item.tx_ref is not None:
@@ -484,28 +600,48 @@ class V16Adapter:
             tx = evse.tx
             if interval <= 0 or tx is None or evse.reading is None:
                 continue
+            if self.station.observer is not self:
+                continue  # another OCPP version's adapter is in charge
             self._collect_stop_sample(tx.local_id, evse.reading, "Sample.Periodic")
             values = sampled_values(evse.reading, self.keys["MeterValuesSampledData"],
                                     "Sample.Periodic", evse.hw.ev.current_limit)
             if values:
+                stamp = self.clock.stamp()
                 payload = {"connectorId": evse_id, "transactionId": 0,
-                           "meterValue": [{"timestamp": self.clock.now_iso(),
-                                           "sampledValue": values}]}
+                           "meterValue": [{"timestamp": stamp, "sampledValue": values}]}
+                self._queue_sample(payload, tx, evse.reading, stamp)
+
+    def _queue_sample(self, payload: dict, tx: TxRecord, reading: MeterReading,
+                      stamp: str) -> None:
+        """Queue a transaction's MeterValues and journal the same reading in one commit.
+
+        Journalling it keeps the power-loss Stop (meterStop, timestamp) never behind a sample
+        the CSMS already has.  A failing disk costs a sample, not the sampler.
+        """
+        try:
+            with self.storage.atomic():
                 self.storage.outbox_put("MeterValues", payload, tx_ref=tx.local_id)
-                self.outbox.wake()
+                self.storage.tx_meter(tx.local_id, reading.energy_import_wh, stamp)
+        except (StorageError, KeyError) as exc:
+            log.error("MeterValues of transaction %s not queued: %s", tx.local_id, exc)
+            return
+        tx.last_meter_wh, tx.last_meter_at = reading.energy_import_wh, stamp
+        self.outbox.wake()
 
     async def _aligned_sampler(self) -> None:
         """ClockAlignedDataInterval samples, on the wall-clock boundaries (from midnight UTC)."""
         while True:
             interval = self.keys["ClockAlignedDataInterval"]
-            if interval <= 0:
-                await self.clock.sleep(5)
+            if interval <= 0 or not self.clock.trustworthy:
+                await self.clock.sleep(5)  # no boundaries to align to without the real time
                 continue
             now = self.clock.wall()
             nxt = math.floor(now / interval + 1) * interval
             await self.clock.sleep(max(0.05, nxt - now))
             if self.keys["ClockAlignedDataInterval"] != interval:
                 continue
+            if self.station.observer is not self:
+                continue  # another OCPP version's adapter is in charge
             stamp = datetime.fromtimestamp(nxt, UTC)
             for evse in self.station.evses.values():
                 if evse.reading is None:
@@ -521,11 +657,8 @@ class V16Adapter:
                 mv = [{"timestamp": iso(stamp),
                        "sampledValue": values}]
                 if tx is not None:
-                    self.storage.outbox_put("MeterValues", {"connectorId": evse.id,
-                                                            "transactionId": 0,
-                                                            "meterValue": mv},
-                                            tx_ref=tx.local_id)
-                    self.outbox.wake()
+                    self._queue_sample({"connectorId": evse.id, "transactionId": 0,
+                                        "meterValue": mv}, tx, evse.reading, iso(stamp))
                 elif self.online:
                     self.spawn(self._send_quiet("MeterValues", {"connectorId": evse.id,
                                                                 "meterValue": mv}),
@@ -541,25 +674,54 @@ class V16Adapter:
     # ------------------------------------------------------------------ authorization
 
     def _cache_put(self, id_tag: str, info: dict) -> None:
+        """Remember the CSMS's verdict; never for a listed identifier (1.6 3.5.3)."""
+        if not self.keys["AuthorizationCacheEnabled"]:
+            return
+        if self._list_enabled and self.storage.local_list_get(id_tag) is not None:
+            return
+        expiry = info.get("expiryDate")
+        try:
+            if expiry is not None:
+                parse_iso(expiry)
+        except ValueError:
+            expiry = None  # a schema-valid but odd date: keep the verdict, not the expiry
+        self.storage.auth_cache_put(id_tag, info, expiry, limit=AUTH_CACHE_MAX)
+
+    @property
+    def _list_enabled(self) -> bool:
+        return self.keys.get("LocalAuthListEnabled") is not False
+
+    def _local_info(self, id_tag: str) -> tuple[dict, str] | None:
+        """(idTagInfo, source) from the local list, else the cache (expired entries too)."""
+        if self._list_enabled:
+            entry = self.storage.local_list_get(id_tag)
+            if entry is not None:
+                return entry, "local_list"
         if self.keys["AuthorizationCacheEnabled"]:
-            self.storage.auth_cache_put(id_tag, info, info.get("expiryDate"))
+            entry = self.storage.auth_cache_get(id_tag, include_expired=True)
+            if entry is not None:
+                return entry, "cache"
+        return None
 
     def _local_lookup(self, token: Token) -> AuthResult | None:
-        """Local list first, then the cache; None when neither knows the token."""
-        if self.keys.get("LocalAuthListEnabled") is not False:
-            entry = self.storage.local_list_get(token.id)
-            if entry is not None:
-                return self._result(entry, "local_list")
-        if self.keys["AuthorizationCacheEnabled"]:
-            entry = self.storage.auth_cache_get(token.id)
-            if entry is not None:
-                return self._result(entry, "cache")
-        return None
+        """Local list first, then the cache; None when neither knows the token.
+
+        An accepted entry with an expiry date cannot be judged while the clock is not
+        trustworthy (no RTC, no CSMS yet): it then counts as unknown, never as valid.
+        """
+        found = self._local_info(token.id)
+        if found is None:
+            return None
+        info, source = found
+        if (info.get("status") in VALID_STATUSES and info.get("expiryDate")
+                and not self.clock.trustworthy):
+            return None
+        return self._result(info, source)
 
     def _result(self, info: dict, source: str) -> AuthResult:
         status = info.get("status", "Invalid")
         expiry = info.get("expiryDate")
-        if status == "Accepted" and expiry:
+        if status in VALID_STATUSES and expiry:
             try:
                 if parse_iso(expiry).timestamp() < self.clock.wall():
                     status = "Expired"
@@ -568,9 +730,35 @@ class V16Adapter:
         return AuthResult(status, parent=info.get("parentIdTag"), source=source,
                           expires_at=expiry)
 
+    def _check_list_conflict(self, id_tag: str, info: dict) -> None:
+        """1.6 3.5.2: a CSMS verdict that contradicts the local list is reported on connector 0."""
+        if not self._list_enabled:
+            return
+        entry = self.storage.local_list_get(id_tag)
+        if entry is None:
+            return
+        listed = self._result(entry, "local_list").accepted
+        if listed == (info.get("status") in VALID_STATUSES):
+            return
+        log.warning("local list says %s for %s, the CSMS %s: reporting LocalListConflict",
+                    entry.get("status"), id_tag, info.get("status"))
+        self._queue_station_status()
+        self._status[0]["errorCode"] = "LocalListConflict"
+        self._status[0]["info"] = f"idTag {id_tag}"[:50]
+
     async def authorize(self, token: Token, evse_id: int | None) -> AuthResult:
-        """Authorizer for the core: local sources, online Authorize, offline rules."""
-        local = self._local_lookup(token)
+        """Authorizer for the core: local sources, online Authorize, offline rules.
+
+        Offline (or when the CSMS does not answer in time), per 1.6 3.5: an identifier the
+        local list or cache knows as not valid, or as expired, is refused whatever the keys
+        say; a valid one is accepted with LocalAuthorizeOffline; any other is accepted only
+        with AllowOfflineTxForUnknownId.
+        """
+        try:
+            local = self._local_lookup(token)
+        except StorageError as exc:
+            log.error("local authorization sources unreadable: %s", exc)
+            local = None
         if local is not None and local.accepted and self.keys["LocalPreAuthorize"]:
             return local  # no round trip: the contactor can close at once
         if self.online:
@@ -580,14 +768,20 @@ class V16Adapter:
                 log.warning("Authorize not answered: %s", exc)
             else:
                 info = res.get("idTagInfo", {})
-                self._cache_put(token.id, info)
+                try:
+                    self._cache_put(token.id, info)
+                    self._check_list_conflict(token.id, info)
+                except StorageError as exc:
+                    log.error("authorization cache not updated: %s", exc)
                 return self._result(info, "online")
         # Offline.
+        if local is not None and not local.accepted:
+            return AuthResult(local.status, parent=local.parent, source="offline")
         if local is not None and self.keys["LocalAuthorizeOffline"]:
             return local
-        if local is None and self.keys["AllowOfflineTxForUnknownId"]:
+        if self.keys["AllowOfflineTxForUnknownId"]:
             return AuthResult("Accepted", source="offline_unknown")
-        return AuthResult(local.status if local else "Invalid", source="offline")
+        return AuthResult("Invalid", source="offline")
 
     # ------------------------------------------------------------------ CSMS -> CP handlers
 
@@ -697,24 +891,39 @@ class V16Adapter:
         return {"listVersion": self.storage.local_list_version()}
 
     async def _on_send_local_list(self, p: dict) -> dict:
+        """Full or differential update, all of it with its version or nothing (1.6 5.15)."""
         if self.keys.get("LocalAuthListEnabled") is False:
             return {"status": "NotSupported"}
         entries: dict[str, dict | None] = {}
-        items = p.get("localAuthorizationList", [])
+        items = p.get("localAuthorizationList") or []
         if len(items) > self.keys["SendLocalListMaxLength"]:
             return {"status": "Failed"}
         for item in items:
+            if item["idTag"] in entries:
+                return {"status": "Failed"}  # "idTags ... MUST be unique" (6.41)
             entries[item["idTag"]] = item.get("idTagInfo")
         version = p["listVersion"]
-        if p["updateType"] == "Full":
-            full = {k: v for k, v in entries.items() if v}
-            if len(full) > self.keys["LocalAuthListMaxLength"]:
-                return {"status": "Failed"}
-            self.storage.local_list_replace(version, full)
-        else:
-            if version <= self.storage.local_list_version():
-                return {"status": "VersionMismatch"}
-            self.storage.local_list_apply(version, entries)
+        try:
+            if p["updateType"] == "Full":
+                if any(v is None for v in entries.values()):
+                    return {"status": "Failed"}  # idTagInfo is required in a full update
+                if len(entries) > self.keys["LocalAuthListMaxLength"]:
+                    return {"status": "Failed"}
+                self.storage.local_list_replace(version, entries)  # type: ignore[arg-type]
+            else:
+                if version <= self.storage.local_list_version():
+                    return {"status": "VersionMismatch"}
+                added = sum(1 for k, v in entries.items()
+                            if v is not None and self.storage.local_list_get(k) is None)
+                removed = sum(1 for k, v in entries.items()
+                              if v is None and self.storage.local_list_get(k) is not None)
+                if (self.storage.local_list_count() + added - removed
+                        > self.keys["LocalAuthListMaxLength"]):
+                    return {"status": "Failed"}
+                self.storage.local_list_apply(version, entries)
+        except StorageError as exc:
+            log.error("local authorization list not updated: %s", exc)
+            return {"status": "Failed"}
         return {"status": "Accepted"}
 
     async def _on_trigger(self, p: dict) -> dict:
@@ -757,7 +966,7 @@ class V16Adapter:
             targets = ([self.station.evses[connector_id]] if connector_id
                        else list(self.station.evses.values()))
             for evse in targets:
-                if evse.reading is None:
+                if evse.reading is None or not self.clock.trustworthy:
                     continue
                 values = sampled_values(evse.reading, self.keys["MeterValuesSampledData"],
                                         "Trigger", evse.hw.ev.current_limit)

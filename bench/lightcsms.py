@@ -1,0 +1,273 @@
+"""A permissive, fast CSMS for the benchmarks: it answers every station CALL at once.
+
+The strict test CSMS (agent.testing.csms) checks every frame against the JSON schemas, which is
+what the tests need and what makes it the bottleneck when 2,000 stations or a 10,000-message
+outbox replay talk to it.  Benchmarks measure the agent, so they talk to this one instead:
+no validation, canned valid answers, counters.  The agent still validates everything it sends
+and receives, so its side of the work is the real one.
+
+Used in-process (``LightCsms``) or as a separate process (``python -m bench.lightcsms``) so that
+its CPU is not charged to the agent being measured.  The process prints ``{"url": ...}`` on its
+first stdout line and then takes one JSON command per stdin line, answering with one JSON line:
+
+    {"cmd": "stats"}                                 -> {"stats": {...}}
+    {"cmd": "call", "id": 1, "station": "CP1", "action": "RemoteStartTransaction",
+     "payload": {...}}                               -> {"id": 1, "sent_at": ..., "result": {...}}
+    {"cmd": "quit"}  (or end of input)               -> {"stats": {...}} and exit 0
+
+``sent_at`` is ``time.perf_counter()`` just before the CALL frame was written; on Linux that is
+CLOCK_MONOTONIC, shared by every process, so a benchmark can compare it with its own clock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+SUBPROTOCOLS = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1", "ocpp2.1": "2.1"}
+
+CallObserver = Callable[[str, str, dict, float], None]
+
+
+def _now_iso() -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+class _Conn:
+    __slots__ = ("ws", "station_id", "version", "pending")
+
+    def __init__(self, ws: ServerConnection, station_id: str, version: str) -> None:
+        self.ws = ws
+        self.station_id = station_id
+        self.version = version
+        self.pending: dict[str, asyncio.Future] = {}
+
+
+class LightCsms:
+    """Accepts every station, boot and token; counts what it sees."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
+                 heartbeat_interval: int = 300, on_call: CallObserver | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.heartbeat_interval = heartbeat_interval
+        self.on_call = on_call
+        self.url = ""
+        self.stations: dict[str, _Conn] = {}
+        self.calls: Counter[str] = Counter()  # station CALLs by action
+        self.booted: set[str] = set()
+        self.connections_total = 0
+        self.peak_connections = 0
+        self.tx_started = 0
+        self.tx_stopped = 0
+        self.malformed = 0
+        self.call_errors_received = 0
+        self._next_tx = 1
+        self._server: Server | None = None
+
+    async def start(self) -> str:
+        self._server = await serve(
+            self._serve, self.host, self.port, subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+            ping_interval=None, max_size=1 << 20, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"ws://{self.host}:{self.port}/"
+        return self.url
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            await server.wait_closed()
+
+    def stats(self) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return {
+            "connections": len(self.stations), "peak_connections": self.peak_connections,
+            "connections_total": self.connections_total, "booted": len(self.booted),
+            "calls": dict(self.calls), "calls_total": sum(self.calls.values()),
+            "tx_started": self.tx_started, "tx_stopped": self.tx_stopped,
+            "malformed": self.malformed, "call_errors_received": self.call_errors_received,
+            "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kb": usage.ru_maxrss,
+        }
+
+    async def call(self, station_id: str, action: str, payload: dict,
+                   timeout: float = 10.0) -> tuple[float, dict]:
+        """Send a CALL to a station; returns (perf_counter when sent, its answer)."""
+        conn = self.stations[station_id]
+        unique_id = str(uuid.uuid4())
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        conn.pending[unique_id] = future
+        frame = json.dumps([2, unique_id, action, payload], separators=(",", ":"))
+        try:
+            sent_at = time.perf_counter()
+            await conn.ws.send(frame)
+            async with asyncio.timeout(timeout):
+                return sent_at, await future
+        finally:
+            conn.pending.pop(unique_id, None)
+
+    # ------------------------------------------------------------------ serving
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        station_id = unquote(urlsplit(ws.request.path).path.rstrip("/").rsplit("/", 1)[-1])
+        version = SUBPROTOCOLS.get(ws.subprotocol or "")
+        if version is None or not station_id:
+            await ws.close(1002, "no common OCPP subprotocol")
+            return
+        conn = _Conn(ws, station_id, version)
+        self.stations[station_id] = conn
+        self.connections_total += 1
+        self.peak_connections = max(self.peak_connections, len(self.stations))
+        try:
+            async for raw in ws:
+                await self._frame(conn, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.stations.get(station_id) is conn:
+                del self.stations[station_id]
+            for future in conn.pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError(f"{station_id} disconnected"))
+
+    async def _frame(self, conn: _Conn, raw: str | bytes) -> None:
+        try:
+            msg = json.loads(raw)
+            kind, unique_id = msg[0], msg[1]
+        except (ValueError, TypeError, IndexError, KeyError):
+            self.malformed += 1
+            return
+        if kind == 2 and len(msg) == 4:
+            action, payload = msg[2], msg[3]
+            self.calls[action] += 1
+            if self.on_call is not None:
+                self.on_call(conn.station_id, action, payload, time.perf_counter())
+            answer = self._answer(conn, action, payload)
+            with contextlib.suppress(ConnectionClosed):
+                await conn.ws.send(json.dumps([3, unique_id, answer], separators=(",", ":")))
+        elif kind in (3, 4):
+            if kind == 4:
+                self.call_errors_received += 1
+            future = conn.pending.get(unique_id)
+            if future is not None and not future.done():
+                future.set_result(msg[2] if kind == 3 else {"errorCode": msg[2]})
+        else:
+            self.malformed += 1
+
+    def _answer(self, conn: _Conn, action: str, p: dict) -> dict:
+        """Minimal schema-valid answers (1.6 and 2.x share most shapes)."""
+        v16 = conn.version == "1.6"
+        if action == "BootNotification":
+            self.booted.add(conn.station_id)
+            return {"status": "Accepted", "currentTime": _now_iso(),
+                    "interval": self.heartbeat_interval}
+        if action == "Heartbeat":
+            return {"currentTime": _now_iso()}
+        if action == "Authorize":
+            return {"idTagInfo": {"status": "Accepted"}} if v16 else {
+                "idTokenInfo": {"status": "Accepted"}}
+        if action == "StartTransaction":
+            self.tx_started += 1
+            tx, self._next_tx = self._next_tx, self._next_tx + 1
+            return {"transactionId": tx, "idTagInfo": {"status": "Accepted"}}
+        if action == "StopTransaction":
+            self.tx_stopped += 1
+            return {"idTagInfo": {"status": "Accepted"}} if "idTag" in p else {}
+        if action == "TransactionEvent":
+            event = p.get("eventType")
+            if event == "Started":
+                self.tx_started += 1
+            elif event == "Ended":
+                self.tx_stopped += 1
+            return {"idTokenInfo": {"status": "Accepted"}} if "idToken" in p else {}
+        if action in ("DataTransfer", "SignCertificate"):
+            return {"status": "Accepted"}
+        return {}
+
+
+# ---------------------------------------------------------------------- process mode
+
+
+async def _serve_commands(csms: LightCsms) -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    tasks: set[asyncio.Task] = set()
+
+    def emit(doc: dict) -> None:
+        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.flush()
+
+    async def do_call(cmd: dict) -> None:
+        try:
+            sent_at, result = await csms.call(cmd["station"], cmd["action"], cmd["payload"],
+                                              cmd.get("timeout", 10.0))
+            emit({"id": cmd.get("id"), "sent_at": sent_at, "result": result})
+        except Exception as exc:  # noqa: BLE001 - reported to the bench, which decides
+            emit({"id": cmd.get("id"), "error": f"{type(exc).__name__}: {exc}"})
+
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        try:
+            cmd = json.loads(line)
+        except ValueError:
+            emit({"error": f"not JSON: {line[:80]!r}"})
+            continue
+        what = cmd.get("cmd")
+        if what == "stats":
+            emit({"id": cmd.get("id"), "stats": csms.stats()})
+        elif what == "call":
+            task = asyncio.create_task(do_call(cmd))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        elif what == "quit":
+            break
+        else:
+            emit({"id": cmd.get("id"), "error": f"unknown command {what!r}"})
+    for task in tasks:
+        task.cancel()
+
+
+async def _main(port: int, heartbeat: int) -> None:
+    # 2,000 stations need 2,000 sockets: lift the soft limit to the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    csms = LightCsms(port=port, heartbeat_interval=heartbeat)
+    url = await csms.start()
+    print(json.dumps({"url": url}), flush=True)
+    try:
+        await _serve_commands(csms)
+    finally:
+        await csms.stop()
+        print(json.dumps({"stats": csms.stats()}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--heartbeat", type=int, default=300, help="interval in the boot answer")
+    ns = p.parse_args(argv)
+    asyncio.run(_main(ns.port, ns.heartbeat))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

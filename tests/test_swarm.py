@@ -1,0 +1,107 @@
+"""Swarm mode: many real agents in one process against the strict test CSMS.
+
+What a swarm reports must be what the CSMS saw, frame for frame, or a load test lies; and the
+CSMS fixture fails the test on any schema or protocol violation by any station.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from agent.swarm import SwarmOptions, run_swarm
+from agent.testing.csms import CS_TO_CSMS, CSMS_TO_CS
+
+pytestmark = pytest.mark.asyncio
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _seen(csms, direction: str, kind: str) -> Counter:
+    return Counter(m.action for m in csms.log if m.direction == direction and m.kind == kind)
+
+
+async def test_every_station_boots_sessions_complete_and_counts_match_the_csms(csms, short_dir):
+    out = io.StringIO()
+    options = SwarmOptions(csms=csms.url, count=5, id_prefix="T-", charging_ratio=0.9,
+                           ramp=50, duration=3.0, session_s=0.8, meter_interval=1, seed=7,
+                           state_dir=str(short_dir), drain_s=10)
+    summary = await run_swarm(options, out)
+
+    ids = {f"T-{i:05d}" for i in range(1, 6)}
+    booted = {m.station_id for m in csms.log if m.action == "BootNotification"
+              and m.direction == CSMS_TO_CS and m.kind == "CALLRESULT"
+              and m.payload["status"] == "Accepted"}
+    assert booted == ids
+    assert summary.stations == summary.booted == 5
+    assert summary.all_booted_after_s is not None
+
+    # Every CALL the stations sent reached the CSMS, and every answer it gave came back.
+    assert summary.sent == _seen(csms, CS_TO_CSMS, "CALL")
+    assert summary.acknowledged == _seen(csms, CSMS_TO_CS, "CALLRESULT")
+    assert summary.errors == 0, summary.last_error
+
+    # Sessions ran to the end: each transaction the CSMS opened was also closed.
+    assert summary.sessions_started > 0
+    started = [t for t in csms.transactions.values() if t["start"] is not None]
+    stopped = [t for t in started if t["stop"] is not None]
+    assert summary.sessions_started == len(started)
+    assert summary.sessions_completed == len(stopped) == len(started)
+    assert {t["station_id"] for t in started} <= ids
+    assert summary.sent["MeterValues"] > 0, "charging sessions sample the meter"
+    reasons = Counter(t["stop"]["reason"] for t in stopped)
+    assert set(reasons) <= {"Local", "EVDisconnected"}, reasons
+
+    text = out.getvalue()
+    assert "Swarm summary" in text
+    assert "5 started, 5 booted" in text
+    assert f"{summary.sessions_started} started, {summary.sessions_completed} completed" in text
+    # Each station kept its own persisted state.
+    assert {p.name for p in short_dir.glob("T-*.sqlite3")} == {f"{i}.sqlite3" for i in ids}
+
+
+async def test_ramp_spaces_out_the_connections(csms, short_dir):
+    options = SwarmOptions(csms=csms.url, count=4, id_prefix="R-", charging_ratio=0.0,
+                           ramp=4, duration=1.2, state_dir=str(short_dir), drain_s=2)
+    summary = await run_swarm(options, io.StringIO())
+    assert summary.booted == 4
+    connects = sorted(t for t, sid, what in csms.connection_log
+                      if what.startswith("connected"))
+    assert len(connects) == 4
+    # 4 stations at 4/s: the last one connects about 0.75 s after the first, not at once.
+    assert connects[-1] - connects[0] >= 0.6
+    assert summary.sent["StartTransaction"] == 0, "charging ratio 0: nobody charges"
+
+
+async def test_cli_swarm_stops_cleanly_on_ctrl_c(csms, short_dir):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "swarm", "--csms", csms.url, "--count", "3",
+        "--id-prefix", "C-", "--ramp", "0", "--charging-ratio", "1", "--session-s", "30",
+        "--state-dir", str(short_dir), "--seed", "3", cwd=REPO, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        # Everyone is charging (ratio 1): interrupt in the middle of the sessions.
+        for sid in ("C-00001", "C-00002", "C-00003"):
+            await csms.wait_for("StartTransaction", station_id=sid, timeout=20)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = out.decode()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "Swarm summary (interrupted)" in text
+    assert "3 started, 3 booted" in text
+    # The interrupted sessions were finished, not abandoned.
+    started = [t for t in csms.transactions.values() if t["start"] is not None]
+    assert len(started) == 3
+    assert all(t["stop"] is not None for t in started)
