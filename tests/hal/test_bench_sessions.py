@@ -429,8 +429,7 @@ async def test_example_rig_two_sessions_at_once(csms, short_dir):
     async with running(rig, csms, short_dir) as (agent, hal):
         # one shared reader: the two cards are tapped one after the other
         await begin(rig, csms, evse=1, uid="04000001", kwh_before=100.0)
-        await begin(rig, csms, evse=2, uid="04000002", kwh_before=200.0,
-                    check_connector=False)  # see the xfail test below
+        await begin(rig, csms, evse=2, uid="04000002", kwh_before=200.0)
         await asyncio.gather(
             one_session(rig, csms, agent, hal, evse=1, uid="04000001", kwh_before=100.0,
                         kwh_after=104.0, started=True),
@@ -438,9 +437,6 @@ async def test_example_rig_two_sessions_at_once(csms, short_dir):
                         kwh_after=202.5, started=True))
 
 
-@pytest.mark.xfail(strict=True, reason="1.6 adapter puts tx.connector_id (the connector "
-                   "within the EVSE, always 1) into StartTransaction.connectorId instead of "
-                   "the EVSE id (agent/ocpp/v16/adapter.py, _start payload)")
 async def test_start_transaction_names_the_second_evse(csms, short_dir):
     rig = ExampleRig()
     async with running(rig, csms, short_dir):

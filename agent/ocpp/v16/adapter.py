@@ -425,7 +425,7 @@ class V16Adapter:
             if known is not None and known[0].get("parentIdTag"):
                 tx.data["parent"] = known[0]["parentIdTag"]
                 self.storage.tx_update_data(tx.local_id, {"parent": tx.data["parent"]})
-        payload = {"connectorId": tx.connector_id, "idTag": tx.id_token[:20],
+        payload = {"connectorId": tx.evse_id, "idTag": tx.id_token[:20],
                    "meterStart": int(round(tx.meter_start_wh)), "timestamp": tx.started_at}
         if tx.data.get("reservation_id") is not None:
             payload["reservationId"] = tx.data["reservation_id"]
