@@ -5,8 +5,8 @@ a pin number is reported with its key path when the agent starts, not when the f
 plugs in), and :func:`build_hal` constructs drivers without touching hardware (so
 ``cp-agent doctor`` can build the station and then probe each device on its own).
 
-See docs/hardware.md for the shape of the section and docs/config-hardware.example.yaml
-for a complete bench rig.
+See docs/hardware.md for the shape of the section, and the bench-rig block at the end of
+config.example.yaml for a complete bench rig.
 """
 
 from __future__ import annotations

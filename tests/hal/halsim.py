@@ -27,10 +27,12 @@ import types
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import serial
 import serial.serialposix
+import yaml
 from gpiozero.pins.mock import MockConnectedPin, MockPWMPin
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -661,3 +663,18 @@ class FakeInputDevice:
 
     def unplug(self) -> None:
         self.queue.put_nowait(None)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def example_bench_rig() -> dict:
+    """The bench-rig block at the end of config.example.yaml, uncommented and parsed.
+
+    The example ships commented out (the default config runs on the mock HAL); the tests load
+    exactly that text so the documented rig cannot drift from what the drivers accept.
+    """
+    text = (ROOT / "config.example.yaml").read_text()
+    block = text.split("# >>> bench-rig\n", 1)[1].split("# <<< bench-rig", 1)[0]
+    lines = [line[2:] if line.startswith("# ") else line[1:] for line in block.splitlines()]
+    return yaml.safe_load("\n".join(lines))

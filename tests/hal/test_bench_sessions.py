@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from halsim import (
     FakeAds1115,
@@ -27,6 +26,7 @@ from halsim import (
     PilotCircuit,
     Pty,
     evse_wb_unit,
+    example_bench_rig,
     phoenix_unit,
     put,
     sdm120_unit,
@@ -43,7 +43,6 @@ from agent.doctor import doctor
 from hal.drivers.hardware import HardwareHal
 from hal.factory import build_hal, parse_hal_config
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "config-hardware.example.yaml"
 FAST_BUS = {"timeout_s": 0.1, "retries": 1}
 
 
@@ -262,7 +261,7 @@ class TcpRig(Rig):
 
 
 class ExampleRig(Rig):
-    """docs/config-hardware.example.yaml as documented, only the RS-485 port pointed at the
+    """The bench-rig block of config.example.yaml as documented, only the RS-485 port pointed at the
     simulated line: two EVSEs (EVSE-WB + SDM630, direct pilot + SDM120) sharing one RS-485
     line, the PN532 and the ADS1115 sharing I2C bus 1."""
 
@@ -270,7 +269,7 @@ class ExampleRig(Rig):
     evse_ids = [1, 2]
 
     async def start(self) -> None:
-        raw = yaml.safe_load(EXAMPLE.read_text())["hal"]
+        raw = example_bench_rig()["hal"]
         self.meters = {1: sdm630_unit(1, kwh=100.0, power=0.0),
                        2: sdm120_unit(3, kwh=200.0, power=0.0)}
         self.board = evse_wb_unit(2, vehicle_state=1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import io
-from pathlib import Path
 
 import pytest
 import yaml
+from halsim import ROOT, example_bench_rig
 
 from agent.doctor import doctor
 from hal.drivers.contactor import GpioContactor
@@ -18,8 +18,6 @@ from hal.drivers.meters import RegisterMapMeter, SunSpecMeter
 from hal.drivers.pn532 import Pn532Reader
 from hal.factory import HalConfigError, build_hal, parse_hal_config
 from hal.mock import MockHal
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "config-hardware.example.yaml"
 
 MINIMAL = {
     "driver": "hardware",
@@ -150,7 +148,7 @@ def test_generic_register_errors():
 
 
 def test_example_config_parses_and_builds():
-    raw = yaml.safe_load(EXAMPLE.read_text())["hal"]
+    raw = example_bench_rig()["hal"]
     cfg = parse_hal_config(raw, [1, 2])
     hal = build_hal(cfg)
     assert isinstance(hal, HardwareHal)
@@ -210,7 +208,7 @@ async def test_doctor_names_causes_when_nothing_is_there(tmp_path):
 
 
 def test_generic_meter_snippet_in_hardware_doc_parses():
-    doc = (EXAMPLE.parent / "hardware.md").read_text()
+    doc = (ROOT / "README.md").read_text().split("## Adding a meter by register map", 1)[1]
     snippet = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     meter = yaml.safe_load(snippet)["meter"]
     cfg = parse_hal_config(with_("evses.0.meter", meter), [1])
