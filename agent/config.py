@@ -67,6 +67,8 @@ class OcppConfig:
     versions: list[str] = field(default_factory=lambda: ["1.6"])
     password: str | None = None
     security_profile: int = 0
+    # PEM file of the CA(s) that signed the CSMS certificate (wss://); None: the system CAs.
+    ca_file: str | None = None
     call_timeout_s: float = 30.0
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     # Initial values of 1.6 configuration keys / 2.0.1 variables, before the CSMS changes them.
@@ -100,6 +102,9 @@ class OcppConfig:
             # 1.6 security whitepaper / 2.0.1: 16-40 chars; we accept 1-40 for bench CSMSs.
             _check(0 < len(self.password) <= 40, f"{path}.password", "***",
                    "1-40 characters")
+        if self.ca_file is not None:
+            _check(os.path.isfile(self.ca_file), f"{path}.ca_file", self.ca_file,
+                   "the path of a readable PEM file of CA certificates")
         _check(0 < self.call_timeout_s <= 300, f"{path}.call_timeout_s", self.call_timeout_s,
                "a number of seconds in (0, 300]")
         self.reconnect.validate(f"{path}.reconnect")
@@ -305,6 +310,8 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     base = p.resolve().parent
     if not os.path.isabs(cfg.storage.path):
         cfg.storage.path = str(base / cfg.storage.path)
+    if cfg.ocpp.ca_file is not None and not os.path.isabs(cfg.ocpp.ca_file):
+        cfg.ocpp.ca_file = str(base / cfg.ocpp.ca_file)
     if not os.path.isabs(cfg.control.socket):
         cfg.control.socket = str(base / cfg.control.socket)
     return cfg

@@ -121,7 +121,11 @@ class Link:
             "close_timeout": 5,
         }
         if self.url.startswith("wss://"):
-            kwargs["ssl"] = ssl.create_default_context()
+            # Security profile 2: TLS with the server certificate checked against the system
+            # CAs or the operator's own (ocpp.ca_file), hostname included; TLS 1.2 at least.
+            context = ssl.create_default_context(cafile=self.cfg.ca_file)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            kwargs["ssl"] = context
         self.state = "connecting"
         try:
             ws = await connect(self.url, **kwargs)
