@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +26,22 @@ from bench.lightcsms import LightCsms
 
 STATION = "IDLE1"
 TIMEOUT = 30.0
+
+# `cp-agent run` with the hardware factory made unimportable: build_hal then falls back to the
+# mock HAL directly, which is what a factory importing its drivers lazily would cost.
+_NO_FACTORY = ("import sys; sys.modules['hal.factory'] = None; from agent.cli import main; "
+               "raise SystemExit(main())")
+
+# Cumulative imports, each measured in a fresh interpreter: where the resident memory goes.
+_IMPORT_STEPS = (
+    ("bare interpreter", ""),
+    ("+ asyncio (with ssl)", "import asyncio"),
+    ("+ websockets client, yaml, sqlite3", "import websockets.asyncio.client, yaml, sqlite3"),
+    ("+ jsonschema", "import jsonschema"),
+    ("+ ocpp (1.6 enums, messages)", "import ocpp.v16.enums, ocpp.messages"),
+    ("+ the agent (cli, app, adapters)", "import agent.cli, agent.app"),
+    ("+ hal.factory (hardware drivers)", "import hal.factory"),
+)
 
 
 def _smaps_private_kb(pid: int) -> int | None:
@@ -40,7 +57,21 @@ def _smaps_private_kb(pid: int) -> int | None:
     return total
 
 
-async def run(seconds: float, quick: bool) -> Report:
+def import_breakdown() -> list[tuple[str, float]]:
+    """(step, MB of VmHWM after it) for the cumulative import steps above."""
+    rows = []
+    code = ""
+    for label, stmt in _IMPORT_STEPS:
+        code = f"{code}; {stmt}" if stmt else code
+        probe = (f"{code.lstrip('; ')}\nimport re\n"
+                 "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())[1])")
+        out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout
+        rows.append((label, int(out.split()[-1]) / 1024))
+    return rows
+
+
+async def run(seconds: float, quick: bool, no_factory: bool = False) -> Report:
     report = Report("footprint", quick)
     seen: dict[str, int] = {}
     changed = asyncio.Event()
@@ -56,8 +87,9 @@ async def run(seconds: float, quick: bool) -> Report:
         doc = station_config(url, Path(tmp), STATION, defaults={
             "MeterValueSampleInterval": 1, "HeartbeatInterval": 10})
         config.write_text(json.dumps(doc, indent=1))
+        entry = ["-c", _NO_FACTORY] if no_factory else ["-m", "agent"]
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent", "run", "--config", str(config), cwd=REPO,
+            sys.executable, *entry, "run", "--config", str(config), cwd=REPO,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
         try:
             # Booted and both StatusNotifications (connector 1 and 0) answered: idle from here.
@@ -83,14 +115,22 @@ async def run(seconds: float, quick: bool) -> Report:
             raise RuntimeError(f"agent exited {proc.returncode}:\n{err.decode(errors='replace')}")
     window = t1 - t0
     cpu_pct = (cpu1 - cpu0) / window * 100
-    report.add("peak RSS (VmHWM), idle connected agent", peak / 1024 if peak else None, "MB", 40)
+    label = "peak RSS (VmHWM), idle connected agent"
+    if no_factory:
+        label += ", hal.factory not imported"
+    report.add(label, peak / 1024 if peak else None, "MB", 40)
     report.add("RSS after boot", rss_booted / 1024 if rss_booted else None, "MB")
     report.add("RSS at the end of the window", rss / 1024 if rss else None, "MB")
     report.add("private memory (not shared)", private / 1024 if private else None, "MB")
     report.add(f"CPU over {window:.0f} s idle (% of one core)", cpu_pct, "%", 0.5,
                note=f"{cpu1 - cpu0:.2f} CPU s; /proc ticks are 10 ms")
     report.add("heartbeats in the window", beats, "")
-    report.details.update(window_s=window, cpu_s=cpu1 - cpu0, csms_calls=seen)
+    report.details.update(window_s=window, cpu_s=cpu1 - cpu0, csms_calls=seen,
+                          hal_factory_imported=not no_factory)
+    previous = 0.0
+    for label, mb in import_breakdown():
+        report.add(f"import profile: {label}", mb, "MB", note=f"+{mb - previous:.1f} MB")
+        previous = mb
     return report
 
 
@@ -98,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="idle footprint benchmark: RSS and CPU")
     p.add_argument("--seconds", type=float, default=None, help="idle window (default 60)")
     p.add_argument("--quick", action="store_true", help="3 s window: checks the script")
+    p.add_argument("--no-hal-factory", action="store_true",
+                   help="run the agent with hal.factory unimportable (mock HAL fallback): "
+                        "what lazily imported hardware drivers would save")
     ns = p.parse_args(argv)
     seconds = ns.seconds or (3.0 if ns.quick else 60.0)
-    report = asyncio.run(run(seconds, ns.quick))
+    report = asyncio.run(run(seconds, ns.quick, ns.no_hal_factory))
     report.emit()
     return 0
 

@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.clock import Clock
+from agent.core.station import Station
+from agent.storage import Storage
 from agent.swarm import SwarmOptions, run_swarm
 from agent.testing.csms import CS_TO_CSMS, CSMS_TO_CS
+from hal.mock import MockHal, MockMeter
 
 pytestmark = pytest.mark.asyncio
 
@@ -105,3 +109,43 @@ async def test_cli_swarm_stops_cleanly_on_ctrl_c(csms, short_dir):
     started = [t for t in csms.transactions.values() if t["start"] is not None]
     assert len(started) == 3
     assert all(t["stop"] is not None for t in started)
+
+
+class _GatedMeter(MockMeter):
+    """A meter whose next read waits for the test to open the gate."""
+
+    def __init__(self, inner: MockMeter) -> None:
+        super().__init__(inner._sim)
+        self.gate: asyncio.Future | None = None
+        self.reading = asyncio.Event()
+
+    async def read(self):  # noqa: ANN201
+        if self.gate is not None:
+            self.reading.set()
+            await self.gate
+        return await super().read()
+
+
+async def test_station_stops_even_when_cancelled_as_a_meter_read_completes(short_dir):
+    """With thousands of stations sampling every second, a stop lands on a completing read.
+
+    Python 3.11's asyncio.wait_for returns the result instead of raising when the cancel and
+    the completion arrive in the same loop iteration; the sampler loop then never ended and
+    the swarm (or a single agent under systemd) hung in Station.stop().
+    """
+    hal = MockHal(1)
+    meter = _GatedMeter(hal.evses[1].meter)
+    hal.evses[1].meter = meter
+    storage = Storage(short_dir / "s.sqlite3")
+    station = Station(hal, storage, Clock(), meter_poll_s=0.001)
+    try:
+        await station.start()
+        meter.gate = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(meter.reading.wait(), 5)
+        sampler = next(t for t in station._tasks if t.get_name() == "meter-1")
+        meter.gate.set_result(None)  # the read completes in the next loop iteration, the
+        async with asyncio.timeout(5):  # iteration stop()'s cancel is delivered in
+            await station.stop()
+        assert sampler.cancelled()
+    finally:
+        storage.close()

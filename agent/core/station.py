@@ -306,7 +306,10 @@ class Station:
         while True:
             await self.clock.sleep(self.meter_poll_s)
             try:
-                reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
+                # Not wait_for: on Python 3.11 it can swallow a cancel that arrives as the read
+                # completes, and this loop would then outlive Station.stop() (a hung shutdown).
+                async with asyncio.timeout(5.0):
+                    reading = await evse.hw.meter.read()
             except (HalError, TimeoutError) as exc:
                 failures += 1
                 if failures >= 2:  # one lost frame on RS-485 is not a fault yet

@@ -479,7 +479,7 @@ class V16Adapter:
             meter, source = self._recovered_meter(tx)
             when = tx.last_meter_at or tx.started_at
             log.warning("transaction %s (connector %s, %s) was open at start-up: closing it "
-                        "with PowerLoss, meterStop %.1f Wh (%s)", tx.local_id, tx.connector_id,
+                        "with PowerLoss, meterStop %.1f Wh (%s)", tx.local_id, tx.evse_id,
                         tx.id_token, meter, source)
             with self.storage.atomic():
                 self.storage.tx_close(tx.local_id, when, StopReason.POWER_LOSS.value, meter)
