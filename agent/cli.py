@@ -176,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="number of the first station (default 1)")
     sw.add_argument("--charging-ratio", type=float, default=0.1, metavar="R",
                     help="long-run share of stations with a session (default 0.1)")
-    sw.add_argument("--ramp", type=float, default=20.0, metavar="STATIONS_PER_S",
-                    help="connection rate (default 20/s); 0 starts all at once")
+    sw.add_argument("--ramp", type=float, default=50.0, metavar="STATIONS_PER_S",
+                    help="connection rate (default 50/s); 0 starts all at once")
     sw.add_argument("--duration", type=float, default=0.0, metavar="S",
                     help="seconds to run, ramp included (default: until Ctrl-C)")
     sw.add_argument("--session-s", type=float, default=300.0, metavar="S",

@@ -68,7 +68,7 @@ class SwarmOptions:
     id_prefix: str = "SWARM-"
     first_index: int = 1
     charging_ratio: float = 0.1
-    ramp: float = 20.0  # stations per second; 0: all at once
+    ramp: float = 50.0  # stations per second; 0: all at once
     duration: float = 0.0  # seconds from the start; 0: until stopped
     session_s: float = 300.0  # mean time from plug-in to unplug
     meter_interval: int = 60  # MeterValueSampleInterval, seconds

@@ -1,6 +1,6 @@
 """Swarm: 2,000 real agents in one process, connected, booted, then in their steady state.
 
-    python -m bench.swarm [--count 2000] [--ramp 100] [--window 60] [--quick]
+    python -m bench.swarm [--count 2000] [--ramp 50] [--window 60] [--quick]
 
 The swarm is ``agent.swarm.Swarm``, what `cp-agent swarm` runs: every station a full
 ``Agent`` on its own mock HAL and SQLite file, with simulated drivers (charging ratio 0.1,
@@ -11,7 +11,7 @@ hardware's, and the CSMS's own CPU is reported separately.
 Phases and figures:
 
 1. ramp: stations start at ``--ramp`` per second; time from the first start until every
-   station had its BootNotification accepted;
+   station had its BootNotification accepted (HeartbeatInterval 60 s from the boot answer);
 2. settle for a few seconds, then a steady-state window (``--window`` s): CPU of this process
    as % of one core, messages per second, how many stations were charging;
 3. resident memory grown since just before the ramp, divided by the number of stations.
@@ -29,13 +29,15 @@ from agent.swarm import Swarm, SwarmOptions
 from bench._common import CsmsProcess, Profile, Report, proc_cpu_s, raise_nofile, rss_kb
 
 TIMEOUT_BOOT = 300.0
+# Short enough that every station heartbeats inside the steady-state window.
+HEARTBEAT_S = 60
 
 
 async def run(count: int, ramp: float, window: float, settle: float, quick: bool,
               profile: Profile) -> Report:
     report = Report("swarm", quick)
     nofile = raise_nofile()
-    csms = CsmsProcess(heartbeat=300)
+    csms = CsmsProcess(heartbeat=HEARTBEAT_S)
     url = await csms.start()
     out = io.StringIO()
     swarm = Swarm(SwarmOptions(csms=url, count=count, ramp=ramp, charging_ratio=0.1,
@@ -106,14 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="swarm benchmark: many agents in one process")
     p.add_argument("--count", type=int, default=None, help="stations (default 2000)")
     p.add_argument("--ramp", type=float, default=None,
-                   help="stations started per second (default 100; 0 = all at once)")
+                   help="stations started per second (default 50 as in cp-agent swarm; "
+                        "0 = all at once)")
     p.add_argument("--window", type=float, default=None,
                    help="steady-state measurement window in seconds (default 60)")
     p.add_argument("--quick", action="store_true", help="20 stations, 3 s: checks the script")
     p.add_argument("--profile", metavar="FILE", help="pyinstrument profile of the window")
     ns = p.parse_args(argv)
     count = ns.count or (20 if ns.quick else 2000)
-    ramp = ns.ramp if ns.ramp is not None else 100.0
+    ramp = ns.ramp if ns.ramp is not None else 50.0
     window = ns.window or (3.0 if ns.quick else 60.0)
     logging.basicConfig(level=logging.CRITICAL)
     report = asyncio.run(run(count, ramp, window, 1.0 if ns.quick else 10.0, ns.quick,

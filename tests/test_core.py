@@ -358,3 +358,44 @@ def test_invariant_under_random_sequences(actions):
         assert not hal.evses[1].contactor.commanded_closed, "open after shutdown"
 
     asyncio.run(scenario())
+
+
+async def test_plug_locked_before_energy_and_released_after(rig):
+    station, hal, rec, _ = rig
+    lock = hal.evses[1].lock
+    hal.plug(1)
+    await settle(station)
+    assert not lock.locked, "no session yet: the plug may be pulled"
+    await station.present_token(Token("GOOD"))
+    await settle(station)
+    assert lock.locked and contactor(hal)
+    await station.present_token(Token("GOOD"))  # stop
+    await settle(station)
+    assert not contactor(hal) and not lock.locked
+
+
+async def test_lock_failure_keeps_the_contactor_open(rig):
+    station, hal, rec, _ = rig
+    hal.inject_fault(1, "lock")
+    hal.plug(1)
+    await station.present_token(Token("GOOD"))
+    await settle(station)
+    assert not contactor(hal)
+    assert FaultKind.LOCK in station.evses[1].faults
+    assert rec.last_status == "Faulted"
+
+
+async def test_cable_kept_locked_after_ev_side_unplug_until_same_card(rig):
+    station, hal, rec, _ = rig
+    evse = station.evses[1]
+    evse.unlock_on_ev_disconnect = lambda: False
+    hal.plug(1)
+    await station.present_token(Token("GOOD"))
+    await settle(station)
+    hal.unplug(1)
+    await settle(station)
+    assert not contactor(hal) and hal.evses[1].lock.locked, "theft protection"
+    assert await station.present_token(Token("OTHER")) != "unlocked"
+    assert hal.evses[1].lock.locked
+    assert await station.present_token(Token("GOOD")) == "unlocked"
+    assert not hal.evses[1].lock.locked

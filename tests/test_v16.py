@@ -456,3 +456,17 @@ async def test_rejected_station_does_not_answer_csms_calls(csms, make_agent):
     with pytest.raises(TimeoutError):
         await link.call("GetConfiguration", {}, timeout=0.5)
     assert csms.messages("CP1", "StatusNotification") == []
+
+
+async def test_unlock_connector_on_ev_side_disconnect_false_keeps_cable_locked(csms, make_agent):
+    agent = await make_agent(defaults={"UnlockConnectorOnEVSideDisconnect": False})
+    link = await online(agent, csms)
+    await charging(agent, csms)
+    lock = agent.hal.evses[1].lock
+    assert lock.locked
+    agent.hal.unplug(1)
+    await csms.wait_for("StopTransaction", station_id="CP1")
+    await asyncio.wait_for(agent.station.settled(), 5)
+    assert lock.locked, "the cable stays locked at the station"
+    assert (await link.call("UnlockConnector", {"connectorId": 1}))["status"] == "Unlocked"
+    assert not lock.locked

@@ -77,6 +77,11 @@ class EvseController:
         self.stop_points: Callable[[], frozenset[TxPoint]] = (
             lambda: frozenset({TxPoint.POWER_PATH_CLOSED}))
         self.on_tx_closed: Callable[[TxRecord], None] | None = None
+        # 1.6 UnlockConnectorOnEVSideDisconnect: False keeps the cable locked at the station
+        # after the EV side is unplugged, until the same card is presented or the CSMS unlocks.
+        self.unlock_on_ev_disconnect: Callable[[], bool] = lambda: True
+        self.hold_locked = False
+        self.hold_token: str | None = None
         self._ev_was_connected = False  # pilot connected at the last on_pilot
         # Observers of what the EVSE does to its hardware (demo timeline, latency benchmark).
         self.trace: Callable[[int, str, dict], None] | None = None
@@ -142,6 +147,31 @@ class EvseController:
         limit = self.limit_a
         return limit if limit >= self.min_current_a else 0.0
 
+    def _want_locked(self) -> bool:
+        """The plug stays locked while an authorized session has the EV connected."""
+        if self.hold_locked:
+            return True
+        s = self.session
+        return (s is not None and s.authorized and s.ended_reason is None
+                and self.ev_connected)
+
+    async def _drive_lock(self, locked: bool) -> None:
+        lock = self.hw.lock
+        if lock is None or lock.locked == locked:
+            return
+        try:
+            ok = await asyncio.wait_for(lock.set_locked(locked), 5.0)
+        except (TimeoutError, HalError):
+            ok = False
+        if ok:
+            self._trace("lock", locked=locked)
+        else:
+            self._raise_fault(FaultKind.LOCK,
+                              f"connector lock did not {'lock' if locked else 'unlock'}")
+
+    def _lock_engaged(self) -> bool:
+        return self.hw.lock is None or self.hw.lock.locked
+
     def _derive_status(self) -> ConnectorStatus:
         s = self.session
         if self.blocking_fault is not None:
@@ -200,9 +230,13 @@ class EvseController:
                     self._raise_fault(exc.kind, str(exc))
                     offer = 0.0
                     want_closed = False
+            # Energy never flows into an unlocked plug (IEC 61851-1): lock first, and unlock
+            # only once the contactor is open (it was opened above when not wanted).
+            await self._drive_lock(self._want_locked())
             # The fault handling above may have changed the picture: ask again before closing.
             if (want_closed and not self.hw.contactor.commanded_closed
-                    and self._offer() >= self.min_current_a and self.pilot.wants_energy):
+                    and self._offer() >= self.min_current_a and self.pilot.wants_energy
+                    and self._lock_engaged()):
                 await self._set_contactor(True)
                 if self.hw.contactor.commanded_closed and self.session is not None:
                     self._observer().session_event(self.id, "power_path_closed", {})
@@ -388,6 +422,10 @@ class EvseController:
                 self._raise_fault(FaultKind.PILOT, f"pilot state {self.pilot.value}")
             elif FaultKind.PILOT in self.faults:
                 self._clear_fault(FaultKind.PILOT)
+            if (not self.ev_connected and s is not None and self.hw.lock is not None
+                    and self.hw.lock.locked and not self.unlock_on_ev_disconnect()):
+                self.hold_locked = True
+                self.hold_token = s.token.id if s.token else None
             if not self.ev_connected and s is not None and was_connected:
                 self._observer().session_event(self.id, "ev_disconnected", {})
             await self._reconcile()
@@ -503,11 +541,21 @@ class EvseController:
                 self._update_status()
             if self.hw.lock is None:
                 return "NotSupported"
+            self.hold_locked, self.hold_token = False, None
             try:
                 ok = await asyncio.wait_for(self.hw.lock.set_locked(False), 5.0)
             except (TimeoutError, HalError):
                 ok = False
             return "Unlocked" if ok else "UnlockFailed"
+
+    async def release_hold(self, token_id: str) -> bool:
+        """The card of a session whose cable was kept locked after the EV left unlocks it."""
+        async with self.lock:
+            if not self.hold_locked or self.hold_token != token_id:
+                return False
+            self.hold_locked, self.hold_token = False, None
+            await self._reconcile()
+            return True
 
     async def end_transaction(self, reason: StopReason) -> bool:
         """Stop a running transaction now whatever the stop points say (reset, power loss)."""

@@ -205,6 +205,9 @@ class Station:
         Returns what happened ("stopped", "authorized", "rejected", "ignored") for the caller
         (the control socket prints it; the benchmark times it).
         """
+        for e in self.evses.values():  # a cable kept locked after the EV left
+            if e.hold_locked and await e.release_hold(token.id):
+                return "unlocked"
         for e in self.evses.values():  # the same card stops its own session, no round trip
             s = e.session
             if s is not None and s.authorized and s.token is not None and s.token.id == token.id:

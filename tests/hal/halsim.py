@@ -109,6 +109,32 @@ class InvertingPin(ConnectedPin):
         return MockPWMPin._change_state(self, value)
 
 
+class LockMotorPin(ConnectedPin):
+    """One H-bridge input of a socket-lock motor: a pulse on it moves the actuator, whose
+    position switch (``input_pin``, active = locked) then stays where it went."""
+
+    locks = True
+
+    def _change_state(self, value: Any) -> bool:
+        if value and self.input_pin:
+            if self.locks:
+                self.input_pin.drive_high()
+            else:
+                self.input_pin.drive_low()
+        return MockPWMPin._change_state(self, value)
+
+
+class UnlockMotorPin(LockMotorPin):
+    locks = False
+
+
+def wire_lock(factory: Any, lock_pin: int, unlock_pin: int, switch_pin: int) -> None:
+    """A motor lock actuator with its position switch, as on a Type 2 socket."""
+    switch = factory.pin(switch_pin)
+    factory.pin(lock_pin, pin_class=LockMotorPin, input_pin=switch)
+    factory.pin(unlock_pin, pin_class=UnlockMotorPin, input_pin=switch)
+
+
 def wire(factory: Any, out_pin: int, in_pin: int, *, to_gnd: bool = False) -> None:
     """Connect ``out_pin`` to ``in_pin``: the feedback contact follows the coil
     (``to_gnd``: the contact pulls the input low when closed)."""

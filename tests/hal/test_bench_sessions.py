@@ -35,6 +35,7 @@ from halsim import (
     set_sunspec_energy,
     sunspec_unit,
     wire,
+    wire_lock,
 )
 
 from agent.app import Agent
@@ -291,7 +292,7 @@ class ExampleRig(Rig):
         # as in the example: aux contacts close to GND against the internal pull-up
         wire(self.pin_factory, 17, 27, to_gnd=True)
         wire(self.pin_factory, 16, 20, to_gnd=True)
-        self.pin_factory.pin(13)  # the lock's position switch: not exercised by the core
+        wire_lock(self.pin_factory, 5, 6, 13)  # EVSE 1's socket lock and its position switch
         self.hal_raw = raw
 
     def _written(self, fc: int, address: int, values: list) -> None:
@@ -429,11 +430,13 @@ async def test_example_rig_two_sessions_at_once(csms, short_dir):
         # one shared reader: the two cards are tapped one after the other
         await begin(rig, csms, evse=1, uid="04000001", kwh_before=100.0)
         await begin(rig, csms, evse=2, uid="04000002", kwh_before=200.0)
+        assert hal.evses[1].lock.locked, "the socket is locked before energy flows"
         await asyncio.gather(
             one_session(rig, csms, agent, hal, evse=1, uid="04000001", kwh_before=100.0,
                         kwh_after=104.0, started=True),
             one_session(rig, csms, agent, hal, evse=2, uid="04000002", kwh_before=200.0,
                         kwh_after=202.5, started=True))
+        assert not hal.evses[1].lock.locked, "released once the session is over"
 
 
 async def test_start_transaction_names_the_second_evse(csms, short_dir):

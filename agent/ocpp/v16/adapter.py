@@ -183,6 +183,8 @@ class V16Adapter:
         """Make the core follow 1.6 rules (at start-up, or when a CSMS negotiates 1.6 again)."""
         for evse in self.station.evses.values():
             evse.connection_timeout_s = lambda: float(self.keys["ConnectionTimeOut"])
+            evse.unlock_on_ev_disconnect = lambda: bool(
+                self.keys["UnlockConnectorOnEVSideDisconnect"])
             evse.start_points = lambda: frozenset({TxPoint.POWER_PATH_CLOSED})
             evse.stop_points = self._stop_points
 
