@@ -32,6 +32,7 @@ from agent.core.model import (
 )
 from agent.core.station import Station
 from agent.link.outbox import Hold, OutboxSender
+from agent.ocpp.adapter_base import AdapterBase
 from agent.ocpp.rpc import (
     CallErrorReceived,
     CallFailed,
@@ -121,7 +122,7 @@ def sampled_values(reading: MeterReading, measurands: list[str], context: str,
     return out
 
 
-class V16Adapter:
+class V16Adapter(AdapterBase):
     """The 1.6 personality of the station. One instance lives as long as the agent."""
 
     version = "1.6"
@@ -148,8 +149,7 @@ class V16Adapter:
         self._status: dict[int, dict] = {}  # latest StatusNotification per connector, unsent
         self._status_wakeup = asyncio.Event()
         self._heartbeat_wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-        self._session_tasks: set[asyncio.Task] = set()
+        self._init_tasks()
         self._stop_samples: dict[str, list[dict]] = {}  # StopTxn*Data per local tx id
         self.outbox = OutboxSender(storage, clock, prepare=self._prepare_outbox,
                                    on_result=self._outbox_result,
@@ -197,25 +197,6 @@ class V16Adapter:
         if name == "HeartbeatInterval":
             self._heartbeat_wakeup.set()
 
-    def spawn(self, coro: Awaitable[Any], name: str, *, session: bool = False) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        group = self._session_tasks if session else self._tasks
-        group.add(task)
-        task.add_done_callback(lambda t: self._reap(t, group))
-        return task
-
-    @staticmethod
-    def _reap(task: asyncio.Task, group: set) -> None:
-        group.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if isinstance(exc, ConnectionLost):
-            log.debug("task %s ended with the connection", task.get_name())
-        elif exc is not None:
-            log.error("task %s failed", task.get_name(), exc_info=exc)
-
     async def start(self, *, recover: bool = True) -> None:
         """Agent start-up: recover transactions a power cut left open, start the samplers.
 
@@ -227,11 +208,6 @@ class V16Adapter:
         for evse in self.station.evses.values():
             self.spawn(self._tx_sampler(evse.id), f"v16-sampled-{evse.id}")
         self.spawn(self._aligned_sampler(), "v16-aligned")
-
-    async def stop(self) -> None:
-        for task in list(self._tasks) + list(self._session_tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._session_tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ session (per link)
 
@@ -250,9 +226,7 @@ class V16Adapter:
             self.spawn(self.outbox.run(rpc), "v16-outbox", session=True)
             await asyncio.Event().wait()
         finally:
-            for task in list(self._session_tasks):
-                task.cancel()
-            await asyncio.gather(*self._session_tasks, return_exceptions=True)
+            await self._end_session_tasks()
             self.accepted.clear()
             self.rpc = None
 
@@ -306,41 +280,11 @@ class V16Adapter:
             log.info("clock corrected by %+.1f s to the CSMS time", delta)
         self.outbox.wake()  # messages held for want of a trustworthy time may go now
 
-    async def _heartbeat(self) -> None:
-        await self.accepted.wait()
-        while True:
-            interval = self.keys["HeartbeatInterval"]
-            self._heartbeat_wakeup.clear()
-            if interval <= 0:
-                await self._heartbeat_wakeup.wait()
-                continue
-            await self._sleep_or_wake(interval)
-            if self._heartbeat_wakeup.is_set():
-                continue  # interval changed: start over with the new one
-            try:
-                res = await self._call("Heartbeat", {})
-            except CallFailed:
-                continue
-            self._sync_clock(res.get("currentTime"))
-
-    async def _sleep_or_wake(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._heartbeat_wakeup.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-
     async def _call(self, action: str, payload: dict) -> dict:
         rpc = self.rpc
         if rpc is None or not self.accepted.is_set():
             raise ConnectionLost(f"{action}: not connected")
         return await rpc.call(action, payload)
-
-    @property
-    def online(self) -> bool:
-        return self.rpc is not None and self.accepted.is_set()
 
     # ------------------------------------------------------------------ status
 

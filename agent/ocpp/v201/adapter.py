@@ -38,6 +38,7 @@ from agent.core.model import (
 )
 from agent.core.station import Station
 from agent.link.outbox import Hold, OutboxSender
+from agent.ocpp.adapter_base import AdapterBase
 from agent.ocpp.rpc import (
     CallErrorReceived,
     CallFailed,
@@ -191,7 +192,7 @@ def sampled_values(reading: MeterReading, measurands: list[str], context: str,
     return out
 
 
-class V201Adapter:
+class V201Adapter(AdapterBase):
     """The 2.0.1 personality of the station. One instance lives as long as the agent."""
 
     version = "2.0.1"
@@ -238,8 +239,7 @@ class V201Adapter:
         self._status: dict[int, dict] = {}  # StatusNotification per EVSE, latest not yet sent
         self._status_queued: dict[int, str] = {}  # last connectorStatus queued per EVSE
         self._status_wakeup = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
-        self._session_tasks: set[asyncio.Task] = set()
+        self._init_tasks()
         self._state_sent: dict[str, str] = {}  # last chargingState reported, per tx
         self._pending_trigger: dict[int, str] = {}  # trigger reason awaiting the settle
         self._last_event: dict[int, str] = {}  # last session event per EVSE
@@ -321,25 +321,6 @@ class V201Adapter:
             self._security_event("ReconfigurationOfSecurityParameters",
                                  "BasicAuthPassword changed")
 
-    def spawn(self, coro: Awaitable[Any], name: str, *, session: bool = False) -> asyncio.Task:
-        task = asyncio.ensure_future(coro)
-        task.set_name(name)
-        group = self._session_tasks if session else self._tasks
-        group.add(task)
-        task.add_done_callback(lambda t: self._reap(t, group))
-        return task
-
-    @staticmethod
-    def _reap(task: asyncio.Task, group: set) -> None:
-        group.discard(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
-        if isinstance(exc, ConnectionLost):
-            log.debug("task %s ended with the connection", task.get_name())
-        elif exc is not None:
-            log.error("task %s failed", task.get_name(), exc_info=exc)
-
     async def start(self, *, recover: bool = True) -> None:
         """Agent start-up: close what a power cut left open, start samplers, note the boot."""
         if recover:
@@ -352,11 +333,6 @@ class V201Adapter:
                                       self._sample_ended), f"v201-ended-{evse.id}")
         self.spawn(self._aligned("Interval", self._aligned_send), "v201-aligned")
         self.spawn(self._aligned("TxEndedInterval", self._aligned_collect), "v201-aligned-end")
-
-    async def stop(self) -> None:
-        for task in list(self._tasks) + list(self._session_tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._session_tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ session (per link)
 
@@ -378,9 +354,7 @@ class V201Adapter:
             self.spawn(self.outbox.run(rpc), "v201-outbox", session=True)
             await asyncio.Event().wait()
         finally:
-            for task in list(self._session_tasks):
-                task.cancel()
-            await asyncio.gather(*self._session_tasks, return_exceptions=True)
+            await self._end_session_tasks()
             self.accepted.clear()
             self.rpc = None
             self.registration = None  # offline: the offline rules apply, not the boot answer
@@ -441,32 +415,6 @@ class V201Adapter:
             log.info("clock corrected by %+.1f s to the CSMS time", delta)
             self._security_event("SettingSystemTime", f"clock corrected by {delta:+.1f} s")
 
-    async def _heartbeat(self) -> None:
-        await self.accepted.wait()
-        while True:
-            interval = self.keys["HeartbeatInterval"]
-            self._heartbeat_wakeup.clear()
-            if interval <= 0:
-                await self._heartbeat_wakeup.wait()
-                continue
-            await self._sleep_or(interval, self._heartbeat_wakeup)
-            if self._heartbeat_wakeup.is_set():
-                continue
-            try:
-                res = await self._call("Heartbeat", {})
-            except CallFailed:
-                continue
-            self._sync_clock(res.get("currentTime"))
-
-    async def _sleep_or(self, seconds: float, event: asyncio.Event) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-
     async def _call(self, action: str, payload: dict, *, pending_ok: bool = False) -> dict:
         """Send a CALL; before acceptance only what the CSMS asked for (pending_ok)."""
         rpc = self.rpc
@@ -481,10 +429,6 @@ class V201Adapter:
             await self._call(action, payload, pending_ok=pending_ok)
         except CallFailed as exc:
             log.info("%s not delivered: %s", action, exc)
-
-    @property
-    def online(self) -> bool:
-        return self.rpc is not None and self.accepted.is_set()
 
     # ------------------------------------------------------------------ handler helpers
 
