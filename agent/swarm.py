@@ -230,6 +230,7 @@ class Swarm:
             await self._drain()
         finally:
             await self._stop_all()
+            gc.unfreeze()  # the stopped agents are garbage now; let the collector have them
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
             logging.getLogger().removeHandler(self._errors)
@@ -257,9 +258,9 @@ class Swarm:
 
     async def _ramp(self) -> None:
         opts = self.options
-        # Creating a state file (schema migrations, fsyncs) takes ~40 ms, opening an existing
-        # one a few; created in worker threads ahead of the ramp, the event loop that serves
-        # every running station only ever opens existing files.
+        # Creating a state file (schema migrations, fsyncs) takes 7-40 ms depending on how
+        # busy the disk is, opening an existing one ~1.5 ms: created in worker threads ahead of
+        # the ramp, the event loop serving the running stations only ever opens them.
         with ThreadPoolExecutor(max_workers=min(16, opts.count),
                                 thread_name_prefix="swarm-state") as pool:
             ids = [self._station_id(opts.first_index + n) for n in range(opts.count)]

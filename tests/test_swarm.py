@@ -71,6 +71,27 @@ async def test_every_station_boots_sessions_complete_and_counts_match_the_csms(c
     assert {p.name for p in short_dir.glob("T-*.sqlite3")} == {f"{i}.sqlite3" for i in ids}
 
 
+async def test_swarm_speaks_2_0_1_and_its_counts_match_the_csms(short_dir):
+    from agent.testing.csms import TestCsms
+
+    csms = TestCsms(versions=("2.0.1",))
+    await csms.start()
+    try:
+        options = SwarmOptions(csms=csms.url, count=3, ocpp="2.0.1", id_prefix="V-",
+                               charging_ratio=0.9, ramp=50, duration=2.5, session_s=0.6,
+                               meter_interval=1, seed=11, state_dir=str(short_dir))
+        summary = await run_swarm(options, io.StringIO())
+    finally:
+        await csms.stop()
+    assert csms.violations == []
+    assert summary.booted == 3
+    assert summary.sent == _seen(csms, CS_TO_CSMS, "CALL")
+    events = Counter(p["eventType"] for p in csms.messages(action="TransactionEvent"))
+    assert summary.sessions_started == events["Started"] > 0
+    assert summary.sessions_completed == events["Ended"] == events["Started"]
+    assert summary.errors == 0, summary.last_error
+
+
 async def test_ramp_spaces_out_the_connections(csms, short_dir):
     options = SwarmOptions(csms=csms.url, count=4, id_prefix="R-", charging_ratio=0.0,
                            ramp=4, duration=1.2, state_dir=str(short_dir), drain_s=2)
