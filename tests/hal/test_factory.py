@@ -208,7 +208,7 @@ async def test_doctor_names_causes_when_nothing_is_there(tmp_path):
 
 
 def test_generic_meter_snippet_in_hardware_doc_parses():
-    doc = (ROOT / "README.md").read_text().split("## Adding a meter by register map", 1)[1]
+    doc = (ROOT / "README.md").read_text().split("### Adding a meter by register map", 1)[1]
     snippet = doc.split("```yaml\n", 1)[1].split("```", 1)[0]
     meter = yaml.safe_load(snippet)["meter"]
     cfg = parse_hal_config(with_("evses.0.meter", meter), [1])
