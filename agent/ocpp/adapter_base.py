@@ -13,6 +13,9 @@ from collections.abc import Awaitable
 from typing import Any
 
 from agent.clock import Clock
+from agent.core.evse import EvseController
+from agent.core.model import StopReason
+from agent.core.station import Station
 from agent.ocpp.rpc import CallFailed, ConnectionLost, RpcSession
 
 log = logging.getLogger("cp_agent.adapter")
@@ -24,6 +27,7 @@ class AdapterBase:
 
     clock: Clock
     keys: Any
+    station: Station
     rpc: RpcSession | None
     accepted: asyncio.Event
     _heartbeat_wakeup: asyncio.Event
@@ -90,6 +94,25 @@ class AdapterBase:
             except CallFailed:
                 continue
             self._sync_clock(res.get("currentTime"))
+
+    async def _invalid_id(self, evse: EvseController, local_id: str) -> None:
+        """The CSMS said late that the session's token is not valid (1.6 3.5.4, 2.0.1 E05):
+        after MaxEnergyOnInvalidId Wh, deauthorize (StopTransactionOnInvalidId) or suspend."""
+        limit = self.keys["MaxEnergyOnInvalidId"]
+        while limit > 0:
+            tx = evse.tx
+            if tx is None or tx.local_id != local_id:
+                return
+            if (evse.energy_wh() or 0.0) >= limit:
+                break
+            await self.clock.sleep(max(0.5, self.station.meter_poll_s))
+        tx = evse.tx
+        if tx is None or tx.local_id != local_id:
+            return
+        if self.keys["StopTransactionOnInvalidId"]:
+            await evse.deauthorize(StopReason.DEAUTHORIZED)
+        else:
+            await evse.suspend(False)
 
     async def _call(self, action: str, payload: dict) -> dict:
         raise NotImplementedError

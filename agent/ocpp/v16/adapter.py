@@ -508,27 +508,7 @@ class V16Adapter(AdapterBase):
             # The CSMS answered late (the start was queued offline, or authorized locally with
             # outdated data): 1.6 3.5.4 says stop, or only stop the energy.
             log.warning("StartTransaction %s: idTag %s", tx_id, status)
-            self.spawn(self._invalid_id(evse.id, evse.tx.local_id), "v16-invalid-id")
-
-    async def _invalid_id(self, evse_id: int, local_id: str) -> None:
-        """Deauthorize (StopTransactionOnInvalidId) or suspend, after MaxEnergyOnInvalidId."""
-        evse = self.station.evses[evse_id]
-        limit = self.keys["MaxEnergyOnInvalidId"]
-        while limit > 0:
-            tx = evse.tx
-            if tx is None or tx.local_id != local_id:
-                return
-            delivered = evse.energy_wh() or 0.0
-            if delivered >= limit:
-                break
-            await self.clock.sleep(max(0.5, self.station.meter_poll_s))
-        tx = evse.tx
-        if tx is None or tx.local_id != local_id:
-            return
-        if self.keys["StopTransactionOnInvalidId"]:
-            await evse.deauthorize(StopReason.DEAUTHORIZED)
-        else:
-            await evse.suspend(False)
+            self.spawn(self._invalid_id(evse, evse.tx.local_id), "v16-invalid-id")
 
     def _outbox_done(self, item: OutboxItem) -> None:
         if item.action == "StopTransaction" and item.tx_ref is not None:

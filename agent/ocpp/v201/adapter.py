@@ -904,24 +904,6 @@ class V201Adapter(AdapterBase):
             log.warning("transaction %s: idToken %s", item.tx_ref, info.get("status"))
             self.spawn(self._invalid_id(evse, item.tx_ref), "v201-invalid-id")
 
-    async def _invalid_id(self, evse: EvseController, local_id: str) -> None:
-        """E05: after MaxEnergyOnInvalidId Wh, deauthorize (StopTxOnInvalidId) or suspend."""
-        limit = self.keys["MaxEnergyOnInvalidId"]
-        while limit > 0:
-            tx = evse.tx
-            if tx is None or tx.local_id != local_id:
-                return
-            if (evse.energy_wh() or 0.0) >= limit:
-                break
-            await self.clock.sleep(max(0.5, self.station.meter_poll_s))
-        tx = evse.tx
-        if tx is None or tx.local_id != local_id:
-            return
-        if self.keys["StopTransactionOnInvalidId"]:
-            await evse.deauthorize(StopReason.DEAUTHORIZED)
-        else:
-            await evse.suspend(False)
-
     def _outbox_done(self, item: OutboxItem) -> None:
         if item.action == "TransactionEvent" and item.tx_ref is not None and \
                 item.payload.get("eventType") == "Ended":

@@ -24,22 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.clock import parse_iso
-from agent.ocpp.v16.keys import ConfigurationKeys
+from agent.ocpp.v16.keys import MEASURANDS, ConfigurationKeys
 from agent.storage import Storage
 
 PREFIX = "v201.dm."
 
 # Measurands the HAL meter can provide that 2.0.1 also knows (2.0.1 has no Temperature).
-MEASURANDS_201 = (
-    "Energy.Active.Import.Register",
-    "Energy.Active.Export.Register",
-    "Power.Active.Import",
-    "Current.Import",
-    "Current.Offered",
-    "Voltage",
-    "Frequency",
-    "SoC",
-)
+MEASURANDS_201 = tuple(m for m in MEASURANDS if m != "Temperature")
 TX_POINTS = ("EVConnected", "Authorized", "PowerPathClosed", "EnergyTransfer")
 NETWORK_SLOTS = ("1", "2", "3", "4", "5")  # SetNetworkProfile configuration slots
 AVAILABILITY_STATES = ("Available", "Occupied", "Reserved", "Unavailable", "Faulted")
