@@ -95,3 +95,8 @@ def test_cli_reports_config_errors_and_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "ocpp.url" in err and "ftp://x" in err
     assert main(["check-config", "--config", str(ROOT / "config.example.yaml")]) == 0
+
+
+def test_ocpp_2_1_is_refused_until_it_has_an_adapter():
+    with pytest.raises(ConfigError, match=r"ocpp.versions\[1\].*2.1 is not supported yet"):
+        load_config_text("ocpp: {versions: ['2.0.1', '2.1']}")
