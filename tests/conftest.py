@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import tempfile
@@ -25,14 +26,41 @@ def short_dir() -> Any:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-async def csms() -> AsyncIterator[TestCsms]:
-    server = TestCsms(versions=("1.6",))
+@contextlib.asynccontextmanager
+async def strict_csms(versions: tuple[str, ...]) -> AsyncIterator[TestCsms]:
+    """A test CSMS that fails the test on any schema or protocol violation of the agent."""
+    server = TestCsms(versions=versions)
     await server.start()
     yield server
     await server.stop()
     assert server.violations == [], f"schema violations: {server.violations}"
     assert server.internal_errors == [], f"test CSMS bugs: {server.internal_errors}"
+
+
+@contextlib.asynccontextmanager
+async def agent_factory(csms: TestCsms, state: Path,
+                        versions: tuple[str, ...]) -> AsyncIterator[AgentFactory]:
+    """Build agents as `cp-agent run` does, pointed at ``csms``; all stopped at the end."""
+    agents: list[Agent] = []
+
+    async def make(start: bool = True, **kw: Any) -> Agent:
+        url = kw.pop("url", csms.url)
+        kw.setdefault("versions", versions)
+        agent = Agent(agent_config(url, state, **kw))
+        agents.append(agent)
+        if start:
+            await agent.start()
+        return agent
+
+    yield make
+    for agent in agents:
+        await agent.stop()
+
+
+@pytest.fixture
+async def csms() -> AsyncIterator[TestCsms]:
+    async with strict_csms(("1.6",)) as server:
+        yield server
 
 
 def agent_config(url: str, state: Path, *, station_id: str = "CP1", versions=("1.6",),
@@ -60,19 +88,8 @@ AgentFactory = Callable[..., Awaitable[Agent]]
 
 @pytest.fixture
 async def make_agent(csms: TestCsms, short_dir: Path) -> AsyncIterator[AgentFactory]:
-    agents: list[Agent] = []
-
-    async def make(start: bool = True, **kw: Any) -> Agent:
-        url = kw.pop("url", csms.url)
-        agent = Agent(agent_config(url, short_dir, **kw))
-        agents.append(agent)
-        if start:
-            await agent.start()
-        return agent
-
-    yield make
-    for agent in agents:
-        await agent.stop()
+    async with agent_factory(csms, short_dir, ("1.6",)) as make:
+        yield make
 
 
 async def online(agent: Agent, csms: TestCsms, timeout: float = 5.0) -> Any:
@@ -101,32 +118,16 @@ async def charging(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int = 
 
 @pytest.fixture
 async def csms201() -> AsyncIterator[TestCsms]:
-    """A strict test CSMS speaking 2.0.1 only; any schema or protocol violation fails the test."""
-    server = TestCsms(versions=("2.0.1",))
-    await server.start()
-    yield server
-    await server.stop()
-    assert server.violations == [], f"schema violations: {server.violations}"
-    assert server.internal_errors == [], f"test CSMS errors: {server.internal_errors}"
+    """A strict test CSMS speaking 2.0.1 only."""
+    async with strict_csms(("2.0.1",)) as server:
+        yield server
 
 
 @pytest.fixture
 async def make_agent201(csms201: TestCsms, short_dir: Path) -> AsyncIterator[AgentFactory]:
     """Agents offering only 2.0.1 (unless ``versions`` says otherwise) to ``csms201``."""
-    agents: list[Agent] = []
-
-    async def make(start: bool = True, **kw: Any) -> Agent:
-        url = kw.pop("url", csms201.url)
-        kw.setdefault("versions", ("2.0.1",))
-        agent = Agent(agent_config(url, short_dir, **kw))
-        agents.append(agent)
-        if start:
-            await agent.start()
-        return agent
-
-    yield make
-    for agent in agents:
-        await agent.stop()
+    async with agent_factory(csms201, short_dir, ("2.0.1",)) as make:
+        yield make
 
 
 async def online201(agent: Agent, csms: TestCsms, timeout: float = 5.0) -> Any:
