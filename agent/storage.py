@@ -38,6 +38,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+
+from agent.core.model import TX_EXTRAS, TxRecord, tx_extras, tx_extras_from
 
 __all__ = ["MIGRATIONS", "OutboxItem", "Storage", "StorageError", "TxRecord"]
 
@@ -189,26 +192,6 @@ class OutboxItem:
     next_attempt: float
     created: str
     sends: int = 0  # times handed to the link (survives restarts; see migration 2)
-
-
-@dataclass
-class TxRecord:
-    local_id: str
-    evse_id: int
-    connector_id: int
-    id_token: str
-    token_type: str | None
-    started_at: str
-    meter_start_wh: float
-    remote_id: str | None  # CSMS transaction id as a string (1.6 int as str, 2.0.1 uuid)
-    last_meter_wh: float
-    last_meter_at: str | None
-    stopped_at: str | None
-    stop_reason: str | None
-    meter_stop_wh: float | None
-    seq_no: int  # next 2.0.1 TransactionEvent seqNo
-    data: dict  # free-form per-version extras (remoteStartId, reservation id, parent id tag...)
-    closed: bool  # Stop message queued (session finished on our side)
 
 
 _TX_COLUMNS = (
@@ -760,7 +743,7 @@ class Storage:
     # ------------------------------------------------------------------ transaction journal
 
     def tx_begin(self, rec: TxRecord) -> None:
-        data = _dumps(rec.data)
+        data = _dumps(tx_extras(rec))
         with self._write(f"recording the start of transaction {rec.local_id}") as conn:
             try:
                 conn.execute(
@@ -807,8 +790,8 @@ class Storage:
             stop_reason=row["stop_reason"],
             meter_stop_wh=row["meter_stop_wh"],
             seq_no=row["seq_no"],
-            data=json.loads(row["data"]),
             closed=bool(row["closed"]),
+            **tx_extras_from(json.loads(row["data"])),
         )
 
     def tx_get(self, local_id: str) -> TxRecord | None:
@@ -870,12 +853,16 @@ class Storage:
         if cur.rowcount == 0:
             raise KeyError(f"no transaction {local_id!r}")
 
-    def tx_update_data(self, local_id: str, data: dict) -> None:
-        """Merge ``data`` into the record's extras (``dict.update``: keys not given are kept).
+    def tx_update(self, local_id: str, **fields: Any) -> None:
+        """Persist some of a record's typed extras (:data:`TX_EXTRAS`); others are kept.
 
-        Merging lets independent pieces (remote start, reservation, 2.0.1 extras) each record
-        their own keys without reading the record first and clobbering each other.
+        Merging lets independent pieces (remote start, reservation, the reporting adapter) each
+        record their own fields without reading the record first and clobbering each other.
         """
+        unknown = set(fields) - set(TX_EXTRAS)
+        if unknown:
+            raise TypeError(f"not a transaction extra: {', '.join(sorted(unknown))}")
+        data = dict(fields)
         _dumps(data)  # fail on a bad value before opening a transaction
         with self._write(f"updating transaction {local_id}") as conn:
             row = conn.execute(

@@ -323,5 +323,5 @@ async def test_group_learnt_from_the_late_start_confirmation(csms, make_agent):
     await csms.wait_for("StartTransaction", station_id="CP1", timeout=10)
     await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
     await asyncio.wait_for(agent.v16.accepted.wait(), 5)
-    assert agent.station.evses[1].tx.data["parent"] == "FAMILY"
+    assert agent.station.evses[1].tx.parent == "FAMILY"
     assert await agent.station.present_token(Token("DAD")) == "stopped"

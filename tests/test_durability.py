@@ -17,7 +17,7 @@ import pytest
 from agent.app import Agent
 from agent.clock import Clock, FakeClock, is_deferred, parse_iso
 from agent.link.outbox import Hold, OutboxSender
-from agent.ocpp.rpc import CallErrorReceived, CallTimeout, ConnectionLost
+from agent.link.rpc import CallErrorReceived, CallTimeout, ConnectionLost
 from agent.storage import Storage, StorageError, TxRecord
 from agent.testing.csms import NO_REPLY, CsmsCallError, TestCsms
 from hal.mock import MockHal

@@ -1,6 +1,6 @@
 """The compiled schema check may only ever say "valid" when jsonschema says so too.
 
-agent.ocpp.fastschema sits in front of jsonschema on every message the agent sends and
+agent.link.fastschema sits in front of jsonschema on every message the agent sends and
 receives (see docs/performance.md).  Its contract is one-sided: True must imply valid under
 the ``Draft4Validator`` the ``ocpp`` package builds; False just hands over to jsonschema.  So
 the property below feeds it instances generated from every OCPP schema, valid ones and ones
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft4Validator
 
-from agent.ocpp.fastschema import compile_schema
+from agent.link.fastschema import compile_schema
 
 ROOT = os.path.join(os.path.dirname(ocpp.__file__))
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from agent.clock import FakeClock
 from agent.core.model import Token
 from agent.core.station import Station
-from agent.ocpp.rpc import RpcSession, _violation
+from agent.link.rpc import RpcSession, _violation
 from agent.ocpp.v16.adapter import V16Adapter
 from agent.ocpp.v16.keys import ConfigurationKeys, key_table
 from agent.storage import Storage

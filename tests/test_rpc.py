@@ -27,8 +27,8 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
-from agent.ocpp import rpc
-from agent.ocpp.rpc import (
+from agent.link import rpc
+from agent.link.rpc import (
     CallErrorReceived,
     CallTimeout,
     ConnectionLost,
@@ -270,7 +270,7 @@ async def test_handler_crash_is_internal_error_without_leaking_details(version, 
         raise RuntimeError("password=hunter2")
 
     session, wire = make(version, {"ChangeAvailability": handler})
-    with caplog.at_level(logging.ERROR, logger="agent.ocpp.rpc"):
+    with caplog.at_level(logging.ERROR, logger="agent.link.rpc"):
         answer = await answer_of(
             session, wire, call_frame("h3", "ChangeAvailability", CHANGE_AVAILABILITY[version]))
     assert answer[:3] == [4, "h3", "InternalError"]
@@ -830,7 +830,7 @@ async def test_21_failing_send_handler_is_logged_not_answered(caplog):
         raise RuntimeError("boom")
 
     session, wire = make("2.1", {"NotifyPeriodicEventStream": stream})
-    with caplog.at_level(logging.ERROR, logger="agent.ocpp.rpc"):
+    with caplog.at_level(logging.ERROR, logger="agent.link.rpc"):
         await session.feed(json.dumps([6, "s7", "NotifyPeriodicEventStream", STREAM]))
         await session.drain(WAIT)
     assert wire.sent == []
@@ -842,7 +842,7 @@ async def test_21_callresulterror_is_logged_with_the_action_and_not_answered(cap
     session, wire = make("2.1", on_frame=lambda *args: frames.append(args))
     await answer_of(session, wire,
                     call_frame("a1", "ChangeAvailability", CHANGE_AVAILABILITY["2.1"]))
-    with caplog.at_level(logging.WARNING, logger="agent.ocpp.rpc"):
+    with caplog.at_level(logging.WARNING, logger="agent.link.rpc"):
         await session.feed(json.dumps([5, "a1", "FormatViolation", "bad status", {}]))
     assert wire.queue.empty()
     assert frames[-1] == ("in", "CALLRESULTERROR", "a1", "ChangeAvailability",

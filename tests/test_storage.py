@@ -43,7 +43,6 @@ def make_tx(local_id: str = "L1", **changes: object) -> TxRecord:
         stop_reason=None,
         meter_stop_wh=None,
         seq_no=0,
-        data={},
         closed=False,
     )
     fields.update(changes)
@@ -337,7 +336,7 @@ def test_outbox_rejects_unserialisable_payloads_before_writing(store: Storage) -
 
 
 def test_tx_begin_get_roundtrip(store: Storage) -> None:
-    rec = make_tx(data={"remoteStartId": 7}, token_type=None)
+    rec = make_tx(remote_start_id=7, parent="FAMILY", token_type=None)
     store.tx_begin(rec)
     assert store.tx_get("L1") == rec
     assert store.tx_get("nope") is None
@@ -389,14 +388,26 @@ def test_tx_meter_inside_atomic_commits_with_the_block(store: Storage) -> None:
     assert rec is not None and rec.last_meter_wh == 1000.0
 
 
-def test_tx_update_data_merges(store: Storage) -> None:
-    store.tx_begin(make_tx(data={"remoteStartId": 7}))
-    store.tx_update_data("L1", {"reservationId": 3})
-    store.tx_update_data("L1", {"remoteStartId": 8})
+def test_tx_update_merges_extras(store: Storage) -> None:
+    store.tx_begin(make_tx(remote_start_id=7))
+    store.tx_update("L1", reservation_id=3)
+    store.tx_update("L1", remote_start_id=8)
     rec = store.tx_get("L1")
-    assert rec is not None and rec.data == {"remoteStartId": 8, "reservationId": 3}
+    assert rec is not None and (rec.remote_start_id, rec.reservation_id) == (8, 3)
     with pytest.raises(KeyError):
-        store.tx_update_data("nope", {})
+        store.tx_update("nope", parent="X")
+    with pytest.raises(TypeError, match="not a transaction extra"):
+        store.tx_update("L1", closed=True)
+
+
+def test_tx_rows_of_older_versions_still_read(store: Storage) -> None:
+    """A journal row written before the extras were typed ({"v201": true}) reads the same."""
+    store.tx_begin(make_tx())
+    conn = store._require()
+    conn.execute("UPDATE transactions SET data = ? WHERE local_id = 'L1'",
+                 ('{"v201": true, "remote_start_id": 4, "someday": 1}',))
+    rec = store.tx_get("L1")
+    assert rec is not None and rec.reported_as == "2.0.1" and rec.remote_start_id == 4
 
 
 def test_tx_next_seq_is_persisted(db_path: Path) -> None:
@@ -558,7 +569,7 @@ import os, sys
 from agent.storage import Storage, TxRecord
 s = Storage(sys.argv[1])
 s.tx_begin(TxRecord("L1", 1, 1, "AA", None, "2025-01-01T10:00:00Z", 100.0, None, 100.0, None,
-                    None, None, None, 0, {}, False))
+                    None, None, None, 0, False))
 s.set_setting("v16/HeartbeatInterval", "120")
 for i in range(int(sys.argv[2])):
     print(s.outbox_put("MeterValues", {"i": i}, "L1"), flush=True)
@@ -609,7 +620,7 @@ import sys
 from agent.storage import Storage, TxRecord
 s = Storage(sys.argv[1])
 s.tx_begin(TxRecord("L1", 1, 1, "AA", None, "2025-01-01T10:00:00Z", 100.0, None, 100.0, None,
-                    None, None, None, 0, {}, False))
+                    None, None, None, 0, False))
 with s.atomic():
     s.tx_close("L1", "2025-01-01T11:00:00Z", "Local", 900.0)
     s.outbox_put("StopTransaction", {"meterStop": 900}, "L1")

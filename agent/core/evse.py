@@ -27,8 +27,9 @@ from agent.core.model import (
     StopReason,
     Token,
     TxPoint,
+    TxRecord,
 )
-from agent.storage import Storage, StorageError, TxRecord
+from agent.storage import Storage, StorageError
 from hal.interfaces import EvseHardware, FaultKind, HalError, IndicatorState, MeterReading
 
 log = logging.getLogger("cp_agent.evse")
@@ -296,21 +297,21 @@ class EvseController:
         if s.tx is None and s.ended_reason is None:
             hit = reached & self.start_points()
             if hit:
-                s.extras["tx_points_seen"] = set(reached)
+                s.tx_points_seen = set(reached)
                 self._start_tx(sorted(hit)[0])
         elif s.tx is not None and s.ended_reason is None:
             # A stop point ends the transaction when it is no longer valid, so only once it
             # has been reached (2.0.1: TxStartPoint Authorized with TxStopPoint EVConnected
             # must not end a transaction before the EV was ever plugged in).
-            seen = s.extras.setdefault("tx_points_seen", set())
+            seen = s.tx_points_seen
             seen |= reached
             missing = (self.stop_points() & seen) - reached
             if missing:
                 if TxPoint.EV_CONNECTED in missing or (
                         TxPoint.POWER_PATH_CLOSED in missing and not self.ev_connected):
                     reason = StopReason.EV_DISCONNECTED
-                elif s.extras.get("deauth_reason"):
-                    reason = StopReason(s.extras["deauth_reason"])
+                elif s.deauth_reason is not None:
+                    reason = s.deauth_reason
                 elif TxPoint.ENERGY_TRANSFER in missing:
                     reason = StopReason.STOPPED_BY_EV
                 else:
@@ -340,11 +341,9 @@ class EvseController:
             started_at=now, meter_start_wh=self._meter_wh(), remote_id=None,
             last_meter_wh=self._meter_wh(), last_meter_at=now, stopped_at=None,
             stop_reason=None, meter_stop_wh=None, seq_no=0,
-            data={"remote_start_id": s.remote_start_id,
-                  "parent": s.auth.parent if s.auth else None,
-                  "auth_source": s.auth.source if s.auth else None,
-                  "offline": False},
-            closed=False,
+            closed=False, remote_start_id=s.remote_start_id,
+            parent=s.auth.parent if s.auth else None,
+            auth_source=s.auth.source if s.auth else None,
         )
         try:
             with self._storage.atomic():
@@ -461,16 +460,16 @@ class EvseController:
         Whether the transaction ends now or at the next stop point (e.g. the unplug, with a
         2.0.1 TxStopPoint of EVConnected) is decided by the stop points, as for every end.
         ``by`` names the token that asked (another card of the same group may stop a session);
-        adapters find it as ``tx.data["stopped_by"]`` when the transaction ends.
+        adapters find it as ``tx.stopped_by`` when the transaction ends.
         """
         async with self.lock:
             s = self.session
             if s is None or not s.authorized or s.ended_reason is not None:
                 return False
             s.auth = AuthResult("Invalid", source="deauthorized")
-            s.extras["deauth_reason"] = reason.value
+            s.deauth_reason = reason
             if by is not None and s.tx is not None:
-                s.tx.data["stopped_by"] = by
+                s.tx.stopped_by = by
             self._observer().session_event(self.id, "deauthorized", {"reason": reason.value})
             await self._reconcile()
             if s.tx is None:
@@ -534,7 +533,7 @@ class EvseController:
             s = self.session
             if s is not None and s.tx is not None and s.ended_reason is None:
                 s.auth = AuthResult("Invalid", source="deauthorized")
-                s.extras["deauth_reason"] = StopReason.UNLOCK_COMMAND.value
+                s.deauth_reason = StopReason.UNLOCK_COMMAND
                 await self._reconcile()
                 if s.ended_reason is None:
                     self._end_tx(StopReason.UNLOCK_COMMAND)
@@ -564,7 +563,7 @@ class EvseController:
             if s is None or s.tx is None or s.ended_reason is not None:
                 return False
             s.auth = AuthResult("Invalid", source="deauthorized")
-            s.extras["deauth_reason"] = reason.value
+            s.deauth_reason = reason
             await self._set_contactor(False)
             self._end_tx(reason)
             await self._reconcile()

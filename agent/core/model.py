@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
 
-from agent.storage import TxRecord
 from hal.interfaces import FaultKind, MeterReading, PilotState
 
 
@@ -74,6 +73,61 @@ class AuthResult:
 
 
 @dataclass
+class TxRecord:
+    """A transaction as the journal keeps it (one row per transaction, see agent/storage)."""
+
+    local_id: str
+    evse_id: int
+    connector_id: int
+    id_token: str
+    token_type: str | None
+    started_at: str
+    meter_start_wh: float
+    remote_id: str | None  # CSMS transaction id as a string (1.6 int as str, 2.0.1 uuid)
+    last_meter_wh: float
+    last_meter_at: str | None
+    stopped_at: str | None
+    stop_reason: str | None
+    meter_stop_wh: float | None
+    seq_no: int  # next 2.0.1 TransactionEvent seqNo
+    closed: bool  # Stop message queued (session finished on our side)
+    # Extras, persisted together in the journal's ``data`` column (see :data:`TX_EXTRAS`).
+    remote_start_id: int | None = None  # the CSMS's remote start that began it
+    parent: str | None = None  # group of the starting token (1.6 parentIdTag, groupIdToken)
+    auth_source: str | None = None  # where its authorization came from (online, cache, ...)
+    offline: bool = False
+    stopped_by: str | None = None  # the token that asked for the stop, if one did
+    reservation_id: int | None = None
+    reported_as: str | None = None  # OCPP version whose adapter reported its start
+
+
+_CORE_FIELDS = 15  # the journal's own columns; the fields after them are the extras
+TX_EXTRAS: tuple[str, ...] = tuple(f.name for f in fields(TxRecord)[_CORE_FIELDS:])
+
+
+def tx_extras(tx: TxRecord) -> dict[str, Any]:
+    """The extras of ``tx`` as stored (only the ones set, so old rows stay small)."""
+    out: dict[str, Any] = {}
+    for name in TX_EXTRAS:
+        value = getattr(tx, name)
+        if value is not None and value is not False:
+            out[name] = value
+    return out
+
+
+def tx_extras_from(data: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for :class:`TxRecord` from a stored ``data`` column.
+
+    Rows written by older versions carry ``{"v201": true}`` for a start reported over 2.0.1;
+    unknown keys are ignored, so a downgrade's extras do not break reading.
+    """
+    out = {k: v for k, v in data.items() if k in TX_EXTRAS}
+    if data.get("v201") and "reported_as" not in out:
+        out["reported_as"] = "2.0.1"
+    return out
+
+
+@dataclass
 class Session:
     """Everything from the first of (plug-in, authorization) until the EVSE is free again."""
 
@@ -84,7 +138,8 @@ class Session:
     energy_allowed: bool = True  # False: authorized but suspended (e.g. invalid id on start)
     tx: TxRecord | None = None
     ended_reason: StopReason | None = None  # set once the transaction of this session ended
-    extras: dict = field(default_factory=dict)
+    deauth_reason: StopReason | None = None  # why the authorization was withdrawn, if it was
+    tx_points_seen: set[TxPoint] = field(default_factory=set)  # milestones since tx start
 
     @property
     def authorized(self) -> bool:

@@ -19,8 +19,9 @@ from agent.core.model import (
     EvseSnapshot,
     StopReason,
     Token,
+    TxRecord,
 )
-from agent.storage import Storage, StorageError, TxRecord
+from agent.storage import Storage, StorageError
 from hal.interfaces import (
     FaultCleared,
     FaultKind,
@@ -228,7 +229,7 @@ class Station:
             for e in running:
                 auth = e.session.auth if e.session else None
                 tx = e.tx
-                parent = (tx.data.get("parent") if tx else None) or (auth.parent if auth else None)
+                parent = (tx.parent if tx else None) or (auth.parent if auth else None)
                 if parent and parent == result.parent:
                     await e.deauthorize(StopReason.LOCAL, by=token.id)
                     return "stopped"

@@ -24,7 +24,7 @@ from websockets.typing import Subprotocol
 
 from agent.clock import Clock
 from agent.config import OcppConfig
-from agent.ocpp.rpc import RpcSession
+from agent.link.rpc import RpcSession
 
 log = logging.getLogger("cp_agent.link")
 

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 
 from agent.clock import Clock
-from agent.ocpp.rpc import (
+from agent.link.rpc import (
     CallErrorReceived,
     CallTimeout,
     ConnectionLost,

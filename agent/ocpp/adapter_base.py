@@ -16,7 +16,7 @@ from agent.clock import Clock
 from agent.core.evse import EvseController
 from agent.core.model import StopReason
 from agent.core.station import Station
-from agent.ocpp.rpc import CallFailed, ConnectionLost, RpcSession
+from agent.link.rpc import CallFailed, ConnectionLost, RpcSession
 
 log = logging.getLogger("cp_agent.adapter")
 

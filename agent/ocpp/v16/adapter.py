@@ -29,11 +29,11 @@ from agent.core.model import (
     StopReason,
     Token,
     TxPoint,
+    TxRecord,
 )
 from agent.core.station import Station
 from agent.link.outbox import Hold, OutboxSender
-from agent.ocpp.adapter_base import AdapterBase
-from agent.ocpp.rpc import (
+from agent.link.rpc import (
     CallErrorReceived,
     CallFailed,
     CallTimeout,
@@ -42,8 +42,9 @@ from agent.ocpp.rpc import (
     ResponseInvalid,
     RpcSession,
 )
+from agent.ocpp.adapter_base import AdapterBase
 from agent.ocpp.v16.keys import ConfigurationKeys
-from agent.storage import OutboxItem, Storage, StorageError, TxRecord
+from agent.storage import OutboxItem, Storage, StorageError
 from hal.interfaces import FaultKind, MeterReading
 
 # Entries kept in the authorization cache before the oldest make room (1.6 3.5.1).
@@ -364,17 +365,17 @@ class V16Adapter(AdapterBase):
         pass
 
     def transaction_started(self, tx: TxRecord, snap: EvseSnapshot, trigger: TxPoint) -> None:
-        if not tx.data.get("parent"):
+        if not tx.parent:
             # The group of the starting card, if the local list or cache knows it, lets a card
             # of the same group stop the session even offline (1.6 3.10).
             known = self._local_info(tx.id_token)
             if known is not None and known[0].get("parentIdTag"):
-                tx.data["parent"] = known[0]["parentIdTag"]
-                self.storage.tx_update_data(tx.local_id, {"parent": tx.data["parent"]})
+                tx.parent = known[0]["parentIdTag"]
+                self.storage.tx_update(tx.local_id, parent=tx.parent)
         payload = {"connectorId": tx.evse_id, "idTag": tx.id_token[:20],
                    "meterStart": int(round(tx.meter_start_wh)), "timestamp": tx.started_at}
-        if tx.data.get("reservation_id") is not None:
-            payload["reservationId"] = tx.data["reservation_id"]
+        if tx.reservation_id is not None:
+            payload["reservationId"] = tx.reservation_id
         self.storage.outbox_put("StartTransaction", payload, tx_ref=tx.local_id)
         self._stop_samples[tx.local_id] = []
         if snap.reading is not None:
@@ -389,7 +390,7 @@ class V16Adapter(AdapterBase):
             "transactionId": 0,  # filled in from the journal when the Start is confirmed
             "reason": reason.value if reason.value in _V16_REASONS else "Other",
         }
-        stopped_by = tx.data.get("stopped_by") or tx.id_token
+        stopped_by = tx.stopped_by or tx.id_token
         if reason in (StopReason.LOCAL,) and stopped_by:
             payload["idTag"] = stopped_by[:20]
         if snap.reading is not None:
@@ -497,12 +498,12 @@ class V16Adapter(AdapterBase):
         self.storage.tx_set_remote_id(item.tx_ref, str(tx_id))
         parent = info.get("parentIdTag") if isinstance(info, dict) else None
         if parent:
-            self.storage.tx_update_data(item.tx_ref, {"parent": parent})
+            self.storage.tx_update(item.tx_ref, parent=parent)
         evse = self.station.find_tx(local_id=item.tx_ref)
         if evse is not None and evse.tx is not None:
             evse.tx.remote_id = str(tx_id)
             if parent:
-                evse.tx.data["parent"] = parent
+                evse.tx.parent = parent
         status = info.get("status", "Accepted") if isinstance(info, dict) else "Accepted"
         if status not in VALID_STATUSES and evse is not None and evse.tx is not None:
             # The CSMS answered late (the start was queued offline, or authorized locally with

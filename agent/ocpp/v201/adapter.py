@@ -35,11 +35,11 @@ from agent.core.model import (
     StopReason,
     Token,
     TxPoint,
+    TxRecord,
 )
 from agent.core.station import Station
 from agent.link.outbox import Hold, OutboxSender
-from agent.ocpp.adapter_base import AdapterBase
-from agent.ocpp.rpc import (
+from agent.link.rpc import (
     CallErrorReceived,
     CallFailed,
     CallTimeout,
@@ -48,6 +48,7 @@ from agent.ocpp.rpc import (
     ResponseInvalid,
     RpcSession,
 )
+from agent.ocpp.adapter_base import AdapterBase
 from agent.ocpp.v16.keys import ConfigurationKeys
 from agent.ocpp.v201.device_model import (
     MEASURANDS_201,
@@ -60,7 +61,7 @@ from agent.ocpp.v201.device_model import (
     split_report,
     standard_variables,
 )
-from agent.storage import OutboxItem, Storage, TxRecord
+from agent.storage import OutboxItem, Storage
 from hal.interfaces import FaultKind, MeterReading
 
 log = logging.getLogger("cp_agent.v201")
@@ -587,9 +588,9 @@ class V201Adapter(AdapterBase):
             self._tx_event(tx, "Updated", "CablePluggedIn", charging_state="EVConnected")
         elif event == "authorized":
             remote = s.remote_start_id if s is not None else None
-            if remote is not None and tx.data.get("remote_start_id") is None:
-                tx.data["remote_start_id"] = remote
-                self.storage.tx_update_data(tx.local_id, {"remote_start_id": remote})
+            if remote is not None and tx.remote_start_id is None:
+                tx.remote_start_id = remote
+                self.storage.tx_update(tx.local_id, remote_start_id=remote)
             self._pending_trigger[evse_id] = "RemoteStart" if remote is not None \
                 else "Authorized"
             self._schedule_settle(evse_id)
@@ -634,7 +635,7 @@ class V201Adapter(AdapterBase):
         with_token = trigger in ("Authorized", "RemoteStart")
         self._tx_event(tx, "Updated", trigger or "ChargingStateChanged", charging_state=state,
                        token=s.token if with_token and s is not None else None,
-                       remote_start_id=tx.data.get("remote_start_id")
+                       remote_start_id=tx.remote_start_id
                        if trigger == "RemoteStart" else None)
 
     def _charging_state_sent(self, tx: TxRecord) -> str | None:
@@ -690,9 +691,10 @@ class V201Adapter(AdapterBase):
         self._pending_trigger.pop(tx.evse_id, None)
         trigger = END_TRIGGER.get(reason, "AbnormalCondition")
         stopped = STOPPED_REASON.get(reason, "Other")
-        deauth = s.extras.get("deauth_reason") if s is not None else None
-        if reason == StopReason.EV_DISCONNECTED and deauth in ("Local", "Remote", "DeAuthorized"):
-            stopped = deauth  # stopped earlier by a card or the CSMS, ended by the unplug
+        deauth = s.deauth_reason if s is not None else None
+        if reason == StopReason.EV_DISCONNECTED and deauth in (
+                StopReason.LOCAL, StopReason.REMOTE, StopReason.DEAUTHORIZED):
+            stopped = deauth.value  # stopped earlier by a card or the CSMS, ended by the unplug
         self._ensure_started(tx)
         meter = list(self._ended_samples.pop(tx.local_id, []))
         if snap.reading is not None:
@@ -701,7 +703,7 @@ class V201Adapter(AdapterBase):
                 measurands = ["Energy.Active.Import.Register", *measurands]
             meter += self._meter_value(snap.reading, measurands, "Transaction.End", evse,
                                        stamp=tx.stopped_at)
-        stopper = tx.data.get("stopped_by")
+        stopper = tx.stopped_by
         token = None
         if reason == StopReason.LOCAL and stopper and stopper != tx.id_token:
             token = Token(stopper, tx.token_type or "ISO14443")  # another card of the group
@@ -715,12 +717,12 @@ class V201Adapter(AdapterBase):
     # ------------------------------------------------------------------ transaction events
 
     def _mark_started(self, tx: TxRecord) -> None:
-        tx.data["v201"] = True
-        self.storage.tx_update_data(tx.local_id, {"v201": True})
+        tx.reported_as = self.version
+        self.storage.tx_update(tx.local_id, reported_as=self.version)
 
     def _ensure_started(self, tx: TxRecord) -> None:
         """A transaction begun under another OCPP version gets its Started here, once."""
-        if tx.data.get("v201"):
+        if tx.reported_as == self.version:
             return
         log.info("transaction %s began under another OCPP version: reporting its start",
                  tx.local_id)

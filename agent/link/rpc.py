@@ -35,7 +35,7 @@ from jsonschema.exceptions import best_match
 from ocpp.exceptions import OCPPError
 from ocpp.messages import get_validator
 
-from agent.ocpp.fastschema import compile_schema
+from agent.link.fastschema import compile_schema
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _schema(version: str, message_type: int, action: str) -> tuple[Draft4Validat
 
 @functools.cache
 def _fast_check(version: str, message_type: int, action: str) -> Callable[[Any], bool] | None:
-    """A compiled one-sided check (see agent.ocpp.fastschema); None if the schema needs Decimal."""
+    """A compiled one-sided check (see agent.link.fastschema); None if the schema needs Decimal."""
     entry = _schema(version, message_type, action)
     if entry is None or entry[1]:
         return None
