@@ -1,7 +1,8 @@
 """The hardware half of the HAL factory: driver declarations in YAML, checked and built.
 
 Imported by :mod:`hal.factory` only for ``driver: hardware``, so the mock HAL never loads a
-driver or a hardware library.
+driver or a hardware library. The validation helpers both halves use live in
+:mod:`hal.config_kit`; this module imports nothing from :mod:`hal.factory` at run time.
 """
 
 from __future__ import annotations
@@ -10,8 +11,22 @@ import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hal.config_kit import (
+    ConfigMap,
+    Conv,
+    HalConfigError,
+    bad,
+    boolean,
+    choice,
+    integer,
+    nonzero,
+    number,
+    real,
+    show,
+    text,
+)
 from hal.drivers.ads1115 import DATA_RATES, FULL_SCALE_V, Ads1115
 from hal.drivers.base import DeviceDriver, EventSink, Monotonic
 from hal.drivers.contactor import GpioContactor
@@ -45,22 +60,10 @@ from hal.drivers.registers import (
 )
 from hal.drivers.serial_port import SerialPort
 from hal.drivers.tokens import ReaderDriver
-from hal.factory import (
-    Conv,
-    HalConfig,
-    HalConfigError,
-    _bad,
-    _bool,
-    _choice,
-    _int,
-    _Map,
-    _nonzero,
-    _num,
-    _real,
-    _show,
-    _text,
-)
 from hal.interfaces import EvConnection, EvseHardware, Hal, PowerMeter, TokenReader
+
+if TYPE_CHECKING:  # the result type only: at run time this module never imports hal.factory
+    from hal.factory import HalConfig
 
 # ============================================================== configuration model
 
@@ -223,11 +226,11 @@ _PIN_RE = re.compile(r"^(GPIO|BCM|BOARD|J8:|P1:)?\d+$|^[A-Z0-9_:]+$", re.IGNOREC
 def _pin(v: Any, path: str) -> PinName:
     if isinstance(v, int) and not isinstance(v, bool):
         if not 0 <= v <= 53:
-            raise _bad(path, v, "a BCM GPIO number 0..53 or a gpiozero pin name like 'GPIO17'")
+            raise bad(path, v, "a BCM GPIO number 0..53 or a gpiozero pin name like 'GPIO17'")
         return v
     if isinstance(v, str) and _PIN_RE.match(v):
         return v
-    raise _bad(path, v, "a BCM GPIO number 0..53 or a gpiozero pin name like 'GPIO17'")
+    raise bad(path, v, "a BCM GPIO number 0..53 or a gpiozero pin name like 'GPIO17'")
 
 
 def _pin_key(pin: PinName) -> str:
@@ -247,24 +250,25 @@ class _Pins:
     def claim(self, pin: PinName, path: str) -> None:
         key = _pin_key(pin)
         if key in self.owner:
-            raise HalConfigError(path, f"{_show(pin)} is not allowed; {key} is already used "
+            raise HalConfigError(path, f"{show(pin)} is not allowed; {key} is already used "
                                        f"by {self.owner[key]}")
         self.owner[key] = path
 
 
 
-def parse_hardware(raw: dict, ids: tuple[int, ...], path: str) -> HalConfig:
-    """The ``driver: hardware`` part of :func:`hal.factory.parse_hal_config`."""
-    m = _Map(raw, path, ("driver", "gpio", "modbus", "evses", "readers"))
+def parse_hardware(raw: dict, ids: tuple[int, ...], path: str) -> HardwareConfig:
+    """The ``driver: hardware`` part of :func:`hal.factory.parse_hal_config`, which wraps the
+    result in its :class:`~hal.factory.HalConfig` (so this module needs nothing from it)."""
+    m = ConfigMap(raw, path, ("driver", "gpio", "modbus", "evses", "readers"))
     pin_factory = None
     if m.has("gpio"):
-        g = _Map(raw["gpio"], m.at("gpio"), ("pin_factory",))
-        pin_factory = g.get("pin_factory", _choice("default", *PIN_FACTORIES), None)
+        g = ConfigMap(raw["gpio"], m.at("gpio"), ("pin_factory",))
+        pin_factory = g.get("pin_factory", choice("default", *PIN_FACTORIES), None)
     buses = _parse_buses(raw.get("modbus"), m.at("modbus"))
     pins = _Pins()
     evses_raw = raw.get("evses")
     if not isinstance(evses_raw, list) or not evses_raw:
-        raise _bad(m.at("evses"), evses_raw, "a non-empty list of EVSE declarations")
+        raise bad(m.at("evses"), evses_raw, "a non-empty list of EVSE declarations")
     evses = []
     for i, e in enumerate(evses_raw):
         evses.append(_parse_evse(e, f"{path}.evses[{i}]", buses, pins))
@@ -283,7 +287,7 @@ def parse_hardware(raw: dict, ids: tuple[int, ...], path: str) -> HalConfig:
                                             f"EVSE of the station ({list(ids)}) needs an entry")
     readers_raw = raw.get("readers") or []
     if not isinstance(readers_raw, list):
-        raise _bad(m.at("readers"), readers_raw, "a list of reader declarations")
+        raise bad(m.at("readers"), readers_raw, "a list of reader declarations")
     readers = []
     names: set[str] = set()
     for i, r in enumerate(readers_raw):
@@ -293,8 +297,7 @@ def parse_hardware(raw: dict, ids: tuple[int, ...], path: str) -> HalConfig:
                                  f"{rc.name!r} is not allowed; reader names must be unique")
         names.add(rc.name)
         readers.append(rc)
-    hw = HardwareConfig(pin_factory, buses, tuple(evses), tuple(readers))
-    return HalConfig("hardware", ids, hardware=hw, path=path)
+    return HardwareConfig(pin_factory, buses, tuple(evses), tuple(readers))
 
 
 
@@ -302,41 +305,41 @@ def _parse_buses(raw: Any, path: str) -> dict[str, ModbusBusConfig]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise _bad(path, raw, "a mapping of bus name to bus settings")
+        raise bad(path, raw, "a mapping of bus name to bus settings")
     buses = {}
     for name, b in raw.items():
         p = f"{path}.{name}"
         if not isinstance(name, str) or not re.match(r"^[A-Za-z][A-Za-z0-9_-]*$", name):
-            raise HalConfigError(p, f"{_show(name)} is not allowed as a bus name; expected "
-                                    "letters, digits, _ or -")
+            raise HalConfigError(p, f"{show(name)} is not allowed as a bus name; expected "
+                                   "letters, digits, _ or -")
         if not isinstance(b, dict):
-            raise _bad(p, b, "a mapping with type: rtu or type: tcp")
+            raise bad(p, b, "a mapping with type: rtu or type: tcp")
         kind = b.get("type")
-        _choice("rtu", "tcp")(kind, f"{p}.type")
+        choice("rtu", "tcp")(kind, f"{p}.type")
         common = ("type", "timeout_s", "retries", "request_gap_s")
         if kind == "rtu":
-            m = _Map(b, p, common + ("port", "baudrate", "parity", "stopbits", "bytesize"))
+            m = ConfigMap(b, p, common + ("port", "baudrate", "parity", "stopbits", "bytesize"))
             buses[name] = ModbusBusConfig(
                 name, "rtu",
-                port=m.get("port", _text, what="a serial device such as /dev/ttyUSB0"),
-                baudrate=m.get("baudrate", _choice(1200, 2400, 4800, 9600, 19200, 38400,
-                                                   57600, 115200), 9600),
-                parity=m.get("parity", _choice("N", "E", "O"), "N"),
-                stopbits=m.get("stopbits", _choice(1, 2), 1),
-                bytesize=m.get("bytesize", _choice(7, 8), 8),
-                timeout_s=m.get("timeout_s", _num(0.01, 30), 0.5),
-                retries=m.get("retries", _int(0, 10), 2),
-                request_gap_s=m.get("request_gap_s", _num(0, 1), 0.0),
+                port=m.get("port", text, what="a serial device such as /dev/ttyUSB0"),
+                baudrate=m.get("baudrate", choice(1200, 2400, 4800, 9600, 19200, 38400,
+                                                  57600, 115200), 9600),
+                parity=m.get("parity", choice("N", "E", "O"), "N"),
+                stopbits=m.get("stopbits", choice(1, 2), 1),
+                bytesize=m.get("bytesize", choice(7, 8), 8),
+                timeout_s=m.get("timeout_s", number(0.01, 30), 0.5),
+                retries=m.get("retries", integer(0, 10), 2),
+                request_gap_s=m.get("request_gap_s", number(0, 1), 0.0),
             )
         else:
-            m = _Map(b, p, common + ("host", "port"))
+            m = ConfigMap(b, p, common + ("host", "port"))
             buses[name] = ModbusBusConfig(
                 name, "tcp",
-                host=m.get("host", _text, what="a host name or IP address"),
-                tcp_port=m.get("port", _int(1, 65535), 502),
-                timeout_s=m.get("timeout_s", _num(0.01, 30), 1.0),
-                retries=m.get("retries", _int(0, 10), 1),
-                request_gap_s=m.get("request_gap_s", _num(0, 1), 0.0),
+                host=m.get("host", text, what="a host name or IP address"),
+                tcp_port=m.get("port", integer(1, 65535), 502),
+                timeout_s=m.get("timeout_s", number(0.01, 30), 1.0),
+                retries=m.get("retries", integer(0, 10), 1),
+                request_gap_s=m.get("request_gap_s", number(0, 1), 0.0),
             )
     return buses
 
@@ -346,10 +349,10 @@ def _out_pin(raw: Any, path: str, pins: _Pins) -> OutputPin:
         pin = _pin(raw, path)
         pins.claim(pin, path)
         return OutputPin(pin)
-    m = _Map(raw, path, ("pin", "active_high"))
+    m = ConfigMap(raw, path, ("pin", "active_high"))
     pin = m.get("pin", _pin, what="a GPIO pin")
     pins.claim(pin, m.at("pin"))
-    return OutputPin(pin, m.get("active_high", _bool, True))
+    return OutputPin(pin, m.get("active_high", boolean, True))
 
 
 def _in_pin(raw: Any, path: str, pins: _Pins) -> InputPin:
@@ -357,24 +360,24 @@ def _in_pin(raw: Any, path: str, pins: _Pins) -> InputPin:
         pin = _pin(raw, path)
         pins.claim(pin, path)
         return InputPin(pin)
-    m = _Map(raw, path, ("pin", "active_high", "pull"))
+    m = ConfigMap(raw, path, ("pin", "active_high", "pull"))
     pin = m.get("pin", _pin, what="a GPIO pin")
     pins.claim(pin, m.at("pin"))
-    return InputPin(pin, m.get("active_high", _bool, True),
-                    m.get("pull", _choice("up", "down", "none"), "none"))
+    return InputPin(pin, m.get("active_high", boolean, True),
+                    m.get("pull", choice("up", "down", "none"), "none"))
 
 
 def _unit_id(bus: ModbusBusConfig) -> Conv:
-    return _int(1, 247) if bus.type == "rtu" else _int(0, 255)
+    return integer(1, 247) if bus.type == "rtu" else integer(0, 255)
 
 
-def _bus_ref(m: _Map, buses: dict[str, ModbusBusConfig]) -> ModbusBusConfig:
+def _bus_ref(m: ConfigMap, buses: dict[str, ModbusBusConfig]) -> ModbusBusConfig:
     name = m.raw.get("bus")
     if name is None:
         raise HalConfigError(m.at("bus"), "missing; expected the name of a bus under hal.modbus")
     if name not in buses:
         known = ", ".join(buses) or "none declared"
-        raise HalConfigError(m.at("bus"), f"{_show(name)} is not allowed; expected one of the "
+        raise HalConfigError(m.at("bus"), f"{show(name)} is not allowed; expected one of the "
                                           f"buses under hal.modbus ({known})")
     return buses[name]
 
@@ -382,32 +385,32 @@ def _bus_ref(m: _Map, buses: dict[str, ModbusBusConfig]) -> ModbusBusConfig:
 def _parse_evse(raw: Any, path: str, buses: dict[str, ModbusBusConfig], pins: _Pins) -> EvseConfig:
     # current limits and phase count are the station's evses[] settings; the hal section
     # only says which devices make up the EVSE
-    m = _Map(raw, path, ("id", "contactor", "meter", "ev", "lock", "indicator"))
-    evse_id = m.get("id", _int(1, 99), what="the EVSE id (1, 2, ...)")
-    c = _Map(m.raw.get("contactor"), m.at("contactor"),
-             ("coil", "feedback", "settle_s", "required"))
+    m = ConfigMap(raw, path, ("id", "contactor", "meter", "ev", "lock", "indicator"))
+    evse_id = m.get("id", integer(1, 99), what="the EVSE id (1, 2, ...)")
+    c = ConfigMap(m.raw.get("contactor"), m.at("contactor"),
+                  ("coil", "feedback", "settle_s", "required"))
     if not c.has("coil"):
         raise HalConfigError(c.at("coil"), "missing; expected the coil output pin")
     contactor = ContactorConfig(
         coil=_out_pin(c.raw["coil"], c.at("coil"), pins),
         feedback=_in_pin(c.raw["feedback"], c.at("feedback"), pins) if c.has("feedback") else None,
-        settle_s=c.get("settle_s", _num(0.01, 5), 0.3),
-        required=c.get("required", _bool, True),
+        settle_s=c.get("settle_s", number(0.01, 5), 0.3),
+        required=c.get("required", boolean, True),
     )
     meter = _parse_meter(m.raw.get("meter"), m.at("meter"), buses)
     ev = _parse_ev(m.raw.get("ev"), m.at("ev"), buses, pins)
     lock = _parse_lock(m.raw["lock"], m.at("lock"), pins) if m.has("lock") else None
     indicator = None
     if m.has("indicator"):
-        i = _Map(m.raw["indicator"], m.at("indicator"),
-                 ("available", "charging", "fault", "blink_s", "required"))
+        i = ConfigMap(m.raw["indicator"], m.at("indicator"),
+                      ("available", "charging", "fault", "blink_s", "required"))
         leds = {k: _out_pin(i.raw[k], i.at(k), pins) if i.has(k) else None
                 for k in ("available", "charging", "fault")}
         if not any(leds.values()):
             raise HalConfigError(i.path, "declares no LED; expected at least one of available, "
                                          "charging, fault")
-        indicator = IndicatorConfig(**leds, blink_s=i.get("blink_s", _num(0.05, 5), 0.5),
-                                    required=i.get("required", _bool, False))
+        indicator = IndicatorConfig(**leds, blink_s=i.get("blink_s", number(0.05, 5), 0.5),
+                                    required=i.get("required", boolean, False))
     return EvseConfig(id=evse_id, contactor=contactor, meter=meter, ev=ev, lock=lock,
                       indicator=indicator)
 
@@ -416,22 +419,22 @@ def _parse_meter(raw: Any, path: str, buses: dict[str, ModbusBusConfig]) -> Mete
     if raw is None:
         raise HalConfigError(path, "missing; every EVSE needs a meter")
     if not isinstance(raw, dict):
-        raise _bad(path, raw, "a mapping")
+        raise bad(path, raw, "a mapping")
     kind = raw.get("type")
-    _choice(*METER_TYPES)(kind, f"{path}.type")
+    choice(*METER_TYPES)(kind, f"{path}.type")
     keys = ("type", "bus", "unit_id", "phases", "required")
     if kind == "sunspec":
         keys += ("base_address",)
     if kind == "generic":
         keys += ("registers", "defaults", "max_gap", "max_count", "name")
-    m = _Map(raw, path, keys)
+    m = ConfigMap(raw, path, keys)
     bus = _bus_ref(m, buses)
     cfg = MeterConfig(
         type=kind, bus=bus.name,
         unit_id=m.get("unit_id", _unit_id(bus), what="the meter's Modbus device id"),
-        phases=m.get("phases", _choice(1, 2, 3), None),
-        base_address=m.get("base_address", _int(0, 65535), None) if kind == "sunspec" else None,
-        required=m.get("required", _bool, True),
+        phases=m.get("phases", choice(1, 2, 3), None),
+        base_address=m.get("base_address", integer(0, 65535), None) if kind == "sunspec" else None,
+        required=m.get("required", boolean, True),
     )
     if kind == "generic":
         regmap = _parse_register_map(m, cfg.phases or 3)
@@ -439,16 +442,17 @@ def _parse_meter(raw: Any, path: str, buses: dict[str, ModbusBusConfig]) -> Mete
     return cfg
 
 
-def _parse_register_map(m: _Map, phases: int) -> MeterMap:
+def _parse_register_map(m: ConfigMap, phases: int) -> MeterMap:
     defaults: dict[str, Any] = {"function": 3, "type": "float32", "scale": 1.0,
                                 "word_order": "big"}
     if m.has("defaults"):
-        d = _Map(m.raw["defaults"], m.at("defaults"), ("function", "type", "scale", "word_order"))
+        d = ConfigMap(m.raw["defaults"], m.at("defaults"),
+                      ("function", "type", "scale", "word_order"))
         defaults.update({k: v for k, v in d.raw.items() if v is not None})
     regs_raw = m.raw.get("registers")
     if not isinstance(regs_raw, dict) or not regs_raw:
-        raise _bad(m.at("registers"), regs_raw,
-                   "a mapping of quantity to register, e.g. energy_import_wh: {address: 72}")
+        raise bad(m.at("registers"), regs_raw,
+                  "a mapping of quantity to register, e.g. energy_import_wh: {address: 72}")
     quantities: dict[str, tuple[RegisterSpec, ...]] = {}
     for name, spec in regs_raw.items():
         p = f"{m.at('registers')}.{name}"
@@ -456,18 +460,18 @@ def _parse_register_map(m: _Map, phases: int) -> MeterMap:
             raise HalConfigError(p, "unknown quantity; allowed: " + ", ".join(QUANTITIES))
         items = spec if isinstance(spec, list) else [spec]
         if not items:
-            raise _bad(p, spec, "a register or a list of registers")
+            raise bad(p, spec, "a register or a list of registers")
         if name in PHASE_QUANTITIES and len(items) > 3:
-            raise _bad(p, spec, "at most 3 registers (L1, L2, L3)")
+            raise bad(p, spec, "at most 3 registers (L1, L2, L3)")
         quantities[name] = tuple(
             _parse_register(item, f"{p}[{j}]" if isinstance(spec, list) else p, defaults)
             for j, item in enumerate(items))
     if "energy_import_wh" not in quantities:
         raise HalConfigError(f"{m.at('registers')}.energy_import_wh",
                              "missing; a meter must at least give the imported energy")
-    name = m.get("name", _text, "generic")
-    max_gap = m.get("max_gap", _int(0, 120), 0)
-    max_count = m.get("max_count", _int(1, 125), 125)
+    name = m.get("name", text, "generic")
+    max_gap = m.get("max_gap", integer(0, 120), 0)
+    max_count = m.get("max_count", integer(1, 125), 125)
     for q, specs in quantities.items():
         for s in specs:
             if s.words > max_count:
@@ -479,18 +483,18 @@ def _parse_register_map(m: _Map, phases: int) -> MeterMap:
 def _parse_register(raw: Any, path: str, defaults: dict[str, Any]) -> RegisterSpec:
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = {"address": raw}
-    r = _Map(raw, path, ("address", "function", "type", "scale", "word_order"))
+    r = ConfigMap(raw, path, ("address", "function", "type", "scale", "word_order"))
     merged = {**defaults, **{k: v for k, v in r.raw.items() if v is not None}}
     base = r.path
     if merged.get("address") is None:
         raise HalConfigError(f"{base}.address", "missing; expected a register address "
                                                 "0..65535 (0-based, as sent on the wire)")
     return RegisterSpec(
-        address=_int(0, 65535)(merged["address"], f"{base}.address"),
-        function=_choice(3, 4)(merged["function"], f"{base}.function"),
-        dtype=DataType(_choice(*[t.value for t in DataType])(merged["type"], f"{base}.type")),
-        scale=_nonzero(merged["scale"], f"{base}.scale"),
-        word_order=_choice(*WORD_ORDERS)(merged["word_order"], f"{base}.word_order"),
+        address=integer(0, 65535)(merged["address"], f"{base}.address"),
+        function=choice(3, 4)(merged["function"], f"{base}.function"),
+        dtype=DataType(choice(*[t.value for t in DataType])(merged["type"], f"{base}.type")),
+        scale=nonzero(merged["scale"], f"{base}.scale"),
+        word_order=choice(*WORD_ORDERS)(merged["word_order"], f"{base}.word_order"),
     )
 
 
@@ -500,39 +504,39 @@ def _parse_ev(raw: Any, path: str, buses: dict[str, ModbusBusConfig],
         raise HalConfigError(path, "missing; every EVSE needs an EV side "
                                    "(an EVSE board or a direct pilot)")
     if not isinstance(raw, dict):
-        raise _bad(path, raw, "a mapping")
+        raise bad(path, raw, "a mapping")
     kind = raw.get("type")
-    _choice(*EV_TYPES)(kind, f"{path}.type")
+    choice(*EV_TYPES)(kind, f"{path}.type")
     if kind in BOARD_TYPES:
-        m = _Map(raw, path, ("type", "bus", "unit_id", "poll_interval_s", "required"))
+        m = ConfigMap(raw, path, ("type", "bus", "unit_id", "poll_interval_s", "required"))
         bus = _bus_ref(m, buses)
         default_id = 180 if kind == "phoenix_ev_eth" else 1
         return BoardConfig(kind, bus.name,
                            unit_id=m.get("unit_id", _unit_id(bus), default_id),
-                           poll_interval_s=m.get("poll_interval_s", _num(0.05, 10), 0.5),
-                           required=m.get("required", _bool, True))
-    m = _Map(raw, path, ("type", "pwm", "adc", "diode_check", "poll_interval_s",
-                         "debounce_samples", "required"))
+                           poll_interval_s=m.get("poll_interval_s", number(0.05, 10), 0.5),
+                           required=m.get("required", boolean, True))
+    m = ConfigMap(raw, path, ("type", "pwm", "adc", "diode_check", "poll_interval_s",
+                              "debounce_samples", "required"))
     pw = m.raw.get("pwm")
     if not isinstance(pw, dict):
-        raise _bad(m.at("pwm"), pw,
-                   "a mapping with type: gpio (pin) or type: sysfs (chip, channel)")
+        raise bad(m.at("pwm"), pw,
+                  "a mapping with type: gpio (pin) or type: sysfs (chip, channel)")
     pwm_type = pw.get("type", "gpio")
-    _choice("gpio", "sysfs")(pwm_type, f"{m.at('pwm')}.type")
+    choice("gpio", "sysfs")(pwm_type, f"{m.at('pwm')}.type")
     if pwm_type == "gpio":
-        p = _Map(pw, m.at("pwm"), ("type", "pin", "active_high", "frequency_hz"))
+        p = ConfigMap(pw, m.at("pwm"), ("type", "pin", "active_high", "frequency_hz"))
         pin = p.get("pin", _pin, what="the GPIO of the pilot PWM output")
         pins.claim(pin, p.at("pin"))
-        pwm = PwmConfig("gpio", pin=pin, active_high=p.get("active_high", _bool, True),
-                        frequency_hz=p.get("frequency_hz", _num(100, 10000), 1000.0))
+        pwm = PwmConfig("gpio", pin=pin, active_high=p.get("active_high", boolean, True),
+                        frequency_hz=p.get("frequency_hz", number(100, 10000), 1000.0))
     else:
-        p = _Map(pw, m.at("pwm"), ("type", "chip", "channel", "active_high", "frequency_hz"))
-        pwm = PwmConfig("sysfs", chip=p.get("chip", _int(0, 31), 0),
-                        channel=p.get("channel", _int(0, 15), 0),
-                        active_high=p.get("active_high", _bool, True),
-                        frequency_hz=p.get("frequency_hz", _num(100, 10000), 1000.0))
-    a = _Map(m.raw.get("adc"), m.at("adc"),
-             ("i2c_bus", "address", "full_scale_v", "data_rate", "high", "low"))
+        p = ConfigMap(pw, m.at("pwm"), ("type", "chip", "channel", "active_high", "frequency_hz"))
+        pwm = PwmConfig("sysfs", chip=p.get("chip", integer(0, 31), 0),
+                        channel=p.get("channel", integer(0, 15), 0),
+                        active_high=p.get("active_high", boolean, True),
+                        frequency_hz=p.get("frequency_hz", number(100, 10000), 1000.0))
+    a = ConfigMap(m.raw.get("adc"), m.at("adc"),
+                  ("i2c_bus", "address", "full_scale_v", "data_rate", "high", "low"))
     high = _parse_channel(a.raw.get("high"), a.at("high"), default_scale=4.0)
     if high is None:
         high = PilotChannel(0, 4.0, 0.0)
@@ -541,38 +545,38 @@ def _parse_ev(raw: Any, path: str, buses: dict[str, ModbusBusConfig],
         raise HalConfigError(f"{a.at('low')}.channel", f"{low.channel} is not allowed; the high "
                                                        "channel already uses it")
     adc = AdcConfig(
-        i2c_bus=a.get("i2c_bus", _int(0, 99), 1),
-        address=a.get("address", _choice(0x48, 0x49, 0x4A, 0x4B), 0x48),
-        full_scale_v=a.get("full_scale_v", _choice(*FULL_SCALE_V), 4.096),
-        data_rate=a.get("data_rate", _choice(*DATA_RATES), 860),
+        i2c_bus=a.get("i2c_bus", integer(0, 99), 1),
+        address=a.get("address", choice(0x48, 0x49, 0x4A, 0x4B), 0x48),
+        full_scale_v=a.get("full_scale_v", choice(*FULL_SCALE_V), 4.096),
+        data_rate=a.get("data_rate", choice(*DATA_RATES), 860),
         high=high, low=low)
-    diode = m.get("diode_check", _bool, low is not None)
+    diode = m.get("diode_check", boolean, low is not None)
     if diode and low is None:
         raise HalConfigError(m.at("diode_check"), "true is not allowed without adc.low (the "
                                                   "negative peak channel the check reads)")
     return DirectPilotConfig(
         pwm=pwm, adc=adc, diode_check=diode,
-        poll_interval_s=m.get("poll_interval_s", _num(0.01, 5), 0.1),
-        debounce_samples=m.get("debounce_samples", _int(1, 10), 2),
-        required=m.get("required", _bool, True))
+        poll_interval_s=m.get("poll_interval_s", number(0.01, 5), 0.1),
+        debounce_samples=m.get("debounce_samples", integer(1, 10), 2),
+        required=m.get("required", boolean, True))
 
 
 def _parse_channel(raw: Any, path: str, default_scale: float) -> PilotChannel | None:
     if raw is None:
         return None
-    c = _Map(raw, path, ("channel", "scale", "offset"))
-    return PilotChannel(c.get("channel", _int(0, 3), what="the ADS1115 input 0..3"),
-                        c.get("scale", _nonzero, default_scale), c.get("offset", _real, 0.0))
+    c = ConfigMap(raw, path, ("channel", "scale", "offset"))
+    return PilotChannel(c.get("channel", integer(0, 3), what="the ADS1115 input 0..3"),
+                        c.get("scale", nonzero, default_scale), c.get("offset", real, 0.0))
 
 
 def _parse_lock(raw: Any, path: str, pins: _Pins) -> LockConfig:
     if not isinstance(raw, dict):
-        raise _bad(path, raw, "a mapping with type: motor or type: solenoid")
+        raise bad(path, raw, "a mapping with type: motor or type: solenoid")
     kind = raw.get("type")
-    _choice("motor", "solenoid")(kind, f"{path}.type")
+    choice("motor", "solenoid")(kind, f"{path}.type")
     keys = ("type", "lock_pin", "feedback", "timeout_s", "required")
     keys += ("unlock_pin", "pulse_s") if kind == "motor" else ()
-    m = _Map(raw, path, keys)
+    m = ConfigMap(raw, path, keys)
     if not m.has("lock_pin"):
         raise HalConfigError(m.at("lock_pin"), "missing; expected the lock output pin")
     lock = _out_pin(m.raw["lock_pin"], m.at("lock_pin"), pins)
@@ -584,38 +588,38 @@ def _parse_lock(raw: Any, path: str, pins: _Pins) -> LockConfig:
     return LockConfig(
         kind, lock, unlock,
         feedback=_in_pin(m.raw["feedback"], m.at("feedback"), pins) if m.has("feedback") else None,
-        pulse_s=m.get("pulse_s", _num(0.05, 5), 0.6) if kind == "motor" else 0.0,
-        timeout_s=m.get("timeout_s", _num(0.1, 30), 2.0),
-        required=m.get("required", _bool, True))
+        pulse_s=m.get("pulse_s", number(0.05, 5), 0.6) if kind == "motor" else 0.0,
+        timeout_s=m.get("timeout_s", number(0.1, 30), 2.0),
+        required=m.get("required", boolean, True))
 
 
 def _parse_reader(raw: Any, path: str, index: int, evse_ids: tuple[int, ...]) -> ReaderConfig:
     if not isinstance(raw, dict):
-        raise _bad(path, raw, "a mapping with type: " + ", ".join(READER_TYPES))
+        raise bad(path, raw, "a mapping with type: " + ", ".join(READER_TYPES))
     kind = raw.get("type")
-    _choice(*READER_TYPES)(kind, f"{path}.type")
+    choice(*READER_TYPES)(kind, f"{path}.type")
     common = ("type", "name", "evse", "token_type", "hold_off_s", "required")
     specific = {"pn532": ("i2c_bus", "address", "poll_interval_s"),
                 "rdm6300": ("port", "baudrate"),
                 "keyboard": ("device", "grab")}[kind]
-    m = _Map(raw, path, common + specific)
-    evse = m.get("evse", _choice(*evse_ids), None)
-    base = dict(type=kind, name=m.get("name", _text, f"{kind}{index}"), evse=evse,
-                token_type=m.get("token_type", _choice(*TOKEN_TYPES), "ISO14443"),
-                hold_off_s=m.get("hold_off_s", _num(0, 60), 2.0),
-                required=m.get("required", _bool, True))
+    m = ConfigMap(raw, path, common + specific)
+    evse = m.get("evse", choice(*evse_ids), None)
+    base = dict(type=kind, name=m.get("name", text, f"{kind}{index}"), evse=evse,
+                token_type=m.get("token_type", choice(*TOKEN_TYPES), "ISO14443"),
+                hold_off_s=m.get("hold_off_s", number(0, 60), 2.0),
+                required=m.get("required", boolean, True))
     if kind == "pn532":
-        return ReaderConfig(**base, i2c_bus=m.get("i2c_bus", _int(0, 99), 1),
-                            address=m.get("address", _int(0x08, 0x77), PN532_I2C_ADDRESS),
-                            poll_interval_s=m.get("poll_interval_s", _num(0.02, 5), 0.25))
+        return ReaderConfig(**base, i2c_bus=m.get("i2c_bus", integer(0, 99), 1),
+                            address=m.get("address", integer(0x08, 0x77), PN532_I2C_ADDRESS),
+                            poll_interval_s=m.get("poll_interval_s", number(0.02, 5), 0.25))
     if kind == "rdm6300":
-        return ReaderConfig(**base, port=m.get("port", _text, what="a serial device"),
-                            baudrate=m.get("baudrate", _choice(9600, 19200, 38400, 57600,
-                                                               115200), 9600))
-    return ReaderConfig(**base, device=m.get("device", _text,
+        return ReaderConfig(**base, port=m.get("port", text, what="a serial device"),
+                            baudrate=m.get("baudrate", choice(9600, 19200, 38400, 57600,
+                                                              115200), 9600))
+    return ReaderConfig(**base, device=m.get("device", text,
                                              what="an input device such as "
                                                   "/dev/input/by-id/...-event-kbd"),
-                        grab=m.get("grab", _bool, True))
+                        grab=m.get("grab", boolean, True))
 
 
 # ============================================================== building
