@@ -5,25 +5,29 @@ subprotocols in order of preference; the one the CSMS agrees picks the protocol 
 CSMS that agrees none is told so and the failure is reported in plain words (a silent fallback
 would hide a misconfigured backend).  Reconnects back off exponentially with full jitter so that
 a fleet coming back after a backend outage does not stampede it.
+
+Where to connect and how (URL, basic auth header, TLS context, versions to offer) is not read
+from the configuration here: every attempt asks a connection-profile provider
+(:mod:`agent.link.profiles`) and reports back how the attempt ended, so that a password or
+network profile the CSMS sets applies from the next attempt and a provider can fall back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
-import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
 from agent.clock import Clock
 from agent.config import OcppConfig
+from agent.link.profiles import ConfigProfile, ConnectionProfile, ProfileProvider
 from agent.link.rpc import RpcSession
 
 log = logging.getLogger("cp_agent.link")
@@ -42,15 +46,37 @@ class LinkError(Exception):
     """A connection attempt failed for a reason worth telling the operator as such."""
 
 
+def describe(exc: BaseException) -> str:
+    """A failed attempt in plain words: a LinkError says it itself, others by their type."""
+    if isinstance(exc, LinkError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _hint(profile: ConnectionProfile, what: str) -> str:
+    """Where the operator fixes ``what``: the YAML keys, or the profile that came from the CSMS."""
+    if profile.name == ConfigProfile.name:
+        return {"credentials": "ocpp.password and ocpp.security_profile",
+                "url": "station.id and ocpp.url", "versions": "ocpp.versions"}[what]
+    if what == "url":
+        return f"station.id and the URL of connection profile {profile.name!r}"
+    return f"the {what} of connection profile {profile.name!r}"
+
+
 class Link:
-    """Keeps one connection to the CSMS alive and runs the negotiated adapter on it."""
+    """Keeps one connection to the CSMS alive and runs the negotiated adapter on it.
+
+    Where to connect and how comes from ``profiles`` (by default the ``ocpp:`` configuration),
+    asked afresh at every attempt and told how each attempt ended.
+    """
 
     def __init__(self, cfg: OcppConfig, station_id: str, adapters: dict[str, Adapter], *,
                  clock: Clock, ping_interval: Callable[[], float] = lambda: 60.0,
                  on_version: Callable[[Adapter], None] | None = None,
                  on_frame: Callable[[str, str, str, str, dict], None] | None = None,
-                 rng: random.Random | None = None) -> None:
-        self.cfg = cfg
+                 rng: random.Random | None = None,
+                 profiles: ProfileProvider | None = None) -> None:
+        self.cfg = cfg  # backoff and call timeout; the rest comes from the profiles
         self.station_id = station_id
         self.adapters = adapters
         self.clock = clock
@@ -58,6 +84,9 @@ class Link:
         self.on_version = on_version
         self.on_frame = on_frame
         self.rng = rng or random.Random()
+        self.profiles: ProfileProvider = (
+            profiles if profiles is not None else ConfigProfile(cfg, station_id))
+        self.profile: ConnectionProfile | None = None  # of the latest attempt
         self.state = "disconnected"
         self.version: str | None = None
         self.last_error: str | None = None
@@ -69,20 +98,15 @@ class Link:
 
     @property
     def url(self) -> str:
-        return self.cfg.url.rstrip("/") + "/" + self.station_id
+        """The URL of the latest attempt; before the first, the one the provider offers."""
+        profile = self.profile
+        return profile.url if profile is not None else self.profiles.current().url
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff: uniform in [min, min * 2^attempt], capped."""
         lo, hi = self.cfg.reconnect.min_backoff_s, self.cfg.reconnect.max_backoff_s
         ceiling = min(hi, lo * (2 ** min(attempt, 30)))
         return lo + self.rng.random() * max(0.0, ceiling - lo)
-
-    def _headers(self) -> dict[str, str]:
-        headers: dict[str, str] = {}
-        if self.cfg.security_profile in (1, 2) and self.cfg.password:
-            raw = f"{self.station_id}:{self.cfg.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
-        return headers
 
     async def run(self) -> None:
         """Connect forever (until cancelled)."""
@@ -93,11 +117,11 @@ class Link:
             except asyncio.CancelledError:
                 raise
             except LinkError as exc:
-                self.last_error = str(exc)
+                self.last_error = describe(exc)
                 self.failed.set()
                 log.error("%s", exc)
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = describe(exc)
                 self.failed.set()
                 log.warning("connection to %s failed: %s", self.url, self.last_error)
             self.state = "disconnected"
@@ -107,52 +131,26 @@ class Link:
             log.info("reconnecting in %.1f s", delay)
             await self.clock.sleep(delay)
 
+    def _tell(self, callback: Callable[..., None], *args: Any) -> None:
+        """Report to the provider; its bookkeeping failing must not stop the reconnects."""
+        try:
+            callback(*args)
+        except Exception:  # noqa: BLE001 - logged with its traceback
+            log.exception("connection profile provider failed in %s",
+                          getattr(callback, "__name__", callback))
+
     async def connect_once(self) -> None:
         """One connection: handshake, run the adapter until the link drops."""
-        offered = [Subprotocol(SUBPROTOCOLS[v]) for v in self.cfg.versions]
-        ping = self.ping_interval()
-        kwargs: dict[str, Any] = {
-            "subprotocols": offered,
-            "additional_headers": self._headers(),
-            "open_timeout": 15,
-            "ping_interval": ping if ping > 0 else None,
-            "ping_timeout": max(5.0, min(ping, 30.0)) if ping > 0 else None,
-            "max_size": 1 << 20,
-            "close_timeout": 5,
-        }
-        if self.url.startswith("wss://"):
-            # Security profile 2: TLS with the server certificate checked against the system
-            # CAs or the operator's own (ocpp.ca_file), hostname included; TLS 1.2 at least.
-            context = ssl.create_default_context(cafile=self.cfg.ca_file)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            kwargs["ssl"] = context
+        profile = self.profiles.current()
+        self.profile = profile
         self.state = "connecting"
         try:
-            ws = await connect(self.url, **kwargs)
-        except InvalidStatus as exc:
-            code = exc.response.status_code
-            if code in (401, 403):
-                raise LinkError(f"CSMS at {self.url} refused the credentials (HTTP {code}): "
-                                f"check ocpp.password and ocpp.security_profile") from None
-            if code == 404:
-                raise LinkError(f"CSMS at {self.url} does not know this station "
-                                f"(HTTP 404): check station.id and ocpp.url") from None
-            raise LinkError(f"CSMS at {self.url} refused the websocket (HTTP {code})") from None
-        except InvalidHandshake as exc:
-            raise LinkError(f"websocket handshake with {self.url} failed: {exc}") from None
-        agreed = ws.subprotocol
-        version = next((v for v, sp in SUBPROTOCOLS.items() if sp == agreed), None)
-        if version is None or version not in self.cfg.versions:
-            await ws.close(code=1002, reason="no agreed OCPP subprotocol")
-            raise LinkError(
-                f"CSMS at {self.url} agreed none of the offered OCPP versions "
-                f"({', '.join(offered)}); it answered {agreed!r}. Check ocpp.versions.")
-        adapter = self.adapters.get(version)
-        if adapter is None:
-            await ws.close(code=1002, reason=f"OCPP {version} is not implemented")
-            raise LinkError(f"CSMS at {self.url} agreed OCPP {version}, which this agent "
-                            f"offers but does not implement yet. Remove it from "
-                            f"ocpp.versions.")
+            ws, version, adapter = await self._open(profile)
+        except asyncio.CancelledError:
+            raise
+        except (LinkError, OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+            self._tell(self.profiles.failed, profile, describe(exc))
+            raise
         self._ws = ws
         self.version = version
         self.state = "connected"
@@ -160,7 +158,8 @@ class Link:
         self._attempt = 0
         self.connected.set()
         self.last_error = None
-        log.info("connected to %s with OCPP %s", self.url, version)
+        log.info("connected to %s with OCPP %s", profile.url, version)
+        self._tell(self.profiles.connected, profile)
         if self.on_version is not None:
             self.on_version(adapter)
         rpc = RpcSession(version, ws.send, adapter.handlers,
@@ -188,8 +187,63 @@ class Link:
             self._ws = None
             self.connected.clear()
             await ws.close()
-        log.warning("connection to %s closed (%s)", self.url,
+        log.warning("connection to %s closed (%s)", profile.url,
                     ws.close_reason or ws.close_code or "no reason")
+
+    async def _open(self, profile: ConnectionProfile) -> tuple[ClientConnection, str, Adapter]:
+        """Handshake with ``profile`` and check the agreed version: the attempt proper."""
+        url = profile.url
+        unknown = [v for v in profile.versions if v not in SUBPROTOCOLS]
+        if not profile.versions or unknown:
+            raise LinkError(f"connection profile {profile.name!r} offers no OCPP version this "
+                            f"agent knows ({', '.join(unknown) or 'none'}); "
+                            f"check {_hint(profile, 'versions')}")
+        offered = [Subprotocol(SUBPROTOCOLS[v]) for v in profile.versions]
+        ping = self.ping_interval()
+        kwargs: dict[str, Any] = {
+            "subprotocols": offered,
+            "additional_headers": dict(profile.headers),
+            "open_timeout": 15,
+            "ping_interval": ping if ping > 0 else None,
+            "ping_timeout": max(5.0, min(ping, 30.0)) if ping > 0 else None,
+            "max_size": 1 << 20,
+            "close_timeout": 5,
+        }
+        if url.startswith("wss://") != (profile.ssl is not None):
+            raise LinkError(f"connection profile {profile.name!r}: a wss:// URL needs a TLS "
+                            f"context and a ws:// URL must not have one ({url})")
+        if profile.ssl is not None:
+            kwargs["ssl"] = profile.ssl
+        try:
+            ws = await connect(url, **kwargs)
+        except InvalidStatus as exc:
+            code = exc.response.status_code
+            if code in (401, 403):
+                raise LinkError(f"CSMS at {url} refused the credentials (HTTP {code}): "
+                                f"check {_hint(profile, 'credentials')}") from None
+            if code == 404:
+                raise LinkError(f"CSMS at {url} does not know this station "
+                                f"(HTTP 404): check {_hint(profile, 'url')}") from None
+            raise LinkError(f"CSMS at {url} refused the websocket (HTTP {code})") from None
+        except InvalidHandshake as exc:
+            raise LinkError(f"websocket handshake with {url} failed: {exc}") from None
+        except InvalidURI as exc:
+            raise LinkError(f"connection profile {profile.name!r}: {exc}") from None
+        agreed = ws.subprotocol
+        version = next((v for v, sp in SUBPROTOCOLS.items() if sp == agreed), None)
+        if version is None or version not in profile.versions:
+            await ws.close(code=1002, reason="no agreed OCPP subprotocol")
+            raise LinkError(
+                f"CSMS at {url} agreed none of the offered OCPP versions "
+                f"({', '.join(offered)}); it answered {agreed!r}. "
+                f"Check {_hint(profile, 'versions')}.")
+        adapter = self.adapters.get(version)
+        if adapter is None:
+            await ws.close(code=1002, reason=f"OCPP {version} is not implemented")
+            raise LinkError(f"CSMS at {url} agreed OCPP {version}, which this agent "
+                            f"offers but does not implement yet. Remove it from "
+                            f"{_hint(profile, 'versions')}.")
+        return ws, version, adapter
 
     async def close(self) -> None:
         ws = self._ws
@@ -197,4 +251,5 @@ class Link:
             await ws.close(code=1001, reason="station shutting down")
 
 
-__all__ = ["Link", "LinkError", "SUBPROTOCOLS", "websockets"]
+__all__ = ["ConfigProfile", "ConnectionProfile", "Link", "LinkError", "ProfileProvider",
+           "SUBPROTOCOLS", "describe", "websockets"]
