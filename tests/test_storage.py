@@ -315,7 +315,7 @@ def test_outbox_drop_keeps_a_diagnostic_copy(store: Storage, clock: FakeClock) -
 
 
 def test_dropped_table_is_bounded(store: Storage, monkeypatch) -> None:
-    monkeypatch.setattr(storage_mod, "DROPPED_KEEP", 3)
+    monkeypatch.setattr("agent.storage.outbox.DROPPED_KEEP", 3)
     ids = [store.outbox_put("A", {"i": i}) for i in range(5)]
     for item_id in ids:
         store.outbox_drop(item_id)
@@ -768,3 +768,66 @@ def test_full_disk_gives_clear_error_and_loses_nothing(store: Storage) -> None:
     assert store.get_setting("k") is None
     store.outbox_put("D", {})  # usable again once there is room
     assert store.outbox_count() == 2
+
+
+# ---------------------------------------------------------------- engine / repository split
+
+
+def test_engine_alone_knows_no_table(tmp_path: Path) -> None:
+    """The engine runs the schema it is given and has none of its own; its SQL names no table.
+
+    This is what keeps a new repository (profiles, certificates, ...) out of the engine.
+    """
+    import ast
+    import re
+
+    from agent.storage import engine
+
+    with engine.Engine(tmp_path / "bare.db") as bare:
+        conn = bare._require()
+        assert conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+    for method in ("get_setting", "outbox_put", "tx_begin", "auth_cache_get", "local_list_get"):
+        assert hasattr(Storage, method) and not hasattr(engine.Engine, method)
+
+    sql_names = re.compile(r"\b(?:FROM|INTO|UPDATE|TABLE|JOIN)\s+(\w+)")
+    tree = ast.parse(Path(engine.__file__).read_text())
+    strings = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)]
+    named = {m for s in strings if isinstance(s, str) for m in sql_names.findall(s)}
+    assert named <= {"sqlite_master"}, f"engine.py has table-specific SQL: {sorted(named)}"
+
+
+def test_new_repository_is_a_mixin_and_a_migration(db_path: Path) -> None:
+    """A repository written against the engine's surface joins atomic() and error translation."""
+    from agent.storage.engine import Repository
+
+    class ProfileRepository(Repository):
+        def profile_put(self, evse_id: int, body: str) -> None:
+            with self._write("saving a charging profile") as conn:
+                conn.execute("INSERT INTO profiles (evse_id, body) VALUES (?, ?)", (evse_id, body))
+
+        def profile_count(self) -> int:
+            return self._read("SELECT count(*) FROM profiles", (), "counting profiles")[0][0]
+
+    class WithProfiles(Storage, ProfileRepository):
+        def _migrations(self) -> list[str]:
+            return [*MIGRATIONS, "CREATE TABLE profiles (evse_id INTEGER, body TEXT NOT NULL)"]
+
+    with Storage(db_path) as s:
+        s.set_setting("k", "v")
+    s = WithProfiles(db_path)  # an existing state file gains the table, keeps its data
+    try:
+        assert s.get_setting("k") == "v" and s.profile_count() == 0
+        with pytest.raises(RuntimeError), s.atomic():  # one unit with the other repositories
+            s.profile_put(1, "{}")
+            s.outbox_put("SetChargingProfile", {})
+            raise RuntimeError
+        assert s.profile_count() == 0 and s.outbox_count() == 0
+        s.profile_put(1, "{}")
+        assert s.profile_count() == 1
+    finally:
+        s.close()
+    with pytest.raises(StorageError) as err:
+        s.profile_count()
+    assert err.value.kind == "closed"
+    assert raw_sql(db_path, "PRAGMA user_version") == [(len(MIGRATIONS) + 1,)]

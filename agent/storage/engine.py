@@ -1,17 +1,19 @@
-"""Durable agent state in one SQLite file.
+"""The storage engine: one SQLite file, opened, locked, checked, migrated and written safely.
 
 A charge point is switched off at the breaker, browns out, or is killed by the watchdog, and
-the CSMS still has to receive every transaction message exactly once. So everything that must
-survive a restart lives here, in a single file that is easy to back up and to move aside:
-settings changed by the CSMS, the transaction journal, the outbox of transaction-related
-messages, the authorization cache and the local authorization list.
+the CSMS still has to receive every transaction message exactly once. Everything that must
+survive a restart therefore lives in a single SQLite file that is easy to back up and to move
+aside. This module owns that file and knows nothing about what is stored in it: the tables
+belong to the repositories (``settings``, ``outbox``, ``journal``, ``authorization``) and the
+schema to :mod:`agent.storage.migrations`; :class:`agent.storage.Storage` puts them together.
 
 Choices that follow from that:
 
 - WAL journal with ``synchronous=FULL``: every commit is fsynced before the method returns,
-  so a power cut right after ``outbox_put()`` cannot lose the message. The one exception is
-  :meth:`Storage.tx_meter` (see there).
-- Explicit transactions (``isolation_level=None``) so that :meth:`Storage.atomic` decides what
+  so a power cut right after ``outbox_put()`` cannot lose the message. The exceptions go
+  through :meth:`Engine._write_unsynced`, and each says at its call site why it may
+  (``tx_meter``, ``outbox_mark_sent``).
+- Explicit transactions (``isolation_level=None``) so that :meth:`Engine.atomic` decides what
   commits together, not the ``sqlite3`` module's implicit BEGIN heuristics.
 - An exclusive ``flock`` on ``<path>.lock``: two agents writing one outbox would send messages
   twice, so the second one must refuse to start rather than share.
@@ -35,14 +37,10 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
-
-from agent.core.model import TX_EXTRAS, TxRecord, tx_extras, tx_extras_from
-
-__all__ = ["MIGRATIONS", "OutboxItem", "Storage", "StorageError", "TxRecord"]
+from typing import TYPE_CHECKING, Self
 
 MEMORY = ":memory:"
 
@@ -56,94 +54,6 @@ BUSY_TIMEOUT_MS = 2000
 
 # Keep the WAL from growing without bound on small flash after a burst of writes.
 JOURNAL_SIZE_LIMIT = 1024 * 1024
-
-# Dropped messages are kept for diagnostics only; bound them so a CSMS that rejects everything
-# cannot fill the disk.
-DROPPED_KEEP = 500
-
-# Schema migrations: MIGRATIONS[n] brings a database from version n to n + 1. Append only;
-# never edit a released script, databases in the field have already run it. The runner wraps
-# each script in a transaction and bumps user_version in it, so scripts hold no BEGIN/COMMIT.
-MIGRATIONS: list[str] = [
-    # 1: initial schema
-    f"""
-    PRAGMA application_id = {APPLICATION_ID};
-
-    CREATE TABLE settings (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) WITHOUT ROWID;
-
-    -- AUTOINCREMENT: ids are never reused, even when the queue drains, so an id held by the
-    -- sender can never come to mean a different message, and FIFO-by-id stays FIFO.
-    CREATE TABLE outbox (
-        id           INTEGER PRIMARY KEY AUTOINCREMENT,
-        action       TEXT    NOT NULL,
-        payload      TEXT    NOT NULL,
-        tx_ref       TEXT,
-        attempts     INTEGER NOT NULL DEFAULT 0,
-        next_attempt REAL    NOT NULL DEFAULT 0,
-        created      TEXT    NOT NULL
-    );
-    CREATE INDEX outbox_tx_ref ON outbox (tx_ref) WHERE tx_ref IS NOT NULL;
-
-    CREATE TABLE dropped (
-        id         INTEGER PRIMARY KEY,
-        action     TEXT    NOT NULL,
-        payload    TEXT    NOT NULL,
-        tx_ref     TEXT,
-        attempts   INTEGER NOT NULL,
-        created    TEXT    NOT NULL,
-        dropped_at TEXT    NOT NULL,
-        reason     TEXT    NOT NULL
-    );
-
-    CREATE TABLE transactions (
-        local_id       TEXT    PRIMARY KEY,
-        evse_id        INTEGER NOT NULL,
-        connector_id   INTEGER NOT NULL,
-        id_token       TEXT    NOT NULL,
-        token_type     TEXT,
-        started_at     TEXT    NOT NULL,
-        meter_start_wh REAL    NOT NULL,
-        remote_id      TEXT,
-        last_meter_wh  REAL    NOT NULL,
-        last_meter_at  TEXT,
-        stopped_at     TEXT,
-        stop_reason    TEXT,
-        meter_stop_wh  REAL,
-        seq_no         INTEGER NOT NULL DEFAULT 0,
-        data           TEXT    NOT NULL DEFAULT '{{}}',
-        closed         INTEGER NOT NULL DEFAULT 0
-    );
-    -- not UNIQUE: some CSMSs hand out the same id (0, -1) for every rejected start
-    CREATE INDEX transactions_remote_id ON transactions (remote_id);
-
-    CREATE TABLE auth_cache (
-        id_token   TEXT PRIMARY KEY,
-        info       TEXT NOT NULL,
-        expires_at TEXT,
-        stored_at  TEXT NOT NULL
-    ) WITHOUT ROWID;
-
-    CREATE TABLE local_list (
-        id_token TEXT PRIMARY KEY,
-        info     TEXT NOT NULL
-    ) WITHOUT ROWID;
-
-    -- the agent's own bookkeeping (local list version, ...), kept apart from CSMS settings
-    CREATE TABLE meta (
-        key   TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    ) WITHOUT ROWID;
-    """,
-    # 2: how often each queued message was handed to the link. A message with sends > 0 found
-    # at start-up may have reached the CSMS before the crash: resending it is the 1.6
-    # duplicate window, which the agent can then at least name in its log.
-    """
-    ALTER TABLE outbox ADD COLUMN sends INTEGER NOT NULL DEFAULT 0;
-    """,
-]
 
 # SQLite primary result codes we give advice for (extended codes carry these in the low byte).
 _SQLITE_PERM = 3
@@ -182,26 +92,6 @@ class StorageError(Exception):
         self.kind = kind
 
 
-@dataclass
-class OutboxItem:
-    id: int
-    action: str
-    payload: dict
-    tx_ref: str | None
-    attempts: int
-    next_attempt: float
-    created: str
-    sends: int = 0  # times handed to the link (survives restarts; see migration 2)
-
-
-_TX_COLUMNS = (
-    "local_id, evse_id, connector_id, id_token, token_type, started_at, meter_start_wh, "
-    "remote_id, last_meter_wh, last_meter_at, stopped_at, stop_reason, meter_stop_wh, "
-    "seq_no, data, closed"
-)
-_OUTBOX_COLUMNS = "id, action, payload, tx_ref, attempts, next_attempt, created, sends"
-
-
 def _dumps(value: dict) -> str:
     """Serialise before touching the database, so a bad payload fails the caller, not a commit.
 
@@ -221,12 +111,6 @@ def _finite(name: str, value: float) -> float:
     return value
 
 
-def _parse_ts(value: str) -> datetime:
-    """Compare instants, not strings: 'Z', '+00:00' and fractional seconds all occur."""
-    parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _iso(epoch: float) -> str:
     return (
         datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -244,16 +128,54 @@ def _primary_code(exc: sqlite3.Error) -> int | None:
     return None
 
 
-class Storage:
-    """The agent's durable state; open one per state file, for the life of the process."""
+
+class Repository:
+    """The base of every table repository: the part of the engine a repository may use.
+
+    A repository is a mixin holding one table's (or a few related tables') SQL; it becomes
+    usable once :class:`agent.storage.Storage` mixes it with :class:`Engine`. Its writes go
+    through :meth:`Engine._write` (or, where losing the last write to a power cut is
+    acceptable, :meth:`Engine._write_unsynced`) so they join an enclosing ``atomic()`` block,
+    its reads through :meth:`Engine._read`, and anything else it runs on the connection sits
+    inside :meth:`Engine._translate`, so every failure still leaves as a :class:`StorageError`.
+    The declarations below are for readers and type checkers only; :class:`Engine` has them.
+    """
+
+    _clock: Callable[[], float]
+
+    if TYPE_CHECKING:
+
+        def _require(self) -> sqlite3.Connection: ...
+
+        def _translate(self, doing: str) -> AbstractContextManager[None]: ...
+
+        def _write(self, doing: str) -> AbstractContextManager[sqlite3.Connection]: ...
+
+        def _write_unsynced(
+            self, sql: str, params: tuple, doing: str, *, durable: bool = False
+        ) -> sqlite3.Cursor: ...
+
+        def _read(
+            self, sql: str, params: tuple = (), doing: str = "reading"
+        ) -> list[sqlite3.Row]: ...
+
+
+class Engine:
+    """One open state file: lock, connection, schema version, transactions, error translation.
+
+    Not used on its own: :class:`agent.storage.Storage` mixes the repositories into it and
+    supplies the schema through :meth:`_migrations`. Open one per state file, for the life of
+    the process.
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time
     ) -> None:
         """Open (creating if needed), lock, check and migrate the database.
 
-        ``clock`` returns epoch seconds; it stamps ``created``/``dropped_at`` and decides
-        auth-cache expiry, so tests can move time without sleeping.
+        ``clock`` returns epoch seconds; the repositories take their timestamps and expiry
+        decisions from it (e.g. outbox ``created``/``dropped_at``, auth-cache expiry), so tests
+        can move time without sleeping.
         """
         self._path = os.fspath(path)
         self._memory = self._path == MEMORY
@@ -300,7 +222,7 @@ class Storage:
                 fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
-    def __enter__(self) -> Storage:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -308,7 +230,7 @@ class Storage:
 
     def __repr__(self) -> str:
         state = "open" if self._conn is not None else "closed"
-        return f"<Storage {self._path!r} {state}>"
+        return f"<{type(self).__name__} {self._path!r} {state}>"
 
     def _acquire_lock(self) -> int:
         lock_path = self._path + ".lock"
@@ -383,7 +305,16 @@ class Storage:
                 "damaged",
             )
 
+    def _migrations(self) -> Sequence[str]:
+        """The schema, as numbered scripts: item n brings a database from version n to n + 1.
+
+        The engine runs them and creates no table of its own; the composed class says which
+        scripts make up its schema (:data:`agent.storage.MIGRATIONS` for ``Storage``).
+        """
+        return ()
+
     def _migrate(self) -> None:
+        migrations = self._migrations()
         conn = self._require()
         with self._translate("reading its schema version"):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -397,7 +328,7 @@ class Storage:
                 f"another file; this one was left untouched.",
                 "foreign",
             )
-        known = len(MIGRATIONS)
+        known = len(migrations)
         if version > known:
             raise StorageError(
                 f"state database {self._path} has schema version {version}, written by a newer "
@@ -408,7 +339,7 @@ class Storage:
             )
         for number in range(version, known):
             script = (
-                f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]};\n"
+                f"BEGIN IMMEDIATE;\n{migrations[number]};\n"
                 f"PRAGMA user_version = {number + 1};\nCOMMIT;"
             )
             try:
@@ -596,466 +527,30 @@ class Storage:
         with self._translate(doing), self.atomic():
             yield self._require()
 
+    def _write_unsynced(
+        self, sql: str, params: tuple, doing: str, *, durable: bool = False
+    ) -> sqlite3.Cursor:
+        """Run one write statement whose commit does not wait for the disk.
+
+        For frequent writes of values that are cheap to lose (each caller says why its value
+        is): WAL with ``synchronous=NORMAL`` still survives kill -9 and stays consistent on
+        power loss, and a power cut loses at most the writes since the last fsynced commit,
+        which any other write (or a WAL checkpoint) provides. The statement runs as its own
+        autocommit transaction; inside ``atomic()`` it commits with the block instead, and
+        ``durable=True`` commits it with fsync like any other write.
+        """
+        conn = self._require()
+        with self._translate(doing):
+            if self._depth or durable:
+                return conn.execute(sql, params)
+            # Autocommit statement: its own small transaction, committed without fsync.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            try:
+                return conn.execute(sql, params)
+            finally:
+                conn.execute("PRAGMA synchronous = FULL")
+
     def _read(self, sql: str, params: tuple = (), doing: str = "reading") -> list[sqlite3.Row]:
         conn = self._require()
         with self._translate(doing):
             return conn.execute(sql, params).fetchall()
-
-    # ------------------------------------------------------------------ settings
-
-    def get_setting(self, key: str) -> str | None:
-        rows = self._read("SELECT value FROM settings WHERE key = ?", (key,), "reading a setting")
-        return rows[0][0] if rows else None
-
-    def set_setting(self, key: str, value: str) -> None:
-        if not isinstance(value, str):
-            raise TypeError(f"setting {key!r}: value must be a str, got {type(value).__name__}")
-        with self._write(f"saving setting {key!r}") as conn:
-            conn.execute(
-                "INSERT INTO settings (key, value) VALUES (?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
-
-    def delete_setting(self, key: str) -> None:
-        with self._write(f"deleting setting {key!r}") as conn:
-            conn.execute("DELETE FROM settings WHERE key = ?", (key,))
-
-    def settings(self, prefix: str = "") -> dict[str, str]:
-        rows = self._read(
-            "SELECT key, value FROM settings WHERE substr(key, 1, ?) = ? ORDER BY key",
-            (len(prefix), prefix),
-            "reading settings",
-        )
-        return {row[0]: row[1] for row in rows}
-
-    # ------------------------------------------------------------------ outbox
-
-    def outbox_put(self, action: str, payload: dict, tx_ref: str | None = None) -> int:
-        """Queue a message; once this returns it survives kill -9 and power loss."""
-        text = _dumps(payload)
-        with self._write(f"queueing {action}") as conn:
-            cur = conn.execute(
-                "INSERT INTO outbox (action, payload, tx_ref, created) VALUES (?, ?, ?, ?)",
-                (action, text, tx_ref, _iso(self._clock())),
-            )
-        assert cur.lastrowid is not None
-        return cur.lastrowid
-
-    def outbox_peek(self, limit: int = 1) -> list[OutboxItem]:
-        """Oldest first, regardless of ``next_attempt``: the head blocks the queue (FIFO)."""
-        rows = self._read(
-            f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY id LIMIT ?",
-            (limit,),
-            "reading the outbox",
-        )
-        return [self._outbox_item(row) for row in rows]
-
-    @staticmethod
-    def _outbox_item(row: sqlite3.Row) -> OutboxItem:
-        return OutboxItem(
-            id=row["id"],
-            action=row["action"],
-            payload=json.loads(row["payload"]),
-            tx_ref=row["tx_ref"],
-            attempts=row["attempts"],
-            next_attempt=row["next_attempt"],
-            created=row["created"],
-            sends=row["sends"],
-        )
-
-    def outbox_ack(self, item_id: int) -> None:
-        """Idempotent: a duplicate or late CALLRESULT for a gone item is not an error."""
-        with self._write("removing an acknowledged message") as conn:
-            conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-
-    def outbox_retry(self, item_id: int, next_attempt: float) -> None:
-        """Count a failed attempt; ``next_attempt`` is epoch seconds so it survives a reboot."""
-        when = _finite("next_attempt", next_attempt)
-        with self._write("scheduling a retry") as conn:
-            cur = conn.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt = ? WHERE id = ?",
-                (when, item_id),
-            )
-            if cur.rowcount == 0:
-                raise KeyError(f"no outbox item {item_id}")
-
-    def outbox_mark_sent(self, item_id: int) -> None:
-        """Count a hand-over to the link, just before the frame goes out.
-
-        Not fsynced (like :meth:`tx_meter`): it survives kill -9, and what a power cut may lose
-        is only diagnostics (the log line naming a possible duplicate), never a message.
-        """
-        conn = self._require()
-        sql = "UPDATE outbox SET sends = sends + 1 WHERE id = ?"
-        with self._translate("counting a send"):
-            if self._depth:
-                conn.execute(sql, (item_id,))
-            else:
-                conn.execute("PRAGMA synchronous = NORMAL")
-                try:
-                    conn.execute(sql, (item_id,))
-                finally:
-                    conn.execute("PRAGMA synchronous = FULL")
-
-    def outbox_update(self, item_id: int, payload: dict) -> None:
-        """Replace a queued payload, e.g. to fill in the CSMS transaction id once it is known."""
-        text = _dumps(payload)
-        with self._write("updating a queued message") as conn:
-            cur = conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (text, item_id))
-            if cur.rowcount == 0:
-                raise KeyError(f"no outbox item {item_id}")
-
-    def outbox_count(self) -> int:
-        return self._read("SELECT count(*) FROM outbox", (), "counting the outbox")[0][0]
-
-    def outbox_drop(self, item_id: int, reason: str = "") -> None:
-        """Give up on a message but keep a copy, so a lost transaction can be explained later.
-
-        Idempotent like ``outbox_ack``. Only the newest ``DROPPED_KEEP`` copies are kept.
-        """
-        with self._write("dropping a message") as conn:
-            cur = conn.execute(
-                "INSERT INTO dropped (id, action, payload, tx_ref, attempts, created, "
-                "dropped_at, reason) SELECT id, action, payload, tx_ref, attempts, created, ?, ? "
-                "FROM outbox WHERE id = ?",
-                (_iso(self._clock()), reason, item_id),
-            )
-            if cur.rowcount == 0:
-                return
-            conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-            conn.execute(
-                "DELETE FROM dropped WHERE id NOT IN "
-                "(SELECT id FROM dropped ORDER BY id DESC LIMIT ?)",
-                (DROPPED_KEEP,),
-            )
-
-    def outbox_dropped(self, limit: int = 100) -> list[dict]:
-        """Recently dropped messages, newest first (diagnostics, e.g. a log upload)."""
-        rows = self._read(
-            "SELECT id, action, payload, tx_ref, attempts, created, dropped_at, reason "
-            "FROM dropped ORDER BY id DESC LIMIT ?",
-            (limit,),
-            "reading dropped messages",
-        )
-        return [dict(row) | {"payload": json.loads(row["payload"])} for row in rows]
-
-    # ------------------------------------------------------------------ transaction journal
-
-    def tx_begin(self, rec: TxRecord) -> None:
-        data = _dumps(tx_extras(rec))
-        with self._write(f"recording the start of transaction {rec.local_id}") as conn:
-            try:
-                conn.execute(
-                    f"INSERT INTO transactions ({_TX_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        rec.local_id,
-                        rec.evse_id,
-                        rec.connector_id,
-                        rec.id_token,
-                        rec.token_type,
-                        rec.started_at,
-                        _finite("meter_start_wh", rec.meter_start_wh),
-                        rec.remote_id,
-                        _finite("last_meter_wh", rec.last_meter_wh),
-                        rec.last_meter_at,
-                        rec.stopped_at,
-                        rec.stop_reason,
-                        None
-                        if rec.meter_stop_wh is None
-                        else _finite("meter_stop_wh", rec.meter_stop_wh),
-                        rec.seq_no,
-                        data,
-                        int(rec.closed),
-                    ),
-                )
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(f"transaction {rec.local_id!r} already exists") from exc
-
-    @staticmethod
-    def _tx_record(row: sqlite3.Row) -> TxRecord:
-        return TxRecord(
-            local_id=row["local_id"],
-            evse_id=row["evse_id"],
-            connector_id=row["connector_id"],
-            id_token=row["id_token"],
-            token_type=row["token_type"],
-            started_at=row["started_at"],
-            meter_start_wh=row["meter_start_wh"],
-            remote_id=row["remote_id"],
-            last_meter_wh=row["last_meter_wh"],
-            last_meter_at=row["last_meter_at"],
-            stopped_at=row["stopped_at"],
-            stop_reason=row["stop_reason"],
-            meter_stop_wh=row["meter_stop_wh"],
-            seq_no=row["seq_no"],
-            closed=bool(row["closed"]),
-            **tx_extras_from(json.loads(row["data"])),
-        )
-
-    def tx_get(self, local_id: str) -> TxRecord | None:
-        rows = self._read(
-            f"SELECT {_TX_COLUMNS} FROM transactions WHERE local_id = ?",
-            (local_id,),
-            "reading a transaction",
-        )
-        return self._tx_record(rows[0]) if rows else None
-
-    def tx_by_remote(self, remote_id: str) -> TxRecord | None:
-        """If a CSMS reused an id, the open (then the newest) transaction wins."""
-        rows = self._read(
-            f"SELECT {_TX_COLUMNS} FROM transactions WHERE remote_id = ? "
-            "ORDER BY closed, rowid DESC LIMIT 1",
-            (str(remote_id),),
-            "looking up a transaction",
-        )
-        return self._tx_record(rows[0]) if rows else None
-
-    def _tx_update(self, doing: str, local_id: str, assignments: str, params: tuple) -> None:
-        with self._write(doing) as conn:
-            cur = conn.execute(
-                f"UPDATE transactions SET {assignments} WHERE local_id = ?", (*params, local_id)
-            )
-            if cur.rowcount == 0:
-                raise KeyError(f"no transaction {local_id!r}")
-
-    def tx_set_remote_id(self, local_id: str, remote_id: str) -> None:
-        self._tx_update(
-            "saving the CSMS transaction id", local_id, "remote_id = ?", (str(remote_id),)
-        )
-
-    def tx_meter(self, local_id: str, wh: float, at: str, *, durable: bool = False) -> None:
-        """Record the latest meter reading: one UPDATE by primary key, and no fsync.
-
-        This is the one write that does not wait for the disk. It runs every few seconds per
-        EVSE for hours, and an fsync each time costs latency on the event loop and wear on SD
-        cards and eMMC, for a value that is only a fallback (the meter keeps its own register).
-        WAL with synchronous=NORMAL still survives kill -9 and stays consistent on power loss;
-        a power cut loses at most the readings since the last fsynced commit, which any other
-        write (or a WAL checkpoint) provides. Inside ``atomic()`` it commits with the block.
-        ``durable=True`` commits with fsync: the caller does so now and then, which bounds what
-        a power cut can lose even when nothing else is written.
-        """
-        value = _finite("wh", wh)
-        conn = self._require()
-        sql = "UPDATE transactions SET last_meter_wh = ?, last_meter_at = ? WHERE local_id = ?"
-        with self._translate(f"recording a meter reading for transaction {local_id}"):
-            if self._depth or durable:
-                cur = conn.execute(sql, (value, at, local_id))
-            else:
-                # Autocommit statement: its own small transaction, committed without fsync.
-                conn.execute("PRAGMA synchronous = NORMAL")
-                try:
-                    cur = conn.execute(sql, (value, at, local_id))
-                finally:
-                    conn.execute("PRAGMA synchronous = FULL")
-        if cur.rowcount == 0:
-            raise KeyError(f"no transaction {local_id!r}")
-
-    def tx_update(self, local_id: str, **fields: Any) -> None:
-        """Persist some of a record's typed extras (:data:`TX_EXTRAS`); others are kept.
-
-        Merging lets independent pieces (remote start, reservation, the reporting adapter) each
-        record their own fields without reading the record first and clobbering each other.
-        """
-        unknown = set(fields) - set(TX_EXTRAS)
-        if unknown:
-            raise TypeError(f"not a transaction extra: {', '.join(sorted(unknown))}")
-        data = dict(fields)
-        _dumps(data)  # fail on a bad value before opening a transaction
-        with self._write(f"updating transaction {local_id}") as conn:
-            row = conn.execute(
-                "SELECT data FROM transactions WHERE local_id = ?", (local_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"no transaction {local_id!r}")
-            merged = json.loads(row[0]) | data
-            conn.execute(
-                "UPDATE transactions SET data = ? WHERE local_id = ?", (_dumps(merged), local_id)
-            )
-
-    def tx_next_seq(self, local_id: str) -> int:
-        """Hand out a TransactionEvent seqNo; persisted before return, so never handed out twice.
-
-        Call it inside the ``atomic()`` block that queues the event, so a failed queue does not
-        burn a number and leave a gap the CSMS would wait for.
-        """
-        with self._write(f"numbering an event of transaction {local_id}") as conn:
-            row = conn.execute(
-                "SELECT seq_no FROM transactions WHERE local_id = ?", (local_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"no transaction {local_id!r}")
-            conn.execute(
-                "UPDATE transactions SET seq_no = seq_no + 1 WHERE local_id = ?", (local_id,)
-            )
-        return row[0]
-
-    def tx_close(self, local_id: str, stopped_at: str, reason: str, meter_stop_wh: float) -> None:
-        """Mark the session finished; closing twice raises ``ValueError``.
-
-        Refusing the second close is what makes "exactly one Stop message" enforceable: put
-        ``tx_close`` and the ``outbox_put`` of the Stop in one ``atomic()`` block, and a
-        duplicate close (e.g. recovery racing a normal stop) rolls back its Stop as well.
-        """
-        value = _finite("meter_stop_wh", meter_stop_wh)
-        with self._write(f"closing transaction {local_id}") as conn:
-            row = conn.execute(
-                "SELECT closed FROM transactions WHERE local_id = ?", (local_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(f"no transaction {local_id!r}")
-            if row[0]:
-                raise ValueError(f"transaction {local_id!r} is already closed")
-            conn.execute(
-                "UPDATE transactions SET stopped_at = ?, stop_reason = ?, meter_stop_wh = ?, "
-                "closed = 1 WHERE local_id = ?",
-                (stopped_at, reason, value, local_id),
-            )
-
-    def tx_open(self) -> list[TxRecord]:
-        rows = self._read(
-            f"SELECT {_TX_COLUMNS} FROM transactions WHERE closed = 0 ORDER BY rowid",
-            (),
-            "reading open transactions",
-        )
-        return [self._tx_record(row) for row in rows]
-
-    def tx_forget(self, local_id: str) -> None:
-        """Delete a finished record; refuses (``ValueError``) while it is still needed.
-
-        The journal entry is what lets a restart resume or close a session, so it may only go
-        once it is closed and none of its messages is still waiting for the CSMS. Forgetting an
-        unknown id is a no-op.
-        """
-        with self._write(f"forgetting transaction {local_id}") as conn:
-            row = conn.execute(
-                "SELECT closed FROM transactions WHERE local_id = ?", (local_id,)
-            ).fetchone()
-            if row is None:
-                return
-            if not row[0]:
-                raise ValueError(f"transaction {local_id!r} is still open")
-            pending = conn.execute(
-                "SELECT count(*) FROM outbox WHERE tx_ref = ?", (local_id,)
-            ).fetchone()[0]
-            if pending:
-                raise ValueError(
-                    f"transaction {local_id!r} still has {pending} unacknowledged message(s)"
-                )
-            conn.execute("DELETE FROM transactions WHERE local_id = ?", (local_id,))
-
-    def tx_outbox_pending(self, local_id: str) -> int:
-        rows = self._read(
-            "SELECT count(*) FROM outbox WHERE tx_ref = ?", (local_id,), "counting messages"
-        )
-        return rows[0][0]
-
-    # ------------------------------------------------------------------ authorization
-
-    def auth_cache_get(self, id_token: str, *, include_expired: bool = False) -> dict | None:
-        """The cached info, or None if absent or past its ``expires_at`` (by the injected clock).
-
-        An expired entry is left in place: deleting it would turn every read into an fsync.
-        ``include_expired`` returns it anyway, for a caller that judges expiry with its own
-        (CSMS-corrected) clock: an identifier known to be expired must be rejected offline,
-        not mistaken for an unknown one.
-        """
-        rows = self._read(
-            "SELECT info, expires_at FROM auth_cache WHERE id_token = ?",
-            (id_token,),
-            "reading the authorization cache",
-        )
-        if not rows:
-            return None
-        info, expires_at = rows[0]
-        if expires_at is not None and not include_expired:
-            now = datetime.fromtimestamp(self._clock(), UTC)
-            if _parse_ts(expires_at) <= now:
-                return None
-        return json.loads(info)
-
-    def auth_cache_put(self, id_token: str, info: dict, expires_at: str | None, *,
-                       limit: int | None = None) -> None:
-        """Insert or update an entry; with ``limit``, make room as 1.6 section 3.5.1 says.
-
-        When the cache is full, NOT-valid entries (status other than Accepted) go first, then
-        the oldest valid ones.
-        """
-        text = _dumps(info)
-        if expires_at is not None:
-            _parse_ts(expires_at)  # reject a malformed timestamp now, not at every lookup
-        with self._write("updating the authorization cache") as conn:
-            conn.execute(
-                "INSERT INTO auth_cache (id_token, info, expires_at, stored_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (id_token) DO UPDATE SET "
-                "info = excluded.info, expires_at = excluded.expires_at, "
-                "stored_at = excluded.stored_at",
-                (id_token, text, expires_at, _iso(self._clock())),
-            )
-            if limit is not None:
-                excess = conn.execute("SELECT count(*) FROM auth_cache").fetchone()[0] - limit
-                if excess > 0:
-                    conn.execute(
-                        "DELETE FROM auth_cache WHERE id_token IN (SELECT id_token FROM "
-                        "auth_cache WHERE id_token != ? ORDER BY "
-                        "(json_extract(info, '$.status') = 'Accepted'), stored_at LIMIT ?)",
-                        (id_token, excess),
-                    )
-
-    def auth_cache_count(self) -> int:
-        return self._read("SELECT count(*) FROM auth_cache", (), "counting the cache")[0][0]
-
-    def auth_cache_clear(self) -> None:
-        with self._write("clearing the authorization cache") as conn:
-            conn.execute("DELETE FROM auth_cache")
-
-    def local_list_version(self) -> int:
-        """0 means no list was ever installed (the value both 1.6 and 2.0.1 report then)."""
-        rows = self._read(
-            "SELECT value FROM meta WHERE key = 'local_list_version'",
-            (),
-            "reading the local list version",
-        )
-        return int(rows[0][0]) if rows else 0
-
-    def local_list_get(self, id_token: str) -> dict | None:
-        rows = self._read(
-            "SELECT info FROM local_list WHERE id_token = ?",
-            (id_token,),
-            "reading the local authorization list",
-        )
-        return json.loads(rows[0][0]) if rows else None
-
-    def local_list_replace(self, version: int, entries: dict[str, dict]) -> None:
-        """Full update: the old list and version are replaced together or not at all."""
-        encoded = [(token, _dumps(info)) for token, info in entries.items()]
-        with self._write("replacing the local authorization list") as conn:
-            conn.execute("DELETE FROM local_list")
-            conn.executemany("INSERT INTO local_list (id_token, info) VALUES (?, ?)", encoded)
-            self._set_list_version(conn, version)
-
-    def local_list_apply(self, version: int, entries: dict[str, dict | None]) -> None:
-        """Differential update (None deletes a token); all of it and the version, or nothing."""
-        upserts = [(t, _dumps(info)) for t, info in entries.items() if info is not None]
-        deletes = [(t,) for t, info in entries.items() if info is None]
-        with self._write("updating the local authorization list") as conn:
-            conn.executemany("DELETE FROM local_list WHERE id_token = ?", deletes)
-            conn.executemany(
-                "INSERT INTO local_list (id_token, info) VALUES (?, ?) "
-                "ON CONFLICT (id_token) DO UPDATE SET info = excluded.info",
-                upserts,
-            )
-            self._set_list_version(conn, version)
-
-    @staticmethod
-    def _set_list_version(conn: sqlite3.Connection, version: int) -> None:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('local_list_version', ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (str(int(version)),),
-        )
-
-    def local_list_count(self) -> int:
-        return self._read("SELECT count(*) FROM local_list", (), "counting the local list")[0][0]
