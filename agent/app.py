@@ -18,13 +18,12 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.control import ControlServer
 from agent.core.model import StopReason, Token
+from agent.core.settings import Settings
 from agent.core.station import Station
 from agent.link.connection import Link
-from agent.ocpp.v16.adapter import TX_ACTIONS as V16_OUTBOX_ACTIONS
-from agent.ocpp.v16.adapter import V16Adapter
-from agent.ocpp.v16.keys import ConfigurationKeys
-from agent.ocpp.v201.adapter import V201Adapter
-from agent.ocpp.v201.device_model import EvseInfo, translate_defaults
+from agent.link.profiles import ConfigProfile
+from agent.ocpp import registry
+from agent.ocpp.adapter import Adapter, EvseInfo, StationContext
 from agent.sdnotify import Notifier
 from agent.storage import Storage
 from hal.interfaces import FaultKind, Hal, PilotState
@@ -36,30 +35,24 @@ log = logging.getLogger("cp_agent")
 FLUSH_ON_STOP_S = 5.0
 # The OCPP version last agreed with a CSMS (its adapter is in charge while offline).
 LAST_VERSION_SETTING = "link.version"
-_PASSWORD_SETTING = "v201.dm.SecurityCtrlr/BasicAuthPassword"
-# What each adapter puts in the outbox.
-OUTBOX_ACTIONS: dict[str, frozenset[str]] = {
-    "1.6": frozenset(V16_OUTBOX_ACTIONS),
-    "2.0.1": V201Adapter.OUTBOX_ACTIONS,
-}
+# How long a bench command waits for the agent to react before answering with the state.
+CONTROL_SETTLE_S = 10.0
+# A basic-auth password the CSMS set (2.0.1 SecurityCtrlr.BasicAuthPassword) replaces the
+# YAML one from the next connection on.
+PASSWORD_SETTING = "v201.dm.SecurityCtrlr/BasicAuthPassword"
 
 
 def build_hal(cfg: AgentConfig, clock: Clock) -> Hal:
     """The HAL named by ``hal.driver``; the hardware factory validates its own section."""
-    try:
-        from hal.factory import build_hal as build
-        from hal.factory import parse_hal_config
-    except ImportError:  # pragma: no cover - only while the factory is absent
-        raw = dict(cfg.hal)
-        if raw.pop("driver", None) != "mock":
-            raise
-        return MockHal(len(cfg.evses), monotonic=clock.monotonic, **raw)
+    from hal.factory import build_hal as build
+    from hal.factory import parse_hal_config
+
     hal_cfg = parse_hal_config(cfg.hal, cfg.evse_ids)
     return build(hal_cfg, monotonic=clock.monotonic)
 
 
 class Agent:
-    """One charge point: storage, HAL, core, protocol adapter, link, control socket."""
+    """One charge point: storage, HAL, core, protocol adapters, link, control socket."""
 
     def __init__(self, cfg: AgentConfig, *, clock: Clock | None = None,
                  hal: Hal | None = None, notifier: Notifier | None = None,
@@ -70,60 +63,49 @@ class Agent:
         self.notifier = notifier or Notifier()
         self.storage = Storage(cfg.storage.path)
         self.hal = hal or build_hal(cfg, self.clock)
+        self.settings = Settings(self.storage, overrides=registry.factory_settings(
+            cfg.ocpp.defaults, cfg.ocpp.versions))
         limits = {e.id: (e.max_current_a, e.min_current_a) for e in cfg.evses}
-        self.station = Station(self.hal, self.storage, self.clock, evse_limits=limits,
-                               meter_persist_s=cfg.storage.meter_persist_s)
-        # 2.0.1 names of settings 1.6 also has (e.g. SampledDataCtrlr.TxUpdatedInterval) are
-        # the same stored value as the 1.6 key.
-        self.keys = ConfigurationKeys(self.storage, len(cfg.evses),
-                                      translate_defaults(cfg.ocpp.defaults))
+        self.station = Station(self.hal, self.storage, self.clock, settings=self.settings,
+                               evse_limits=limits, meter_persist_s=cfg.storage.meter_persist_s)
         self.reset_kind: str | None = None
         self._stop = asyncio.Event()
-        self.v16 = V16Adapter(
-            station=self.station, storage=self.storage, clock=self.clock, keys=self.keys,
-            station_id=cfg.station.id, vendor=cfg.station.vendor, model=cfg.station.model,
-            serial_number=cfg.station.serial_number,
+        ctx = StationContext(
+            station=self.station, storage=self.storage, clock=self.clock,
+            settings=self.settings, station_id=cfg.station.id, vendor=cfg.station.vendor,
+            model=cfg.station.model, serial_number=cfg.station.serial_number,
             firmware_version=cfg.station.firmware_version or f"cp-agent {__version__}",
-            request_reset=self._request_reset)
-        firmware = cfg.station.firmware_version or f"cp-agent {__version__}"
-        self.v201 = V201Adapter(
-            station=self.station, storage=self.storage, clock=self.clock, keys=self.keys,
-            station_id=cfg.station.id, vendor=cfg.station.vendor, model=cfg.station.model,
-            serial_number=cfg.station.serial_number, firmware_version=firmware,
             security_profile=cfg.ocpp.security_profile,
             message_timeout_s=cfg.ocpp.call_timeout_s,
             evses=[EvseInfo(e.id, e.phases, e.max_current_a * 230.0 * e.phases,
                             e.connectors[0].type) for e in cfg.evses],
             defaults=cfg.ocpp.defaults, request_reset=self._request_reset)
-        # A password the CSMS set (SecurityCtrlr.BasicAuthPassword) replaces the YAML one.
-        password = self.storage.get_setting(_PASSWORD_SETTING)
-        if password and cfg.ocpp.security_profile >= 1:
-            cfg.ocpp.password = password
-        self.v201.dm.listeners.append(self._variable_changed)
-        adapters: dict[str, Any] = {"1.6": self.v16, "2.0.1": self.v201}
-        self.adapters = adapters
+        # One adapter per offered version, built from the registry's entry.
+        self.adapters: dict[str, Adapter] = {
+            v: Adapter(registry.spec(v), ctx) for v in cfg.ocpp.versions}
         # While offline the core reports to the adapter of the version last negotiated, so
         # that what happens during an outage is queued in the form that CSMS understands.
         last = self.storage.get_setting(LAST_VERSION_SETTING)
-        if last not in adapters or last not in cfg.ocpp.versions:
-            last = next((v for v in cfg.ocpp.versions if v in adapters), "1.6")
-        self.adapter: Any = adapters[last]
-        self._activate(self.adapter)
-        self.link = Link(cfg.ocpp, cfg.station.id, adapters, clock=self.clock,
-                         ping_interval=lambda: float(self.keys["WebSocketPingInterval"]),
-                         on_version=self._on_version, on_frame=on_frame)
+        if last not in self.adapters:
+            last = cfg.ocpp.versions[0]
+        self.adapter: Adapter = self.adapters[last]
+        self.adapter.activate()
+        profiles = ConfigProfile(cfg.ocpp, cfg.station.id, password=self._password)
+        self.link = Link(cfg.ocpp, cfg.station.id, self.adapters, clock=self.clock,
+                         ping_interval=lambda: float(self.settings["WebSocketPingInterval"]),
+                         on_version=self._on_version, on_frame=on_frame, profiles=profiles)
         self.control = ControlServer(cfg.control.socket, self.handle_control) if control else None
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()
         self._stopped = False
 
-    def _activate(self, adapter: Any) -> None:
-        self.adapter = adapter
-        adapter.attach()
-        self.station.observer = adapter
-        self.station.authorizer = adapter
+    def _password(self) -> str | None:
+        stored = self.storage.get_setting(PASSWORD_SETTING)
+        if stored and self.cfg.ocpp.security_profile >= 1:
+            return stored
+        return self.cfg.ocpp.password
 
-    def _on_version(self, adapter: Any) -> None:
+    def _on_version(self, adapter: Adapter) -> None:
         """A CSMS agreed a version: its adapter takes over; messages of the other go."""
         previous = self.storage.get_setting(LAST_VERSION_SETTING)
         if previous != adapter.version:
@@ -131,10 +113,11 @@ class Agent:
         if adapter is not self.adapter:
             log.warning("OCPP version changed from %s to %s", self.adapter.version,
                         adapter.version)
-            self._activate(adapter)
-        self._drop_foreign_messages(adapter.version)
+            self.adapter = adapter
+            adapter.activate()
+        self._drop_foreign_messages(adapter)
 
-    def _drop_foreign_messages(self, version: str) -> None:
+    def _drop_foreign_messages(self, adapter: Adapter) -> None:
         """Messages queued for another OCPP version cannot be sent on this connection.
 
         A 1.6 StopTransaction means nothing to a 2.0.1 CSMS (and the other way round), so they
@@ -142,7 +125,8 @@ class Agent:
         blocking the queue.  A transaction still running is reported by the new adapter in
         its own terms (2.0.1 sends a Started for a transaction begun under 1.6).
         """
-        allowed = OUTBOX_ACTIONS.get(version, frozenset())
+        version = adapter.version
+        allowed = adapter.outbox_actions
         forgotten: set[str] = set()
         for item in self.storage.outbox_peek(1_000_000):
             if item.action in allowed:
@@ -157,10 +141,6 @@ class Agent:
             if tx is not None and tx.closed and self.storage.tx_outbox_pending(local_id) == 0:
                 self.storage.tx_forget(local_id)
 
-    def _variable_changed(self, d: Any, value: str) -> None:
-        if d.component == "SecurityCtrlr" and d.name == "BasicAuthPassword":
-            self.cfg.ocpp.password = value  # used from the next connection on
-
     async def _request_reset(self, kind: str) -> None:
         self.reset_kind = kind
         self._stop.set()
@@ -172,11 +152,10 @@ class Agent:
 
     async def start(self) -> None:
         await self.station.start()
-        # Only the adapter in charge closes the transactions a power cut left open; an adapter
-        # of a version not offered at all stays idle (no sampler tasks in a swarm of agents).
-        for adapter in (self.v16, self.v201):
-            if adapter is self.adapter or adapter.version in self.cfg.ocpp.versions:
-                await adapter.start(recover=adapter is self.adapter)
+        # Transactions a power cut left open end now, reported by the adapter in charge.
+        self.station.recover()
+        for adapter in self.adapters.values():
+            await adapter.start()
         if self.control is not None:
             await self.control.start()
         self._tasks.append(asyncio.create_task(self._ready_when_healthy(), name="self-check"))
@@ -226,8 +205,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.link.close()
-        await self.v16.stop()
-        await self.v201.stop()
+        for adapter in self.adapters.values():
+            await adapter.stop()
         await self.station.stop()
         if self.control is not None:
             await self.control.stop()
@@ -257,13 +236,14 @@ class Agent:
                 "pilot": snap.pilot.value, "contactor": "closed" if snap.contactor_closed
                 else "open", "status": snap.status.value,
                 # 2.0.1 has no CSMS-assigned id: the station's own id is the transactionId.
-                "transaction_id": snap.tx_local_id if self.adapter is self.v201
-                else snap.tx_remote_id, "local_transaction_id": snap.tx_local_id,
+                "transaction_id": snap.tx_remote_id if self.adapter.spec.csms_assigns_tx_id
+                else snap.tx_local_id, "local_transaction_id": snap.tx_local_id,
                 "token": snap.token,
                 "energy_wh": round(snap.energy_wh, 1) if snap.energy_wh is not None else None,
                 "meter_wh": round(snap.reading.energy_import_wh, 1) if snap.reading else None,
                 "power_w": snap.power_w, "current_limit_a": snap.offered_a,
-                "max_current_a": snap.limit_a, "operative": snap.operative,
+                "max_current_a": snap.limit_a, "limit_source": snap.limit_source,
+                "operative": snap.operative,
                 "faults": [str(f) for f in snap.faults],
             })
         return {"station": self.cfg.station.id, "link": self.link.state,
@@ -302,11 +282,10 @@ class Agent:
             evse = args.get("evse")
             if evse is not None:
                 self._evse_id(args)
-            if isinstance(self.hal, MockHal):
-                if not self.hal.tap(token, evse):
-                    raise ValueError("the RFID reader is faulted (clear-fault 0 reader)")
-                return {"tapped": token}
-            return {"result": await self.station.present_token(Token(token), evse)}
+            if not isinstance(self.hal, MockHal):
+                return {"result": await self.station.present_token(Token(token), evse)}
+            if not self.hal.tap(token, evse):
+                raise ValueError("the RFID reader is faulted (clear-fault 0 reader)")
         elif cmd in ("fault", "clear-fault"):
             kind = FaultKind(args.get("kind"))
             evse = args.get("evse")
@@ -321,4 +300,14 @@ class Agent:
                 await self.station.evses[evse].raise_fault(kind, "raised from ctl")
         else:
             raise ValueError(f"unknown command {cmd!r}")
-        return self.status()
+        return await self._settled_status()
+
+    async def _settled_status(self) -> dict[str, Any]:
+        """The state a bench command led to, once the agent reacted (the EV's answer to the
+        offer, the contactor, the reported status); ``settled`` says whether it did in time."""
+        try:
+            await self.station.quiet(timeout=CONTROL_SETTLE_S)
+            settled = True
+        except TimeoutError:
+            settled = False
+        return {**self.status(), "settled": settled}

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-SUPPORTED_VERSIONS = ("1.6", "2.0.1")  # 2.1: the RPC layer speaks it, no adapter yet
+from agent.ocpp import registry
+
+SUPPORTED_VERSIONS = registry.versions()
 
 
 class ConfigError(Exception):

@@ -89,15 +89,16 @@ class Probe:
         """Until every HAL event is handled and nothing is queued or in flight."""
         agent = self.agent
         assert agent is not None
-        # ``_status`` holds StatusNotifications queued but not yet handed to the link: read
-        # only, it closes the gap between "queued" and "in flight" that no public flag covers.
+        # The status queue holds StatusNotifications not yet handed to the link: it closes the
+        # gap between "queued" and "in flight" that the outbox flags do not cover.
+        adapter = agent.adapters["1.6"]
         async with asyncio.timeout(TIMEOUT):
             while True:
-                await agent.station.settled()
-                await agent.v16.outbox.idle.wait()
-                if self.outstanding == 0 and not agent.v16._status:
+                await agent.station.quiet(TIMEOUT)
+                await adapter.outbox.idle.wait()
+                if self.outstanding == 0 and not len(adapter.status):
                     await asyncio.sleep(0)  # let a status queued by the last answer show up
-                    if self.outstanding == 0 and not agent.v16._status:
+                    if self.outstanding == 0 and not len(adapter.status):
                         return
                 self._frames.clear()
                 await self._frames.wait()
@@ -142,7 +143,7 @@ async def run(runs: int, warmup: int, quick: bool) -> Report:
         probe = Probe()
         agent = probe.attach(Agent(cfg, control=False, on_frame=probe.on_frame))
         await agent.start()
-        await asyncio.wait_for(agent.v16.accepted.wait(), TIMEOUT)
+        await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), TIMEOUT)
         await probe.quiet()
         answer = (await csms.call(STATION, "SendLocalList", {
             "listVersion": 1, "updateType": "Full",

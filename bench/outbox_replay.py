@@ -49,7 +49,7 @@ async def _record_offline(agent: Agent, clock: FakeClock, sessions: int, message
             hal.tap(f"OFFLINE-{done + evse}", evse)
         await agent.station.settled()
         # The taps authorize in tasks of their own; each start queues one message.
-        queued = agent.v16.outbox.queued
+        queued = agent.adapters["1.6"].outbox.queued
         async with asyncio.timeout(TIMEOUT):
             while storage.outbox_count() < base + batch:
                 queued.clear()
@@ -112,13 +112,13 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         t_up = time.perf_counter()
         await clock.advance(3.0)  # past the reconnect backoff the link is sleeping through
         async with asyncio.timeout(TIMEOUT):
-            await agent.v16.accepted.wait()
+            await agent.adapters["1.6"].accepted.wait()
             t_booted = time.perf_counter()
             t_connected = first_frame[0] if first_frame else t_booted
             while agent.storage.outbox_count():
-                agent.v16.outbox.idle.clear()
+                agent.adapters["1.6"].outbox.idle.clear()
                 if agent.storage.outbox_count():
-                    await agent.v16.outbox.idle.wait()
+                    await agent.adapters["1.6"].outbox.idle.wait()
         t_done = time.perf_counter()
         profile.stop()
         stats = await csms.stats()
@@ -141,8 +141,8 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         report.add("state file size with the full outbox", db_kb / 1024, "MB")
         report.details.update(sessions=sessions, messages_per_session=messages, evses=evses,
                               other_queued=other, csms_calls=calls,
-                              outbox_sent=agent.v16.outbox.sent,
-                              outbox_dropped=agent.v16.outbox.dropped)
+                              outbox_sent=agent.adapters["1.6"].outbox.sent,
+                              outbox_dropped=agent.adapters["1.6"].outbox.dropped)
         if delivered != tx_queued or stats["tx_stopped"] != sessions:
             raise RuntimeError(f"the CSMS got {delivered} of {tx_queued} messages and "
                                f"{stats['tx_stopped']} of {sessions} stops")

@@ -94,7 +94,7 @@ async def make_agent(csms: TestCsms, short_dir: Path) -> AsyncIterator[AgentFact
 
 async def online(agent: Agent, csms: TestCsms, timeout: float = 5.0) -> Any:
     """Wait until the agent's boot was accepted; return its CSMS-side link."""
-    await asyncio.wait_for(agent.v16.accepted.wait(), timeout)
+    await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), timeout)
     link = await csms.wait_station(agent.cfg.station.id, timeout)
     # The statuses sent right after boot end with connector 0: the station is settled.
     await csms.wait_for("StatusNotification", station_id=agent.cfg.station.id,
@@ -109,7 +109,7 @@ async def charging(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int = 
     hal.tap(tag)
     start = await csms.wait_for("StartTransaction", station_id=agent.cfg.station.id,
                                 predicate=lambda p: p["idTag"] == tag and p["connectorId"] == evse)
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 5)
     return start
 
 
@@ -132,12 +132,12 @@ async def make_agent201(csms201: TestCsms, short_dir: Path) -> AsyncIterator[Age
 
 async def online201(agent: Agent, csms: TestCsms, timeout: float = 5.0) -> Any:
     """Wait until a 2.0.1 boot was accepted and settled; return the CSMS-side link."""
-    await asyncio.wait_for(agent.v201.accepted.wait(), timeout)
+    await asyncio.wait_for(agent.adapters["2.0.1"].accepted.wait(), timeout)
     link = await csms.wait_station(agent.cfg.station.id, timeout)
     for evse_id in agent.station.evses:
         await csms.wait_for("StatusNotification", station_id=agent.cfg.station.id,
                             predicate=lambda p, e=evse_id: p["evseId"] == e, timeout=timeout)
-    await asyncio.wait_for(agent.v201.outbox.idle.wait(), timeout)
+    await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), timeout)
     return link
 
 
@@ -159,5 +159,5 @@ async def charging201(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int
         predicate=lambda p: p["transactionInfo"]["transactionId"]
         == started["transactionInfo"]["transactionId"]
         and p["transactionInfo"].get("chargingState") == "Charging")
-    await asyncio.wait_for(agent.v201.outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), 5)
     return started

@@ -37,7 +37,7 @@ async def go_offline(agent, csms) -> None:
     agent.link.failed.clear()
     await csms.pause(abrupt=True)
     await asyncio.wait_for(agent.link.failed.wait(), 10)
-    assert not agent.v16.online
+    assert not agent.adapters["1.6"].online
 
 
 def authorize_calls(csms) -> list[dict]:
@@ -196,12 +196,12 @@ async def test_cache_follows_start_and_stop_confirmations_with_their_expiry(csms
 
     csms.overrides["StartTransaction"] = start_with_expiry
     await charging(agent, csms, "TAG1")
-    assert agent.storage.auth_cache_get("TAG1")["expiryDate"] == FUTURE
+    assert agent.storage.auth_cache_get("TAG1")["expiry"] == FUTURE
     csms.authorize = {"TAG1": "Blocked"}  # blocked meanwhile; the Stop's answer says so
     agent.hal.tap("TAG1")
     stop = await csms.wait_for("StopTransaction", station_id="CP1")
     assert stop["idTag"] == "TAG1"
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 5)
     assert agent.storage.auth_cache_get("TAG1")["status"] == "Blocked"
 
 
@@ -321,7 +321,7 @@ async def test_group_learnt_from_the_late_start_confirmation(csms, make_agent):
     assert await agent.station.present_token(Token("MUM"), 1) == "authorized"
     await csms.resume()
     await csms.wait_for("StartTransaction", station_id="CP1", timeout=10)
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
-    await asyncio.wait_for(agent.v16.accepted.wait(), 5)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), 5)
     assert agent.station.evses[1].tx.parent == "FAMILY"
     assert await agent.station.present_token(Token("DAD")) == "stopped"

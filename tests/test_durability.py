@@ -261,7 +261,7 @@ async def crash(agent: Agent) -> None:
     for task in agent._tasks:
         task.cancel()
     await asyncio.gather(*agent._tasks, return_exceptions=True)
-    await agent.v16.stop()
+    await agent.adapters["1.6"].stop()
     for task in list(agent.station._tasks):
         task.cancel()
     await asyncio.gather(*agent.station._tasks, return_exceptions=True)
@@ -296,13 +296,13 @@ class Changes:
         self.event = asyncio.Event()
         agent.station.traces.append(lambda *_: self.event.set())
         agent.station.hal_events.append(lambda _: self.event.set())
-        wake = agent.v16.outbox.wake
+        wake = agent.adapters["1.6"].outbox.wake
 
         def woken() -> None:
             wake()
             self.event.set()
 
-        agent.v16.outbox.wake = woken  # type: ignore[method-assign]
+        agent.adapters["1.6"].outbox.wake = woken  # type: ignore[method-assign]
 
     async def until(self, predicate, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
@@ -349,11 +349,11 @@ async def test_outage_sessions_start_charge_stop_offline_then_arrive_complete_an
     assert sum(queued(agent, a) for a in TX_ACTIONS) >= 5
     before = len(csms.log)
     await csms.resume()
-    await asyncio.wait_for(agent.v16.accepted.wait(), 10)
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 15)
+    await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), 10)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 15)
     agent.hal.unplug(2)
     await csms.wait_for("StopTransaction", station_id="CP1", count=3, timeout=10)
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 10)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 10)
 
     # After reconnection every connector's status is reported afresh.
     for cid in (0, 1, 2):
@@ -451,7 +451,7 @@ async def test_open_transaction_is_closed_once_with_power_loss_after_a_crash(
     await second.start()
     try:
         stop = await csms.wait_for("StopTransaction", station_id="CP1", timeout=10)
-        await asyncio.wait_for(second.v16.outbox.idle.wait(), 5)
+        await asyncio.wait_for(second.adapters["1.6"].outbox.idle.wait(), 5)
     finally:
         await second.stop()
     tx_id = next(iter(csms.transactions))
@@ -478,7 +478,7 @@ async def test_a_crash_during_recovery_neither_loses_nor_doubles_the_stop(csms, 
     assert queued(third, "StopTransaction") == 1, "closed once: the restart adds nothing"
     await csms.resume()
     await csms.wait_for("StopTransaction", station_id="CP1", timeout=10)
-    await asyncio.wait_for(third.v16.outbox.idle.wait(), 10)
+    await asyncio.wait_for(third.adapters["1.6"].outbox.idle.wait(), 10)
     assert len(csms.messages("CP1", "StopTransaction")) == 1
     assert csms.messages("CP1", "StopTransaction")[0]["reason"] == "PowerLoss"
 
@@ -555,7 +555,7 @@ async def test_start_answer_lost_late_doubled_or_misaddressed(csms, make_agent):
     await link.send_raw(f'[3,"{lost_id}x",{{"transactionId":555,'
                         f'"idTagInfo":{{"status":"Accepted"}}}}]')  # nobody asked for this
     await csms.wait_for("StartTransaction", station_id="CP1", count=2, timeout=10)
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 5)
     tx_id = next(iter(csms.transactions))
     retry_id = _last_call_id(csms, "StartTransaction")
     for stale in (lost_id, retry_id):  # late answer to the first, double answer to the second
@@ -599,8 +599,8 @@ async def test_refused_stop_is_retried_then_dropped_and_later_messages_flow(csms
     csms.overrides["StopTransaction"] = refuse
     agent.hal.unplug(1)
     await csms.wait_for("StopTransaction", station_id="CP1", count=2, timeout=10)
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
-    assert agent.v16.outbox.dropped == 1
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 5)
+    assert agent.adapters["1.6"].outbox.dropped == 1
     assert agent.storage.outbox_dropped()[0]["action"] == "StopTransaction"
     del csms.overrides["StopTransaction"]
     await charging(agent, csms, "TAG2")
@@ -661,7 +661,7 @@ async def test_disk_failure_at_the_end_keeps_the_transaction_open_for_recovery(
     again = await make_agent()  # disk freed, agent restarted: recovery closes it once
     stop = await csms.wait_for("StopTransaction", station_id="CP1", timeout=10)
     assert stop["reason"] == "PowerLoss"
-    await asyncio.wait_for(again.v16.outbox.idle.wait(), 5)
+    await asyncio.wait_for(again.adapters["1.6"].outbox.idle.wait(), 5)
     assert again.storage.tx_get(local_id) is None
 
 

@@ -30,10 +30,11 @@ from hypothesis import strategies as st
 
 from agent.clock import FakeClock
 from agent.core.model import Token
+from agent.core.settings import CORE_SETTINGS, Settings
 from agent.core.station import Station
 from agent.link.rpc import RpcSession, _violation
-from agent.ocpp.v16.adapter import V16Adapter
-from agent.ocpp.v16.keys import ConfigurationKeys, key_table
+from agent.ocpp import registry
+from agent.ocpp.adapter import Adapter, StationContext
 from agent.storage import Storage
 from hal.mock import MockHal
 from tests.conftest import charging, online
@@ -46,7 +47,8 @@ CSMS_ACTIONS = ("CancelReservation", "ChangeAvailability", "ChangeConfiguration"
                 "RemoteStartTransaction", "RemoteStopTransaction", "ReserveNow", "Reset",
                 "SendLocalList", "SetChargingProfile", "TriggerMessage", "UnlockConnector",
                 "UpdateFirmware", "StartTransaction", "Heartbeat")
-KEYS = tuple(key_table(2)) + ("Bogus", "")
+KEYS = tuple(d.name for d in CORE_SETTINGS if d.v16) + (
+    "NumberOfConnectors", "SupportedFeatureProfiles", "connectiontimeout", "Bogus", "")
 AUTH_KEYS = ("AuthorizeRemoteTxRequests", "AllowOfflineTxForUnknownId", "LocalAuthorizeOffline",
              "LocalPreAuthorize", "LocalAuthListEnabled", "AuthorizationCacheEnabled")
 
@@ -146,14 +148,17 @@ class Harness:
         self.clock = FakeClock()
         self.storage = Storage(":memory:")
         self.hal = MockHal(2, ev_max_current_a=16, monotonic=self.clock.monotonic)
-        self.station = Station(self.hal, self.storage, self.clock)
-        self.keys = ConfigurationKeys(self.storage, 2, {"AuthorizeRemoteTxRequests": True,
-                                                         "AllowOfflineTxForUnknownId": False})
-        self.adapter = V16Adapter(station=self.station, storage=self.storage, clock=self.clock,
-                                  keys=self.keys, station_id="FUZZ", vendor="cp-agent",
-                                  model="fuzz", serial_number=None, firmware_version="0")
-        self.station.observer = self.adapter
-        self.station.authorizer = self.adapter
+        self.keys = Settings(self.storage, overrides={"AuthorizeRemoteTxRequests": True,
+                                                      "AllowOfflineTxForUnknownId": False})
+        self.station = Station(self.hal, self.storage, self.clock, settings=self.keys)
+        ctx = StationContext(station=self.station, storage=self.storage, clock=self.clock,
+                             settings=self.keys, station_id="FUZZ", vendor="cp-agent",
+                             model="fuzz", serial_number=None, firmware_version="0")
+        self.adapter = Adapter(registry.spec("1.6"), ctx)
+        self.adapter.activate()
+        # As if the boot had been accepted and the link then went quiet: CSMS requests are
+        # handled, nothing the agent asks gets an answer (the offline rules apply).
+        self.adapter.registration = "Accepted"
         self.sent: list[str] = []
         self.rpc = RpcSession("1.6", self._send, self.adapter.handlers, default_timeout=1)
         self.legit: set[str] = set()
@@ -183,8 +188,7 @@ class Harness:
             return
         # Offline (1.6 3.5): known-not-valid never; known-valid with LocalPreAuthorize or
         # LocalAuthorizeOffline; anything else only with AllowOfflineTxForUnknownId.
-        info = self.adapter._local_info(tag)
-        known = self.adapter._result(info[0], info[1]) if info is not None else None
+        known = self.station.authorization.lookup(Token(tag))
         if known is not None and not known.accepted:
             return
         if known is not None and (self.keys["LocalAuthorizeOffline"]
@@ -345,7 +349,10 @@ async def test_seeded_garbage_over_the_websocket_leaves_a_working_station(csms, 
     # Larger than the agent accepts (1 MiB): the link drops it and reconnects cleanly.
     await link.send_raw(json.dumps([2, "big", "DataTransfer",
                                     {"vendorId": "x", "data": "z" * (2 << 20)}]))
-    await csms.wait_for("BootNotification", station_id="CP1", count=2, timeout=10)
+    # A mere reconnect: statuses go afresh, no new BootNotification (OCPP-J 1.6 5.4).
+    await csms.wait_for("StatusNotification", station_id="CP1", count=2, timeout=10,
+                        predicate=lambda p: p["connectorId"] == 0)
+    assert agent.link.connects == 2
     await online(agent, csms)
     await charging(agent, csms, "AFTER")
     assert agent.hal.evses[1].contactor.commanded_closed

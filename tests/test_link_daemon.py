@@ -50,7 +50,7 @@ async def test_basic_auth_profile_1(short_dir):
     bad = Agent(agent_config(url, short_dir, station_id="CP2", password="wrong", profile=1))
     try:
         await good.start()
-        await asyncio.wait_for(good.v16.accepted.wait(), 5)
+        await asyncio.wait_for(good.adapters["1.6"].accepted.wait(), 5)
         await bad.start()
         await server.wait_for("BootNotification", station_id="CP1")
         await asyncio.wait_for(bad.link.failed.wait(), 5)
@@ -82,18 +82,23 @@ async def test_server_that_picks_no_subprotocol_is_refused(short_dir):
     async with serve(handler, "127.0.0.1", 0) as srv:  # agrees no subprotocol at all
         port = srv.sockets[0].getsockname()[1]
         cfg = agent_config(f"ws://127.0.0.1:{port}/", short_dir)
-        link = Link(cfg.ocpp, "CP1", {}, clock=None)  # type: ignore[arg-type]
+        stub = type("Stub", (), {"version": "1.6", "subprotocol": "ocpp1.6", "handlers": {}})
+        link = Link(cfg.ocpp, "CP1", {"1.6": stub()}, clock=None)  # type: ignore[arg-type]
         with pytest.raises(Exception, match="agreed none of the offered OCPP versions"):
             await link.connect_once()
 
 
-async def test_reconnects_and_boots_again_after_drop(csms, make_agent):
+async def test_reconnects_after_drop_without_a_new_boot(csms, make_agent):
+    """OCPP-J 1.6 5.4: an accepted station resumes after a mere reconnect; it boots again only
+    after a restart (tests/test_shared_behaviour.py covers both versions)."""
     agent = await make_agent()
     await online(agent, csms)
     await csms.kick("CP1")
-    await csms.wait_for("BootNotification", station_id="CP1", count=2, timeout=10)
-    await asyncio.wait_for(agent.v16.accepted.wait(), 5)
+    await csms.wait_for("StatusNotification", station_id="CP1", timeout=10,
+                        predicate=lambda p: p["connectorId"] == 0, count=2)
+    await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), 5)
     assert agent.link.connects == 2
+    assert len(csms.messages("CP1", "BootNotification")) == 1
 
 
 async def test_outage_messages_wait_in_outbox_and_arrive_in_order(csms, make_agent):
@@ -102,15 +107,15 @@ async def test_outage_messages_wait_in_outbox_and_arrive_in_order(csms, make_age
     start = await charging(agent, csms)
     await csms.pause()
     # Charge on offline: a meter value queues, then the session ends while still offline.
-    agent.v16.outbox.queued.clear()
-    await asyncio.wait_for(agent.v16.outbox.queued.wait(), 5)
+    agent.adapters["1.6"].outbox.queued.clear()
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.queued.wait(), 5)
     agent.hal.unplug(1)
     await asyncio.wait_for(agent.station.settled(), 5)
     queued = agent.storage.outbox_count()
     assert queued >= 2, "meter values and the stop are queued"
     await csms.resume()
     stop = await csms.wait_for("StopTransaction", station_id="CP1", timeout=15)
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 10)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 10)
     tx_id = next(iter(csms.transactions))
     assert stop["transactionId"] == tx_id and stop["reason"] == "EVDisconnected"
     assert stop["meterStop"] > start["meterStart"]

@@ -55,6 +55,7 @@ class StubAdapter:
     """Agrees to run on any connection and does nothing until the link drops."""
 
     version = "1.6"
+    subprotocol = "ocpp1.6"
 
     def __init__(self) -> None:
         self.handlers: dict = {}

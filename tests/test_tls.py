@@ -76,7 +76,7 @@ async def test_security_profile_2_connects_over_tls_with_basic_auth(short_dir):
         agent = Agent(cfg)
         try:
             await agent.start()
-            await asyncio.wait_for(agent.v16.accepted.wait(), 10)
+            await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), 10)
         finally:
             await agent.stop()
     assert seen["auth"] == "Basic " + base64.b64encode(b"CP1:tls-secret").decode()

@@ -32,7 +32,7 @@ async def test_boot_accepted_then_status_of_every_connector(csms, make_agent):
         await csms.wait_for("StatusNotification", station_id="CP1",
                             predicate=lambda p, c=cid: p["connectorId"] == c
                             and p["status"] == "Available")
-    assert agent.keys["HeartbeatInterval"] == csms.heartbeat_interval
+    assert agent.settings["HeartbeatInterval"] == csms.heartbeat_interval
 
 
 @pytest.mark.parametrize("first", ["Pending", "Rejected"])
@@ -50,7 +50,7 @@ async def test_boot_not_accepted_retries_at_interval_and_sends_nothing_else(
     await online(agent, csms)
     actions = [m.action for m in csms.log if m.direction == "cs->csms" and m.kind == "CALL"]
     assert actions[:2] == ["BootNotification", "BootNotification"]
-    assert agent.v16.registration == "Accepted"
+    assert agent.adapters["1.6"].registration == "Accepted"
 
 
 async def test_heartbeat_at_the_interval_from_boot(csms, make_agent):
@@ -183,7 +183,7 @@ async def test_remote_start_and_stop(csms, make_agent):
     start = await csms.wait_for("StartTransaction", station_id="CP1")
     assert start["idTag"] == "REMOTE1"
     assert csms.messages("CP1", "Authorize") == [], "AuthorizeRemoteTxRequests is false"
-    await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 5)
     tx_id = next(iter(csms.transactions))
     assert (await link.call("RemoteStopTransaction", {"transactionId": tx_id + 100}))[
         "status"] == "Rejected"
@@ -301,7 +301,7 @@ async def test_get_configuration_all_known_and_unknown(csms, make_agent):
     some = await link.call("GetConfiguration", {"key": ["HeartbeatInterval", "Bogus"]})
     assert [k["key"] for k in some["configurationKey"]] == ["HeartbeatInterval"]
     assert some["unknownKey"] == ["Bogus"]
-    assert agent.keys["HeartbeatInterval"] == 300
+    assert agent.settings["HeartbeatInterval"] == 300
 
 
 @pytest.mark.parametrize("key, value, status", [
@@ -333,7 +333,7 @@ async def test_changed_configuration_persists_and_applies(csms, make_agent):
     csms.heartbeat_interval = 0  # boot answer does not override it
     again = await make_agent()
     await online(again, csms)
-    assert again.keys["MeterValueSampleInterval"] == 42
+    assert again.settings["MeterValueSampleInterval"] == 42
 
 
 # ---------------------------------------------------------------- misc operations
@@ -451,8 +451,8 @@ async def test_rejected_station_does_not_answer_csms_calls(csms, make_agent):
     csms.boot_interval = 30
     agent = await make_agent()
     link = await csms.wait_station("CP1")
-    await asyncio.wait_for(agent.v16.registration_seen.wait(), 5)
-    assert agent.v16.registration == "Rejected"
+    await asyncio.wait_for(agent.adapters["1.6"].registration_seen.wait(), 5)
+    assert agent.adapters["1.6"].registration == "Rejected"
     with pytest.raises(TimeoutError):
         await link.call("GetConfiguration", {}, timeout=0.5)
     assert csms.messages("CP1", "StatusNotification") == []

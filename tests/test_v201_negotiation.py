@@ -87,7 +87,7 @@ async def test_offline_the_last_negotiated_version_is_in_charge(short_dir):
                               defaults={"AuthCtrlr.OfflineTxForUnknownIdEnabled": True})
     try:
         assert again.adapter is again.v201 and again.station.observer is again.v201
-        assert again.keys["AllowOfflineTxForUnknownId"] is True
+        assert again.settings["AllowOfflineTxForUnknownId"] is True
         closed = asyncio.Event()
         again.station.traces.append(
             lambda evse, what, d: closed.set() if what == "contactor" and d["closed"] else None)
@@ -126,10 +126,10 @@ async def test_version_change_reports_running_transaction_and_drops_foreign_mess
         agent.hal.plug(1)
         agent.hal.tap("TAG16")
         await server16.wait_for("StartTransaction", station_id="CP1")
-        await asyncio.wait_for(agent.v16.outbox.idle.wait(), 5)
+        await asyncio.wait_for(agent.adapters["1.6"].outbox.idle.wait(), 5)
         await server16.stop()
-        agent.v16.outbox.queued.clear()
-        await asyncio.wait_for(agent.v16.outbox.queued.wait(), 5)  # a 1.6 MeterValues
+        agent.adapters["1.6"].outbox.queued.clear()
+        await asyncio.wait_for(agent.adapters["1.6"].outbox.queued.wait(), 5)  # a 1.6 MeterValues
         assert "MeterValues" in {i.action for i in agent.storage.outbox_peek(100)}
         await server201.start()
         await online201(agent, server201, timeout=10)

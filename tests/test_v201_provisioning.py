@@ -85,7 +85,7 @@ async def test_TC_B_01_CS_cold_boot_accepted(csms201, make_agent201):
         (1, 1, "Available"), (2, 1, "Available")}
     security = await csms201.wait_for("SecurityEventNotification", station_id="CP1")
     assert security["type"] == "StartupOfTheDevice"
-    assert agent.keys["HeartbeatInterval"] == csms201.heartbeat_interval
+    assert agent.settings["HeartbeatInterval"] == csms201.heartbeat_interval
 
 
 @pytest.mark.parametrize("first", ["Pending", "Rejected"])
@@ -216,7 +216,7 @@ async def test_TC_B_09_10_CS_set_variables_persist_and_apply(csms201, make_agent
     assert res["setVariableResult"][0]["attributeType"] == "Actual"
     await csms201.wait_for("Heartbeat", station_id="CP1", timeout=5)  # applied at once
     # The same setting as 1.6's HeartbeatInterval key: one value, whichever protocol set it.
-    assert agent.keys["HeartbeatInterval"] == 1
+    assert agent.settings["HeartbeatInterval"] == 1
     await agent.stop()
     csms201.heartbeat_interval = 0  # the boot answer does not override it
     again = await make_agent201()
@@ -274,7 +274,7 @@ async def test_1_6_key_and_2_0_1_variable_are_one_setting(csms201, make_agent201
     got = await get_one(link, "SampledDataCtrlr", "TxUpdatedInterval")
     assert got["attributeValue"] == "42"
     await set_one(link, "TxCtrlr", "EVConnectionTimeOut", "77")
-    assert agent.keys["ConnectionTimeOut"] == 77
+    assert agent.settings["ConnectionTimeOut"] == 77
     assert agent.storage.get_setting("v16.ConnectionTimeOut") == "77"
 
 
@@ -373,7 +373,7 @@ async def test_notify_report_split_by_items_and_bytes_per_message(csms201, make_
         assert 1 <= len(p["reportData"]) <= 5
         assert len(json.dumps(p, separators=(",", ":"))) <= 1500 or len(p["reportData"]) == 1
     total = sum(len(p["reportData"]) for p in parts)
-    assert total == len(agent.v201.dm.defs)
+    assert total == len(agent.adapters["2.0.1"].dm.defs)
 
 
 async def test_TC_B_15_CS_summary_inventory_is_supported(csms201, make_agent201):

@@ -70,7 +70,7 @@ async def test_TC_F_02_03_CS_remote_start_first_then_cable(csms201, make_agent20
             "idToken": {"idToken": "NOPE", "type": "ISO14443"}, "remoteStartId": 1})
         assert refused["status"] == "Accepted"  # the answer precedes the authorization
         await csms201.wait_for("Authorize", station_id="CP1")
-        await asyncio.wait_for(agent.v201.outbox.idle.wait(), 5)
+        await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), 5)
     authorized = asyncio.Event()
     remote_start = agent.station.remote_start
 

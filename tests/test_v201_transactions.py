@@ -303,7 +303,7 @@ async def test_power_loss_ends_the_transaction_with_continuing_seq_no(csms201, m
         "AbnormalCondition", "PowerLoss")
     assert end["seqNo"] == sent, "seqNo continues from the journal, no gap, no repeat"
     assert end["offline"] is True
-    await asyncio.wait_for(again.v201.outbox.idle.wait(), 5)
+    await asyncio.wait_for(again.adapters["2.0.1"].outbox.idle.wait(), 5)
     assert again.storage.tx_open() == []
     assert len(tx_events(csms201, eventType="Ended")) == 1
 
@@ -342,7 +342,7 @@ async def test_TC_E_28_30_32_CS_get_transaction_status(csms201, make_agent201):
     assert ongoing == {"ongoingIndicator": True, "messagesInQueue": False}
     agent.hal.unplug(1)
     await ended(csms201)
-    await asyncio.wait_for(agent.v201.outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), 5)
     done = await link.call("GetTransactionStatus", {"transactionId": tx_id})
     assert done == {"ongoingIndicator": False, "messagesInQueue": False}
     assert await link.call("GetTransactionStatus", {}) == {"messagesInQueue": False}

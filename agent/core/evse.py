@@ -12,9 +12,11 @@ no combination of events can leave the contactor closed when an invariant says o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from agent.clock import Clock
 from agent.core.model import (
@@ -29,6 +31,7 @@ from agent.core.model import (
     TxPoint,
     TxRecord,
 )
+from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
 from hal.interfaces import EvseHardware, FaultKind, HalError, IndicatorState, MeterReading
 
@@ -47,12 +50,35 @@ _INDICATOR = {
 }
 
 
+NOMINAL_VOLTAGE = 230.0  # converts a limit in W to amps per phase
+# How long an EV may take to answer a raised offer (B -> C) before SuspendedEV is reported.
+EV_ANSWER_GRACE_S = 2.0
+
+
+async def _settled() -> None:
+    return None
+
+
+def _default_points() -> frozenset[TxPoint]:
+    return frozenset({TxPoint.POWER_PATH_CLOSED})
+
+
+@dataclass
+class TxRules:
+    """When transactions start and stop: the active OCPP version's rules (1.6 fixed points
+    with StopTransactionOnEVSideDisconnect, 2.0.1 TxStartPoint / TxStopPoint)."""
+
+    start_points: Callable[[], frozenset[TxPoint]] = field(default=_default_points)
+    stop_points: Callable[[], frozenset[TxPoint]] = field(default=_default_points)
+
+
 class EvseController:
     """State and outputs of one EVSE (with one connector)."""
 
     def __init__(self, hw: EvseHardware, *, connector_id: int = 1, max_current_a: float,
                  min_current_a: float = 6.0, storage: Storage, clock: Clock,
-                 observer: Callable[[], CoreObserver]) -> None:
+                 observer: Callable[[], CoreObserver], settings: Settings | None = None,
+                 settle: Callable[[], Awaitable[None]] | None = None) -> None:
         self.hw = hw
         self.id = hw.evse_id
         self.connector_id = connector_id
@@ -61,26 +87,24 @@ class EvseController:
         self._storage = storage
         self._clock = clock
         self._observer = observer
-        self.lock = asyncio.Lock()
+        # Serializes every input of this EVSE (not the connector lock: that is ``hw.lock``).
+        self.mutex = asyncio.Lock()
         self.session: Session | None = None
         self.faults: dict[FaultKind, str] = {}
         self.operative = storage.get_setting(f"core.evse.{self.id}.operative") != "0"
         self.pending_operative: bool | None = None  # ChangeAvailability scheduled after the tx
-        self.external_limit_a: float | None = None  # smart charging / CSMS limit
+        self._settings = settings
+        self.limits: dict[str, float] = {}  # amps per limit source (smart charging, load mgmt)
         self.reserved_for: dict | None = None
         self.reading: MeterReading | None = None
         self.status = ConnectorStatus.UNAVAILABLE
         self._last_reported: tuple[ConnectorStatus, FaultKind | None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
+        self._settle: Callable[[], Awaitable[None]] = settle or _settled
         self._connection_timer: asyncio.Task[None] | None = None
-        self.connection_timeout_s: Callable[[], float] = lambda: 60.0
-        self.start_points: Callable[[], frozenset[TxPoint]] = (
-            lambda: frozenset({TxPoint.POWER_PATH_CLOSED}))
-        self.stop_points: Callable[[], frozenset[TxPoint]] = (
-            lambda: frozenset({TxPoint.POWER_PATH_CLOSED}))
-        self.on_tx_closed: Callable[[TxRecord], None] | None = None
-        # 1.6 UnlockConnectorOnEVSideDisconnect: False keeps the cable locked at the station
-        # after the EV side is unplugged, until the same card is presented or the CSMS unlocks.
-        self.unlock_on_ev_disconnect: Callable[[], bool] = lambda: True
+        self.rules = TxRules()
+        self.tx_changed = asyncio.Event()  # set whenever a transaction starts or ends
+        self.offer_raised_at: float | None = None  # monotonic time the PWM offer last rose
         self.hold_locked = False
         self.hold_token: str | None = None
         self._ev_was_connected = False  # pilot connected at the last on_pilot
@@ -106,10 +130,31 @@ class EvseController:
 
     @property
     def limit_a(self) -> float:
-        limit = self.max_current_a
-        if self.external_limit_a is not None:
-            limit = min(limit, self.external_limit_a)
-        return limit
+        """What the EVSE may offer now: its maximum, capped by every limit source."""
+        return min(self.max_current_a, *self.limits.values()) if self.limits \
+            else self.max_current_a
+
+    @property
+    def limit_source(self) -> str:
+        """Which source sets :attr:`limit_a` ("evse" when none is below the EVSE maximum)."""
+        best, source = self.max_current_a, "evse"
+        for name, amps in self.limits.items():
+            if amps < best:
+                best, source = amps, name
+        return source
+
+    @property
+    def offered_a(self) -> float:
+        """The current offered to the EV on the pilot right now (0: none)."""
+        return self.hw.ev.current_limit
+
+    @property
+    def phases(self) -> int:
+        return max(1, self.hw.phases)
+
+    @property
+    def has_lock(self) -> bool:
+        return self.hw.lock is not None
 
     @property
     def tx(self) -> TxRecord | None:
@@ -122,20 +167,49 @@ class EvseController:
             return None
         return max(0.0, self.reading.energy_import_wh - tx.meter_start_wh)
 
+    def _setting(self, name: str, default: object) -> object:
+        settings = self._settings
+        return settings.get(name, default) if settings is not None else default
+
     def snapshot(self) -> EvseSnapshot:
         tx = self.tx
+        s = self.session
+        fault = self.fault
         return EvseSnapshot(
             evse_id=self.id, connector_id=self.connector_id, status=self.status,
             pilot=self.pilot, contactor_closed=self.hw.contactor.commanded_closed,
-            offered_a=self.hw.ev.current_limit, limit_a=self.limit_a,
+            offered_a=self.offered_a, limit_a=self.limit_a, limit_source=self.limit_source,
             operative=self.operative, faults=tuple(self.faults),
             token=self.session.token.id if self.session and self.session.token else None,
             tx_local_id=tx.local_id if tx else None,
             tx_remote_id=tx.remote_id if tx else None,
             energy_wh=self.energy_wh(),
             power_w=self.reading.power_w if self.reading else None,
-            reading=self.reading,
+            reading=self.reading, min_current_a=self.min_current_a, phases=self.phases,
+            has_lock=self.has_lock, authorized=bool(s and s.authorized),
+            charging_state=self.charging_state(), blocking_fault=self.blocking_fault,
+            fault=fault, fault_detail=self.faults.get(fault, "") if fault else "", tx=tx,
+            remote_start_id=s.remote_start_id if s else None,
+            deauth_reason=s.deauth_reason if s else None,
         )
+
+    @property
+    def fault(self) -> FaultKind | None:
+        """The fault to report: the blocking one first, else any other (e.g. the reader)."""
+        return self.blocking_fault or next(iter(self.faults), None)
+
+    def charging_state(self) -> str:
+        """What the energy flow is doing (2.0.1 ChargingStateEnumType names)."""
+        if not self.ev_connected:
+            return "Idle"
+        if self.hw.contactor.commanded_closed and self.pilot.wants_energy:
+            return "Charging"
+        s = self.session
+        if s is None or not s.authorized:
+            return "EVConnected"
+        if self.offered_a >= self.min_current_a and not self.pilot.wants_energy:
+            return "SuspendedEV"
+        return "SuspendedEVSE"
 
     # ------------------------------------------------------------------ derivations
 
@@ -180,7 +254,7 @@ class EvseController:
         if s is not None and s.tx is not None and s.ended_reason is None:
             if self.hw.contactor.commanded_closed and self.pilot.wants_energy:
                 return ConnectorStatus.CHARGING
-            if self.hw.ev.current_limit >= self.min_current_a and self.ev_connected:
+            if self.offered_a >= self.min_current_a and self.ev_connected:
                 return ConnectorStatus.SUSPENDED_EV
             if not self.ev_connected:
                 # Transaction kept open across an unplug (StopTransactionOnEVSideDisconnect
@@ -217,13 +291,15 @@ class EvseController:
                     pass
 
     async def _reconcile(self) -> None:
-        """Drive the outputs from the state. Must be called with ``self.lock`` held."""
+        """Drive the outputs from the state. Must be called with ``self.mutex`` held."""
         try:
             offer = self._offer()
             want_closed = offer >= self.min_current_a and self.pilot.wants_energy
             if not want_closed and self.hw.contactor.commanded_closed:
                 await self._set_contactor(False)
-            if self.hw.ev.current_limit != offer:
+            if self.offered_a != offer:
+                if offer > self.offered_a:
+                    self.offer_raised_at = self._clock.monotonic()
                 try:
                     self._trace("pwm", amps=offer)
                     await self.hw.ev.set_current_limit(offer)
@@ -268,11 +344,49 @@ class EvseController:
                 self.hw.indicator.show(_INDICATOR[self.status])
             except Exception as exc:  # noqa: BLE001 - an LED is never worth a crash
                 log.warning("evse %s: indicator: %s", self.id, exc)
-        fault = self.blocking_fault or next(iter(self.faults), None)
-        key = (self.status, fault)
-        if key != self._last_reported:
-            self._last_reported = key
-            self._observer().status_changed(self.snapshot(), fault)
+        if (self.status, self.fault) != self._last_reported and self._report_task is None:
+            self._report_task = asyncio.get_running_loop().create_task(
+                self._report_settled(), name=f"evse{self.id}-status")
+
+    async def _report_settled(self) -> None:
+        """Report the status the EVSE settles in, not every step on the way there.
+
+        An offer makes the EV answer a moment later (B -> C), so a session start would show
+        SuspendedEV for a millisecond before Charging. The report waits until the HAL events
+        received so far are handled and, for a SuspendedEV right after the offer rose, until
+        the EV had ``EV_ANSWER_GRACE_S`` to take it.
+        """
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settle(), 1.0)
+                left = self._grace_left()
+                if left <= 0:
+                    break
+                await self._clock.sleep(left)
+            key = (self.status, self.fault)
+            if key != self._last_reported:
+                self._last_reported = key
+                self._observer().status_changed(self.snapshot(), self.fault)
+        finally:
+            self._report_task = None
+
+    def _grace_left(self) -> float:
+        raised = self.offer_raised_at
+        if self.status != ConnectorStatus.SUSPENDED_EV or raised is None:
+            return 0.0
+        return raised + EV_ANSWER_GRACE_S - self._clock.monotonic()
+
+    async def reported(self) -> None:
+        """Wait until the current status has been reported (control socket, tests)."""
+        task = self._report_task
+        if task is not None:
+            await asyncio.shield(task)
+
+    def close(self) -> None:
+        task = self._report_task
+        if task is not None:
+            task.cancel()
 
     # ------------------------------------------------------------------ transactions
 
@@ -295,7 +409,7 @@ class EvseController:
         if s is None:
             return
         if s.tx is None and s.ended_reason is None:
-            hit = reached & self.start_points()
+            hit = reached & self.rules.start_points()
             if hit:
                 s.tx_points_seen = set(reached)
                 self._start_tx(sorted(hit)[0])
@@ -305,7 +419,7 @@ class EvseController:
             # must not end a transaction before the EV was ever plugged in).
             seen = s.tx_points_seen
             seen |= reached
-            missing = (self.stop_points() & seen) - reached
+            missing = (self.rules.stop_points() & seen) - reached
             if missing:
                 if TxPoint.EV_CONNECTED in missing or (
                         TxPoint.POWER_PATH_CLOSED in missing and not self.ev_connected):
@@ -355,6 +469,7 @@ class EvseController:
             if isinstance(exc, StorageError):
                 self._storage_failed(exc, "recording the start of a transaction")
             raise
+        self.tx_changed.set()
         log.info("evse %s: transaction %s started (%s, token %s, meter %.1f Wh)", self.id,
                  rec.local_id, trigger, rec.id_token, rec.meter_start_wh)
 
@@ -383,8 +498,7 @@ class EvseController:
                  reason, meter - tx.meter_start_wh)
         if self.pending_operative is not None:
             self._apply_operative(self.pending_operative)
-        if self.on_tx_closed is not None:
-            self.on_tx_closed(tx)
+        self.tx_changed.set()
 
     def _maybe_release_session(self) -> None:
         """Forget the session once nothing of it remains (EV gone, transaction over or none)."""
@@ -405,7 +519,7 @@ class EvseController:
     # ------------------------------------------------------------------ inputs
 
     async def on_pilot(self) -> None:
-        async with self.lock:
+        async with self.mutex:
             s = self.session
             was_connected, self._ev_was_connected = self._ev_was_connected, self.ev_connected
             if self.ev_connected and s is None:
@@ -417,12 +531,15 @@ class EvseController:
                 self._observer().session_event(self.id, "ev_connected", {})
             if self.ev_connected:
                 self._cancel_connection_timer()
+            if self.pilot.wants_energy:
+                self.offer_raised_at = None  # the EV answered the offer
             if self.pilot.is_error:
                 self._raise_fault(FaultKind.PILOT, f"pilot state {self.pilot.value}")
             elif FaultKind.PILOT in self.faults:
                 self._clear_fault(FaultKind.PILOT)
             if (not self.ev_connected and s is not None and self.hw.lock is not None
-                    and self.hw.lock.locked and not self.unlock_on_ev_disconnect()):
+                    and self.hw.lock.locked and not self._setting(
+                        "UnlockConnectorOnEVSideDisconnect", True)):
                 self.hold_locked = True
                 self.hold_token = s.token.id if s.token else None
             if not self.ev_connected and s is not None and was_connected:
@@ -434,7 +551,7 @@ class EvseController:
     async def authorize(self, token: Token, result: AuthResult, *,
                         remote_start_id: int | None = None) -> bool:
         """Accept an authorized token for this EVSE; False when the EVSE cannot take it."""
-        async with self.lock:
+        async with self.mutex:
             if not result.accepted:
                 return False
             if not self.operative or self.blocking_fault is not None:
@@ -462,7 +579,7 @@ class EvseController:
         ``by`` names the token that asked (another card of the same group may stop a session);
         adapters find it as ``tx.stopped_by`` when the transaction ends.
         """
-        async with self.lock:
+        async with self.mutex:
             s = self.session
             if s is None or not s.authorized or s.ended_reason is not None:
                 return False
@@ -481,23 +598,38 @@ class EvseController:
 
     async def suspend(self, allowed: bool) -> None:
         """Stop or resume energy without ending the session (e.g. invalid id, no tx stop)."""
-        async with self.lock:
+        async with self.mutex:
             if self.session is not None:
                 self.session.energy_allowed = allowed
             await self._reconcile()
 
-    async def set_external_limit(self, amps: float | None) -> None:
-        async with self.lock:
-            self.external_limit_a = amps
+    async def set_limit(self, source: str, value: float | None, unit: str = "A") -> None:
+        """A limit source (smart charging, local load management, DER, ...) caps this EVSE.
+
+        ``value`` None removes the source's limit. A limit in W becomes amps per phase at the
+        nominal voltage. The offer to the EV is re-evaluated at once: below the minimum the EV
+        is paused (SuspendedEVSE) and resumes when the limit rises again.
+        """
+        if value is not None:
+            if unit == "W":
+                value = value / (NOMINAL_VOLTAGE * self.phases)
+            elif unit != "A":
+                raise ValueError(f"limit unit {unit!r}: expected 'A' or 'W'")
+            value = max(0.0, float(value))
+        async with self.mutex:
+            if value is None:
+                self.limits.pop(source, None)
+            else:
+                self.limits[source] = value
             await self._reconcile()
 
     async def raise_fault(self, kind: FaultKind, detail: str = "") -> None:
-        async with self.lock:
+        async with self.mutex:
             self._raise_fault(kind, detail)
             await self._reconcile()
 
     async def clear_fault(self, kind: FaultKind) -> None:
-        async with self.lock:
+        async with self.mutex:
             self._clear_fault(kind)
             await self._reconcile()
 
@@ -514,7 +646,7 @@ class EvseController:
 
     async def set_operative(self, operative: bool) -> str:
         """ChangeAvailability: Accepted now, or Scheduled until the transaction ends."""
-        async with self.lock:
+        async with self.mutex:
             if self.tx is not None and not operative:
                 self.pending_operative = operative
                 return "Scheduled"
@@ -529,7 +661,7 @@ class EvseController:
 
     async def unlock(self) -> str:
         """UnlockConnector: ends a running transaction first, then releases the lock."""
-        async with self.lock:
+        async with self.mutex:
             s = self.session
             if s is not None and s.tx is not None and s.ended_reason is None:
                 s.auth = AuthResult("Invalid", source="deauthorized")
@@ -549,7 +681,7 @@ class EvseController:
 
     async def release_hold(self, token_id: str) -> bool:
         """The card of a session whose cable was kept locked after the EV left unlocks it."""
-        async with self.lock:
+        async with self.mutex:
             if not self.hold_locked or self.hold_token != token_id:
                 return False
             self.hold_locked, self.hold_token = False, None
@@ -558,7 +690,7 @@ class EvseController:
 
     async def end_transaction(self, reason: StopReason) -> bool:
         """Stop a running transaction now whatever the stop points say (reset, power loss)."""
-        async with self.lock:
+        async with self.mutex:
             s = self.session
             if s is None or s.tx is None or s.ended_reason is not None:
                 return False
@@ -588,7 +720,7 @@ class EvseController:
 
     def _start_connection_timer(self) -> None:
         self._cancel_connection_timer()
-        timeout = self.connection_timeout_s()
+        timeout = float(self._setting("ConnectionTimeOut", 60))
         if timeout > 0:
             self._connection_timer = asyncio.get_running_loop().create_task(
                 self._connection_timeout(timeout), name=f"evse{self.id}-conn-timeout")
@@ -602,7 +734,7 @@ class EvseController:
     async def _connection_timeout(self, timeout: float) -> None:
         await self._clock.sleep(timeout)
         self._connection_timer = None
-        async with self.lock:
+        async with self.mutex:
             s = self.session
             if s is None or self.ev_connected or s.ended_reason is not None:
                 return

@@ -155,8 +155,8 @@ class EvseSnapshot:
     status: ConnectorStatus
     pilot: PilotState
     contactor_closed: bool
-    offered_a: float
-    limit_a: float
+    offered_a: float  # on the pilot now
+    limit_a: float  # what the EVSE may offer (its maximum capped by the limit sources)
     operative: bool
     faults: tuple[FaultKind, ...]
     token: str | None
@@ -165,6 +165,22 @@ class EvseSnapshot:
     energy_wh: float | None  # of the running transaction
     power_w: float | None
     reading: MeterReading | None
+    limit_source: str = "evse"  # which source sets limit_a
+    min_current_a: float = 6.0
+    phases: int = 3
+    has_lock: bool = False
+    authorized: bool = False  # the session has an accepted token
+    charging_state: str = "Idle"  # Idle, EVConnected, Charging, SuspendedEV, SuspendedEVSE
+    blocking_fault: FaultKind | None = None
+    fault: FaultKind | None = None  # the fault to report: the blocking one, else the first
+    fault_detail: str = ""
+    tx: TxRecord | None = None
+    remote_start_id: int | None = None  # of the session (set before its transaction starts)
+    deauth_reason: StopReason | None = None
+
+    @property
+    def ev_connected(self) -> bool:
+        return self.pilot.connected
 
 
 class Authorizer(Protocol):
@@ -185,3 +201,6 @@ class CoreObserver(Protocol):
                           snap: EvseSnapshot) -> None: ...
     def session_event(self, evse_id: int, event: str, detail: dict) -> None: ...
     def fault_changed(self, evse_id: int, kind: FaultKind, active: bool, detail: str) -> None: ...
+    def transaction_recovered(self, tx: TxRecord) -> None:
+        """A transaction left open by a power cut was closed at start-up (reason PowerLoss);
+        runs inside the storage transaction that closed it."""

@@ -11,7 +11,9 @@ import logging
 from collections.abc import Callable
 
 from agent.clock import Clock
-from agent.core.evse import EvseController
+from agent.core.authorization import AuthorizationPolicy
+from agent.core.evse import NOMINAL_VOLTAGE, EvseController, TxRules
+from agent.core.metering import Metering
 from agent.core.model import (
     Authorizer,
     AuthResult,
@@ -21,6 +23,7 @@ from agent.core.model import (
     Token,
     TxRecord,
 )
+from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
 from hal.interfaces import (
     FaultCleared,
@@ -39,6 +42,10 @@ log = logging.getLogger("cp_agent.core")
 # default meter_persist_s of 10 s, a power cut loses at most a minute of readings even when no
 # other write happens, while kill -9 loses at most meter_persist_s.
 METER_FSYNC_EVERY = 6
+# A meter register read at start-up is trusted for meterStop after a power cut only if it is
+# at most this many seconds of full power ahead of the last journalled reading (more means the
+# energy flowed while we were not looking, or a different meter: not ours to bill).
+RECOVERY_SLACK_S = 5.0
 
 
 class _NullObserver:
@@ -59,18 +66,24 @@ class _NullObserver:
     def fault_changed(self, evse_id, kind, active, detail) -> None:  # noqa: ANN001
         pass
 
+    def transaction_recovered(self, tx) -> None:  # noqa: ANN001
+        pass
+
 
 class Station:
     """Composition of EVSE controllers over one HAL, plus station-wide concerns."""
 
     def __init__(self, hal: Hal, storage: Storage, clock: Clock, *,
+                 settings: Settings | None = None,
                  evse_limits: dict[int, tuple[float, float]] | None = None,
                  meter_poll_s: float = 1.0, meter_persist_s: float = 10.0) -> None:
         self.hal = hal
         self.storage = storage
         self.clock = clock
+        self.settings = settings if settings is not None else Settings(storage)
         self.observer: CoreObserver = _NullObserver()
-        self.authorizer: Authorizer | None = None
+        self.authorization = AuthorizationPolicy(self.settings, storage, clock)
+        self.authorizer: Authorizer | None = self.authorization
         self.meter_poll_s = meter_poll_s
         self.meter_persist_s = meter_persist_s
         self.station_faults: dict[FaultKind, str] = {}
@@ -80,8 +93,10 @@ class Station:
             max_a, min_a = limits.get(evse_id, (hw.max_current_a, 6.0))
             self.evses[evse_id] = EvseController(
                 hw, max_current_a=max_a, min_current_a=min_a, storage=storage, clock=clock,
-                observer=lambda: self.observer)
+                observer=lambda: self.observer, settings=self.settings, settle=self.settled)
+        self.metering = Metering(self.evses, self.settings, clock)
         self._tasks: set[asyncio.Task] = set()
+        self._token_tasks: set[asyncio.Task] = set()
         self._event_queue: asyncio.Queue[HalEvent] = asyncio.Queue()
         self._stopping = False
         self.hal_events: list[Callable[[HalEvent], None]] = []  # taps for timelines / tests
@@ -123,12 +138,15 @@ class Station:
         self.spawn(self._event_pump(), "hal-events")
         for evse in self.evses.values():
             self.spawn(self._sampler(evse), f"meter-{evse.id}")
+        self.metering.start()
 
     async def stop(self) -> None:
         """Open every contactor first; nothing else in shutdown may delay that."""
         self._stopping = True
         for evse in self.evses.values():
             await evse.emergency_open()
+            evse.close()
+        await self.metering.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -158,6 +176,25 @@ class Station:
         """Wait until every HAL event received so far has been handled (tests, benches)."""
         await self._event_queue.join()
 
+    async def quiet(self, timeout: float = 5.0) -> None:
+        """Wait until the HAL events so far are handled and every status change is reported:
+        what the control socket answers after a bench command is the state it led to."""
+        async with asyncio.timeout(timeout):
+            await self.settled()
+            while self._token_tasks:  # a card being authorized (may take a round trip)
+                await asyncio.wait(set(self._token_tasks))
+                await self.settled()
+            for evse in self.evses.values():
+                await evse.reported()
+            await self.settled()
+
+    # ------------------------------------------------------------------ the version's rules
+
+    def use_rules(self, rules: TxRules) -> None:
+        """When transactions start and stop, as the active OCPP version says."""
+        for evse in self.evses.values():
+            evse.rules = rules
+
     async def _handle(self, event: HalEvent) -> None:
         if isinstance(event, PilotChanged):
             evse = self.evses.get(event.evse_id)
@@ -165,8 +202,10 @@ class Station:
                 await evse.on_pilot()
         elif isinstance(event, TokenPresented):
             # Authorization may take a network round trip: never hold up pilot events for it.
-            self.spawn(self.present_token(Token(event.uid, event.token_type), event.evse_id),
-                       f"token-{event.uid}")
+            task = self.spawn(self.present_token(Token(event.uid, event.token_type),
+                                                 event.evse_id), f"token-{event.uid}")
+            self._token_tasks.add(task)
+            task.add_done_callback(self._token_tasks.discard)
         elif isinstance(event, FaultRaised):
             if event.evse_id == 0:
                 self.station_faults[event.kind] = event.detail
@@ -239,19 +278,60 @@ class Station:
         ok = await target.authorize(token, result)
         return "authorized" if ok else "rejected"
 
-    async def remote_start(self, token: Token, evse_id: int | None,
-                           remote_start_id: int | None = None,
-                           result: AuthResult | None = None) -> EvseController | None:
-        """Authorize a session the CSMS asked for; None when no EVSE can take it."""
-        if evse_id is not None:
-            target = self.evses.get(evse_id)
-        else:
-            target = self._evse_for_token(token, None)
+    def remote_start_target(self, evse_id: int | None) -> EvseController | None:
+        """Where a remote start goes: the EVSE named, else one with an EV waiting, else the
+        first free one; None when none can take a new authorization (in use, inoperative,
+        faulted, or no such EVSE)."""
+        candidates = ([self.evses[evse_id]] if evse_id in self.evses else []) \
+            if evse_id is not None else list(self.evses.values())
+        free = [e for e in candidates if e.operative and e.blocking_fault is None
+                and (e.session is None or (not e.session.authorized
+                                           and e.session.ended_reason is None))]
+        if not free:
+            return None
+        return next((e for e in free if e.ev_connected), free[0])
+
+    async def remote_start(self, token: Token, evse_id: int,
+                           remote_start_id: int | None = None) -> EvseController | None:
+        """Authorize a session the CSMS asked for (first through the authorization policy
+        when AuthorizeRemoteTxRequests says so); None when it does not happen."""
+        result = AuthResult("Accepted", source="remote")
+        if self.settings["AuthorizeRemoteTxRequests"]:
+            result = await self.authorization.authorize(token, evse_id)
+            if not result.accepted:
+                log.info("remote start for %s refused: %s", token.id, result.status)
+                return None
+        target = self.evses.get(evse_id)
         if target is None:
             return None
-        ok = await target.authorize(token, result or AuthResult("Accepted", source="remote"),
-                                    remote_start_id=remote_start_id)
+        ok = await target.authorize(token, result, remote_start_id=remote_start_id)
         return target if ok else None
+
+    def invalid_id_late(self, local_id: str) -> None:
+        """The CSMS said late (in the answer to a transaction message) that the token of a
+        running transaction is not valid (1.6 3.5.4, 2.0.1 E05)."""
+        evse = self.find_tx(local_id=local_id)
+        if evse is not None:
+            self.spawn(self._invalid_id(evse, local_id), f"invalid-id-{evse.id}")
+
+    async def _invalid_id(self, evse: EvseController, local_id: str) -> None:
+        """After MaxEnergyOnInvalidId Wh, deauthorize (StopTransactionOnInvalidId) or only
+        stop the energy."""
+        limit = self.settings["MaxEnergyOnInvalidId"]
+        while limit > 0:
+            tx = evse.tx
+            if tx is None or tx.local_id != local_id:
+                return
+            if (evse.energy_wh() or 0.0) >= limit:
+                break
+            await self.clock.sleep(max(0.5, self.meter_poll_s))
+        tx = evse.tx
+        if tx is None or tx.local_id != local_id:
+            return
+        if self.settings["StopTransactionOnInvalidId"]:
+            await evse.deauthorize(StopReason.DEAUTHORIZED)
+        else:
+            await evse.suspend(False)
 
     # ------------------------------------------------------------------ queries
 
@@ -290,6 +370,55 @@ class Station:
     def open_transactions(self) -> list[TxRecord]:
         """Transactions the journal has open: after a restart, those a power cut interrupted."""
         return self.storage.tx_open()
+
+    # ------------------------------------------------------------------ power-loss recovery
+
+    def recover(self) -> list[TxRecord]:
+        """Close, exactly once, every transaction a power cut or crash left open.
+
+        Run at start-up, after the meters were read and before any connection. Each
+        transaction ends with reason PowerLoss, stamped with the time of its last journalled
+        reading (when power was last seen on), not the restart time, which would bill the
+        outage. Its meterStop is the meter's own register when plausible, else the journal
+        (:meth:`recovered_meter`). The observer (the adapter of the version last in use)
+        queues its end message in the same SQLite transaction that closes the journal entry,
+        so a second crash during recovery can neither lose it nor queue it twice.
+        """
+        closed = []
+        for tx in self.storage.tx_open():
+            meter, source = self.recovered_meter(tx)
+            when = tx.last_meter_at or tx.started_at
+            log.warning("transaction %s (EVSE %s, token %s) was open at start-up: closing it "
+                        "with PowerLoss, meterStop %.1f Wh (%s)", tx.local_id, tx.evse_id,
+                        tx.id_token, meter, source)
+            with self.storage.atomic():
+                self.storage.tx_close(tx.local_id, when, StopReason.POWER_LOSS.value, meter)
+                tx.meter_stop_wh, tx.stopped_at = meter, when
+                tx.stop_reason, tx.closed = StopReason.POWER_LOSS.value, True
+                self.observer.transaction_recovered(tx)
+            closed.append(tx)
+        return closed
+
+    def recovered_meter(self, tx: TxRecord) -> tuple[float, str]:
+        """meterStop of a transaction found open: the meter's register if plausible, else the
+        last journalled reading (at most ``meter_persist_s`` behind at the moment of the cut).
+
+        A power cut stops the charging and, with it, a meter that keeps its register: reading
+        it now gives the exact value. A lower register (meter replaced or reset) or one far
+        ahead (energy that flowed while nobody journalled it) is not trusted.
+        """
+        journal = tx.last_meter_wh
+        evse = self.evses.get(tx.evse_id)
+        reading = evse.reading if evse is not None else None
+        if evse is None or reading is None:
+            return journal, "last journalled reading; meter not readable"
+        register = reading.energy_import_wh
+        max_w = evse.max_current_a * evse.phases * NOMINAL_VOLTAGE
+        slack_wh = max_w * (self.meter_persist_s + RECOVERY_SLACK_S) / 3600.0
+        if journal <= register <= journal + slack_wh:
+            return register, "meter register at start-up"
+        return journal, (f"last journalled reading; register {register:.1f} Wh "
+                         f"not consistent with it")
 
     # ------------------------------------------------------------------ meter sampling
 

@@ -32,11 +32,11 @@ from agent.link.rpc import RpcSession
 
 log = logging.getLogger("cp_agent.link")
 
-SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1", "2.1": "ocpp2.1"}
 
 
 class Adapter(Protocol):
     version: str
+    subprotocol: str
     handlers: dict
 
     async def run_session(self, rpc: RpcSession) -> None: ...
@@ -193,12 +193,13 @@ class Link:
     async def _open(self, profile: ConnectionProfile) -> tuple[ClientConnection, str, Adapter]:
         """Handshake with ``profile`` and check the agreed version: the attempt proper."""
         url = profile.url
-        unknown = [v for v in profile.versions if v not in SUBPROTOCOLS]
+        unknown = [v for v in profile.versions if v not in self.adapters]
         if not profile.versions or unknown:
             raise LinkError(f"connection profile {profile.name!r} offers no OCPP version this "
                             f"agent knows ({', '.join(unknown) or 'none'}); "
                             f"check {_hint(profile, 'versions')}")
-        offered = [Subprotocol(SUBPROTOCOLS[v]) for v in profile.versions]
+        by_subprotocol = {self.adapters[v].subprotocol: v for v in profile.versions}
+        offered = [Subprotocol(sp) for sp in by_subprotocol]
         ping = self.ping_interval()
         kwargs: dict[str, Any] = {
             "subprotocols": offered,
@@ -230,20 +231,14 @@ class Link:
         except InvalidURI as exc:
             raise LinkError(f"connection profile {profile.name!r}: {exc}") from None
         agreed = ws.subprotocol
-        version = next((v for v, sp in SUBPROTOCOLS.items() if sp == agreed), None)
-        if version is None or version not in profile.versions:
+        version = by_subprotocol.get(agreed or "")
+        if version is None:
             await ws.close(code=1002, reason="no agreed OCPP subprotocol")
             raise LinkError(
                 f"CSMS at {url} agreed none of the offered OCPP versions "
                 f"({', '.join(offered)}); it answered {agreed!r}. "
                 f"Check {_hint(profile, 'versions')}.")
-        adapter = self.adapters.get(version)
-        if adapter is None:
-            await ws.close(code=1002, reason=f"OCPP {version} is not implemented")
-            raise LinkError(f"CSMS at {url} agreed OCPP {version}, which this agent "
-                            f"offers but does not implement yet. Remove it from "
-                            f"{_hint(profile, 'versions')}.")
-        return ws, version, adapter
+        return ws, version, self.adapters[version]
 
     async def close(self) -> None:
         ws = self._ws
@@ -252,4 +247,4 @@ class Link:
 
 
 __all__ = ["ConfigProfile", "ConnectionProfile", "Link", "LinkError", "ProfileProvider",
-           "SUBPROTOCOLS", "describe", "websockets"]
+           "describe", "websockets"]

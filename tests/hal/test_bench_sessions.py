@@ -356,7 +356,7 @@ async def running(rig: Rig, csms: Any, state: Path):
                   control=False)
     try:
         await agent.start()
-        await asyncio.wait_for(agent.v16.accepted.wait(), 10)
+        await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), 10)
         await csms.wait_for("StatusNotification", station_id="RIG1", timeout=10,
                             predicate=lambda p: p["connectorId"] == 0)
         await asyncio.wait_for(agent.ready.wait(), 10)  # every device passed its self-check
@@ -473,7 +473,7 @@ async def test_not_ready_while_a_required_device_fails(csms, short_dir):
     agent = Agent(agent_config(csms.url, short_dir, rig.hal_raw, [1]), hal=hal, control=False)
     try:
         await agent.start()
-        await asyncio.wait_for(agent.v16.accepted.wait(), 10)
+        await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), 10)
         results = await hal.self_check()
         bad = [r for r in results if not r.ok]
         assert [r.device.split(" (")[0] for r in bad] == ["evse 1 EV board"]

@@ -1,0 +1,100 @@
+"""Functional blocks: the unit an OCPP version is composed of.
+
+A block is one functional area of one version (1.6 feature profiles such as Core or
+LocalAuthListManagement; 2.0.1 blocks such as B Provisioning or C Authorization).  It
+
+- answers the CALLs of its area: methods marked ``@handles("Action")``;
+- declares its settings: 1.6 configuration keys / neutral settings (``SETTINGS``, or
+  :meth:`Block.settings` when they depend on the station), and for 2.0.1 the device-model
+  variables it owns (:meth:`Block.variables`);
+- may react to what the core reports (the :class:`agent.core.model.CoreObserver` methods:
+  ``status_changed``, ``transaction_started``, ... are called on every block that has them);
+- may own outbox actions (``OUTBOX_ACTIONS``) with ``prepare_outbox`` / ``outbox_result`` /
+  ``outbox_done`` hooks, called for its own actions only.
+
+Everything shared by the blocks of a version (the connection, the outbox sender, the status
+queue, registration, the core) is on the :class:`agent.ocpp.adapter.Adapter` they belong to,
+reachable as ``self.adapter``.  A block reads the core through snapshots and acts through the
+core's commands; it never takes the core's locks or touches the hardware.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from agent.core.settings import SettingDef
+
+if TYPE_CHECKING:
+    from agent.ocpp.adapter import Adapter
+
+Handler = Callable[[dict], Awaitable[dict]]
+F = TypeVar("F", bound=Callable[..., Awaitable[dict]])
+
+_ROUTE = "__ocpp_action__"
+
+
+def handles(action: str) -> Callable[[F], F]:
+    """Route decorator: the decorated coroutine method answers CALLs of ``action``.
+
+    The routing itself (schema validation, spec-correct errors for unknown actions and
+    malformed frames, one task per CALL) is :mod:`agent.link.rpc`'s; this only says which
+    method answers which action.
+    """
+
+    def mark(fn: F) -> F:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"@handles({action!r}) needs an async method, not {fn!r}")
+        setattr(fn, _ROUTE, action)
+        return fn
+
+    return mark
+
+
+def fixed_answer(answer: dict) -> Handler:
+    """A handler that always gives ``answer`` (requests of features this station lacks)."""
+
+    async def handler(payload: dict) -> dict:
+        return dict(answer)
+
+    return handler
+
+
+class Block:
+    """Base of every functional block module's class."""
+
+    SETTINGS: ClassVar[tuple[SettingDef, ...]] = ()
+    OUTBOX_ACTIONS: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, adapter: Adapter) -> None:
+        self.adapter = adapter
+        self.station = adapter.station
+        self.settings = adapter.settings
+        self.storage = adapter.storage
+        self.clock = adapter.clock
+
+    def settings_defs(self) -> tuple[SettingDef, ...]:
+        """The settings this block declares (registered in the one settings store)."""
+        return self.SETTINGS
+
+    def variables(self) -> list[Any]:
+        """2.0.1 / 2.1: the device-model variables (VarDef) this block owns."""
+        return []
+
+    def routes(self) -> dict[str, Handler]:
+        out: dict[str, Handler] = {}
+        for name, member in inspect.getmembers(type(self)):
+            action = getattr(member, _ROUTE, None)
+            if action is not None:
+                out[action] = getattr(self, name)
+        return out
+
+    def start(self) -> None:
+        """Agent start-up (tasks for the agent's lifetime go through ``adapter.spawn``)."""
+
+    def session_started(self) -> None:
+        """A connection's registration was accepted (or resumed after a mere reconnect)."""
+
+    def session_ended(self) -> None:
+        """The connection dropped."""

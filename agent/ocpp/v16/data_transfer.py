@@ -1,0 +1,17 @@
+"""1.6 Core profile: DataTransfer (no vendor extensions yet: every message id is unknown)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from agent.ocpp.blocks import Block, handles
+
+
+class DataTransfer(Block):
+    PROFILE: ClassVar[str] = "Core"
+
+    @handles("DataTransfer")
+    async def data_transfer(self, p: dict) -> dict:
+        if p["vendorId"] != self.adapter.ctx.vendor:
+            return {"status": "UnknownVendorId"}
+        return {"status": "UnknownMessageId"}

@@ -1,0 +1,74 @@
+"""1.6 RemoteTrigger profile: TriggerMessage (1.6 5.17).
+
+The triggered message follows the TriggerMessage.conf, never before it; a BootNotification
+sent on request does not re-register the station (its answer only sets the clock).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from agent.link.rpc import CallFailed
+from agent.ocpp.blocks import Block, handles
+from agent.ocpp.v16.availability import Availability
+from agent.ocpp.v16.metering import meter_value
+from agent.ocpp.v16.provisioning import Provisioning
+
+log = logging.getLogger("cp_agent.v16")
+
+PROFILE = "RemoteTrigger"
+TRIGGERABLE = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
+               "Heartbeat", "MeterValues", "StatusNotification")
+
+
+class RemoteTrigger(Block):
+    PROFILE: ClassVar[str] = PROFILE
+
+    @handles("TriggerMessage")
+    async def trigger_message(self, p: dict) -> dict:
+        what = p["requestedMessage"]
+        connector_id = p.get("connectorId")
+        if what not in TRIGGERABLE:
+            return {"status": "NotImplemented"}
+        if connector_id not in (None, 0) and connector_id not in self.station.evses:
+            return {"status": "Rejected"}
+        self.adapter.spawn(self._triggered(what, connector_id), f"v16-trigger-{what}")
+        return {"status": "Accepted"}
+
+    async def _triggered(self, what: str, connector_id: int | None) -> None:
+        await self.adapter.after_answer()
+        targets = ([self.station.evses[connector_id]] if connector_id
+                   else list(self.station.evses.values()))
+        if what == "BootNotification":
+            payload = self.adapter.block(Provisioning).boot_payload(None)
+            try:
+                res = await self.adapter.call("BootNotification", payload)
+                self.adapter.sync_clock(res.get("currentTime"))
+            except CallFailed as exc:
+                log.info("triggered BootNotification: %s", exc)
+        elif what == "Heartbeat":
+            await self.adapter.send_quiet("Heartbeat", {})
+        elif what == "StatusNotification":
+            availability = self.adapter.block(Availability)
+            if connector_id in (None, 0):
+                availability.queue_station_status()
+            for evse in targets:
+                availability.queue_status(evse.snapshot())
+        elif what == "MeterValues":
+            for evse in targets:
+                if not self.clock.trustworthy:
+                    continue
+                value = self.station.metering.measure(
+                    evse, self.settings["MeterValuesSampledData"], "Trigger")
+                if value is None:
+                    continue
+                mv: dict[str, Any] = {"connectorId": evse.id, "meterValue": [meter_value(value)]}
+                tx = evse.tx
+                if tx is not None and tx.remote_id is not None:
+                    mv["transactionId"] = int(tx.remote_id)
+                await self.adapter.send_quiet("MeterValues", mv)
+        elif what == "DiagnosticsStatusNotification":
+            await self.adapter.send_quiet("DiagnosticsStatusNotification", {"status": "Idle"})
+        elif what == "FirmwareStatusNotification":
+            await self.adapter.send_quiet("FirmwareStatusNotification", {"status": "Idle"})

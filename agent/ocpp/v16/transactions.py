@@ -1,0 +1,160 @@
+"""1.6 transactions: StartTransaction, MeterValues and StopTransaction through the outbox, and
+RemoteStartTransaction / RemoteStopTransaction.
+
+Transaction messages never go straight to the wire: they are committed to the durable outbox
+together with the journal change that caused them (the core calls ``transaction_started`` /
+``transaction_ended`` inside that storage transaction) and sent from there, so nothing is lost
+across outages and power cuts.  What is only known at send time is filled in then: the
+transactionId (from the journal, once the Start was confirmed) and the real time of events
+recorded while the clock could not be trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from agent.core.model import EvseSnapshot, StopReason, Token, TxPoint, TxRecord
+from agent.ocpp.blocks import Block, handles
+from agent.ocpp.v16.authorization import ID_TAG_MAX, Authorization, auth_info
+from agent.ocpp.v16.metering import fmt, meter_value
+from agent.storage import OutboxItem
+
+log = logging.getLogger("cp_agent.v16")
+
+TX_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})
+REASONS = frozenset({"EmergencyStop", "EVDisconnected", "HardReset", "Local", "Other",
+                     "PowerLoss", "Reboot", "Remote", "SoftReset", "UnlockCommand",
+                     "DeAuthorized"})
+
+
+class Transactions(Block):
+    PROFILE: ClassVar[str] = "Core"
+    OUTBOX_ACTIONS = TX_ACTIONS
+
+    # ------------------------------------------------------------------ core events
+
+    def _stop_sample(self, tx: TxRecord, snap: EvseSnapshot, context: str) -> None:
+        evse = self.station.evses[tx.evse_id]
+        self.station.metering.collect(tx, self.station.metering.measure(
+            evse, self.settings["StopTxnSampledData"], context))
+
+    def transaction_started(self, tx: TxRecord, snap: EvseSnapshot, trigger: TxPoint) -> None:
+        if not tx.parent:
+            # The group of the starting card, if the local list or cache knows it, lets a card
+            # of the same group stop the session even offline (1.6 3.10).
+            parent = self.station.authorization.known_parent(tx.id_token)
+            if parent:
+                tx.parent = parent
+                self.storage.tx_update(tx.local_id, parent=parent)
+        payload: dict[str, Any] = {
+            "connectorId": tx.evse_id, "idTag": tx.id_token[:ID_TAG_MAX],
+            "meterStart": int(round(tx.meter_start_wh)), "timestamp": tx.started_at}
+        if tx.reservation_id is not None:
+            payload["reservationId"] = tx.reservation_id
+        self.adapter.enqueue("StartTransaction", payload, tx_ref=tx.local_id)
+        self._stop_sample(tx, snap, "Transaction.Begin")
+
+    def transaction_ended(self, tx: TxRecord, reason: StopReason, snap: EvseSnapshot) -> None:
+        meter_stop = tx.meter_stop_wh if tx.meter_stop_wh is not None else tx.last_meter_wh
+        payload: dict[str, Any] = {
+            "meterStop": int(round(meter_stop)),
+            "timestamp": tx.stopped_at or self.clock.stamp(),
+            "transactionId": 0,  # filled in from the journal when the Start is confirmed
+            "reason": reason.value if reason.value in REASONS else "Other",
+        }
+        stopped_by = tx.stopped_by or tx.id_token
+        if reason == StopReason.LOCAL and stopped_by:
+            payload["idTag"] = stopped_by[:ID_TAG_MAX]
+        self._stop_sample(tx, snap, "Transaction.End")
+        data = [meter_value(v) for v in self.station.metering.collected(tx)]
+        if data:
+            payload["transactionData"] = data
+        self.adapter.enqueue("StopTransaction", payload, tx_ref=tx.local_id)
+
+    def transaction_recovered(self, tx: TxRecord) -> None:
+        """1.6 cannot resume a transaction across a restart: it ends with PowerLoss."""
+        meter = tx.meter_stop_wh if tx.meter_stop_wh is not None else tx.last_meter_wh
+        payload = {"meterStop": int(round(meter)),
+                   "timestamp": tx.stopped_at, "transactionId": 0, "reason": "PowerLoss"}
+        self.adapter.enqueue("StopTransaction", payload, tx_ref=tx.local_id)
+
+    # ------------------------------------------------------------------ outbox hooks
+
+    def prepare_outbox(self, item: OutboxItem, payload: dict) -> dict | None:
+        """Fill in the CSMS transaction id; None drops a message that can no longer be sent."""
+        if item.tx_ref is None or item.action == "StartTransaction":
+            return payload
+        tx = self.storage.tx_get(item.tx_ref)
+        if tx is None or tx.remote_id is None:
+            log.error("%s for transaction %s has no transactionId (its Start was never "
+                      "confirmed); dropping it", item.action, item.tx_ref)
+            return None
+        try:
+            payload["transactionId"] = int(tx.remote_id)
+        except ValueError:
+            log.error("transaction %s has an unusable CSMS id %r; dropping its %s",
+                      item.tx_ref, tx.remote_id, item.action)
+            return None
+        return payload
+
+    def outbox_result(self, item: OutboxItem, result: dict) -> None:
+        """Runs inside the SQLite transaction that acks the item (see OutboxSender)."""
+        info = result.get("idTagInfo")
+        id_tag = item.payload.get("idTag")
+        if isinstance(info, dict) and isinstance(id_tag, str):
+            self.adapter.block(Authorization).remember(id_tag, info)
+        if item.action != "StartTransaction" or item.tx_ref is None:
+            return
+        tx_id = str(result.get("transactionId"))
+        self.storage.tx_set_remote_id(item.tx_ref, tx_id)
+        parent = info.get("parentIdTag") if isinstance(info, dict) else None
+        if parent:
+            self.storage.tx_update(item.tx_ref, parent=parent)
+        evse = self.station.find_tx(local_id=item.tx_ref)
+        if evse is not None and evse.tx is not None:
+            evse.tx.remote_id = tx_id
+            if parent:
+                evse.tx.parent = parent
+        if isinstance(info, dict) and not auth_info(info).accepted and evse is not None:
+            # The CSMS answered late (the start was queued offline, or authorized locally with
+            # outdated data): 1.6 3.5.4 says stop, or only stop the energy.
+            log.warning("StartTransaction %s: idTag %s", tx_id, info.get("status"))
+            self.station.invalid_id_late(item.tx_ref)
+
+    def outbox_done(self, item: OutboxItem) -> None:
+        if item.action == "StopTransaction" and item.tx_ref is not None:
+            if self.storage.tx_outbox_pending(item.tx_ref) == 0:
+                self.storage.tx_forget(item.tx_ref)
+
+    # ------------------------------------------------------------------ remote control
+
+    @handles("RemoteStartTransaction")
+    async def remote_start(self, p: dict) -> dict:
+        if self.adapter.registration != "Accepted":
+            return {"status": "Rejected"}  # 4.2: nothing of the kind before the boot
+        connector_id = p.get("connectorId")
+        if connector_id is not None and connector_id not in self.station.evses:
+            return {"status": "Rejected"}
+        target = self.station.remote_start_target(connector_id)
+        if target is None:
+            return {"status": "Rejected"}
+        self.adapter.spawn(self._remote_start(Token(p["idTag"]), target.id), "v16-remote-start")
+        return {"status": "Accepted"}
+
+    async def _remote_start(self, token: Token, evse_id: int) -> None:
+        await self.adapter.after_answer()
+        await self.station.remote_start(token, evse_id)
+
+    @handles("RemoteStopTransaction")
+    async def remote_stop(self, p: dict) -> dict:
+        if self.adapter.registration != "Accepted":
+            return {"status": "Rejected"}
+        evse = self.station.find_tx(remote_id=str(p["transactionId"]))
+        if evse is None:
+            return {"status": "Rejected"}
+        self.adapter.spawn(evse.deauthorize(StopReason.REMOTE), "v16-remote-stop")
+        return {"status": "Accepted"}
+
+
+__all__ = ["Transactions", "TX_ACTIONS", "fmt"]
