@@ -22,7 +22,7 @@ from hal.interfaces import PilotChanged, TokenPresented
 from hal.mock import MockHal
 
 STATION_ID = "DEMO-CP1"
-TAG = "04A2B3C4D5"
+TAG = "04A2B3C4D5E680"  # a 7-byte ISO 14443 UID (4 or 7 bytes are valid)
 
 
 class Timeline:

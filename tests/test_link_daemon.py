@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -203,6 +204,9 @@ def test_demo_runs_as_a_subprocess_and_exits_0():
     assert "contactor CLOSED" in res.stdout
     assert "energy delivered" in res.stdout
     assert "schema errors    0" in res.stdout
+    # The card is a real ISO 14443 UID (4 or 7 bytes; a strict CSMS refuses a 5-byte one).
+    uid = re.search(r"RFID card (\S+) presented", res.stdout).group(1)
+    assert re.fullmatch(r"[0-9A-F]{8}|[0-9A-F]{14}", uid), uid
 
 
 def test_run_with_bad_config_exits_2_naming_the_key(tmp_path):
