@@ -161,3 +161,15 @@ async def charging201(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int
         and p["transactionInfo"].get("chargingState") == "Charging")
     await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), 5)
     return started
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    """Wait until ``predicate()`` holds (re-checked every few ms), or fail saying ``what``."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                if predicate():
+                    return
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout}s: {what}") from None

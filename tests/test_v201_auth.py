@@ -157,7 +157,7 @@ async def test_D01_D02_send_local_list_full_differential_and_version(csms201, ma
     assert diff["status"] == "Accepted"
     assert agent.storage.local_list_get("A") is None
     assert agent.storage.local_list_get("C")["status"] == "Accepted"
-    assert agent.storage.local_list_get("B")["groupIdToken"]["idToken"] == "G"
+    assert agent.storage.local_list_get("B")["parent"] == "G"  # stored in the neutral form
     entries = await link.call("GetVariables", {"getVariableData": [{
         "component": {"name": "LocalAuthListCtrlr"}, "variable": {"name": "Entries"}}]})
     assert entries["getVariableResult"][0]["attributeValue"] == "2"

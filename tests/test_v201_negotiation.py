@@ -32,8 +32,8 @@ async def test_csms_agreeing_2_0_1_gets_the_2_0_1_adapter(short_dir):
         await online201(agent, server)
         boot = server.messages("CP1", "BootNotification")[0]
         assert boot["chargingStation"]["vendorName"] == "cp-agent"
-        assert agent.link.version == "2.0.1" and agent.adapter is agent.v201
-        assert agent.station.observer is agent.v201
+        assert agent.link.version == "2.0.1" and agent.adapter is agent.adapters["2.0.1"]
+        assert agent.station.observer is agent.adapters["2.0.1"]
         assert agent.storage.get_setting("link.version") == "2.0.1"
         assert agent.status()["ocpp_version"] == "2.0.1"
         assert agent.status()["registration"] == "Accepted"
@@ -51,7 +51,7 @@ async def test_csms_speaking_only_1_6_gets_1_6_although_2_0_1_is_preferred(short
         await online(agent, server)
         boot = server.messages("CP1", "BootNotification")[0]
         assert boot["chargePointVendor"] == "cp-agent"
-        assert agent.link.version == "1.6" and agent.station.observer is agent.v16
+        assert agent.link.version == "1.6" and agent.station.observer is agent.adapters["1.6"]
         assert server.messages("CP1", "TransactionEvent") == []
     finally:
         await agent.stop()
@@ -86,7 +86,8 @@ async def test_offline_the_last_negotiated_version_is_in_charge(short_dir):
     again = await _with_agent(server, short_dir, ["1.6", "2.0.1"],
                               defaults={"AuthCtrlr.OfflineTxForUnknownIdEnabled": True})
     try:
-        assert again.adapter is again.v201 and again.station.observer is again.v201
+        v201 = again.adapters["2.0.1"]
+        assert again.adapter is v201 and again.station.observer is v201
         assert again.settings["AllowOfflineTxForUnknownId"] is True
         closed = asyncio.Event()
         again.station.traces.append(
@@ -133,7 +134,7 @@ async def test_version_change_reports_running_transaction_and_drops_foreign_mess
         assert "MeterValues" in {i.action for i in agent.storage.outbox_peek(100)}
         await server201.start()
         await online201(agent, server201, timeout=10)
-        assert agent.adapter is agent.v201
+        assert agent.adapter is agent.adapters["2.0.1"]
         dropped = agent.storage.outbox_dropped()
         assert dropped and all(d["action"] == "MeterValues" for d in dropped)
         assert "another OCPP version" in dropped[0]["reason"]

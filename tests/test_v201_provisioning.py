@@ -12,7 +12,8 @@ import json
 import pytest
 
 from agent.core.model import Token
-from tests.conftest import charging201, online201, tx_events
+from agent.ocpp.v201.provisioning import Provisioning
+from tests.conftest import charging201, eventually, online201, tx_events
 
 pytestmark = pytest.mark.asyncio
 
@@ -275,19 +276,25 @@ async def test_1_6_key_and_2_0_1_variable_are_one_setting(csms201, make_agent201
     assert got["attributeValue"] == "42"
     await set_one(link, "TxCtrlr", "EVConnectionTimeOut", "77")
     assert agent.settings["ConnectionTimeOut"] == 77
-    assert agent.storage.get_setting("v16.ConnectionTimeOut") == "77"
+    assert agent.storage.get_setting("setting.ConnectionTimeOut") == "77"
 
 
 async def test_basic_auth_password_set_by_csms_is_used_and_reported(csms201, make_agent201):
-    agent = await make_agent201()
+    csms201.passwords = {"CP1": "first-password-0001"}
+    agent = await make_agent201(profile=1, password="first-password-0001")
     link = await online201(agent, csms201)
     res = await set_one(link, "SecurityCtrlr", "BasicAuthPassword", "0123456789abcdefXYZ")
     assert res["attributeStatus"] == "Accepted"
-    assert agent.cfg.ocpp.password == "0123456789abcdefXYZ"
     event = await csms201.wait_for("SecurityEventNotification", station_id="CP1",
                                    predicate=lambda p: p["type"]
                                    == "ReconfigurationOfSecurityParameters")
     assert "BasicAuthPassword" in event["techInfo"]
+    # The next connection authenticates with the new password (the old one is refused now).
+    csms201.passwords = {"CP1": "0123456789abcdefXYZ"}
+    await csms201.kick("CP1")
+    await eventually(lambda: agent.link.connects == 2 and agent.link.connected.is_set(),
+                     "reconnected with the new password")
+    assert agent.link.last_error is None
 
 
 # ---------------------------------------------------------------- B07/B08 reports
@@ -373,7 +380,7 @@ async def test_notify_report_split_by_items_and_bytes_per_message(csms201, make_
         assert 1 <= len(p["reportData"]) <= 5
         assert len(json.dumps(p, separators=(",", ":"))) <= 1500 or len(p["reportData"]) == 1
     total = sum(len(p["reportData"]) for p in parts)
-    assert total == len(agent.adapters["2.0.1"].dm.defs)
+    assert total == len(agent.adapters["2.0.1"].block(Provisioning).dm.defs)
 
 
 async def test_TC_B_15_CS_summary_inventory_is_supported(csms201, make_agent201):

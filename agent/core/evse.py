@@ -377,6 +377,15 @@ class EvseController:
             return 0.0
         return raised + EV_ANSWER_GRACE_S - self._clock.monotonic()
 
+    async def settled_snapshot(self) -> EvseSnapshot:
+        """The EVSE once the input in progress (if any) has driven its outputs.
+
+        Adapters learn of a session event while the input that caused it is still being
+        handled; what they report about it must be the state that input leads to.
+        """
+        async with self.mutex:
+            return self.snapshot()
+
     async def reported(self) -> None:
         """Wait until the current status has been reported (control socket, tests)."""
         task = self._report_task
@@ -565,7 +574,8 @@ class EvseController:
             s.authorized_at = self._clock.monotonic()
             s.remote_start_id = remote_start_id
             self.reserved_for = None
-            self._observer().session_event(self.id, "authorized", {"token": token.id})
+            self._observer().session_event(self.id, "authorized",
+                                           {"token": token.id, "type": token.type})
             if not self.ev_connected:
                 self._start_connection_timer()
             await self._reconcile()

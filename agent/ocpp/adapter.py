@@ -191,7 +191,7 @@ class Adapter:
         try:
             await self._register()
             self._each("session_started")
-            self.spawn(self.status.run(self.call, self.spec.prepare_status),
+            self.spawn(self.status.run(self.call, lambda p: self.spec.prepare_status(self, p)),
                        f"{self.version}-status", session=True)
             self.spawn(self._heartbeat(), f"{self.version}-heartbeat", session=True)
             self.spawn(self.outbox.run(rpc), f"{self.version}-outbox", session=True)

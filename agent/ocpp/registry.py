@@ -38,7 +38,7 @@ class VersionSpec:
     # Whether the status of ``key`` may be sent now (1.6: not before its StartTransaction).
     status_ready: Callable[[Adapter, Hashable], bool] = lambda adapter, key: True
     # Last-moment completion of a status payload (e.g. a deferred timestamp).
-    prepare_status: Callable[[dict], dict] = lambda payload: payload
+    prepare_status: Callable[[Adapter, dict], dict] = lambda adapter, payload: payload
     # The clock was set from the CSMS time (2.0.1: a security event past a threshold).
     clock_corrected: Callable[[Adapter, float], None] = lambda adapter, delta: None
     # 1.6: the CSMS assigns transaction ids; 2.0.1: the station's own id is the transactionId.

@@ -1,31 +1,39 @@
 """The OCPP 2.0.1 device model: components, variables, attributes and their characteristics.
 
 2.0.1 replaces 1.6's flat configuration keys with (component, variable, attribute) triples.
-This module declares the standardized ones a station of this kind has (part 2 appendix 3 and
-the "Referenced Components and Variables" list of the part 6 test cases) and answers
-GetVariables / SetVariables / reports from that declaration.
+This module is the machinery that answers GetVariables / SetVariables / reports from the
+declarations; the declarations themselves belong to the functional blocks that use them (each
+block's ``variables()``: TxCtrlr in transactions, AuthCtrlr in authorization, ...), and the
+model of a station is the union of its blocks' variables.
 
 One installation may speak 1.6 today and 2.0.1 tomorrow, so a setting must not fork into two
-copies: every variable that 1.6 knows as a configuration key (HeartbeatInterval,
-MeterValueSampleInterval = TxUpdatedInterval, ConnectionTimeOut = EVConnectionTimeOut, ...) is
-stored through :class:`ConfigurationKeys`, the same persisted value whichever protocol changed
-it.  Variables 2.0.1 alone has are persisted under the ``v201.dm.`` settings prefix.  Values
-that describe the live station (AvailabilityState, Power, Problem, DateTime, ...) are read
-from getters the adapter supplies, never stored.
+copies: a variable the core also reads (HeartbeatInterval, TxUpdatedInterval =
+MeterValueSampleInterval, EVConnectionTimeOut = ConnectionTimeOut, ...) names its neutral
+setting (``VarDef.setting``) and is read and written through the one
+:class:`agent.core.settings.Settings` store, whichever protocol changed it.  Variables 2.0.1
+alone has are persisted under the ``v201.dm.`` settings prefix (unchanged, so state files keep
+working).  Values that describe the live station (AvailabilityState, Power, Problem, DateTime,
+...) are read from getters the blocks supply, never stored.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from agent.clock import parse_iso
-from agent.ocpp.v16.keys import MEASURANDS, ConfigurationKeys
+from agent.core.settings import MEASURANDS, SettingError, Settings
+from agent.core.settings import PREFIX as SETTINGS_PREFIX
+from agent.ocpp.adapter import EvseInfo
+from agent.ocpp.blocks import Block
 from agent.storage import Storage
+
+log = logging.getLogger("cp_agent.v201")
 
 PREFIX = "v201.dm."
 
@@ -35,22 +43,10 @@ TX_POINTS = ("EVConnected", "Authorized", "PowerPathClosed", "EnergyTransfer")
 NETWORK_SLOTS = ("1", "2", "3", "4", "5")  # SetNetworkProfile configuration slots
 AVAILABILITY_STATES = ("Available", "Occupied", "Reserved", "Unavailable", "Faulted")
 
-# Physical components that report hardware faults (NotifyEvent) and their Problem-like
-# variable.  Declared here so that every NotifyEvent names a component/variable pair the
-# CSMS can also find in a FullInventory report.
-FAULT_COMPONENTS = (
-    ("FiscalMetering", "Problem"),
-    ("PowerContactor", "Problem"),
-    ("CPPWMController", "Problem"),
-    ("ConnectorPlugRetentionLock", "Problem"),
-    ("Controller", "Problem"),
-    ("OverCurrentProtection", "Active"),
-    ("ElectricalFeed", "Problem"),
-    ("TemperatureSensor", "Active"),
-    ("RCD", "Tripped"),
-)
-
 _INT = re.compile(r"^[+-]?\d+$")
+
+__all__ = ["Attr", "DeviceModel", "EvseInfo", "MEASURANDS_201", "VarDef", "VariableBlock",
+           "factory_names", "ro", "rw", "split_report"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ class VarDef:
     min_limit: float | None = None
     max_limit: float | None = None
     values_list: tuple[str, ...] | None = None
-    key16: str | None = None  # the 1.6 configuration key holding the same setting
+    setting: str | None = None  # the neutral setting (agent.core.settings) holding the value
     reboot: bool = False  # a change takes effect only after a restart
     check: Callable[[str], str | None] | None = None  # extra validation: reason or None
     constant: bool = False
@@ -139,294 +135,140 @@ class VarDef:
         return out
 
 
-@dataclass
-class EvseInfo:
-    id: int
-    phases: int
-    max_power_w: float
-    connector_type: str = "cType2"
-
-
-@dataclass
-class StationInfo:
-    identity: str
-    vendor: str
-    model: str
-    serial_number: str | None
-    firmware_version: str
-    security_profile: int
-    message_timeout_s: int
-    evses: list[EvseInfo] = field(default_factory=list)
-
-
-@dataclass
-class LiveValues:
-    """Getters for values that describe the station as it is, supplied by the adapter."""
-
-    availability: Callable[[int | None], str]  # evse id or None for the station
-    problem: Callable[[str, int | None], bool]  # component name, evse id (None: station)
-    power_w: Callable[[int], float]
-    now_iso: Callable[[], str]
-    local_list_entries: Callable[[], int]
-
-
-def _b(value: bool) -> str:
+def b(value: bool) -> str:
     return "true" if value else "false"
 
 
-def _ro(component: str, name: str, data_type: str, value: str | Callable[[], str],
-        **kw: Any) -> VarDef:
-    """Read-only: a live getter, or a fixed value an installer may set in ``ocpp.defaults``."""
+def num(value: float) -> str:
+    """A decimal as a meter shows it: no float noise, no trailing zeros."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+def ro(component: str, name: str, data_type: str, value: str | Callable[[], str] = "",
+       **kw: Any) -> VarDef:
+    """Read-only: a live getter, or a fixed value an installer may set in ``ocpp.defaults``
+    (or, with ``setting=``, the neutral setting's value)."""
     attr = (Attr("Actual", "ReadOnly", getter=value) if callable(value)
             else Attr("Actual", "ReadOnly", default=value))
     return VarDef(component, name, data_type, (attr,), **kw)
 
 
-def _rw(component: str, name: str, data_type: str, default: str = "", **kw: Any) -> VarDef:
+def rw(component: str, name: str, data_type: str, default: str = "", **kw: Any) -> VarDef:
+    """Read-write: stored under ``v201.dm.`` or, with ``setting=``, the neutral setting."""
     return VarDef(component, name, data_type, (Attr("Actual", "ReadWrite", default=default),),
                   **kw)
 
 
-def _check_tx_points(text: str) -> str | None:
-    return None if text.strip() else "at least one point is needed"
+class VariableBlock(Block):
+    """A 2.0.1 block that owns device-model variables.
 
-
-def standard_variables(info: StationInfo, live: LiveValues) -> list[VarDef]:
-    """The components and variables of this station."""
-    measurands = MEASURANDS_201
-    v: list[VarDef] = [
-        # -------------------------------------------------------------- OCPPCommCtrlr
-        _rw("OCPPCommCtrlr", "HeartbeatInterval", "integer", unit="s", min_limit=0,
-            max_limit=86400, key16="HeartbeatInterval"),
-        _rw("OCPPCommCtrlr", "WebSocketPingInterval", "integer", unit="s", min_limit=0,
-            max_limit=3600, key16="WebSocketPingInterval"),
-        _rw("OCPPCommCtrlr", "MessageAttempts", "integer", instance="TransactionEvent",
-            min_limit=1, max_limit=100, key16="TransactionMessageAttempts"),
-        _rw("OCPPCommCtrlr", "MessageAttemptInterval", "integer", instance="TransactionEvent",
-            unit="s", min_limit=1, max_limit=86400, key16="TransactionMessageRetryInterval"),
-        _ro("OCPPCommCtrlr", "MessageTimeout", "integer", str(info.message_timeout_s),
-            instance="Default", unit="s"),
-        _rw("OCPPCommCtrlr", "OfflineThreshold", "integer", "60", unit="s", min_limit=0,
-            max_limit=86400),
-        _rw("OCPPCommCtrlr", "ResetRetries", "integer", min_limit=0, max_limit=10,
-            key16="ResetRetries"),
-        _rw("OCPPCommCtrlr", "UnlockOnEVSideDisconnect", "boolean",
-            key16="UnlockConnectorOnEVSideDisconnect"),
-        _rw("OCPPCommCtrlr", "MinimumStatusDuration", "integer", unit="s", min_limit=0,
-            max_limit=3600, key16="MinimumStatusDuration"),
-        _ro("OCPPCommCtrlr", "FileTransferProtocols", "MemberList", "",
-            values_list=("HTTPS",)),
-        _rw("OCPPCommCtrlr", "NetworkConfigurationPriority", "SequenceList", "1",
-            values_list=NETWORK_SLOTS, reboot=True),
-        _rw("OCPPCommCtrlr", "NetworkProfileConnectionAttempts", "integer", "3", min_limit=1,
-            max_limit=100),
-        _ro("OCPPCommCtrlr", "QueueAllMessages", "boolean", "false"),
-        _rw("OCPPCommCtrlr", "RetryBackOffRepeatTimes", "integer", "5", min_limit=0,
-            max_limit=30),
-        _rw("OCPPCommCtrlr", "RetryBackOffRandomRange", "integer", "10", unit="s",
-            min_limit=0, max_limit=3600),
-        _rw("OCPPCommCtrlr", "RetryBackOffWaitMinimum", "integer", "1", unit="s",
-            min_limit=0, max_limit=3600),
-        # -------------------------------------------------------------- TxCtrlr
-        _rw("TxCtrlr", "EVConnectionTimeOut", "integer", unit="s", min_limit=1,
-            max_limit=3600, key16="ConnectionTimeOut"),
-        _rw("TxCtrlr", "StopTxOnEVSideDisconnect", "boolean",
-            key16="StopTransactionOnEVSideDisconnect"),
-        _rw("TxCtrlr", "StopTxOnInvalidId", "boolean", key16="StopTransactionOnInvalidId"),
-        _rw("TxCtrlr", "MaxEnergyOnInvalidId", "integer", unit="Wh", min_limit=0,
-            key16="MaxEnergyOnInvalidId"),
-        _rw("TxCtrlr", "TxStartPoint", "MemberList", "PowerPathClosed", values_list=TX_POINTS,
-            check=_check_tx_points),
-        _rw("TxCtrlr", "TxStopPoint", "MemberList", "EVConnected,Authorized",
-            values_list=TX_POINTS, check=_check_tx_points),
-        _ro("TxCtrlr", "TxBeforeAcceptedEnabled", "boolean", "false"),
-        # -------------------------------------------------------------- SampledDataCtrlr
-        _ro("SampledDataCtrlr", "Enabled", "boolean", "true"),
-        _ro("SampledDataCtrlr", "Available", "boolean", "true"),
-        _ro("SampledDataCtrlr", "SignReadings", "boolean", "false"),
-        _rw("SampledDataCtrlr", "TxStartedMeasurands", "MemberList",
-            "Energy.Active.Import.Register", values_list=measurands,
-            max_limit=len(measurands)),
-        _rw("SampledDataCtrlr", "TxUpdatedInterval", "integer", unit="s", min_limit=0,
-            max_limit=86400, key16="MeterValueSampleInterval"),
-        _rw("SampledDataCtrlr", "TxUpdatedMeasurands", "MemberList", values_list=measurands,
-            max_limit=len(measurands), key16="MeterValuesSampledData"),
-        _rw("SampledDataCtrlr", "TxEndedInterval", "integer", "0", unit="s", min_limit=0,
-            max_limit=86400),
-        _rw("SampledDataCtrlr", "TxEndedMeasurands", "MemberList", values_list=measurands,
-            max_limit=len(measurands), key16="StopTxnSampledData"),
-        # -------------------------------------------------------------- AlignedDataCtrlr
-        _ro("AlignedDataCtrlr", "Enabled", "boolean", "true"),
-        _ro("AlignedDataCtrlr", "Available", "boolean", "true"),
-        _ro("AlignedDataCtrlr", "SignReadings", "boolean", "false"),
-        _rw("AlignedDataCtrlr", "Interval", "integer", unit="s", min_limit=0,
-            max_limit=86400, key16="ClockAlignedDataInterval"),
-        _rw("AlignedDataCtrlr", "Measurands", "MemberList", values_list=measurands,
-            max_limit=len(measurands), key16="MeterValuesAlignedData"),
-        _rw("AlignedDataCtrlr", "SendDuringIdle", "boolean", "false"),
-        _rw("AlignedDataCtrlr", "TxEndedInterval", "integer", "0", unit="s", min_limit=0,
-            max_limit=86400),
-        _rw("AlignedDataCtrlr", "TxEndedMeasurands", "MemberList", values_list=measurands,
-            max_limit=len(measurands), key16="StopTxnAlignedData"),
-        # -------------------------------------------------------------- AuthCtrlr
-        _ro("AuthCtrlr", "Enabled", "boolean", "true"),
-        _rw("AuthCtrlr", "AuthorizeRemoteStart", "boolean", key16="AuthorizeRemoteTxRequests"),
-        _rw("AuthCtrlr", "LocalAuthorizeOffline", "boolean", key16="LocalAuthorizeOffline"),
-        _rw("AuthCtrlr", "LocalPreAuthorize", "boolean", key16="LocalPreAuthorize"),
-        _rw("AuthCtrlr", "OfflineTxForUnknownIdEnabled", "boolean",
-            key16="AllowOfflineTxForUnknownId"),
-        _rw("AuthCtrlr", "DisableRemoteAuthorization", "boolean", "false"),
-        # -------------------------------------------------------------- AuthCacheCtrlr
-        _rw("AuthCacheCtrlr", "Enabled", "boolean", key16="AuthorizationCacheEnabled"),
-        _ro("AuthCacheCtrlr", "Available", "boolean", "true"),
-        _rw("AuthCacheCtrlr", "LifeTime", "integer", "86400", unit="s", min_limit=1,
-            max_limit=31536000),
-        _rw("AuthCacheCtrlr", "DisablePostAuthorize", "boolean", "false"),
-        # -------------------------------------------------------------- LocalAuthListCtrlr
-        _rw("LocalAuthListCtrlr", "Enabled", "boolean", key16="LocalAuthListEnabled"),
-        _ro("LocalAuthListCtrlr", "Available", "boolean", "true"),
-        _ro("LocalAuthListCtrlr", "Entries", "integer",
-            lambda: str(live.local_list_entries()), max_limit=10000),
-        _ro("LocalAuthListCtrlr", "ItemsPerMessage", "integer", "1000"),
-        _ro("LocalAuthListCtrlr", "BytesPerMessage", "integer", "262144"),
-        _rw("LocalAuthListCtrlr", "DisablePostAuthorize", "boolean", "false"),
-        # -------------------------------------------------------------- DeviceDataCtrlr
-        _ro("DeviceDataCtrlr", "ItemsPerMessage", "integer", "32", instance="GetReport"),
-        _ro("DeviceDataCtrlr", "ItemsPerMessage", "integer", "32", instance="GetVariables"),
-        _ro("DeviceDataCtrlr", "ItemsPerMessage", "integer", "32", instance="SetVariables"),
-        _ro("DeviceDataCtrlr", "BytesPerMessage", "integer", "16384", instance="GetReport"),
-        _ro("DeviceDataCtrlr", "BytesPerMessage", "integer", "16384",
-            instance="GetVariables"),
-        _ro("DeviceDataCtrlr", "BytesPerMessage", "integer", "16384",
-            instance="SetVariables"),
-        _ro("DeviceDataCtrlr", "ValueSize", "integer", "2500"),
-        # -------------------------------------------------------------- ClockCtrlr
-        _ro("ClockCtrlr", "DateTime", "dateTime", live.now_iso),
-        _rw("ClockCtrlr", "TimeSource", "SequenceList", "Heartbeat",
-            values_list=("Heartbeat",)),
-        _rw("ClockCtrlr", "TimeZone", "string", "", max_limit=50),
-        _rw("ClockCtrlr", "TimeOffset", "string", "", max_limit=6),
-        _rw("ClockCtrlr", "NextTimeOffsetTransitionDateTime", "dateTime", ""),
-        _rw("ClockCtrlr", "TimeAdjustmentReportingThreshold", "integer", "20", unit="s",
-            min_limit=0),
-        # -------------------------------------------------------------- SecurityCtrlr
-        _ro("SecurityCtrlr", "SecurityProfile", "integer", str(info.security_profile)),
-        _ro("SecurityCtrlr", "Identity", "string", info.identity, max_limit=48),
-        _rw("SecurityCtrlr", "OrganizationName", "string", "", max_limit=50),
-        _ro("SecurityCtrlr", "CertificateEntries", "integer", "0"),
-        VarDef("SecurityCtrlr", "BasicAuthPassword", "string",
-               (Attr("Actual", "WriteOnly", default=""),), min_limit=16, max_limit=40,
-               check=_check_password),
-        # -------------------------------------------------------------- ReservationCtrlr
-        _ro("ReservationCtrlr", "Enabled", "boolean", "false"),
-        _ro("ReservationCtrlr", "Available", "boolean", "false"),
-        _ro("ReservationCtrlr", "NonEvseSpecific", "boolean", "false"),
-        # -------------------------------------------------------------- SmartChargingCtrlr
-        _ro("SmartChargingCtrlr", "Enabled", "boolean", "false"),
-        _ro("SmartChargingCtrlr", "Available", "boolean", "false"),
-        _ro("SmartChargingCtrlr", "Entries", "integer", "0", instance="ChargingProfiles"),
-        _rw("SmartChargingCtrlr", "LimitChangeSignificance", "decimal", "10", unit="Percent",
-            min_limit=0, max_limit=100),
-        _ro("SmartChargingCtrlr", "PeriodsPerSchedule", "integer", "0"),
-        _ro("SmartChargingCtrlr", "ProfileStackLevel", "integer", "0"),
-        _ro("SmartChargingCtrlr", "RateUnit", "MemberList", "A", values_list=("A", "W")),
-        # -------------------------------------------------------------- ChargingStation
-        _ro("ChargingStation", "AvailabilityState", "OptionList",
-            lambda: live.availability(None), values_list=AVAILABILITY_STATES),
-        _ro("ChargingStation", "Available", "boolean", "true"),
-        _ro("ChargingStation", "Problem", "boolean",
-            lambda: _b(live.problem("ChargingStation", None))),
-        _ro("ChargingStation", "SupplyPhases", "integer",
-            str(max((e.phases for e in info.evses), default=3))),
-        _ro("ChargingStation", "VendorName", "string", info.vendor),
-        _ro("ChargingStation", "Model", "string", info.model),
-        _ro("TokenReader", "Problem", "boolean",
-            lambda: _b(live.problem("TokenReader", None))),
-        _ro("Controller", "FirmwareVersion", "string", info.firmware_version),
-    ]
-    if info.serial_number:
-        v.append(_ro("ChargingStation", "SerialNumber", "string", info.serial_number))
-    for e in info.evses:
-        eid = e.id
-        v += [
-            _ro("EVSE", "AvailabilityState", "OptionList",
-                lambda eid=eid: live.availability(eid), values_list=AVAILABILITY_STATES,
-                evse=eid),
-            _ro("EVSE", "Available", "boolean", "true", evse=eid),
-            _ro("EVSE", "Problem", "boolean", lambda eid=eid: _b(live.problem("EVSE", eid)),
-                evse=eid),
-            VarDef("EVSE", "Power", "decimal",
-                   (Attr("Actual", "ReadOnly", getter=lambda eid=eid: _num(live.power_w(eid))),
-                    Attr("MaxSet", "ReadOnly", getter=lambda p=e.max_power_w: _num(p))),
-                   evse=eid, unit="W", max_limit=e.max_power_w),
-            _ro("EVSE", "SupplyPhases", "integer", str(e.phases), evse=eid),
-            _ro("Connector", "AvailabilityState", "OptionList",
-                lambda eid=eid: live.availability(eid), values_list=AVAILABILITY_STATES,
-                evse=eid, connector=1),
-            _ro("Connector", "Available", "boolean", "true", evse=eid, connector=1),
-            _ro("Connector", "ConnectorType", "string", e.connector_type, evse=eid,
-                connector=1),
-            _ro("Connector", "SupplyPhases", "integer", str(e.phases), evse=eid, connector=1),
-        ]
-        for comp, var in FAULT_COMPONENTS:
-            connector = 1 if comp == "ConnectorPlugRetentionLock" else None
-            v.append(_ro(comp, var, "boolean",
-                         lambda comp=comp, eid=eid: _b(live.problem(comp, eid)),
-                         evse=eid, connector=connector))
-    return v
-
-
-def translate_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
-    """``ocpp.defaults`` with 2.0.1 names of shared settings renamed to their 1.6 keys.
-
-    An installer writing ``SampledDataCtrlr.TxUpdatedInterval: 10`` means the same setting
-    as ``MeterValueSampleInterval: 10``; :class:`ConfigurationKeys` only knows the latter.
+    ``VARIABLES`` are the fixed declarations, readable without a live station (the composition
+    root maps ``ocpp.defaults`` from them before the settings store exists, see
+    :func:`factory_names`); every variable mapped to a neutral setting must be one of them.
+    ``live_variables()`` adds those that depend on the station (per EVSE, live getters).
     """
-    info = StationInfo("x", "x", "x", None, "x", 0, 30)
-    live = LiveValues(lambda e: "", lambda c, e: False, lambda e: 0.0, lambda: "",
-                      lambda: 0)
-    names = {d.short_name: d.key16 for d in standard_variables(info, live) if d.key16}
-    out = dict(defaults)
-    for name, value in defaults.items():
-        if name in names:
-            out[names[name]] = value
+
+    VARIABLES: ClassVar[tuple[VarDef, ...]] = ()
+
+    def live_variables(self) -> list[VarDef]:
+        return []
+
+    def variables(self) -> list[VarDef]:
+        live = self.live_variables()
+        mapped = [d.short_name for d in live if d.setting is not None]
+        if mapped:
+            raise TypeError(f"{type(self).__name__}: variables mapped to a setting must be in "
+                            f"VARIABLES: {', '.join(mapped)}")
+        return [*self.VARIABLES, *live]
+
+    @property
+    def dm(self) -> DeviceModel:
+        from agent.ocpp.v201.provisioning import Provisioning
+
+        return self.adapter.block(Provisioning).dm
+
+
+# Factory values of neutral settings where a 2.0.1 station has always differed from the
+# neutral default (AuthCacheCtrlr.LifeTime: a day, where 1.6 has no lifetime at all).
+FACTORY_201: dict[str, Any] = {"AuthCacheLifeTime": 86400}
+
+
+def _block_classes() -> tuple[type[Block], ...]:
+    from agent.ocpp.v201 import SPEC  # the registry entry imports this module
+
+    return SPEC.blocks
+
+
+def factory_names(defaults: dict[str, Any]) -> dict[str, Any]:
+    """``ocpp.defaults`` written with 2.0.1 names of shared settings, as neutral names.
+
+    An installer writing ``SampledDataCtrlr.TxUpdatedInterval: 10`` means the same setting as
+    ``MeterValueSampleInterval: 10``; the settings store only knows the latter.  Needs no live
+    adapter: the mapped variables are the blocks' fixed ``VARIABLES``.  Includes the 2.0.1
+    factory values of :data:`FACTORY_201` (``VersionSpec.factory_names``: names the installer
+    wrote as such win).
+    """
+    names = {d.short_name: d.setting for cls in _block_classes()
+             for d in getattr(cls, "VARIABLES", ()) if d.setting}
+    out = dict(FACTORY_201)
+    out.update({names[name]: value for name, value in defaults.items() if name in names})
     return out
 
 
-def _check_password(text: str) -> str | None:
+def check_password(text: str) -> str | None:
     # 2.0.1 passwordString: 16-40 characters of the identifierString set plus a few specials.
     if not re.fullmatch(r"[A-Za-z0-9*\-_=:+|@.]{16,40}", text):
         return "16-40 letters, digits or *-_=:+|@."
     return None
 
 
-def _num(value: float) -> str:
-    text = f"{value:.3f}".rstrip("0").rstrip(".")
-    return text if text not in ("", "-0") else "0"
-
-
 class DeviceModel:
     """Typed, persisted access to the variables; GetVariables/SetVariables/report logic."""
 
-    def __init__(self, storage: Storage, keys: ConfigurationKeys, defs: Iterable[VarDef],
+    def __init__(self, settings: Settings, storage: Storage, defs: Iterable[VarDef],
                  defaults: dict[str, Any] | None = None) -> None:
+        self._settings = settings
         self._storage = storage
-        self._keys = keys
         self.defs: list[VarDef] = list(defs)
         self._by_comp: dict[tuple, dict[tuple, VarDef]] = {}
         for d in self.defs:
-            self._by_comp.setdefault(d.comp_key, {})[d.var_key] = d
+            known = self._by_comp.setdefault(d.comp_key, {})
+            if d.var_key in known:
+                raise ValueError(f"device-model variable {d.storage_id} declared twice")
+            if d.setting is not None and d.setting not in settings:
+                raise ValueError(f"{d.short_name} maps to the unknown setting {d.setting}")
+            known[d.var_key] = d
         self._names: dict[str, VarDef] = {d.short_name: d for d in self.defs if d.evse is None}
-        # Factory values from the YAML (``ocpp.defaults``), under what CSMS changes persisted.
+        # Factory values from the YAML (``ocpp.defaults``), under what CSMS changes persisted;
+        # those of mapped variables went to the settings store (factory_names).
         self._factory: dict[str, str] = {}
         for name, value in (defaults or {}).items():
             d = self._names.get(name)
-            if d is None:
-                continue  # a 1.6 key (ConfigurationKeys takes it) or another version's name
+            if d is None or d.setting is not None:
+                continue  # a neutral / 1.6 name, another version's name, or a mapped variable
             text = ",".join(str(x) for x in value) if isinstance(value, list) else (
-                _b(value) if isinstance(value, bool) else str(value))
+                b(value) if isinstance(value, bool) else str(value))
             self._factory[d.storage_id] = text
         self.listeners: list[Callable[[VarDef, str], None]] = []
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Values a CSMS set while a variable was 2.0.1's own move to its neutral setting."""
+        for d in self.defs:
+            if d.setting is None:
+                continue
+            old = self._skey(d, "Actual")
+            text = self._storage.get_setting(old)
+            if text is None:
+                continue
+            if self._storage.get_setting(SETTINGS_PREFIX + d.setting) is None:
+                try:
+                    self._settings.set_internal(d.setting,
+                                                self._settings.defs[d.setting].parse(text))
+                except SettingError as exc:
+                    log.warning("stored %s=%r not carried over: %s", d.short_name, text, exc)
+            self._storage.delete_setting(old)
 
     # ------------------------------------------------------------------ typed access
 
@@ -454,9 +296,8 @@ class DeviceModel:
         assert attr is not None
         if attr.getter is not None:
             return attr.getter()
-        if d.key16 is not None and kind == "Actual":
-            kd = self._keys.defs[d.key16]
-            return kd.format(self._keys[d.key16])
+        if d.setting is not None and kind == "Actual":
+            return self._settings.defs[d.setting].format(self._settings[d.setting])
         stored = self._storage.get_setting(self._skey(d, kind))
         if stored is not None:
             return stored
@@ -535,8 +376,8 @@ class DeviceModel:
                                              "additionalInfo": problem[:512]}
             return result, None
         text = self._normalize(d, text)
-        if d.key16 is not None and kind == "Actual":
-            status = self._keys.change(d.key16, text)
+        if d.setting is not None and kind == "Actual":
+            status = self._settings.change(d.setting, text)
             if status not in ("Accepted", "RebootRequired"):
                 result["attributeStatus"] = "Rejected"
                 result["attributeStatusInfo"] = {"reasonCode": "InvalidValue"}
