@@ -11,6 +11,7 @@ import sys
 
 from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.ocpp import registry
 
 EXIT_CONFIG = 2
 
@@ -139,6 +140,7 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    versions = list(registry.versions())
     p = argparse.ArgumentParser(prog="cp-agent", description="OCPP charge point agent")
     p.add_argument("--version", action="version", version=f"cp-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,8 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("demo", help="play a charging session against a local CSMS (mock HAL)")
-    d.add_argument("--ocpp", default="1.6", choices=["1.6", "2.0.1"],
-                   help="OCPP version to speak (default 1.6)")
+    d.add_argument("--ocpp", default=versions[0], choices=versions,
+                   help=f"OCPP version to speak (default {versions[0]})")
     d.add_argument("-v", "--verbose", action="store_true", help="also print agent logs")
     d.set_defaults(func=cmd_demo)
     sub.add_parser("ctl", help="drive a running agent (bench tool); see `cp-agent ctl -h`",
@@ -167,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--csms", required=True, metavar="URL",
                     help="CSMS websocket URL; the station id is appended to it")
     sw.add_argument("--count", type=int, required=True, metavar="N", help="stations")
-    sw.add_argument("--ocpp", default="1.6", choices=["1.6", "2.0.1"], metavar="VERSION",
-                    help="OCPP version: 1.6 (default) or 2.0.1")
+    sw.add_argument("--ocpp", default=versions[0], choices=versions, metavar="VERSION",
+                    help=f"OCPP version: one of {', '.join(versions)} (default {versions[0]})")
     sw.add_argument("--id-prefix", default="SWARM-", metavar="P",
                     help="station ids are P00001, P00002, ... (default SWARM-); give each "
                          "swarm process its own prefix")
