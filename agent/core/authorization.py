@@ -190,6 +190,37 @@ class AuthorizationPolicy:
         if self._judged(listed, "local_list").accepted != info.accepted:
             rules.on_conflict(token_id, listed, info)
 
+    def update_local_list(self, version: int, entries: dict[str, AuthInfo | None], *,
+                          full: bool) -> str:
+        """SendLocalList, all of it with its version or nothing (1.6 5.15, 2.0.1 D01/D02).
+
+        ``entries`` maps tokens to their verdict, None to remove one (differential only).
+        Returns Accepted, VersionMismatch (a differential update not newer than the list),
+        OutOfStorage (more than LocalAuthListMaxLength entries) or Failed (the state file).
+        """
+        stored = {k: v.stored() if v is not None else None for k, v in entries.items()}
+        limit = self.settings["LocalAuthListMaxLength"]
+        try:
+            if full:
+                kept = {k: v for k, v in stored.items() if v is not None}
+                if len(kept) > limit:
+                    return "OutOfStorage"
+                self.storage.local_list_replace(version, kept)
+                return "Accepted"
+            if version <= self.storage.local_list_version():
+                return "VersionMismatch"
+            added = sum(1 for k, v in stored.items()
+                        if v is not None and self.storage.local_list_get(k) is None)
+            removed = sum(1 for k, v in stored.items()
+                          if v is None and self.storage.local_list_get(k) is not None)
+            if self.storage.local_list_count() + added - removed > limit:
+                return "OutOfStorage"
+            self.storage.local_list_apply(version, stored)
+        except StorageError as exc:
+            log.error("local authorization list not updated: %s", exc)
+            return "Failed"
+        return "Accepted"
+
     def _post_authorize_disabled(self, source: str) -> bool:
         name = ("AuthCacheDisablePostAuthorize" if source == "cache"
                 else "LocalAuthListDisablePostAuthorize")

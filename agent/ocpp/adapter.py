@@ -307,6 +307,19 @@ class Adapter:
             raise ConnectionLost(f"{action}: not connected or not accepted")
         return await rpc.call(action, payload)
 
+    async def ask(self, action: str, payload: dict) -> dict | None:
+        """A question whose answer decides something (Authorize): the answer, ``{}`` when the
+        CSMS answered with an error (an answer all the same: 2.0.1 C13.FR.04), or None when
+        the CSMS could not be reached (not connected, no answer in time)."""
+        try:
+            return await self.call(action, payload)
+        except (CallTimeout, ConnectionLost) as exc:
+            log.warning("%s not answered: %s", action, exc)
+            return None
+        except CallFailed as exc:
+            log.warning("%s answered with an error (%s)", action, exc)
+            return {}
+
     async def send_quiet(self, action: str, payload: dict, *, pending_ok: bool = False) -> None:
         """A message that is not transaction-related: sent once if online, never queued."""
         try:

@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 
 from agent.core.authorization import AuthInfo, AuthRules
 from agent.core.model import Token
-from agent.link.rpc import CallErrorReceived, CallTimeout, ConnectionLost, ResponseInvalid
 from agent.ocpp.blocks import Block, handles
 from agent.ocpp.v16.availability import Availability
 
@@ -35,15 +34,8 @@ class Authorization(Block):
                          on_conflict=self._conflict)
 
     async def ask(self, token: Token) -> AuthInfo | None:
-        try:
-            res = await self.adapter.call("Authorize", {"idTag": token.id[:ID_TAG_MAX]})
-        except (CallTimeout, ConnectionLost) as exc:
-            log.warning("Authorize not answered: %s", exc)
-            return None  # the CSMS cannot be reached: the offline rules apply
-        except (CallErrorReceived, ResponseInvalid) as exc:
-            log.warning("Authorize for %s answered with an error (%s): refused", token.id, exc)
-            return AuthInfo("Invalid")
-        return auth_info(res.get("idTagInfo"))
+        res = await self.adapter.ask("Authorize", {"idTag": token.id[:ID_TAG_MAX]})
+        return None if res is None else auth_info(res.get("idTagInfo"))
 
     def remember(self, id_tag: str, id_tag_info: dict[str, Any]) -> None:
         """1.6 4.8 / 4.10: StartTransaction.conf and StopTransaction.conf update the cache."""

@@ -8,16 +8,12 @@ idTokenInfo to the neutral verdict and says when the registration is not accepte
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 from agent.core.authorization import AuthInfo, AuthRules
 from agent.core.model import Token
-from agent.link.rpc import CallErrorReceived, CallTimeout, ConnectionLost, ResponseInvalid
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, ro, rw
-
-log = logging.getLogger("cp_agent.v201")
 
 TOKEN_TYPES = frozenset({"Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local",
                          "MacAddress", "NoAuthorization"})
@@ -68,16 +64,8 @@ class Authorization(VariableBlock):
             not_accepted=lambda: self.adapter.registration in ("Pending", "Rejected"))
 
     async def ask(self, token: Token) -> AuthInfo | None:
-        try:
-            res = await self.adapter.call("Authorize", {"idToken": id_token(token)})
-        except (CallTimeout, ConnectionLost) as exc:
-            log.warning("Authorize not answered: %s", exc)
-            return None  # the CSMS cannot be reached: the offline rules apply
-        except (CallErrorReceived, ResponseInvalid) as exc:
-            # C13.FR.04: an error answer is an answer, not an outage.
-            log.warning("Authorize for %s answered with an error (%s): refused", token.id, exc)
-            return AuthInfo("Invalid")
-        return auth_info(res.get("idTokenInfo"))
+        res = await self.adapter.ask("Authorize", {"idToken": id_token(token)})
+        return None if res is None else auth_info(res.get("idTokenInfo"))
 
     @handles("ClearCache")
     async def clear_cache(self, p: dict) -> dict:

@@ -6,15 +6,12 @@ list survives a move to another OCPP version; the core's policy reads them.
 
 from __future__ import annotations
 
-import logging
 from typing import ClassVar
 
+from agent.core.authorization import AuthInfo
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.authorization import auth_info
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, ro, rw
-from agent.storage import StorageError
-
-log = logging.getLogger("cp_agent.v201")
 
 
 class LocalList(VariableBlock):
@@ -49,31 +46,12 @@ class LocalList(VariableBlock):
         items = p.get("localAuthorizationList", [])
         if len(items) > self.dm.integer("LocalAuthListCtrlr", "ItemsPerMessage"):
             return {"status": "Failed", "statusInfo": {"reasonCode": "TooManyElements"}}
-        entries: dict[str, dict | None] = {}
+        entries: dict[str, AuthInfo | None] = {}
         for item in items:
             info = item.get("idTokenInfo")
-            entries[item["idToken"]["idToken"]] = (auth_info(info).stored() if info
-                                                   else None)
-        version = p["versionNumber"]
-        limit = self.settings["LocalAuthListMaxLength"]
-        out_of_storage = {"status": "Failed", "statusInfo": {"reasonCode": "OutOfStorage"}}
-        try:
-            if p["updateType"] == "Full":
-                full = {k: v for k, v in entries.items() if v}
-                if len(full) > limit:
-                    return out_of_storage
-                self.storage.local_list_replace(version, full)
-            else:
-                if version <= self.storage.local_list_version():
-                    return {"status": "VersionMismatch"}
-                added = sum(1 for k, v in entries.items()
-                            if v is not None and self.storage.local_list_get(k) is None)
-                removed = sum(1 for k, v in entries.items()
-                              if v is None and self.storage.local_list_get(k) is not None)
-                if self.storage.local_list_count() + added - removed > limit:
-                    return out_of_storage
-                self.storage.local_list_apply(version, entries)
-        except StorageError as exc:
-            log.error("local authorization list not updated: %s", exc)
-            return {"status": "Failed"}
-        return {"status": "Accepted"}
+            entries[item["idToken"]["idToken"]] = auth_info(info) if info else None
+        result = self.station.authorization.update_local_list(
+            p["versionNumber"], entries, full=p["updateType"] == "Full")
+        if result == "OutOfStorage":
+            return {"status": "Failed", "statusInfo": {"reasonCode": "OutOfStorage"}}
+        return {"status": result}
