@@ -174,6 +174,21 @@ class EvConnection(abc.ABC):
     @abc.abstractmethod
     def current_limit(self) -> float: ...
 
+    # A bidirectional power stage (DC, or an AC EV with ISO 15118-20) follows a signed power
+    # setpoint as well: positive charges the EV, negative discharges it into the grid. The
+    # pilot's current limit stays the safety bound for what may flow into the EV.
+    @property
+    def supports_setpoint(self) -> bool:
+        return False
+
+    async def set_power_setpoint(self, watts: float | None) -> None:
+        """Follow ``watts`` (signed; None: no setpoint, plain current-limited charging)."""
+        raise NotImplementedError("this EV connection has no power setpoint (not bidirectional)")
+
+    @property
+    def power_setpoint(self) -> float | None:
+        return None
+
 
 class ConnectorLock(abc.ABC):
     @abc.abstractmethod

@@ -54,6 +54,7 @@ class _Sim:
         self.paused = False  # the EV does not ask for energy (stays in B)
         self.forced: PilotState | None = None  # `ctl ev EVSE STATE` / pilot fault
         self.offered = 0.0
+        self.setpoint_w: float | None = None  # signed power setpoint (negative: discharge)
         self.coil_closed = False
         self.welded = False
         self.meter_fault = False
@@ -158,6 +159,19 @@ class MockEv(EvConnection):
     @property
     def current_limit(self) -> float:
         return self._sim.offered
+
+    # The simulated power stage takes a setpoint (the bidirectional EV that follows it is the
+    # 2.1 energy work); it is recorded so that the core's seam can be exercised.
+    @property
+    def supports_setpoint(self) -> bool:
+        return True
+
+    async def set_power_setpoint(self, watts: float | None) -> None:
+        self._sim.setpoint_w = None if watts is None else float(watts)
+
+    @property
+    def power_setpoint(self) -> float | None:
+        return self._sim.setpoint_w
 
 
 class MockLock(ConnectorLock):

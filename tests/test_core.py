@@ -402,3 +402,37 @@ async def test_cable_kept_locked_after_ev_side_unplug_until_same_card(rig):
     assert hal.evses[1].lock.locked
     assert await station.present_token(Token("GOOD")) == "unlocked"
     assert not hal.evses[1].lock.locked
+
+
+async def test_limit_sources_cap_the_offer_and_the_lowest_names_the_source(rig):
+    """set_limit is the seam every limit source uses (smart charging, load management, DER):
+    the offer is the lowest, in A or converted from W, and the EV resumes when it rises."""
+    station, hal, rec, _ = rig
+    evse = station.evses[1]
+    hal.plug(1)
+    await station.present_token(Token("GOOD"))
+    await settle(station)
+    await evse.set_limit("csms", 20.0)
+    await evse.set_limit("site", 3 * 230.0 * 10, unit="W")  # 6.9 kW on 3 phases = 10 A
+    await settle(station)
+    assert evse.offered_a == 10.0 and evse.snapshot().limit_source == "site"
+    await evse.set_limit("site", None)
+    await settle(station)
+    assert evse.offered_a == 20.0 and evse.snapshot().limit_source == "csms"
+    with pytest.raises(ValueError, match="unit"):
+        await evse.set_limit("csms", 1.0, unit="kW")
+
+
+async def test_power_setpoint_reaches_the_hal_only_while_energy_may_flow(rig):
+    station, hal, rec, _ = rig
+    evse = station.evses[1]
+    await evse.set_power_setpoint(-3000.0)  # no session: nothing may flow
+    assert hal.evses[1].ev.power_setpoint is None
+    hal.plug(1)
+    await station.present_token(Token("GOOD"))
+    await settle(station)
+    await evse.set_power_setpoint(-3000.0)
+    assert hal.evses[1].ev.power_setpoint == -3000.0
+    hal.unplug(1)  # the session ends: the setpoint goes with the offer
+    await settle(station)
+    assert hal.evses[1].ev.power_setpoint is None

@@ -307,6 +307,8 @@ class EvseController:
                     self._raise_fault(exc.kind, str(exc))
                     offer = 0.0
                     want_closed = False
+            if offer <= 0 and self.hw.ev.power_setpoint is not None:
+                await self.hw.ev.set_power_setpoint(None)  # a setpoint ends with the offer
             # Energy never flows into an unlocked plug (IEC 61851-1): lock first, and unlock
             # only once the contactor is open (it was opened above when not wanted).
             await self._drive_lock(self._want_locked())
@@ -327,8 +329,11 @@ class EvseController:
 
     async def emergency_open(self) -> None:
         """Open the contactor and stop the PWM whatever else is going on (invariant 1)."""
-        for action in (lambda: self.hw.contactor.set(False),
-                       lambda: self.hw.ev.set_current_limit(0)):
+        actions = [lambda: self.hw.contactor.set(False),
+                   lambda: self.hw.ev.set_current_limit(0)]
+        if self.hw.ev.power_setpoint is not None:
+            actions.append(lambda: self.hw.ev.set_power_setpoint(None))
+        for action in actions:
             try:
                 await action()
             except Exception as exc:  # noqa: BLE001 - nothing may stop the opening
@@ -632,6 +637,18 @@ class EvseController:
             else:
                 self.limits[source] = value
             await self._reconcile()
+
+    async def set_power_setpoint(self, watts: float | None) -> None:
+        """A signed power setpoint for a bidirectional power stage (negative: discharge).
+
+        The contactor invariants do not change: a setpoint moves energy only while the
+        session may, and the pilot's offer stays the bound of what flows into the EV.
+        """
+        ev = self.hw.ev
+        if not ev.supports_setpoint:
+            raise ValueError(f"EVSE {self.id}: its power stage takes no setpoint")
+        async with self.mutex:
+            await ev.set_power_setpoint(watts if self._offer() > 0 else None)
 
     async def raise_fault(self, kind: FaultKind, detail: str = "") -> None:
         async with self.mutex:
