@@ -297,6 +297,10 @@ class FakeClock(Clock):
         heapq.heappush(self._sleepers, (self._mono + seconds, self._n, fut))
         await fut
 
+    def pending(self) -> list[float]:
+        """How far ahead each sleeper wakes, soonest first (tests wait for a sleep to begin)."""
+        return sorted(due - self._mono for due, _, fut in self._sleepers if not fut.done())
+
     async def advance(self, seconds: float) -> None:
         """Move time forward, waking sleepers in order and letting each run before the next."""
         target = self._mono + seconds

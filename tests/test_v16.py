@@ -35,31 +35,6 @@ async def test_boot_accepted_then_status_of_every_connector(csms, make_agent):
     assert agent.settings["HeartbeatInterval"] == csms.heartbeat_interval
 
 
-@pytest.mark.parametrize("first", ["Pending", "Rejected"])
-async def test_boot_not_accepted_retries_at_interval_and_sends_nothing_else(
-        csms, make_agent, first):
-    csms.boot_status = first
-    csms.boot_interval = 1
-    agent = await make_agent()
-    await csms.wait_for("BootNotification", station_id="CP1")
-    agent.hal.plug(1)
-    agent.hal.tap("TAG1")  # must not produce Authorize/Status while not accepted
-    await asyncio.sleep(0)
-    csms.boot_status = "Accepted"
-    await csms.wait_for("BootNotification", station_id="CP1", count=2, timeout=5)
-    await online(agent, csms)
-    actions = [m.action for m in csms.log if m.direction == "cs->csms" and m.kind == "CALL"]
-    assert actions[:2] == ["BootNotification", "BootNotification"]
-    assert agent.adapters["1.6"].registration == "Accepted"
-
-
-async def test_heartbeat_at_the_interval_from_boot(csms, make_agent):
-    csms.heartbeat_interval = 1
-    agent = await make_agent()
-    await online(agent, csms)
-    await csms.wait_for("Heartbeat", station_id="CP1", count=2, timeout=5)
-
-
 async def test_clock_offset_taken_from_csms(csms, make_agent):
     from datetime import UTC, datetime, timedelta
 
@@ -156,19 +131,6 @@ async def test_stop_transaction_on_ev_side_disconnect_false_keeps_tx(csms, make_
     agent.hal.tap("TAG1")
     stop = await csms.wait_for("StopTransaction", station_id="CP1")
     assert stop["reason"] == "Local"
-
-
-async def test_connection_timeout_then_no_start(csms, make_agent):
-    agent = await make_agent(defaults={"ConnectionTimeOut": 1})
-    await online(agent, csms)
-    agent.hal.tap("TAG1")
-    await csms.wait_for("StatusNotification", station_id="CP1",
-                        predicate=lambda p: p["status"] == "Preparing")
-    await csms.wait_for("StatusNotification", station_id="CP1", count=2, timeout=5,
-                        predicate=lambda p: p["status"] == "Available" and p["connectorId"] == 1)
-    agent.hal.plug(1)
-    await asyncio.wait_for(agent.station.settled(), 5)
-    assert csms.messages("CP1", "StartTransaction") == []
 
 
 # ---------------------------------------------------------------- remote start / stop

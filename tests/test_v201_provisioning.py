@@ -89,24 +89,6 @@ async def test_TC_B_01_CS_cold_boot_accepted(csms201, make_agent201):
     assert agent.settings["HeartbeatInterval"] == csms201.heartbeat_interval
 
 
-@pytest.mark.parametrize("first", ["Pending", "Rejected"])
-async def test_TC_B_02_03_CS_boot_not_accepted_waits_the_interval(csms201, make_agent201,
-                                                                   first):
-    csms201.boot_status = first
-    csms201.boot_interval = 1
-    agent = await make_agent201()
-    await csms201.wait_for("BootNotification", station_id="CP1")
-    agent.hal.plug(1)  # nothing but BootNotification may go out meanwhile
-    await asyncio.wait_for(agent.station.settled(), 5)
-    csms201.boot_status = "Accepted"
-    await csms201.wait_for("BootNotification", station_id="CP1", count=2, timeout=5)
-    await online201(agent, csms201)
-    calls = [m.action for m in csms201.log if m.direction == "cs->csms" and m.kind == "CALL"]
-    assert calls[:2] == ["BootNotification", "BootNotification"]
-    occupied = await csms201.wait_for("StatusNotification", station_id="CP1")
-    assert occupied["connectorStatus"] == "Occupied"
-
-
 async def test_TC_B_02_CS_pending_allows_configuration_and_triggered_boot(csms201,
                                                                          make_agent201):
     csms201.boot_status = "Pending"
@@ -146,13 +128,6 @@ async def test_TC_B_30_CS_requests_while_rejected_get_security_error(csms201, ma
     with pytest.raises(CsmsCallError) as exc:
         await link.call("GetBaseReport", {"requestId": 1, "reportBase": "FullInventory"})
     assert exc.value.code == "SecurityError"
-
-
-async def test_heartbeat_at_the_interval_from_boot(csms201, make_agent201):
-    csms201.heartbeat_interval = 1
-    agent = await make_agent201()
-    await online201(agent, csms201)
-    await csms201.wait_for("Heartbeat", station_id="CP1", timeout=5)
 
 
 # ---------------------------------------------------------------- B06 GetVariables
