@@ -20,6 +20,8 @@ from agent.control import ControlServer
 from agent.core.model import StopReason, Token
 from agent.core.settings import Settings
 from agent.core.station import Station
+from agent.frames import KEEP as FRAME_HISTORY
+from agent.frames import FrameLog
 from agent.link.connection import Link
 from agent.link.profiles import ConfigProfile
 from agent.ocpp import registry
@@ -57,12 +59,14 @@ class Agent:
     def __init__(self, cfg: AgentConfig, *, clock: Clock | None = None,
                  hal: Hal | None = None, notifier: Notifier | None = None,
                  control: bool = True,
-                 on_frame: Callable[[str, str, str, str, dict], None] | None = None) -> None:
+                 on_frame: Callable[[str, str, str, str, dict], None] | None = None,
+                 frame_history: int = FRAME_HISTORY) -> None:
         self.cfg = cfg
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier()
         self.storage = Storage(cfg.storage.path)
         self.hal = hal or build_hal(cfg, self.clock)
+        self.frames = FrameLog(self.clock, log_frames=cfg.log.frames, keep=frame_history)
         self.settings = Settings(self.storage, overrides=registry.factory_settings(
             cfg.ocpp.defaults, cfg.ocpp.versions))
         limits = {e.id: (e.max_current_a, e.min_current_a) for e in cfg.evses}
@@ -93,11 +97,25 @@ class Agent:
         profiles = ConfigProfile(cfg.ocpp, cfg.station.id, password=self._password)
         self.link = Link(cfg.ocpp, cfg.station.id, self.adapters, clock=self.clock,
                          ping_interval=lambda: float(self.settings["WebSocketPingInterval"]),
-                         on_version=self._on_version, on_frame=on_frame, profiles=profiles)
+                         on_version=self._on_version, on_frame=self._frame_observer(on_frame),
+                         profiles=profiles)
         self.control = ControlServer(cfg.control.socket, self.handle_control) if control else None
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()
         self._stopped = False
+
+    def _frame_observer(self, extra: Callable[[str, str, str, str, dict], None] | None
+                        ) -> Callable[[str, str, str, str, dict], None]:
+        """Every frame goes to the message log, and to ``extra`` (demo, swarm) if given."""
+        if extra is None:
+            return self.frames.record
+
+        def both(direction: str, kind: str, unique_id: str, action: str,
+                 payload: dict) -> None:
+            self.frames.record(direction, kind, unique_id, action, payload)
+            extra(direction, kind, unique_id, action, payload)
+
+        return both
 
     def _password(self) -> str | None:
         stored = self.storage.get_setting(PASSWORD_SETTING)

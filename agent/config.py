@@ -167,6 +167,7 @@ class EvseConfig:
 @dataclass
 class LogConfig:
     level: str = "info"
+    frames: bool = False  # every OCPP frame at info level (logger cp_agent.frames), redacted
 
     def validate(self, path: str) -> None:
         _check(self.level in ("debug", "info", "warning", "error"), f"{path}.level",

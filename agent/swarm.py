@@ -336,7 +336,7 @@ class Swarm:
         station: _Station | None = None
         tag = opts.id_tag or f"TAG{station_id}"[-20:]
         agent = Agent(cfg, clock=clock, hal=hal, control=False,
-                      on_frame=lambda *a: self._on_frame(station, *a))
+                      on_frame=lambda *a: self._on_frame(station, *a), frame_history=0)
         station = _Station(index, station_id, agent, hal, rng, tag)
         return station
 
