@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.clock import FakeClock
-from agent.core.evse import TxRules
+from agent.core.evse import EV_ANSWER_GRACE_S, TxRules
 from agent.core.model import AuthResult, ConnectorStatus, StopReason, Token, TxPoint
 from agent.core.station import Station
 from agent.storage import Storage
@@ -436,3 +436,27 @@ async def test_power_setpoint_reaches_the_hal_only_while_energy_may_flow(rig):
     hal.unplug(1)  # the session ends: the setpoint goes with the offer
     await settle(station)
     assert hal.evses[1].ev.power_setpoint is None
+
+
+async def test_session_start_reports_the_settled_status_not_the_step_before(rig):
+    """The offer makes the EV answer a moment later (B -> C): the core reports Charging,
+    never a SuspendedEV that lasted a millisecond (what 1.6 once sent on every start)."""
+    station, hal, rec, clock = rig
+    hal.plug(1)
+    await settle(station)
+    await station.present_token(Token("GOOD"))
+    await settle(station)
+    assert [s for _, s, _ in rec.statuses] == ["Available", "Preparing", "Charging"]
+
+
+async def test_ev_that_does_not_take_the_offer_is_suspended_ev_after_the_grace(rig):
+    station, hal, rec, clock = rig
+    hal.set_ev_state(1, "B")  # plugged, but the EV will not ask for energy
+    await settle(station)
+    await station.present_token(Token("GOOD"))
+    with pytest.raises(TimeoutError):  # the report waits for the EV's grace on the clock
+        await station.quiet(0.2)
+    assert rec.last_status == "Preparing", "reported before the EV had time to answer"
+    await clock.advance(EV_ANSWER_GRACE_S)
+    await settle(station)
+    assert rec.last_status == "SuspendedEV"
