@@ -16,7 +16,7 @@ import pytest
 from agent.core.model import Token
 from agent.storage import Storage
 from agent.testing.csms import NO_REPLY
-from tests.conftest import charging, online
+from tests.conftest import agent_factory, charging, online, strict_csms
 
 PAST = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
 FUTURE = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -37,7 +37,7 @@ async def go_offline(agent, csms) -> None:
     agent.link.failed.clear()
     await csms.pause(abrupt=True)
     await asyncio.wait_for(agent.link.failed.wait(), 10)
-    assert not agent.adapters["1.6"].online
+    assert not agent.adapter.online
 
 
 def authorize_calls(csms) -> list[dict]:
@@ -123,11 +123,20 @@ async def test_expired_listed_identifier_is_not_pre_authorized(csms, make_agent)
 ], ids=["list-ok", "list-offline-off", "list-offline-off-unknown-on", "list-blocked",
         "list-expired", "list-not-yet-expired", "cache-ok", "cache-expired", "cache-invalid",
         "unknown-allowed", "unknown-refused"])
-async def test_offline_authorization_rules(csms, make_agent, source, info, offline_ok,
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_offline_authorization_rules(short_dir, version, source, info, offline_ok,
                                            unknown_ok, expected):
-    agent = await make_agent(defaults={"LocalAuthorizeOffline": offline_ok,
-                                       "AllowOfflineTxForUnknownId": unknown_ok})
-    await online(agent, csms)
+    """One policy for both versions (agent/core/authorization.py): the same matrix on each."""
+    async with strict_csms((version,)) as csms, \
+            agent_factory(csms, short_dir, (version,)) as make_agent:
+        agent = await make_agent(defaults={"LocalAuthorizeOffline": offline_ok,
+                                           "AllowOfflineTxForUnknownId": unknown_ok})
+        await _offline_rule_case(agent, csms, source, info, expected)
+
+
+async def _offline_rule_case(agent, csms, source, info, expected) -> None:
+    await asyncio.wait_for(agent.adapter.accepted.wait(), 5)
+    await asyncio.wait_for(agent.adapter.outbox.idle.wait(), 5)
     if source == "list":
         agent.storage.local_list_replace(1, {"CARD": info})
     elif source == "cache":
