@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ("startup", "footprint", "latency", "outbox_replay", "swarm")
+BENCHES = ("startup", "footprint", "latency", "outbox_replay", "swarm", "composite")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -29,6 +29,7 @@ EXPECTED = {
                       "transaction messages the CSMS received"],
     "swarm": ["20 stations connected and booted", "steady-state CPU of the swarm process",
               "resident memory per station"],
+    "composite": ["composite 24 h, 100 profiles (station mix), median"],
 }
 
 
