@@ -150,6 +150,17 @@ class Contactor(abc.ABC):
         """Auxiliary contact state, or None when the hardware has no feedback."""
 
 
+# What a device can measure, in the HAL's own terms; each names the MeterReading field(s)
+# it fills: energy_import (energy_import_wh), energy_export, power (power_w), current and
+# voltage (the per-phase tuples), frequency, power_reactive, power_factor, temperature, soc.
+MEASURES = frozenset({"energy_import", "energy_export", "power", "current", "voltage",
+                      "frequency", "power_reactive", "power_factor", "temperature", "soc"})
+# What every MeterReading carries (energy, export and power always have a number, the
+# per-phase tuples one per phase): a meter that declares nothing is taken to give these.
+BASIC_METER_MEASURES = frozenset({"energy_import", "energy_export", "power", "current",
+                                  "voltage"})
+
+
 class PowerMeter(abc.ABC):
     @abc.abstractmethod
     async def read(self) -> MeterReading:
@@ -158,6 +169,16 @@ class PowerMeter(abc.ABC):
     @property
     def phases(self) -> int:
         return 3
+
+    @property
+    def measures(self) -> frozenset[str]:
+        """What this meter's readings can hold (names from :data:`MEASURES`).
+
+        A quantity listed here may still be missing from one reading (a register that
+        answered NaN); one not listed is never there, so the station refuses to be asked for
+        it.  Drivers declare what their register map maps.
+        """
+        return BASIC_METER_MEASURES
 
 
 class EvConnection(abc.ABC):
@@ -187,6 +208,17 @@ class EvConnection(abc.ABC):
 
     @property
     def power_setpoint(self) -> float | None:
+        return None
+
+    # What the EV side reports besides the pilot (names from MEASURES): "soc" where the EV
+    # tells its state of charge (ISO 15118, a DC stage). A pilot-only AC board knows nothing.
+    @property
+    def measures(self) -> frozenset[str]:
+        return frozenset()
+
+    @property
+    def soc_percent(self) -> float | None:
+        """The EV's state of charge now, or None (no EV, or it does not say)."""
         return None
 
 

@@ -5,6 +5,11 @@ to C once the pilot offers at least 6 A (unless told to pause), drawing
 ``min(offered, ev_max_current)`` at nominal voltage on its phases.  The meter integrates
 energy over the injected monotonic clock, so a fast clock in tests makes energy flow fast.
 Faults are injected by name (:class:`FaultKind`) from tests or from ``cp-agent ctl``.
+
+What it measures: the meter gives energy, power, current and voltage per phase and frequency
+(no temperature sensor); the EV tells its state of charge while plugged in (from
+``ev_soc_percent`` at the plug, rising with the energy into a 40 kWh battery), unless
+``ev_soc_percent=None`` makes it an EV that says nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ from hal.interfaces import (
 
 NOMINAL_VOLTAGE = 230.0
 MIN_PILOT_CURRENT = 6.0
+EV_BATTERY_WH = 40_000.0
+MOCK_METER_MEASURES = frozenset({"energy_import", "energy_export", "power", "current",
+                                 "voltage", "frequency"})
 
 Monotonic = Callable[[], float]
 
@@ -44,10 +52,13 @@ class _Sim:
     """Physics of one EVSE + EV pair, shared by its mock devices."""
 
     def __init__(self, evse_id: int, phases: int, ev_max_current: float, now: Monotonic,
-                 emit: Callable[[HalEvent], None]) -> None:
+                 emit: Callable[[HalEvent], None], ev_soc: float | None = None) -> None:
         self.evse_id = evse_id
         self.phases = phases
         self.ev_max_current = ev_max_current
+        self.ev_soc = ev_soc  # the EV's state of charge when plugged (None: it never says)
+        self.soc_at_plug: float | None = None
+        self.wh_at_plug = 0.0
         self.now = now
         self.emit = emit
         self.plugged = False
@@ -83,6 +94,19 @@ class _Sim:
 
     def power(self) -> float:
         return self.current() * NOMINAL_VOLTAGE * self.phases
+
+    def arrive(self, soc: float | None = None) -> None:
+        """An EV is plugged in (integrated up to now): its SoC counts from here."""
+        if not self.plugged:
+            self.wh_at_plug = self.energy_wh
+            self.soc_at_plug = self.ev_soc if soc is None else soc
+
+    def soc(self) -> float | None:
+        if not self.plugged or self.soc_at_plug is None:
+            return None
+        self.integrate()
+        gained = (self.energy_wh - self.wh_at_plug) / EV_BATTERY_WH * 100.0
+        return round(min(100.0, self.soc_at_plug + gained), 2)
 
     def integrate(self) -> None:
         t = self.now()
@@ -129,6 +153,10 @@ class MockMeter(PowerMeter):
     def phases(self) -> int:
         return self._sim.phases
 
+    @property
+    def measures(self) -> frozenset[str]:
+        return MOCK_METER_MEASURES
+
     async def read(self) -> MeterReading:
         if self._sim.meter_fault:
             raise HalError(FaultKind.METER, f"evse {self._sim.evse_id}: meter does not answer")
@@ -159,6 +187,14 @@ class MockEv(EvConnection):
     @property
     def current_limit(self) -> float:
         return self._sim.offered
+
+    @property
+    def measures(self) -> frozenset[str]:
+        return frozenset() if self._sim.ev_soc is None else frozenset({"soc"})
+
+    @property
+    def soc_percent(self) -> float | None:
+        return self._sim.soc()
 
     # The simulated power stage takes a setpoint (the bidirectional EV that follows it is the
     # 2.1 energy work); it is recorded so that the core's seam can be exercised.
@@ -211,7 +247,8 @@ class MockHal(Hal):
     """A station of ``evse_count`` EVSEs with simulated EVs, one shared RFID reader."""
 
     def __init__(self, evse_count: int = 1, *, phases: int = 3, max_current_a: float = 32.0,
-                 ev_max_current_a: float = 16.0, monotonic: Monotonic = time.monotonic) -> None:
+                 ev_max_current_a: float = 16.0, ev_soc_percent: float | None = 30.0,
+                 monotonic: Monotonic = time.monotonic) -> None:
         super().__init__()
         self._listener: Listener | None = None
         self._pending: list[HalEvent] = []
@@ -219,7 +256,8 @@ class MockHal(Hal):
         self.reader = MockReader()
         self.readers = [self.reader]
         for evse_id in range(1, evse_count + 1):
-            sim = _Sim(evse_id, phases, ev_max_current_a, monotonic, self._emit)
+            sim = _Sim(evse_id, phases, ev_max_current_a, monotonic, self._emit,
+                       ev_soc=ev_soc_percent)
             self.sims[evse_id] = sim
             self.evses[evse_id] = EvseHardware(
                 evse_id=evse_id,
@@ -266,9 +304,12 @@ class MockHal(Hal):
         except KeyError:
             raise ValueError(f"no EVSE {evse_id} (this station has {sorted(self.sims)})") from None
 
-    def plug(self, evse_id: int, *, ev_max_current_a: float | None = None) -> None:
+    def plug(self, evse_id: int, *, ev_max_current_a: float | None = None,
+             soc_percent: float | None = None) -> None:
+        """An EV arrives (``soc_percent``: its state of charge, else the HAL's default)."""
         sim = self._sim(evse_id)
         sim.integrate()
+        sim.arrive(soc_percent)
         sim.plugged = True
         sim.paused = False
         if ev_max_current_a is not None:
@@ -289,6 +330,8 @@ class MockHal(Hal):
         state = PilotState(state)
         sim = self._sim(evse_id)
         sim.integrate()
+        if state in (PilotState.B, PilotState.C, PilotState.D):
+            sim.arrive()
         if state == PilotState.A:
             sim.plugged, sim.paused, sim.forced = False, False, None
         elif state == PilotState.B:

@@ -30,6 +30,8 @@ log = logging.getLogger("cp_agent.auth")
 
 # Entries kept in the authorization cache before the oldest make room (1.6 3.5.1).
 AUTH_CACHE_MAX = 10000
+# Verdicts kept for the bench tool to explain a refused card with.
+VERDICTS_KEPT = 32
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class AuthorizationPolicy:
         self.storage = storage
         self.clock = clock
         self.rules: AuthRules | None = None
+        self.verdicts: dict[str, AuthResult] = {}  # the last verdict per token, newest last
 
     def use(self, rules: AuthRules) -> None:
         """The adapter of the negotiated version takes over asking the CSMS."""
@@ -190,6 +193,15 @@ class AuthorizationPolicy:
         if self._judged(listed, "local_list").accepted != info.accepted:
             rules.on_conflict(token_id, listed, info)
 
+    def local_list_version(self) -> int:
+        """The version the CSMS is told (GetLocalListVersion, and what a differential update
+        must exceed): 0 while the list is empty, whatever version the update that emptied it
+        carried ("A version number of 0 (zero) SHALL be used to indicate that the local
+        authorization list is empty", 1.6 5.10; 2.0.1 D01 alike); else the last update's."""
+        if self.storage.local_list_count() == 0:
+            return 0
+        return self.storage.local_list_version()
+
     def update_local_list(self, version: int, entries: dict[str, AuthInfo | None], *,
                           full: bool) -> str:
         """SendLocalList, all of it with its version or nothing (1.6 5.15, 2.0.1 D01/D02).
@@ -207,7 +219,7 @@ class AuthorizationPolicy:
                     return "OutOfStorage"
                 self.storage.local_list_replace(version, kept)
                 return "Accepted"
-            if version <= self.storage.local_list_version():
+            if version <= self.local_list_version():
                 return "VersionMismatch"
             added = sum(1 for k, v in stored.items()
                         if v is not None and self.storage.local_list_get(k) is None)
@@ -229,7 +241,19 @@ class AuthorizationPolicy:
     # ------------------------------------------------------------------ the decision
 
     async def authorize(self, token: Token, evse_id: int | None) -> AuthResult:
-        """Authorizer for the core (see the module docstring for the rules)."""
+        """Authorizer for the core (see the module docstring for the rules).
+
+        The last verdicts are kept per token (:attr:`verdicts`): ``ctl tap`` explains a
+        refused card with them.
+        """
+        result = await self._decide(token, evse_id)
+        self.verdicts.pop(token.id, None)
+        self.verdicts[token.id] = result
+        if len(self.verdicts) > VERDICTS_KEPT:
+            del self.verdicts[next(iter(self.verdicts))]
+        return result
+
+    async def _decide(self, token: Token, evse_id: int | None) -> AuthResult:
         rules = self.rules
         if rules is not None and rules.not_accepted() and not self.settings.get(
                 "TxBeforeAcceptedEnabled", False):

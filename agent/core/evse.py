@@ -33,7 +33,14 @@ from agent.core.model import (
 )
 from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
-from hal.interfaces import EvseHardware, FaultKind, HalError, IndicatorState, MeterReading
+from hal.interfaces import (
+    EvseHardware,
+    FaultKind,
+    HalError,
+    IndicatorState,
+    MeterReading,
+    PilotState,
+)
 
 log = logging.getLogger("cp_agent.evse")
 
@@ -108,6 +115,7 @@ class EvseController:
         self.hold_locked = False
         self.hold_token: str | None = None
         self._ev_was_connected = False  # pilot connected at the last on_pilot
+        self._logged_pilot: PilotState | None = None  # the pilot state the log last told
         # Observers of what the EVSE does to its hardware (demo timeline, latency benchmark).
         self.trace: Callable[[int, str, dict], None] | None = None
 
@@ -278,9 +286,13 @@ class EvseController:
             self.trace(self.id, what, detail)
 
     async def _set_contactor(self, closed: bool) -> None:
+        was_closed = self.hw.contactor.commanded_closed
         try:
             await self.hw.contactor.set(closed)
             self._trace("contactor", closed=closed)
+            if closed != was_closed:
+                log.info("evse %s: contactor %s", self.id,
+                         f"closed ({self.offered_a:g} A offered)" if closed else "opened")
         except HalError as exc:
             self._raise_fault(exc.kind, str(exc))
             if closed:
@@ -329,6 +341,8 @@ class EvseController:
 
     async def emergency_open(self) -> None:
         """Open the contactor and stop the PWM whatever else is going on (invariant 1)."""
+        if self.hw.contactor.commanded_closed:
+            log.info("evse %s: contactor opened at once (safety stop)", self.id)
         actions = [lambda: self.hw.contactor.set(False),
                    lambda: self.hw.ev.set_current_limit(0)]
         if self.hw.ev.power_setpoint is not None:
@@ -508,8 +522,9 @@ class EvseController:
             if isinstance(exc, StorageError):
                 self._storage_failed(exc, "recording the end of a transaction")
             raise
-        log.info("evse %s: transaction %s ended (%s, %.1f Wh)", self.id, tx.local_id,
-                 reason, meter - tx.meter_start_wh)
+        log.info("evse %s: transaction %s%s ended (%s, %.1f Wh)", self.id, tx.local_id,
+                 f" (CSMS transaction {tx.remote_id})" if tx.remote_id else "", reason,
+                 meter - tx.meter_start_wh)
         if self.pending_operative is not None:
             self._apply_operative(self.pending_operative)
         self.tx_changed.set()
@@ -532,8 +547,29 @@ class EvseController:
 
     # ------------------------------------------------------------------ inputs
 
+    def _log_pilot(self) -> None:
+        """One line per pilot change, saying what it means at the charger."""
+        before, now = self._logged_pilot, self.pilot
+        if now == before or (before is None and now == PilotState.A):
+            self._logged_pilot = now
+            return
+        self._logged_pilot = now
+        if now.is_error:
+            meaning = "pilot error"
+        elif now.connected and (before is None or not before.connected):
+            meaning = "EV plugged in"
+        elif not now.connected:
+            meaning = "EV unplugged"
+        elif now.wants_energy:
+            meaning = "EV asks for energy"
+        else:
+            meaning = "EV does not ask for energy"
+        log.info("evse %s: pilot %s: %s", self.id,
+                 f"{before} -> {now}" if before is not None else f"{now} at start-up", meaning)
+
     async def on_pilot(self) -> None:
         async with self.mutex:
+            self._log_pilot()
             s = self.session
             was_connected, self._ev_was_connected = self._ev_was_connected, self.ev_connected
             if self.ev_connected and s is None:
@@ -569,9 +605,13 @@ class EvseController:
             if not result.accepted:
                 return False
             if not self.operative or self.blocking_fault is not None:
+                log.info("evse %s: token %s not taken: the EVSE is %s", self.id, token.id,
+                         "inoperative" if not self.operative else f"faulted ({self.fault})")
                 return False
             s = self.session
             if s is not None and (s.authorized or s.ended_reason is not None):
+                log.info("evse %s: token %s not taken: the EVSE has a session already",
+                         self.id, token.id)
                 return False
             if s is None:
                 s = self.session = Session()
@@ -579,6 +619,8 @@ class EvseController:
             s.authorized_at = self._clock.monotonic()
             s.remote_start_id = remote_start_id
             self.reserved_for = None
+            log.info("evse %s: token %s authorized (%s, %s)", self.id, token.id,
+                     result.status, result.source)
             self._observer().session_event(self.id, "authorized",
                                            {"token": token.id, "type": token.type})
             if not self.ev_connected:
@@ -600,6 +642,8 @@ class EvseController:
                 return False
             s.auth = AuthResult("Invalid", source="deauthorized")
             s.deauth_reason = reason
+            log.info("evse %s: authorization ended (%s%s)", self.id, reason,
+                     f", by token {by}" if by is not None else "")
             if by is not None and s.tx is not None:
                 s.tx.stopped_by = by
             self._observer().session_event(self.id, "deauthorized", {"reason": reason.value})

@@ -17,6 +17,12 @@ The schedule is a set of :class:`Stream` declarations that the active version su
   2.0.1 TxEnded*).
 
 Only the stream's settings are read here; what the messages look like is the adapter's.
+
+What can be sampled is the hardware's to say: each EVSE's meter and EV side declare their
+``measures`` (HAL terms), :func:`supported_measurands` turns what every EVSE has into the
+measurands the station supports, and the measurand lists of the settings store accept only
+those (registered as the store's measurand capability), so every version refuses the same
+way.  The EV side's state of charge joins the meter's reading when a sample asks for SoC.
 """
 
 from __future__ import annotations
@@ -24,15 +30,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from agent.clock import Clock, iso
 from agent.core.model import TxRecord
-from agent.core.settings import Settings
-from hal.interfaces import MeterReading
+from agent.core.settings import MEASURAND_CAPABILITY, MEASURANDS, Settings
+from hal.interfaces import EvseHardware, MeterReading
 
 if TYPE_CHECKING:
     from agent.core.evse import EvseController
@@ -44,6 +50,40 @@ log = logging.getLogger("cp_agent.metering")
 COLLECT_MAX = 200
 # How often a disabled stream (interval 0, or no trustworthy time) looks again.
 IDLE_POLL_S = 5.0
+
+
+# What each measurand needs from the hardware, in the HAL's terms (hal.interfaces.MEASURES):
+# the meter's or the EV side's. Current.Offered needs nothing: the station knows its offer.
+NEEDS: dict[str, str | None] = {
+    "Energy.Active.Import.Register": "energy_import",
+    "Energy.Active.Export.Register": "energy_export",
+    "Power.Active.Import": "power",
+    "Current.Import": "current",
+    "Current.Offered": None,
+    "Voltage": "voltage",
+    "Frequency": "frequency",
+    "SoC": "soc",
+    "Temperature": "temperature",
+}
+assert set(NEEDS) == set(MEASURANDS)
+
+
+def evse_measures(hw: EvseHardware) -> frozenset[str]:
+    """What one EVSE's hardware measures: its meter's and its EV side's."""
+    return frozenset(hw.meter.measures) | frozenset(hw.ev.measures)
+
+
+def supported_measurands(hardware: Iterable[EvseHardware]) -> tuple[str, ...]:
+    """The measurands every one of these EVSEs can give (the vocabulary when there are none).
+
+    A measurand list applies to every EVSE, so a measurand one of them can never give is not
+    supported by the station (1.6 3.16.4: refused at ChangeConfiguration).
+    """
+    found = [evse_measures(hw) for hw in hardware]
+    if not found:
+        return MEASURANDS
+    common = frozenset.intersection(*found)
+    return tuple(m for m in MEASURANDS if NEEDS[m] is None or NEEDS[m] in common)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +98,13 @@ class Sample:
 
 def build_samples(reading: MeterReading, measurands: list[str], context: str,
                   offered_a: float | None = None) -> list[Sample]:
-    """What the meter can give of ``measurands``; those it cannot are left out."""
+    """What the reading holds of ``measurands``; those it lacks are left out.
+
+    Leaving out is right for a value the hardware gives only sometimes (no SoC while no EV
+    is plugged or while it does not say, a register that answered NaN): the message still
+    goes, with what there is.  A measurand the hardware can never give does not get here:
+    the lists refuse it (:func:`supported_measurands`).
+    """
     out: list[Sample] = []
     for m in measurands:
         if m == "Energy.Active.Import.Register":
@@ -125,6 +171,11 @@ class Metering:
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         settings.listeners.append(self._setting_changed)
+        settings.add_capability(MEASURAND_CAPABILITY, self.supported)
+
+    def supported(self) -> tuple[str, ...]:
+        """The measurands this station can give on every EVSE (the lists' choices)."""
+        return supported_measurands(evse.hw for evse in self._evses.values())
 
     # ------------------------------------------------------------------ configuration
 
@@ -171,6 +222,10 @@ class Metering:
             return None
         measurands = (self.settings[stream_or_measurands.measurands]
                       if isinstance(stream_or_measurands, Stream) else stream_or_measurands)
+        if "SoC" in measurands and reading.soc_percent is None:
+            soc = evse.hw.ev.soc_percent  # the EV side's, where the meter has none
+            if soc is not None:
+                reading = replace(reading, soc_percent=soc)
         samples = build_samples(reading, measurands, context, evse.offered_a)
         if not samples:
             return None

@@ -99,6 +99,7 @@ class TxRecord:
     stopped_by: str | None = None  # the token that asked for the stop, if one did
     reservation_id: int | None = None
     reported_as: str | None = None  # OCPP version whose adapter reported its start
+    start_requeued: bool = False  # its start message, refused for good once, went again
 
 
 _CORE_FIELDS = 15  # the journal's own columns; the fields after them are the extras

@@ -14,12 +14,20 @@ versions, which register what only they know (``register``).  Names are the 1.6 
 
 Values start from the definition's default, then ``ocpp.defaults`` in the YAML file (factory
 settings), then what a CSMS set, persisted in the SQLite state file under ``setting.<name>``.
+
+Some list settings accept only what this station's hardware can do: a definition's
+``choices`` is the vocabulary (every measurand the agent knows), its ``supported_by`` names a
+*capability* that the core registers once it knows the hardware (``add_capability``; the
+measurands every EVSE's meter and EV side can give, :mod:`agent.core.metering`).  A change
+naming a member outside it is refused, in every version's view alike (1.6 3.16.4: Rejected,
+no change); a stored or factory value is cut to it, with a warning, because a value the
+station could never act on must not look accepted.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -42,6 +50,8 @@ MEASURANDS = (
     "Temperature",
 )
 SAMPLED_MAX = 9
+# The capability (Settings.add_capability) of the measurand lists: what the hardware gives.
+MEASURAND_CAPABILITY = "measurands"
 
 
 class SettingError(Exception):
@@ -63,7 +73,8 @@ class SettingDef:
     reboot: bool = False
     min: int | None = None
     max: int | None = None
-    choices: tuple[str, ...] | None = None  # allowed list members
+    choices: tuple[str, ...] | None = None  # allowed list members (the vocabulary)
+    supported_by: str | None = None  # a capability narrowing choices to this station's
     max_items: int | None = None
     v16: bool = True  # shown as a 1.6 configuration key
     profile: str = "Core"  # the 1.6 feature profile that lists it
@@ -120,16 +131,18 @@ CORE_SETTINGS: tuple[SettingDef, ...] = (
     _d("LocalPreAuthorize", "bool", False),
     _d("MaxEnergyOnInvalidId", "int", 0, min=0),
     _d("MeterValuesAlignedData", "csl", ["Energy.Active.Import.Register"], choices=MEASURANDS,
-       max_items=SAMPLED_MAX),
+       supported_by=MEASURAND_CAPABILITY, max_items=SAMPLED_MAX),
     _d("MeterValuesSampledData", "csl", ["Energy.Active.Import.Register"], choices=MEASURANDS,
-       max_items=SAMPLED_MAX),
+       supported_by=MEASURAND_CAPABILITY, max_items=SAMPLED_MAX),
     _d("MeterValueSampleInterval", "int", 60, min=0, max=86400),
     _d("MinimumStatusDuration", "int", 0, min=0, max=3600),
     _d("ResetRetries", "int", 1, min=0, max=10),
     _d("StopTransactionOnEVSideDisconnect", "bool", True),
     _d("StopTransactionOnInvalidId", "bool", True),
-    _d("StopTxnAlignedData", "csl", [], choices=MEASURANDS, max_items=SAMPLED_MAX),
-    _d("StopTxnSampledData", "csl", [], choices=MEASURANDS, max_items=SAMPLED_MAX),
+    _d("StopTxnAlignedData", "csl", [], choices=MEASURANDS, supported_by=MEASURAND_CAPABILITY,
+       max_items=SAMPLED_MAX),
+    _d("StopTxnSampledData", "csl", [], choices=MEASURANDS, supported_by=MEASURAND_CAPABILITY,
+       max_items=SAMPLED_MAX),
     _d("TransactionMessageAttempts", "int", 3, min=1, max=100),
     _d("TransactionMessageRetryInterval", "int", 60, min=1, max=86400),
     _d("UnlockConnectorOnEVSideDisconnect", "bool", True),
@@ -157,6 +170,7 @@ class Settings:
         self._values: dict[str, Any] = {}
         self._overrides = dict(overrides or {})
         self.listeners: list[Callable[[str, Any], None]] = []
+        self._capabilities: dict[str, Callable[[], Collection[str]]] = {}
         self._stored = self._load()
         self.register(defs)
 
@@ -179,7 +193,42 @@ class Settings:
                     raise ValueError(f"setting {d.name} defined twice, differently")
                 continue
             self.defs[d.name] = d
-            self._values[d.name] = self._initial(d)
+            self._values[d.name] = self._fit(d, self._initial(d))
+
+    def add_capability(self, name: str, supported: Callable[[], Collection[str]]) -> None:
+        """What this station can do for the settings ``supported_by`` ``name`` (asked anew at
+        every change, so a driver may learn more about its device after start-up)."""
+        self._capabilities[name] = supported
+        for d in self.defs.values():
+            if d.supported_by == name:
+                self._values[d.name] = self._fit(d, self._values[d.name])
+
+    def choices(self, name: str) -> tuple[str, ...] | None:
+        """The members the list setting ``name`` accepts on this station (None: any)."""
+        d = self.defs[name]
+        if d.choices is None:
+            return None
+        supported = self._capabilities.get(d.supported_by or "")
+        if supported is None:
+            return d.choices
+        have = set(supported())
+        return tuple(c for c in d.choices if c in have)
+
+    def _unsupported(self, d: SettingDef, value: Any) -> list[str]:
+        if d.kind != "csl" or d.supported_by not in self._capabilities:
+            return []
+        allowed = set(self.choices(d.name) or ())
+        return [x for x in value if x not in allowed]
+
+    def _fit(self, d: SettingDef, value: Any) -> Any:
+        """A stored or factory list cut to what the station supports (in memory only: the
+        stored text stays, for hardware that can do more)."""
+        bad = self._unsupported(d, value)
+        if not bad:
+            return value
+        log.warning("%s: this station's hardware cannot give %s; left out", d.name,
+                    ", ".join(bad))
+        return [x for x in value if x not in bad]
 
     def _initial(self, d: SettingDef) -> Any:
         value = d.default
@@ -217,6 +266,9 @@ class Settings:
             return "Rejected"
         try:
             value = d.parse(text)
+            bad = self._unsupported(d, value)
+            if bad:
+                raise SettingError(f"{d.name}: not supported by this station: {', '.join(bad)}")
         except SettingError as exc:
             log.info("change refused: %s", exc)
             return "Rejected"

@@ -46,6 +46,8 @@ METER_FSYNC_EVERY = 6
 # at most this many seconds of full power ahead of the last journalled reading (more means the
 # energy flowed while we were not looking, or a different meter: not ours to bill).
 RECOVERY_SLACK_S = 5.0
+# Cards whose last tap's outcome is kept (for ``ctl tap``; a bench taps a handful).
+TAPS_KEPT = 32
 
 
 class _NullObserver:
@@ -97,6 +99,7 @@ class Station:
         self.metering = Metering(self.evses, self.settings, clock)
         self._tasks: set[asyncio.Task] = set()
         self._token_tasks: set[asyncio.Task] = set()
+        self.taps: dict[str, asyncio.Task[str]] = {}  # the last present_token per card
         self._event_queue: asyncio.Queue[HalEvent] = asyncio.Queue()
         self._stopping = False
         self.hal_events: list[Callable[[HalEvent], None]] = []  # taps for timelines / tests
@@ -206,23 +209,47 @@ class Station:
                                                  event.evse_id), f"token-{event.uid}")
             self._token_tasks.add(task)
             task.add_done_callback(self._token_tasks.discard)
+            # What became of the tap, for whoever asked for it (``ctl tap`` prints it).
+            self.taps.pop(event.uid, None)
+            self.taps[event.uid] = task
+            if len(self.taps) > TAPS_KEPT:
+                del self.taps[next(iter(self.taps))]
         elif isinstance(event, FaultRaised):
             if event.evse_id == 0:
+                log.warning("station fault %s: %s", event.kind, event.detail)
                 self.station_faults[event.kind] = event.detail
                 self.observer.fault_changed(0, event.kind, True, event.detail)
                 for evse in self.evses.values():
-                    async with evse.lock:
+                    async with evse.mutex:
                         evse._update_status()
             elif event.evse_id in self.evses:
                 await self.evses[event.evse_id].raise_fault(event.kind, event.detail)
         elif isinstance(event, FaultCleared):
             if event.evse_id == 0:
                 if self.station_faults.pop(event.kind, None) is not None:
+                    log.info("station fault %s cleared", event.kind)
                     self.observer.fault_changed(0, event.kind, False, "")
             elif event.evse_id in self.evses:
                 await self.evses[event.evse_id].clear_fault(event.kind)
 
     # ------------------------------------------------------------------ tokens
+
+    @staticmethod
+    def _waits_for_authorization(evse: EvseController) -> bool:
+        """An EV is plugged in and its session has no (accepted) token yet."""
+        s = evse.session
+        return evse.ev_connected and (s is None or (not s.authorized
+                                                    and s.ended_reason is None))
+
+    def _group_of(self, evse: EvseController) -> str | None:
+        """The group of the session on ``evse``: the one the CSMS named (in the authorization
+        or the transaction answer), else the one the local list or cache knows for its card
+        (a session started offline as unknown, 1.6 3.10 offline group stop)."""
+        s, tx = evse.session, evse.tx
+        group = (tx.parent if tx else None) or (s.auth.parent if s and s.auth else None)
+        if not group and s is not None and s.token is not None:
+            group = self.authorization.known_parent(s.token.id)
+        return group or None
 
     def _evse_for_token(self, token: Token, evse_id: int | None) -> EvseController | None:
         if evse_id is not None:
@@ -230,8 +257,7 @@ class Station:
         candidates = [e for e in self.evses.values()
                       if e.operative and e.blocking_fault is None]
         for e in candidates:  # an EV waiting for authorization comes first
-            s = e.session
-            if e.ev_connected and (s is None or (not s.authorized and s.ended_reason is None)):
+            if self._waits_for_authorization(e):
                 return e
         for e in candidates:  # then a free EVSE (tap before plug)
             if e.session is None and not e.ev_connected:
@@ -262,14 +288,19 @@ class Station:
         if self.authorizer is None:
             return "rejected"
         result = await self.authorizer.authorize(token, target.id if target else None)
-        # Another card of the same group stops the session (1.6 parentIdTag rules), unless an
-        # EV is plugged in and waiting for this very card: then the card starts its own.
-        if result.accepted and result.parent and (target is None or not target.ev_connected):
+        # A card of the group of a running session stops it (1.6 3.10: "the same token, or
+        # another token in the same group, [may] stop the transaction"; 2.0.1 C09, TC_C_39_CS:
+        # with the EV plugged in and charging). The group is on equal footing with the card
+        # that started the session, which stops it wherever it is presented, so a shared
+        # reader stops the group's session even while another EVSE has an EV waiting (that EV
+        # is no sign of what the card is meant for). The one exception: the card was presented
+        # at the reader of one EVSE and an EV waits there for authorization: that is a second
+        # car of the group, and the card starts it. A refused card stops nothing (TC_C_42_CS).
+        starts_here = (evse_id is not None and target is not None
+                       and self._waits_for_authorization(target))
+        if result.accepted and result.parent and not starts_here:
             for e in running:
-                auth = e.session.auth if e.session else None
-                tx = e.tx
-                parent = (tx.parent if tx else None) or (auth.parent if auth else None)
-                if parent and parent == result.parent:
+                if self._group_of(e) == result.parent:
                     await e.deauthorize(StopReason.LOCAL, by=token.id)
                     return "stopped"
         if target is None or not result.accepted:

@@ -8,7 +8,8 @@ later session forever.  Strict FIFO keeps Start before MeterValues before Stop.
 
 Version-neutral: the adapter supplies ``prepare`` (fill in ids and times known only at send
 time), ``on_result`` (runs in the same SQLite transaction as the ack, so a kill -9 can never
-separate "the CSMS answered" from "we recorded the answer") and the retry settings.
+separate "the CSMS answered" from "we recorded the answer"), ``on_dropped`` (likewise, in the
+transaction that drops an item), ``on_done`` (after either) and the retry settings.
 
 The one thing no station can close on its own is the window between the CSMS processing a
 message and our ack commit: a crash there makes the message go again after restart.  Every
@@ -49,7 +50,8 @@ class OutboxSender:
                  prepare: Callable[[OutboxItem], dict | None],
                  on_result: Callable[[OutboxItem, dict], None],
                  attempts: Callable[[], int], retry_interval: Callable[[], float],
-                 on_done: Callable[[OutboxItem], None] | None = None) -> None:
+                 on_done: Callable[[OutboxItem], None] | None = None,
+                 on_dropped: Callable[[OutboxItem], None] | None = None) -> None:
         self._storage = storage
         self._clock = clock
         self._prepare = prepare
@@ -57,6 +59,7 @@ class OutboxSender:
         self._attempts = attempts
         self._retry_interval = retry_interval
         self._on_done = on_done
+        self._on_dropped = on_dropped
         self._wakeup = asyncio.Event()
         self.sent = 0
         self.dropped = 0
@@ -84,7 +87,20 @@ class OutboxSender:
             waker.cancel()
 
     def _drop(self, item: OutboxItem, reason: str) -> None:
-        self._storage.outbox_drop(item.id, reason)
+        """Give up on ``item``; ``on_dropped`` runs in the commit of the drop (what it queues,
+        e.g. a 1.6 Start once more, cannot be lost to a crash between the two)."""
+        try:
+            with self._storage.atomic():
+                self._storage.outbox_drop(item.id, reason)
+                if self._on_dropped is not None:
+                    self._on_dropped(item)
+        except StorageError:
+            raise
+        except Exception:
+            # A bug in the reaction must not keep a message the CSMS refused at the head.
+            log.exception("%s #%s: handling its drop failed; dropping it anyway", item.action,
+                          item.id)
+            self._storage.outbox_drop(item.id, reason)
         self.dropped += 1
         if self._on_done is not None:
             self._on_done(item)

@@ -96,6 +96,7 @@ class Adapter:
         self.outbox = OutboxSender(
             self.storage, self.clock, prepare=self._prepare_outbox,
             on_result=self._outbox_result, on_done=self._outbox_done,
+            on_dropped=self._outbox_dropped,
             attempts=lambda: self.settings["TransactionMessageAttempts"],
             retry_interval=lambda: self.settings["TransactionMessageRetryInterval"])
         self._owners: dict[str, Block] = {}
@@ -375,6 +376,13 @@ class Adapter:
         hook = getattr(owner, "outbox_result", None) if owner is not None else None
         if hook is not None:
             hook(item, result)
+
+    def _outbox_dropped(self, item: OutboxItem) -> None:
+        """The outbox gave up on ``item``; runs inside the commit that drops it."""
+        owner = self._owner(item)
+        hook = getattr(owner, "outbox_dropped", None) if owner is not None else None
+        if hook is not None:
+            hook(item)
 
     def _outbox_done(self, item: OutboxItem) -> None:
         owner = self._owner(item)

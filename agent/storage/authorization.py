@@ -84,7 +84,11 @@ class AuthorizationRepository(Repository):
             conn.execute("DELETE FROM auth_cache")
 
     def local_list_version(self) -> int:
-        """0 means no list was ever installed (the value both 1.6 and 2.0.1 report then)."""
+        """The version of the last update installed, 0 before the first one.
+
+        What a CSMS is told is the core's (:meth:`AuthorizationPolicy.local_list_version`:
+        0 while the list is empty); this is the bookkeeping.
+        """
         rows = self._read(
             "SELECT value FROM meta WHERE key = 'local_list_version'",
             (),

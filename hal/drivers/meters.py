@@ -28,6 +28,7 @@ from hal.drivers.registers import (
     RegisterSpec,
     decode,
     extract,
+    measures_of,
 )
 from hal.interfaces import FaultKind, HalError, MeterReading, PowerMeter
 
@@ -157,6 +158,10 @@ class RegisterMapMeter(_ModbusMeterBase):
                          phases=phases if phases is not None else regmap.phases,
                          required=required)
 
+    @property
+    def measures(self) -> frozenset[str]:
+        return self.map.measures
+
     async def _read(self) -> MeterReading:
         data: dict[ReadBlock, list[int]] = {}
         for block in self.map.blocks:
@@ -188,6 +193,10 @@ SUNSPEC_BASES = (40000, 0, 50000)
 SUNSPEC_INT_MODELS = {201: 1, 202: 2, 203: 3, 204: 3}  # model -> phases (int + scale factor)
 SUNSPEC_FLOAT_MODELS = {211: 1, 212: 2, 213: 3, 214: 3}  # float32
 _INT_NOT_IMPL = 0x8000
+# The values every SunSpec meter model (201-204, 211-214) has a register for.
+SUNSPEC_MEASURES = measures_of(("energy_import_wh", "energy_export_wh", "power_w", "current_a",
+                                "voltage_v", "frequency_hz", "power_reactive_var",
+                                "power_factor"))
 
 
 def _sf(raw: int) -> int | None:
@@ -216,6 +225,10 @@ class SunSpecMeter(_ModbusMeterBase):
     driver covers every SunSpec meter at whatever address the vendor put it; the location is
     remembered, and looked up again if the device starts refusing it (after a firmware
     update the chain can move).
+
+    What it measures is what the model has registers for until the first reading of a
+    (re)discovered model; from then on what that reading held: a device marks a value it
+    does not implement (0x8000, NaN, an unimplemented scale factor) in every reading.
     """
 
     kind_name = "sunspec"
@@ -225,6 +238,12 @@ class SunSpecMeter(_ModbusMeterBase):
         super().__init__(evse_id, bus, unit_id, sink=sink, phases=3, required=required)
         self.base_address = base_address
         self.model: tuple[int, int] | None = None  # (model id, address of its ID register)
+        self._measures = SUNSPEC_MEASURES
+        self._measures_known = False  # narrowed by the first reading of the model found
+
+    @property
+    def measures(self) -> frozenset[str]:
+        return self._measures
 
     async def discover(self) -> tuple[int, int]:
         bases = (self.base_address,) if self.base_address is not None else SUNSPEC_BASES
@@ -248,6 +267,7 @@ class SunSpecMeter(_ModbusMeterBase):
                 break
             if model_id in SUNSPEC_INT_MODELS or model_id in SUNSPEC_FLOAT_MODELS:
                 self.model = (model_id, addr)
+                self._measures_known = False
                 self._phases = (SUNSPEC_INT_MODELS | SUNSPEC_FLOAT_MODELS)[model_id]
                 log.info("%s: SunSpec model %d at %d", self.label, model_id, addr)
                 return self.model
@@ -269,6 +289,9 @@ class SunSpecMeter(_ModbusMeterBase):
             raise
         if values.get("energy_import_wh") is None:
             raise DeviceRejected(f"SunSpec model {model_id}: TotWhImp not implemented")
+        if not self._measures_known:
+            self._measures = measures_of(k for k, v in values.items() if v not in (None, ()))
+            self._measures_known = True
         return _reading(values)
 
     def _decode_int(self, d: Sequence[int]) -> dict[str, object]:

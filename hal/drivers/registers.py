@@ -49,6 +49,18 @@ PHASE_QUANTITIES = ("voltage_v", "current_a")
 SCALAR_QUANTITIES = ("energy_import_wh", "energy_export_wh", "power_w", "frequency_hz",
                      "power_reactive_var", "power_factor", "temperature_c")
 QUANTITIES = SCALAR_QUANTITIES + PHASE_QUANTITIES
+# The measure (hal.interfaces.MEASURES) each quantity gives.
+MEASURE_OF = {
+    "energy_import_wh": "energy_import", "energy_export_wh": "energy_export",
+    "power_w": "power", "frequency_hz": "frequency", "power_reactive_var": "power_reactive",
+    "power_factor": "power_factor", "temperature_c": "temperature", "voltage_v": "voltage",
+    "current_a": "current",
+}
+
+
+def measures_of(quantities: Iterable[str]) -> frozenset[str]:
+    """What a meter filling these MeterReading fields measures."""
+    return frozenset(MEASURE_OF[q] for q in quantities if q in MEASURE_OF)
 
 
 def decode(regs: Sequence[int], dtype: DataType, word_order: str = "big") -> float:
@@ -114,6 +126,11 @@ class MeterMap:
             raise ValueError(f"meter map {self.name!r}: unknown quantities {sorted(unknown)}")
         specs = [s for specs in self.quantities.values() for s in specs]
         object.__setattr__(self, "blocks", tuple(plan_reads(specs, self.max_gap, self.max_count)))
+
+    @property
+    def measures(self) -> frozenset[str]:
+        """What a meter with this map can give: what is mapped, nothing else."""
+        return measures_of(self.quantities)
 
 
 def plan_reads(specs: Iterable[RegisterSpec], max_gap: int = 0,

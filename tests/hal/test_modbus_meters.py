@@ -118,6 +118,31 @@ async def test_sunspec_discovery_over_tcp(sink, model):
         await shutdown(sim, bus)
 
 
+async def test_sunspec_measures_what_the_device_implements(sink):
+    """Until the first reading a SunSpec meter may give what its model has registers for;
+    then what the device implements (here: no frequency, NaN in the float model)."""
+    sim, bus = await tcp(sunspec_unit(1, 213, hz=float("nan")))
+    try:
+        m = SunSpecMeter(1, bus, 1, sink=sink)
+        assert "frequency" in m.measures
+        r = await m.read()
+        assert r.frequency_hz is None
+        assert m.measures == {"energy_import", "energy_export", "power", "current", "voltage",
+                              "power_reactive", "power_factor"}
+    finally:
+        await shutdown(sim, bus)
+
+
+async def test_register_map_meter_measures_what_its_map_maps(sink):
+    sim, bus = await rtu(sdm120_unit(7), baudrate=9600)
+    try:
+        m = RegisterMapMeter(1, bus, 7, BUILTIN_MAPS["sdm120"], sink=sink)
+        assert m.measures == BUILTIN_MAPS["sdm120"].measures
+        assert "frequency" in m.measures and "temperature" not in m.measures
+    finally:
+        await shutdown(sim, bus)
+
+
 async def test_sunspec_at_base_zero_and_rediscovery(sink):
     unit = sunspec_unit(1, 203, base=0)
     sim, bus = await tcp(unit)

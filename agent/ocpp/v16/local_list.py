@@ -29,7 +29,7 @@ class LocalList(Block):
     async def get_local_list_version(self, p: dict) -> dict:
         if not self.enabled:
             return {"listVersion": -1}
-        return {"listVersion": self.storage.local_list_version()}
+        return {"listVersion": self.station.authorization.local_list_version()}
 
     @handles("SendLocalList")
     async def send_local_list(self, p: dict) -> dict:

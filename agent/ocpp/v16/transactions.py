@@ -40,13 +40,6 @@ class Transactions(Block):
             evse, self.settings["StopTxnSampledData"], context))
 
     def transaction_started(self, tx: TxRecord, snap: EvseSnapshot, trigger: TxPoint) -> None:
-        if not tx.parent:
-            # The group of the starting card, if the local list or cache knows it, lets a card
-            # of the same group stop the session even offline (1.6 3.10).
-            parent = self.station.authorization.known_parent(tx.id_token)
-            if parent:
-                tx.parent = parent
-                self.storage.tx_update(tx.local_id, parent=parent)
         payload: dict[str, Any] = {
             "connectorId": tx.evse_id, "idTag": tx.id_token[:ID_TAG_MAX],
             "meterStart": int(round(tx.meter_start_wh)), "timestamp": tx.started_at}
@@ -86,6 +79,11 @@ class Transactions(Block):
         if item.tx_ref is None or item.action == "StartTransaction":
             return payload
         tx = self.storage.tx_get(item.tx_ref)
+        if tx is not None and tx.remote_id is None and tx.start_requeued:
+            log.error("%s for transaction %s dropped: the CSMS refused its StartTransaction "
+                      "for good (the transaction is undeliverable; its messages are kept in "
+                      "the dropped table)", item.action, item.tx_ref)
+            return None
         if tx is None or tx.remote_id is None:
             log.error("%s for transaction %s has no transactionId (its Start was never "
                       "confirmed); dropping it", item.action, item.tx_ref)
@@ -108,6 +106,7 @@ class Transactions(Block):
             return
         tx_id = str(result.get("transactionId"))
         self.storage.tx_set_remote_id(item.tx_ref, tx_id)
+        log.info("transaction %s is CSMS transaction %s", item.tx_ref, tx_id)
         parent = info.get("parentIdTag") if isinstance(info, dict) else None
         if parent:
             self.storage.tx_update(item.tx_ref, parent=parent)
@@ -121,6 +120,43 @@ class Transactions(Block):
             # outdated data): 1.6 3.5.4 says stop, or only stop the energy.
             log.warning("StartTransaction %s: idTag %s", tx_id, info.get("status"))
             self.station.invalid_id_late(item.tx_ref)
+
+    def outbox_dropped(self, item: OutboxItem) -> None:
+        """A message given up after TransactionMessageAttempts (runs in the drop's commit).
+
+        1.6 3.7.1 says to discard it and go on with the next transaction-related message. For
+        a StartTransaction that would lose the session: every later message of it lacks a
+        transactionId. So a Start dropped for the first time is queued afresh, once, at the
+        back of the queue (a transient CSMS fault should not cost the session), and the
+        messages of the transaction still queued (its MeterValues, its Stop if it ended) move
+        behind it, in their order. Dropped a second time, the transaction is undeliverable:
+        an error names it, and its later messages are dropped (``prepare_outbox``); all of
+        them stay in the dropped table. See docs/durability.md.
+        """
+        if item.action != "StartTransaction" or item.tx_ref is None:
+            return
+        tx = self.storage.tx_get(item.tx_ref)
+        if tx is None or tx.remote_id is not None:
+            return
+        if tx.start_requeued:
+            log.error("transaction %s (connector %s, idTag %s, started %s, meterStart %.0f Wh) "
+                      "is undeliverable: the CSMS refused its StartTransaction for good twice; "
+                      "it is kept in the dropped table", tx.local_id, tx.connector_id,
+                      tx.id_token, tx.started_at, tx.meter_start_wh)
+            return
+        later = [i for i in self.storage.outbox_peek(self.storage.outbox_count())
+                 if i.tx_ref == item.tx_ref]
+        self.storage.tx_update(tx.local_id, start_requeued=True)
+        self.adapter.enqueue("StartTransaction", item.payload, tx_ref=item.tx_ref)
+        for queued in later:  # removed and queued again, behind the new Start
+            self.storage.outbox_ack(queued.id)
+            self.adapter.enqueue(queued.action, queued.payload, tx_ref=queued.tx_ref)
+        evse = self.station.find_tx(local_id=item.tx_ref)
+        if evse is not None and evse.tx is not None:
+            evse.tx.start_requeued = True
+        log.warning("StartTransaction of transaction %s refused for good: queued once more at "
+                    "the back of the queue, with its %d later message(s) behind it",
+                    tx.local_id, len(later))
 
     def outbox_done(self, item: OutboxItem) -> None:
         if item.action == "StopTransaction" and item.tx_ref is not None:

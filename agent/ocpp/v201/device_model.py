@@ -122,7 +122,8 @@ class VarDef:
             out["instance"] = self.instance
         return out
 
-    def characteristics(self) -> dict:
+    def characteristics(self, values_list: tuple[str, ...] | None = None) -> dict:
+        """``values_list``: what this station accepts, where narrower than the declaration."""
         out: dict[str, Any] = {"dataType": self.data_type, "supportsMonitoring": False}
         if self.unit:
             out["unit"] = self.unit
@@ -130,8 +131,9 @@ class VarDef:
             out["minLimit"] = self.min_limit
         if self.max_limit is not None:
             out["maxLimit"] = self.max_limit
-        if self.values_list:
-            out["valuesList"] = ",".join(self.values_list)[:1000]
+        values = self.values_list if values_list is None else values_list
+        if values:
+            out["valuesList"] = ",".join(values)[:1000]
         return out
 
 
@@ -306,6 +308,17 @@ class DeviceModel:
             return factory
         return attr.default or ""
 
+    def values_list(self, d: VarDef) -> tuple[str, ...] | None:
+        """The members a list variable accepts here: its declaration, narrowed for a mapped
+        one to what the neutral setting accepts on this station (the measurand lists: what
+        the hardware gives, TC_B_53_CS "valuesList=subset(<supported measurands>)")."""
+        if d.values_list is None or d.setting is None:
+            return d.values_list
+        allowed = self._settings.choices(d.setting)
+        if allowed is None:
+            return d.values_list
+        return tuple(v for v in d.values_list if v in allowed)
+
     @staticmethod
     def _skey(d: VarDef, kind: str) -> str:
         return PREFIX + d.storage_id + ("" if kind == "Actual" else f"/{kind}")
@@ -419,10 +432,10 @@ class DeviceModel:
             items = [x.strip() for x in text.split(",")] if text.strip() else []
             if t == "OptionList" and len(items) != 1:
                 return "exactly one option is needed"
-            allowed = d.values_list or ()
+            allowed = self.values_list(d) or ()
             bad = [x for x in items if x not in allowed]
             if bad:
-                return f"not supported: {', '.join(bad)}"
+                return f"not supported by this station: {', '.join(bad)}"
             if len(set(items)) != len(items):
                 return "an item is listed twice"
             number = len(items)
@@ -463,7 +476,8 @@ class DeviceModel:
                 entry["value"] = self._read(d, a.type)[:2500]
             attributes.append(entry)
         return {"component": d.component_json(), "variable": d.variable_json(),
-                "variableAttribute": attributes, "variableCharacteristics": d.characteristics()}
+                "variableAttribute": attributes,
+                "variableCharacteristics": d.characteristics(self.values_list(d))}
 
     def base_report(self, base: str) -> list[dict]:
         if base == "ConfigurationInventory":
@@ -498,8 +512,14 @@ class DeviceModel:
 
 
 def _matches(d: VarDef, cv: dict) -> bool:
+    """B08 (errata 2023-12 B08.FR.22-25): what is left out of a componentVariable matches
+    every value of it. No component.instance: every instance and none; no evse: every EVSE and
+    the station level; an evse without connectorId: the EVSE and each of its connectors; no
+    variable: all of the component's; no variable.instance: every instance of the variable."""
     comp = cv["component"]
-    if comp["name"] != d.component or comp.get("instance") != d.comp_instance:
+    if comp["name"] != d.component:
+        return False
+    if "instance" in comp and comp["instance"] != d.comp_instance:
         return False
     evse = comp.get("evse")
     if evse is not None:
@@ -509,7 +529,9 @@ def _matches(d: VarDef, cv: dict) -> bool:
             return False
     var = cv.get("variable")
     if var is not None:
-        if var["name"] != d.name or var.get("instance") != d.instance:
+        if var["name"] != d.name:
+            return False
+        if "instance" in var and var["instance"] != d.instance:
             return False
     return True
 

@@ -36,7 +36,7 @@ class LocalList(VariableBlock):
     async def get_local_list_version(self, p: dict) -> dict:
         if not self.enabled:
             return {"versionNumber": 0}
-        return {"versionNumber": self.storage.local_list_version()}
+        return {"versionNumber": self.station.authorization.local_list_version()}
 
     @handles("SendLocalList")
     async def send_local_list(self, p: dict) -> dict:

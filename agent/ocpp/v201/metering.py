@@ -10,7 +10,9 @@ the TxEnded streams collected for the Ended event.  The intervals 1.6 has too ar
 has, are neutral settings this block registers so that the core's streams can read them.
 
 This block formats samples: numbers with unitOfMeasure, and only the measurands 2.0.1 knows
-(it has no Temperature).
+(it has no Temperature).  The measurand lists (TxStarted/TxUpdated/TxEnded, AlignedDataCtrlr
+Measurands/TxEndedMeasurands) are neutral settings: their valuesList and what SetVariables
+accepts is what the station's hardware gives (the core's measurand capability).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from typing import Any, ClassVar
 
 from agent.core.metering import MeterValue, Stream
 from agent.core.model import TxRecord
-from agent.core.settings import SettingDef
+from agent.core.settings import MEASURAND_CAPABILITY, MEASURANDS, SAMPLED_MAX, SettingDef
 from agent.ocpp.v201.device_model import MEASURANDS_201, VarDef, VariableBlock, ro, rw
 
 log = logging.getLogger("cp_agent.v201")
 
 TX_ENDED_SAMPLE_INTERVAL = "TxEndedSampleInterval"  # SampledDataCtrlr.TxEndedInterval
 TX_ENDED_ALIGNED_INTERVAL = "TxEndedAlignedInterval"  # AlignedDataCtrlr.TxEndedInterval
+# SampledDataCtrlr.TxStartedMeasurands: a neutral setting so that, like the other lists, it
+# accepts only what the hardware gives (the core's measurand capability).
+TX_STARTED_MEASURANDS = "TxStartedMeasurands"
 
 STREAMS = (
     Stream("updated", "MeterValueSampleInterval", "MeterValuesSampledData", aligned=False),
@@ -77,13 +82,16 @@ class Metering(VariableBlock):
     SETTINGS = (
         SettingDef(TX_ENDED_SAMPLE_INTERVAL, "int", 0, min=0, max=86400, v16=False),
         SettingDef(TX_ENDED_ALIGNED_INTERVAL, "int", 0, min=0, max=86400, v16=False),
+        SettingDef(TX_STARTED_MEASURANDS, "csl", ["Energy.Active.Import.Register"],
+                   choices=MEASURANDS, supported_by=MEASURAND_CAPABILITY,
+                   max_items=SAMPLED_MAX, v16=False),
     )
     VARIABLES: ClassVar[tuple[VarDef, ...]] = (
         ro("SampledDataCtrlr", "Enabled", "boolean", "true"),
         ro("SampledDataCtrlr", "Available", "boolean", "true"),
         ro("SampledDataCtrlr", "SignReadings", "boolean", "false"),
         rw("SampledDataCtrlr", "TxStartedMeasurands", "MemberList",
-           "Energy.Active.Import.Register", **_MEASURANDS),
+           setting=TX_STARTED_MEASURANDS, **_MEASURANDS),
         rw("SampledDataCtrlr", "TxUpdatedInterval", "integer", unit="s", min_limit=0,
            max_limit=86400, setting="MeterValueSampleInterval"),
         rw("SampledDataCtrlr", "TxUpdatedMeasurands", "MemberList",

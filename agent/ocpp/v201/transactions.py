@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from agent.core.model import EvseSnapshot, StopReason, Token, TxPoint, TxRecord
 from agent.ocpp.blocks import handles
-from agent.ocpp.v201.authorization import auth_info, id_token
+from agent.ocpp.v201.authorization import ID_TOKEN_MAX, auth_info, id_token
 from agent.ocpp.v201.device_model import TX_POINTS, VarDef, VariableBlock, ro, rw
 from agent.ocpp.v201.metering import Metering, meter_value, register_value
 from agent.storage import OutboxItem
@@ -266,9 +266,14 @@ class Transactions(VariableBlock):
         state = snap.charging_state
         if trigger is None and state == self._state_sent.get(tx.local_id):
             return
-        with_token = trigger in ("Authorized", "RemoteStart")
+        token = self._tokens.get(snap.evse_id) if trigger in ("Authorized", "RemoteStart") \
+            else None
+        if trigger == "StopAuthorized" and tx.stopped_by:
+            # A card stopped the authorization before the stop point ends the transaction
+            # (C09, TC_C_39_CS: the card of the group that stopped it is named).
+            token = Token(tx.stopped_by, tx.token_type or "ISO14443")
         self._event(tx, "Updated", trigger or "ChargingStateChanged", charging_state=state,
-                    token=self._tokens.get(snap.evse_id) if with_token else None,
+                    token=token,
                     remote_start_id=tx.remote_start_id if trigger == "RemoteStart" else None)
 
     # ------------------------------------------------------------------ TransactionEvent
@@ -349,7 +354,15 @@ class Transactions(VariableBlock):
             return
         verdict = auth_info(info)
         self.station.authorization.remember(token["idToken"], verdict)
-        if not verdict.accepted and self.station.find_tx(local_id=item.tx_ref) is not None:
+        evse = self.station.find_tx(local_id=item.tx_ref)
+        tx = evse.tx if evse is not None else None
+        if verdict.parent and tx is not None and token["idToken"] == tx.id_token[:ID_TOKEN_MAX]:
+            # C09: the groupIdToken the CSMS names for the card of the transaction is its
+            # group, as 1.6 takes StartTransaction.conf's parentIdTag: a card of the group may
+            # stop it (e.g. a session started offline, or authorized without a group).
+            tx.parent = verdict.parent
+            self.storage.tx_update(tx.local_id, parent=verdict.parent)
+        if not verdict.accepted and evse is not None:
             # E05 / C: the CSMS answered late (started offline, or authorized locally with
             # outdated data): stop after MaxEnergyOnInvalidId, or only stop the energy.
             log.warning("transaction %s: idToken %s", item.tx_ref, verdict.status)
