@@ -10,13 +10,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agent import __version__
 from agent.clock import Clock
 from agent.config import AgentConfig
-from agent.control import ControlServer
+from agent.control import ControlServer, Stream
 from agent.core.model import StopReason, Token
 from agent.core.settings import Settings
 from agent.core.station import Station
@@ -103,6 +103,14 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()
         self._stopped = False
+        self.web: Any = None  # agent.web.WebServer, imported only when web.listen is set
+        self.web_url: str | None = None  # where the status page listens (port 0 resolved)
+        self.mqtt: Any = None  # agent.integrations.mqtt.MqttBridge, only with an mqtt: section
+        if cfg.mqtt is not None:
+            from agent.integrations.mqtt import MqttBridge  # the one module that uses aiomqtt
+
+            self.mqtt = MqttBridge(cfg.mqtt, cfg.station.id, self.station, clock=self.clock,
+                                   link_state=lambda: (self.link.state, self.link.version))
 
     def _frame_observer(self, extra: Callable[[str, str, str, str, dict], None] | None
                         ) -> Callable[[str, str, str, str, dict], None]:
@@ -176,8 +184,15 @@ class Agent:
             await adapter.start()
         if self.control is not None:
             await self.control.start()
+        if self.cfg.web.listen is not None:
+            from agent.web import start_web
+
+            self.web = await start_web(self)
+            self.web_url = self.web.url if self.web is not None else None
         self._tasks.append(asyncio.create_task(self._ready_when_healthy(), name="self-check"))
         self._tasks.append(asyncio.create_task(self.link.run(), name="link"))
+        if self.mqtt is not None:  # returns at once: a broker that is down delays nothing
+            await self.mqtt.start()
         interval = self.notifier.watchdog_interval()
         if interval:
             self._tasks.append(asyncio.create_task(self._watchdog(interval / 2),
@@ -219,6 +234,8 @@ class Agent:
             self.adapter.outbox.wake()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.adapter.outbox.idle.wait(), FLUSH_ON_STOP_S)
+        if self.mqtt is not None:  # publishes the final state (contactors open), then offline
+            await self.mqtt.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,6 +245,8 @@ class Agent:
         await self.station.stop()
         if self.control is not None:
             await self.control.stop()
+        if self.web is not None:  # it reads the storage: stopped before that closes
+            await self.web.stop()
         self.storage.close()
         self.notifier.close()
 
@@ -253,6 +272,8 @@ class Agent:
                 "evse": snap.evse_id, "connector": snap.connector_id,
                 "pilot": snap.pilot.value, "contactor": "closed" if snap.contactor_closed
                 else "open", "status": snap.status.value,
+                # The status as the active version reports it (2.0.1: Available, Occupied...).
+                "connector_status": self.adapter.spec.connector_status(snap),
                 # 2.0.1 has no CSMS-assigned id: the station's own id is the transactionId.
                 "transaction_id": snap.tx_remote_id if self.adapter.spec.csms_assigns_tx_id
                 else snap.tx_local_id, "local_transaction_id": snap.tx_local_id,
@@ -292,23 +313,18 @@ class Agent:
         elif cmd == "unplug":
             self._mock().unplug(self._evse_id(args))
         elif cmd == "ev":
-            self._mock().set_ev_state(self._evse_id(args), PilotState(args.get("state")))
+            return await self._ev(args)
         elif cmd == "tap":
-            token = args.get("token")
-            if not isinstance(token, str) or not token:
-                raise ValueError("tap needs a token")
-            evse = args.get("evse")
-            if evse is not None:
-                self._evse_id(args)
-            if not isinstance(self.hal, MockHal):
-                return {"result": await self.station.present_token(Token(token), evse)}
-            if not self.hal.tap(token, evse):
-                raise ValueError("the RFID reader is faulted (clear-fault 0 reader)")
+            return await self._tap(args)
+        elif cmd == "frames":
+            return self._frames(args)
         elif cmd in ("fault", "clear-fault"):
             kind = FaultKind(args.get("kind"))
             evse = args.get("evse")
             if kind != FaultKind.READER:
                 evse = self._evse_id(args)
+            raised = (kind in self.station.station_faults if kind == FaultKind.READER
+                      else kind in self.station.evses[evse].faults)
             if isinstance(self.hal, MockHal):
                 (self.hal.inject_fault if cmd == "fault" else self.hal.clear_fault)(
                     evse or 0, kind)
@@ -316,9 +332,87 @@ class Agent:
                 await self.station.evses[evse].clear_fault(kind)
             else:
                 await self.station.evses[evse].raise_fault(kind, "raised from ctl")
+            if cmd == "clear-fault" and not raised:
+                where = "the station" if kind == FaultKind.READER else f"EVSE {evse}"
+                raise ValueError(f"no {kind} fault is raised on {where}: nothing to clear")
         else:
             raise ValueError(f"unknown command {cmd!r}")
         return await self._settled_status()
+
+    async def _ev(self, args: dict) -> dict[str, Any]:
+        """What the EV does; asking for energy that is not offered is a valid bench step (the
+        EV waits in B), answered with a warning."""
+        evse = self._evse_id(args)
+        state = PilotState(args.get("state"))
+        self._mock().set_ev_state(evse, state)
+        status = await self._settled_status()
+        controller = self.station.evses[evse]
+        if state.wants_energy and controller.offered_a < controller.min_current_a:
+            status["warning"] = (f"EVSE {evse} offers no current (no session authorized): "
+                                 "the EV cannot charge without an offer; tap a card first")
+        return status
+
+    async def _tap(self, args: dict) -> dict[str, Any]:
+        """Present a card and answer what became of it (``tap``) with the state it led to."""
+        token = args.get("token")
+        if not isinstance(token, str) or not token:
+            raise ValueError("tap needs a token")
+        evse = args.get("evse")
+        if evse is not None:
+            self._evse_id(args)
+        self.station.authorization.verdicts.pop(token, None)
+        if isinstance(self.hal, MockHal):
+            # The card goes the way a real one does: a HAL event, whose handling spawns the
+            # authorization; its outcome is what the station recorded for this card.
+            self.station.taps.pop(token, None)
+            if not self.hal.tap(token, evse):
+                raise ValueError("the RFID reader is faulted (clear-fault 0 reader)")
+            await asyncio.wait_for(self.station.settled(), CONTROL_SETTLE_S)
+            task = self.station.taps.get(token)
+            try:
+                result = (await asyncio.wait_for(asyncio.shield(task), CONTROL_SETTLE_S)
+                          if task is not None else "ignored")
+            except TimeoutError:
+                result = "pending"
+        else:
+            result = await self.station.present_token(Token(token), evse)
+        reason = None
+        if result == "rejected":
+            verdict = self.station.authorization.verdicts.get(token)
+            reason = (f"{verdict.status} ({verdict.source})"
+                      if verdict is not None and not verdict.accepted
+                      else "no EVSE could take the session")
+        elif result == "ignored":
+            reason = "no EVSE can take it"
+        status = await self._settled_status()
+        where = evse if evse is not None else next(
+            (e["evse"] for e in status["evses"] if e["token"] == token), None)
+        return {**status, "tap": {"token": token, "result": result, "reason": reason,
+                                  "evse": where}}
+
+    def _frames(self, args: dict) -> Stream:
+        """The message log: the last ``limit`` frames, then (``follow``) every new one."""
+        limit = args.get("limit")
+        follow = args.get("follow", False)
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise ValueError("frames: limit must be a non-negative integer")
+        if not isinstance(follow, bool):
+            raise ValueError("frames: follow must be true or false")
+        # Subscribed in the same step as the copy of the recent ones: none lost, none twice.
+        queue = self.frames.follow() if follow else None
+        recent = self.frames.recent(limit)
+
+        async def frames() -> AsyncIterator[dict[str, Any]]:
+            try:
+                for frame in recent:
+                    yield frame.as_dict()
+                while queue is not None:
+                    yield (await queue.get()).as_dict()
+            finally:
+                if queue is not None:
+                    self.frames.leave(queue)
+
+        return Stream(frames(), head={"frames": len(recent), "follow": follow})
 
     async def _settled_status(self) -> dict[str, Any]:
         """The state a bench command led to, once the agent reacted (the EV's answer to the

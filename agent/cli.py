@@ -1,4 +1,5 @@
-"""`cp-agent` command line: run (the daemon), demo, ctl (bench tool), doctor (hardware probe)."""
+"""`cp-agent` command line: run (the daemon), demo, ctl (bench tool), csms (a bench CSMS),
+doctor (hardware probe)."""
 
 from __future__ import annotations
 
@@ -14,15 +15,20 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.ocpp import registry
 
 EXIT_CONFIG = 2
+# run / check-config: a path the configuration names cannot be used here (README: exit codes).
+EXIT_PATH = 4
+CSMS_PORT = 9000  # `cp-agent csms`, the usual OCPP-J port of CSMS test tools
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, *, frames: bool = False) -> None:
     # Under systemd the journal adds its own timestamps; keep lines short and greppable.
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    if frames:  # the message log is asked for: shown whatever the level of the rest
+        logging.getLogger("cp_agent.frames").setLevel(logging.INFO)
 
 
 def _load(path: str) -> AgentConfig:
@@ -35,7 +41,17 @@ def _load(path: str) -> AgentConfig:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     cfg = _load(ns.config)
-    _setup_logging(ns.log_level or cfg.log.level)
+    from agent.control import ControlSocketError, ControlSocketInUse
+    from agent.preflight import run_blockers
+
+    blockers = run_blockers(cfg)
+    for problem in blockers:  # one line each, before anything is opened
+        print(f"cp-agent: {problem}", file=sys.stderr)
+    if blockers:
+        return EXIT_PATH
+    if ns.log_frames:
+        cfg.log.frames = True
+    _setup_logging(ns.log_level or cfg.log.level, frames=cfg.log.frames)
     # A hung loop is killed by the systemd watchdog (SIGABRT): dump every stack to the journal.
     faulthandler.enable()
     from agent.app import Agent
@@ -60,6 +76,13 @@ def cmd_run(ns: argparse.Namespace) -> int:
             reset = asyncio.run(run_degraded(cfg, exc))
         except KeyboardInterrupt:
             return 0
+        except (ControlSocketError, ControlSocketInUse) as sock_exc:
+            print(f"cp-agent: control.socket: {sock_exc.args[-1]}", file=sys.stderr)
+            return EXIT_PATH
+    except (ControlSocketError, ControlSocketInUse) as exc:
+        # A race with the check above, or another agent listening there: one line, no trace.
+        print(f"cp-agent: control.socket: {exc.args[-1]}", file=sys.stderr)
+        return EXIT_PATH
     except KeyboardInterrupt:
         return 0
     if reset is not None:
@@ -105,6 +128,12 @@ def cmd_ctl(argv: list[str]) -> int:
     return ctl_main(argv, os.environ.get("CP_AGENT_SOCKET"))
 
 
+def cmd_csms(ns: argparse.Namespace) -> int:
+    from agent.testing.csms.command import main
+
+    return main(ns.host, ns.port, ns.versions, ns.accept)
+
+
 def cmd_doctor(ns: argparse.Namespace) -> int:
     cfg = _load(ns.config)
     try:
@@ -134,8 +163,20 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
         except HalConfigError as exc:
             print(f"cp-agent: configuration error: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+    from agent.preflight import check_paths
+
+    problems = check_paths(cfg)
+    errors = [p for p in problems if not p.managed]
+    for p in errors:
+        print(f"cp-agent: path error: {p}", file=sys.stderr)
+    if errors:
+        return EXIT_PATH
     print(f"{ns.config}: ok (station {cfg.station.id}, {len(cfg.evses)} EVSE(s), "
           f"OCPP {', '.join(cfg.ocpp.versions)}, hal {cfg.hal.get('driver')})")
+    # Directories cp-agent.service creates for itself: what they look like from here is
+    # worth a line, but says nothing about the service.
+    for p in problems:
+        print(f"cp-agent: note: {p}", file=sys.stderr)
     return 0
 
 
@@ -147,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the station daemon")
     r.add_argument("--config", required=True, help="YAML configuration file")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    r.add_argument("--log-frames", action="store_true",
+                   help="log every OCPP frame (redacted; logger cp_agent.frames), as "
+                        "log.frames: true does")
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("demo", help="play a charging session against a local CSMS (mock HAL)")
     d.add_argument("--ocpp", default=versions[0], choices=versions,
@@ -155,6 +199,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     sub.add_parser("ctl", help="drive a running agent (bench tool); see `cp-agent ctl -h`",
                    add_help=False)
+    cs = sub.add_parser("csms", help="run the strict test CSMS for a bench rig, printing "
+                                     "every frame, until Ctrl-C",
+                        description="The strict test CSMS the integration tests use, as a "
+                        "command: a station connects to ws://HOST:PORT/<station id>.")
+    cs.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
+                    "127.0.0.1; 0.0.0.0 for a charger on the network)")
+    cs.add_argument("--port", type=int, default=CSMS_PORT,
+                    help=f"port (default {CSMS_PORT}; 0: any free one, printed)")
+    cs.add_argument("--versions", default=",".join(versions), metavar="V[,V...]",
+                    help=f"OCPP versions offered, preferred first (default "
+                         f"{','.join(versions)})")
+    cs.add_argument("--accept", nargs="+", metavar="TOKEN",
+                    help="cards the CSMS accepts, any other is Invalid (default: all)")
+    cs.set_defaults(func=cmd_csms)
     doc = sub.add_parser("doctor", help="probe every configured device")
     doc.add_argument("--config", required=True)
     doc.set_defaults(func=cmd_doctor)

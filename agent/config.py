@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from agent.ocpp import registry
+from hal.config_kit import yaml_repr
 
 SUPPORTED_VERSIONS = registry.versions()
 
@@ -30,7 +32,16 @@ class ConfigError(Exception):
 
 def _check(cond: bool, path: str, value: Any, allowed: str) -> None:
     if not cond:
-        raise ConfigError(f"{path}: {value!r} is not allowed; expected {allowed}")
+        # Values as the YAML file spells them: null, true/false, 'text'.
+        raise ConfigError(f"{path}: {yaml_repr(value)} is not allowed; expected {allowed}")
+
+
+# The charge point identity: OCPP 2.0.1 makes it an identifierString of at most 48 characters
+# without ':' (it is the basic-auth user name; part 4, 3.1.1). Of identifierString's set this
+# keeps the characters that need no percent-encoding in the connection URL, which every CSMS
+# matches alike: ASCII letters and digits, '-', '_', '.'.
+STATION_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,48}")
+STATION_ID_ALLOWED = "1-48 characters: letters A-Z a-z, digits 0-9, '-', '_', '.'"
 
 
 @dataclass
@@ -42,9 +53,8 @@ class StationConfig:
     firmware_version: str | None = None
 
     def validate(self, path: str) -> None:
-        # The identity is a URL path segment (OCPP-J: no ':' for basic auth, printable ASCII).
-        ok = 0 < len(self.id) <= 48 and all(c.isalnum() or c in "-_.*" for c in self.id)
-        _check(ok, f"{path}.id", self.id, "1-48 characters of letters, digits, '-', '_', '.'")
+        _check(STATION_ID_RE.fullmatch(self.id) is not None, f"{path}.id", self.id,
+               STATION_ID_ALLOWED)
         _check(0 < len(self.vendor) <= 20, f"{path}.vendor", self.vendor, "1-20 characters")
         _check(0 < len(self.model) <= 20, f"{path}.model", self.model, "1-20 characters")
         if self.serial_number is not None:
@@ -77,9 +87,19 @@ class OcppConfig:
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, path: str) -> None:
-        parts = urlsplit(self.url)
+        try:
+            parts = urlsplit(self.url)
+        except ValueError:  # e.g. an unclosed [ of an IPv6 address
+            parts = urlsplit("")
         _check(parts.scheme in ("ws", "wss") and bool(parts.hostname), f"{path}.url", self.url,
                "a ws:// or wss:// URL with a host (the station id is appended to it)")
+        try:
+            port = parts.port  # ValueError for ws://host:notaport or a port above 65535
+        except ValueError:
+            port = -1
+        _check(port is None or 0 < port < 65536, f"{path}.url", self.url,
+               "a port number 1-65535 after the host, e.g. ws://csms.example.com:9000/ocpp "
+               "(or no port: 80 for ws://, 443 for wss://)")
         _check(len(self.versions) > 0, f"{path}.versions", self.versions,
                f"a non-empty list of {list(SUPPORTED_VERSIONS)}")
         for i, v in enumerate(self.versions):
@@ -106,8 +126,10 @@ class OcppConfig:
             _check(0 < len(self.password) <= 40, f"{path}.password", "***",
                    "1-40 characters")
         if self.ca_file is not None:
-            _check(os.path.isfile(self.ca_file), f"{path}.ca_file", self.ca_file,
-                   "the path of a readable PEM file of CA certificates")
+            _check(os.path.isfile(self.ca_file) and os.access(self.ca_file, os.R_OK),
+                   f"{path}.ca_file", self.ca_file,
+                   "the path of a readable PEM file of CA certificates (a relative path is "
+                   "relative to the configuration file)")
         _check(0 < self.call_timeout_s <= 300, f"{path}.call_timeout_s", self.call_timeout_s,
                "a number of seconds in (0, 300]")
         self.reconnect.validate(f"{path}.reconnect")
@@ -175,6 +197,121 @@ class LogConfig:
 
 
 @dataclass
+class MqttConfig:
+    """The optional bridge to a home or depot energy manager (agent/integrations/mqtt.py).
+
+    There is no default broker: a station that should not talk MQTT simply has no ``mqtt:``
+    section, and one that has it must say where the broker is.
+    """
+
+    host: str = ""
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None  # PEM CA(s) of the broker's certificate; None: the system CAs
+    topic_prefix: str | None = None  # None: cp-agent/<station.id>
+    publish_interval_s: float = 10.0  # every retained topic is republished at least this often
+    limit_timeout_s: float = 60.0  # a limit not renewed within this is stale (kept, warned)
+    reconnect: ReconnectConfig = field(
+        default_factory=lambda: ReconnectConfig(min_backoff_s=1.0, max_backoff_s=60.0))
+
+    def validate(self, path: str) -> None:
+        _check(bool(self.host) and not any(c.isspace() for c in self.host), f"{path}.host",
+               self.host, "the broker's host name or IP address (required in an mqtt: section)")
+        _check(0 < self.port < 65536, f"{path}.port", self.port, "a TCP port in [1, 65535]")
+        if self.password is not None:
+            _check(bool(self.username), f"{path}.username", self.username,
+                   "a user name (a password is set)")
+        if self.ca_file is not None:
+            _check(self.tls, f"{path}.tls", self.tls, "true (a ca_file is set)")
+            _check(os.path.isfile(self.ca_file), f"{path}.ca_file", self.ca_file,
+                   "the path of a readable PEM file of CA certificates")
+        if self.topic_prefix is not None:
+            p = self.topic_prefix
+            ok = (0 < len(p) <= 200 and not p.startswith("/") and not p.endswith("/")
+                  and "//" not in p and not any(c in p for c in "+#\0"))
+            _check(ok, f"{path}.topic_prefix", p,
+                   "1-200 characters without wildcards (+, #), empty levels or a leading or "
+                   "trailing '/'")
+        _check(1 <= self.publish_interval_s <= 3600, f"{path}.publish_interval_s",
+               self.publish_interval_s, "seconds in [1, 3600]")
+        _check(1 <= self.limit_timeout_s <= 86400, f"{path}.limit_timeout_s",
+               self.limit_timeout_s, "seconds in [1, 86400]")
+        self.reconnect.validate(f"{path}.reconnect")
+
+    def prefix(self, station_id: str) -> str:
+        """The topic prefix: the configured one, else ``cp-agent/<station id>``."""
+        return self.topic_prefix or f"cp-agent/{station_id}"
+
+
+# Hosts the status page may listen on without a credential: only this machine can reach them.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:8080`` for IPv6) as (host, port); ValueError if it is not one."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError("an IPv6 address needs brackets")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("not host:port")
+    return host, int(port)
+
+
+@dataclass
+class WebConfig:
+    """The local status page, JSON API and metrics (agent/web); off unless ``listen`` is set.
+
+    The page shows the station's state and, on the mock HAL, drives it: whatever other
+    machines can reach must ask for a credential, and that credential is never the CSMS one.
+    """
+
+    listen: str | None = None  # host:port; port 0 picks a free one (cp-agent demo)
+    token: str | None = None  # bearer token: Authorization: Bearer ... or ?token=...
+    user: str | None = None  # HTTP basic auth, together with password
+    password: str | None = None
+
+    @property
+    def credential(self) -> bool:
+        return self.token is not None or self.user is not None
+
+    def validate(self, path: str, ocpp_password: str | None) -> None:
+        if self.token is not None:
+            _check(16 <= len(self.token) <= 256 and self.token.isprintable()
+                   and " " not in self.token, f"{path}.token", "***",
+                   "16-256 printable characters without spaces")
+            _check(self.token != ocpp_password, f"{path}.token", "***",
+                   "a token other than ocpp.password (the CSMS credential stays off the web)")
+        if self.user is not None or self.password is not None:
+            _check(self.user is not None, f"{path}.user", self.user,
+                   f"a user name when {path}.password is set (HTTP basic auth)")
+            _check(self.password is not None, f"{path}.password", self.password,
+                   f"a password when {path}.user is set (HTTP basic auth)")
+        if self.user is not None:
+            _check(0 < len(self.user) <= 64 and ":" not in self.user, f"{path}.user",
+                   self.user, "1-64 characters without ':'")
+        if self.password is not None:
+            _check(8 <= len(self.password) <= 128, f"{path}.password", "***",
+                   "8-128 characters")
+            _check(self.password != ocpp_password, f"{path}.password", "***",
+                   "a password other than ocpp.password (the CSMS credential stays off the web)")
+        if self.listen is None:
+            return
+        try:
+            host, _ = parse_listen(self.listen)
+        except ValueError:
+            host = ""
+        _check(bool(host), f"{path}.listen", self.listen,
+               "host:port, e.g. 127.0.0.1:8080 ([::1]:8080 for IPv6; port 0: a free port)")
+        _check(host in LOOPBACK_HOSTS or self.credential, f"{path}.listen", self.listen,
+               f"127.0.0.1, ::1 or localhost, unless {path}.token or {path}.user and "
+               f"{path}.password are set (other machines could reach the page)")
+
+
+@dataclass
 class AgentConfig:
     station: StationConfig = field(default_factory=StationConfig)
     ocpp: OcppConfig = field(default_factory=OcppConfig)
@@ -183,6 +320,8 @@ class AgentConfig:
     evses: list[EvseConfig] = field(default_factory=lambda: [EvseConfig()])
     hal: dict[str, Any] = field(default_factory=lambda: {"driver": "mock"})
     log: LogConfig = field(default_factory=LogConfig)
+    mqtt: MqttConfig | None = None  # no section: no bridge, and aiomqtt is never imported
+    web: WebConfig = field(default_factory=WebConfig)  # listen unset: agent.web not imported
     source: str | None = None  # the file it came from, for messages
 
     def validate(self) -> None:
@@ -191,6 +330,9 @@ class AgentConfig:
         self.storage.validate("storage")
         self.control.validate("control")
         self.log.validate("log")
+        self.web.validate("web", self.ocpp.password)
+        if self.mqtt is not None:
+            self.mqtt.validate("mqtt")
         _check(len(self.evses) >= 1, "evses", self.evses, "at least one EVSE")
         seen: set[int] = set()
         for i, e in enumerate(self.evses):
@@ -239,15 +381,18 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
                 return _convert(value, a, path)
             except ConfigError as exc:
                 errors.append(exc)
-        raise ConfigError(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
+        if len(errors) == 1 and any(dataclasses.is_dataclass(a) for a in args):
+            raise errors[0]  # an optional section's own error names the key inside it
+        raise ConfigError(f"{path}: {yaml_repr(value)} is not allowed; expected {_type_name(tp)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
+            raise ConfigError(f"{path}: {yaml_repr(value)} is not allowed; "
+                              f"expected {_type_name(tp)}")
         (item_tp,) = typing.get_args(tp)
         return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {value!r} is not allowed; expected a mapping")
+            raise ConfigError(f"{path}: {yaml_repr(value)} is not allowed; expected a mapping")
         return dict(value)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
@@ -268,7 +413,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             # YAML reads `version: 1.6` as a float and `id: 42` as an int; both mean text here.
             return str(value)
-    raise ConfigError(f"{path}: {value!r} is not allowed; expected {_type_name(tp)}")
+    raise ConfigError(f"{path}: {yaml_repr(value)} is not allowed; expected {_type_name(tp)}")
 
 
 def _build(cls: Any, raw: Any, path: str) -> Any:
@@ -276,7 +421,7 @@ def _build(cls: Any, raw: Any, path: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: {raw!r} is not allowed; expected a mapping")
+        raise ConfigError(f"{where}: {yaml_repr(raw)} is not allowed; expected a mapping")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
     kwargs = {}
@@ -289,33 +434,100 @@ def _build(cls: Any, raw: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
-def load_config_text(text: str, source: str = "<string>") -> AgentConfig:
+# Keys whose value is a file path. A relative one is relative to the configuration file (the
+# working directory is / under systemd), resolved before validation looks at the file. The
+# hal: section's paths are device nodes (/dev/ttyUSB0), left as written.
+PATH_KEYS = ("storage.path", "control.socket", "ocpp.ca_file", "mqtt.ca_file")
+
+# Keys a configuration must give: without them an empty file would be station CP001 talking
+# to a CSMS on 127.0.0.1.
+REQUIRED_KEYS = {
+    "station.id": "the charge point identity, e.g. CP001",
+    "ocpp.url": "the CSMS websocket URL, e.g. ws://csms.example.com:9000/ocpp",
+}
+
+
+def _resolve_paths(cfg: AgentConfig, base: str) -> None:
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        obj = getattr(cfg, section, None)
+        value = getattr(obj, name, None)
+        if isinstance(value, str) and value and value != ":memory:" and not os.path.isabs(value):
+            setattr(obj, name, os.path.join(base, value))
+
+
+def _check_required(raw: Any, source: str) -> None:
+    missing = []
+    for key in REQUIRED_KEYS:
+        node = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            missing.append(key)
+    if not missing:
+        return
+    what = " and ".join(f"{key} ({REQUIRED_KEYS[key]})" for key in missing)
+    empty = f"{source} is empty; " if raw is None else ""
+    raise ConfigError(f"{empty}{', '.join(missing)}: missing; every configuration must give "
+                      f"{what}")
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str, text: str) -> str:
+    """The YAML error with the file's name, line and column (PyYAML says "<unicode string>")."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        detail = exc.problem or "syntax error"
+        if exc.context:
+            detail += f" ({exc.context}"
+            cm = exc.context_mark
+            if cm is not None and (cm.line, cm.column) != (mark.line, mark.column):
+                detail += f" at line {cm.line + 1}, column {cm.column + 1}"
+            detail += ")"
+        return f"{source}: line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {detail}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        before = text[:exc.position]
+        line = before.count("\n") + 1
+        column = exc.position - (before.rfind("\n") + 1) + 1
+        char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+        return (f"{source}: line {line}, column {column}: not valid YAML: character "
+                f"{char!r} (U+{ord(char):04X}) is not allowed in YAML ({exc.reason})")
+    return f"{source}: not valid YAML: {exc}"
+
+
+def load_config_text(text: str, source: str = "<string>",
+                     base_dir: str | os.PathLike[str] | None = None) -> AgentConfig:
+    """Parse and validate ``text``; relative paths are relative to ``base_dir`` if given."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+        raise ConfigError(_yaml_error(exc, source, text)) from None
     cfg = _build(AgentConfig, raw, "")
     # Versions written unquoted in YAML arrive as floats: 1.6 -> "1.6" is fine, 2.0.1 is a str.
     cfg.source = source
+    if base_dir is not None:
+        _resolve_paths(cfg, os.fspath(base_dir))
     cfg.validate()
+    # After validation, so a file with a wrong value and no station.id names the wrong value.
+    _check_required(raw, source)
     return cfg
 
 
 def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"{p}: configuration file not found") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read configuration: {exc.strerror}") from None
-    cfg = load_config_text(text, str(p))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        hint = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{p}: not UTF-8 text: byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start} (line {line}, column {column}) is not valid UTF-8"
+                          f"{hint}; save the file as UTF-8") from None
     # Relative paths in the file are relative to the file, not to the working directory.
-    base = p.resolve().parent
-    if not os.path.isabs(cfg.storage.path):
-        cfg.storage.path = str(base / cfg.storage.path)
-    if cfg.ocpp.ca_file is not None and not os.path.isabs(cfg.ocpp.ca_file):
-        cfg.ocpp.ca_file = str(base / cfg.ocpp.ca_file)
-    if not os.path.isabs(cfg.control.socket):
-        cfg.control.socket = str(base / cfg.control.socket)
-    return cfg
+    return load_config_text(text, str(p), base_dir=p.resolve().parent)

@@ -9,6 +9,11 @@ Wire format: one JSON object per line in each direction.  Request
 ``{"ok": false, "error": "message"}``.  Line-delimited JSON keeps the client trivially
 scriptable (``socat - UNIX-CONNECT:/run/cp-agent/control.sock`` works by hand).
 
+A streaming command (``frames``) answers ``{"ok": true, "result": ..., "stream": true}``, then
+one line ``{"item": ...}`` per item (newline-delimited JSON, as long as it lasts), then
+``{"end": "reason"}`` when the stream is over or the agent stops; the connection closes after
+it.  The client ends a stream early by closing the connection (or its sending side).
+
 The server is exposed to every member of the socket's group, so it defends itself: a request
 is bounded in size, a client that stops talking is dropped after a timeout, and no exception
 escapes a connection into the agent.
@@ -25,13 +30,15 @@ import os
 import socket
 import stat
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hal.interfaces import FaultKind
+from agent.frames import Frame
+from hal.interfaces import FaultKind, PilotState
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,28 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 class ControlSocketInUse(RuntimeError):
     """Another live process answers on the control socket path."""
+
+
+class ControlSocketError(OSError):
+    """The control socket cannot be created (its directory is missing or not writable)."""
+
+
+class Stream:
+    """A streaming answer: a handler returns one instead of a result (``ctl frames``).
+
+    ``head`` goes out as the answer's result, then every item ``items`` yields on a line of
+    its own, until the iterator is exhausted, the client hangs up or the server stops; the
+    iterator is closed (``aclose``) in every case, so it can release what it holds.
+    """
+
+    def __init__(self, items: AsyncIterator[Any], head: Any = None) -> None:
+        self.items = items
+        self.head = head
+
+    async def aclose(self) -> None:
+        close = getattr(self.items, "aclose", None)
+        if close is not None:
+            await close()
 
 
 # ======================================================================= server
@@ -83,6 +112,8 @@ class ControlServer:
         self._server: asyncio.Server | None = None
         self._inode: tuple[int, int] | None = None
         self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._streams: set[asyncio.Task[Any]] = set()  # clients being streamed to
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         """Listen on ``path``, replacing a stale socket left by a crashed agent.
@@ -92,6 +123,7 @@ class ControlServer:
         """
         if self._server is not None:
             return
+        self._stopping.clear()
         await self._clear_stale_socket()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -99,7 +131,7 @@ class ControlServer:
                 sock.bind(self.path)
             except OSError as exc:
                 # A bare "No such file or directory" would not say which file.
-                raise OSError(
+                raise ControlSocketError(
                     exc.errno, f"cannot create control socket {self.path}: {exc.strerror or exc}"
                 ) from exc
             # chmod before listen(): no client can connect while the umask-derived mode holds.
@@ -123,10 +155,13 @@ class ControlServer:
         if server is None:
             return
         server.close()
-        # Closing the transports ends each client's pending read with EOF, so its task
-        # finishes on its own; cancelling it instead trips a spurious error log in 3.11.
-        for writer in self._clients.values():
-            writer.close()
+        # Streams end on their own with an end line; the other clients are idle or in a
+        # handler. Closing the transports ends each client's pending read with EOF, so its
+        # task finishes on its own; cancelling it instead trips a spurious error log in 3.11.
+        self._stopping.set()
+        for task, writer in self._clients.items():
+            if task not in self._streams:
+                writer.close()
         if self._clients:
             _, pending = await asyncio.wait(list(self._clients), timeout=5)
             for task in pending:  # stuck in the handler: give up on it
@@ -226,7 +261,11 @@ class ControlServer:
                 return
             if not line.strip():
                 continue
-            await self._reply(writer, await self._dispatch(line))
+            response = await self._dispatch(line)
+            if isinstance(response, Stream):
+                await self._stream(reader, writer, response)
+                return  # a stream is the last answer on its connection
+            await self._reply(writer, response)
             if reader.at_eof():
                 return
 
@@ -234,7 +273,47 @@ class ControlServer:
         writer.write(_encode(response))
         await asyncio.wait_for(writer.drain(), self._read_timeout)
 
-    async def _dispatch(self, line: bytes) -> dict[str, Any]:
+    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      stream: Stream) -> None:
+        """Send a streaming answer until it ends, the client leaves or the server stops."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        gone = asyncio.ensure_future(_client_gone(reader))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        items = stream.items.__aiter__()
+
+        async def next_item() -> Any:
+            return await items.__anext__()
+
+        reason = "end of stream"
+        try:
+            await self._reply(writer, {"ok": True, "result": stream.head, "stream": True})
+            while True:
+                upcoming = asyncio.ensure_future(next_item())
+                await asyncio.wait({upcoming, gone, stopping},
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not upcoming.done():
+                    upcoming.cancel()
+                    await asyncio.gather(upcoming, return_exceptions=True)
+                    if gone.done():
+                        return  # nobody left to tell
+                    reason = "the agent is stopping"
+                    break
+                try:
+                    item = upcoming.result()
+                except StopAsyncIteration:
+                    break
+                writer.write(_encode({"item": item}))
+                await asyncio.wait_for(writer.drain(), self._read_timeout)
+            await self._reply(writer, {"end": reason})
+        finally:
+            self._streams.discard(task)
+            gone.cancel()
+            stopping.cancel()
+            await stream.aclose()
+
+    async def _dispatch(self, line: bytes) -> dict[str, Any] | Stream:
         try:
             request = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -263,6 +342,8 @@ class ControlServer:
         except Exception as exc:
             log.exception("control command %r failed", cmd)
             return _error(f"internal error: {type(exc).__name__}: {exc}")
+        if isinstance(result, Stream):
+            return result
         response = {"ok": True, "result": result}
         try:
             _encode(response)
@@ -270,6 +351,13 @@ class ControlServer:
             log.error("control command %r returned an unserialisable result: %s", cmd, exc)
             return _error(f"internal error: result of {cmd} is not JSON-serialisable")
         return response
+
+
+async def _client_gone(reader: asyncio.StreamReader) -> None:
+    """Returns when a streaming client closes its end (what it sends meanwhile is ignored)."""
+    with contextlib.suppress(ConnectionError, OSError):
+        while await reader.read(4096):
+            pass
 
 
 def _error(message: str) -> dict[str, Any]:
@@ -306,51 +394,226 @@ def send_request(
     Blocking on purpose: the caller is a short-lived CLI process with nothing else to do.
     Raises ``ControlError`` when there is no agent or no sensible answer.
     """
-    payload = _encode({"cmd": cmd, "args": args or {}})
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise ControlError(
-                f"cp-agent is not running (no control socket at {path})", EXIT_NOT_RUNNING
-            ) from None
-        except PermissionError:
-            raise ControlError(
-                f"permission denied on {path} (is your user in the cp-agent group?)", EXIT_COMMS
-            ) from None
-        except OSError as exc:
-            raise ControlError(f"cannot connect to {path}: {exc}", EXIT_COMMS) from None
-        try:
-            sock.sendall(payload)
-            data = _read_line(sock)
-        except TimeoutError:
-            raise ControlError(
-                f"cp-agent did not answer within {timeout:g} s", EXIT_COMMS
-            ) from None
-        except OSError as exc:
-            raise ControlError(f"connection to cp-agent failed: {exc}", EXIT_COMMS) from None
+    with _connect(path, timeout) as sock:
+        return _exchange(sock, _LineReader(sock), cmd, args, timeout)
+
+
+class StreamReply:
+    """A streaming answer on the client side: ``head`` is the first answer (ok or not);
+    iterating yields the items until the agent ends the stream (``end`` says why)."""
+
+    def __init__(self, sock: socket.socket, lines: _LineReader, head: dict[str, Any]) -> None:
+        self._sock = sock
+        self._lines = lines
+        self.head = head
+        self.end: str | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.head["ok"] or not self.head.get("stream"):
+            return
+        self._sock.settimeout(None)  # a follower waits as long as the agent is quiet
+        while True:
+            try:
+                data = self._lines.line()
+            except OSError as exc:
+                raise ControlError(f"connection to cp-agent failed: {exc}", EXIT_COMMS) from None
+            if data is None:
+                raise ControlError("cp-agent closed the stream without ending it", EXIT_COMMS)
+            message = _decode(data)
+            if "end" in message:
+                self.end = str(message["end"])
+                return
+            if "item" not in message:
+                raise ControlError("cp-agent sent a malformed stream line", EXIT_COMMS)
+            yield message["item"]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> StreamReply:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_stream(
+    path: str, cmd: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0
+) -> StreamReply:
+    """Send a streaming request (``frames``); the first answer must come within ``timeout``,
+    the items then as they come."""
+    sock = _connect(path, timeout)
+    try:
+        lines = _LineReader(sock)
+        head = _exchange(sock, lines, cmd, args, timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return StreamReply(sock, lines, head)
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        raise ControlError(
+            f"cp-agent is not running (no control socket at {path})", EXIT_NOT_RUNNING
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise ControlError(
+            f"permission denied on {path} (is your user in the cp-agent group?)", EXIT_COMMS
+        ) from None
+    except OSError as exc:
+        sock.close()
+        raise ControlError(f"cannot connect to {path}: {exc}", EXIT_COMMS) from None
+    return sock
+
+
+def _exchange(
+    sock: socket.socket, lines: _LineReader, cmd: str, args: dict[str, Any] | None,
+    timeout: float,
+) -> dict[str, Any]:
+    try:
+        sock.sendall(_encode({"cmd": cmd, "args": args or {}}))
+        data = lines.line()
+    except TimeoutError:
+        raise ControlError(f"cp-agent did not answer within {timeout:g} s", EXIT_COMMS) from None
+    except OSError as exc:
+        raise ControlError(f"connection to cp-agent failed: {exc}", EXIT_COMMS) from None
     if not data:
         raise ControlError("cp-agent closed the connection without an answer", EXIT_COMMS)
-    try:
-        response = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ControlError("cp-agent sent a malformed answer", EXIT_COMMS) from None
-    if not isinstance(response, dict) or not isinstance(response.get("ok"), bool):
+    response = _decode(data)
+    if not isinstance(response.get("ok"), bool):
         raise ControlError("cp-agent sent a malformed answer", EXIT_COMMS)
     return response
 
 
-def _read_line(sock: socket.socket) -> bytes:
-    buf = bytearray()
-    while b"\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        buf += chunk
-        if len(buf) > MAX_RESPONSE_BYTES:
-            raise ControlError("cp-agent's answer is too large", EXIT_COMMS)
-    return bytes(buf).split(b"\n", 1)[0]
+def _decode(data: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ControlError("cp-agent sent a malformed answer", EXIT_COMMS) from None
+    if not isinstance(message, dict):
+        raise ControlError("cp-agent sent a malformed answer", EXIT_COMMS)
+    return message
+
+
+class _LineReader:
+    """Lines from a blocking socket, each bounded by ``MAX_RESPONSE_BYTES``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def line(self) -> bytes | None:
+        """The next line without its newline; the rest at EOF; None at EOF with nothing."""
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                out = bytes(self._buf[:end])
+                del self._buf[: end + 1]
+                return out
+            if len(self._buf) > MAX_RESPONSE_BYTES:
+                raise ControlError("cp-agent's answer is too large", EXIT_COMMS)
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                out, self._buf = bytes(self._buf), bytearray()
+                return out or None
+            self._buf += chunk
+
+
+# ======================================================================= rendering
+
+
+def _num(value: Any, unit: str, fmt: str = "g") -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value:{fmt}} {unit}"
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """``ctl status`` for a person: the station and its link, then one block per EVSE.
+
+    The connector status is in the words of the OCPP version in use (2.0.1: Available,
+    Occupied, ...), the core's detailed one in brackets when it says more.
+    """
+    link = status.get("link") or "?"
+    parts = [f"link {link}"]
+    if status.get("ocpp_version"):
+        parts.append(f"OCPP {status['ocpp_version']}")
+    parts.append(f"registration {status.get('registration') or '-'}")
+    parts.append(f"outbox {status.get('outbox', 0)}")
+    lines = [f"station {status.get('station', '?')}: " + ", ".join(parts)]
+    if status.get("last_error") and link != "connected":
+        lines.append(f"  last error: {status['last_error']}")
+    if status.get("station_faults"):
+        lines.append("  station faults: " + ", ".join(map(str, status["station_faults"])))
+    evses = status.get("evses") or []
+    if isinstance(evses, dict):
+        evses = list(evses.values())
+    for e in evses:
+        if not isinstance(e, dict):
+            continue
+        words = e.get("connector_status") or e.get("status") or "?"
+        detail = e.get("status")
+        head = f"EVSE {e.get('evse', '?')}: {words}"
+        if detail and detail != words:
+            head += f" ({detail})"
+        if e.get("operative") is False:
+            head += ", inoperative"
+        lines.append(head)
+        lines.append(f"  pilot {e.get('pilot', '?')}, contactor {e.get('contactor', '?')}")
+        lines.append(f"  offered {_num(e.get('current_limit_a'), 'A')}, limit "
+                     f"{_num(e.get('max_current_a'), 'A')} ({e.get('limit_source') or '-'})")
+        lines.append(f"  power {_num(e.get('power_w'), 'W', '.0f')}, energy "
+                     f"{_num(e.get('energy_wh'), 'Wh', '.1f')}, meter "
+                     f"{_num(e.get('meter_wh'), 'Wh', '.1f')}")
+        tx = e.get("transaction_id")
+        local = e.get("local_transaction_id")
+        if tx is None and local is None:
+            tx_text = "no transaction"
+        elif tx is None:
+            tx_text = f"transaction {local} (not yet confirmed by the CSMS)"
+        elif local is not None and str(local) != str(tx):
+            tx_text = f"transaction {tx} (local {local})"
+        else:
+            tx_text = f"transaction {tx}"
+        lines.append(f"  token {e.get('token') or '-'}, {tx_text}")
+        faults = e.get("faults") or []
+        lines.append("  faults: " + (", ".join(map(str, faults)) if faults else "none"))
+    if status.get("settled") is False:
+        lines.append("(the agent was still reacting when it answered)")
+    return "\n".join(lines)
+
+
+def render_frame(frame: dict[str, Any]) -> str:
+    """One message-log frame on one line: time, arrow (-> to the CSMS), kind, action, id,
+    payload."""
+    return Frame(str(frame.get("at", "")), str(frame.get("direction", "")),
+                 str(frame.get("kind", "")), str(frame.get("unique_id", "")),
+                 str(frame.get("action", "")), frame.get("payload") or {}).line()
+
+
+_TAP_DONE = {"authorized": "authorized", "stopped": "stopped the session",
+             "unlocked": "unlocked the cable"}
+
+
+def describe_tap(tap: dict[str, Any]) -> tuple[str, bool]:
+    """What became of a tap, in words, and whether the card did what a card is for."""
+    token = tap.get("token", "?")
+    result = str(tap.get("result", "?"))
+    evse = tap.get("evse")
+    where = f" on EVSE {evse}" if evse is not None else ""
+    if result in _TAP_DONE:
+        return f"{token}: {_TAP_DONE[result]}{where}", True
+    if result == "pending":
+        return f"{token}: no outcome yet (authorization still under way)", False
+    reason = tap.get("reason")
+    return f"{token}: {result}" + (f": {reason}" if reason else ""), False
 
 
 # ======================================================================= CLI
@@ -366,12 +629,27 @@ def _evse(text: str) -> int:
     return value
 
 
-_PILOT_STATES = "ABCDEF"
+def _fault_place(text: str) -> int:
+    """An EVSE, or 0 for the station itself (the shared RFID reader)."""
+    if text.strip() == "0":
+        return 0
+    try:
+        return _evse(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"EVSE must be a positive integer (0: the station, for the reader), got {text!r}"
+        ) from None
+
+
+_PILOT_STATES = [s.value for s in PilotState]
+_PILOT_MEANINGS = ("A no EV (unplugs), B EV connected, not asking (pauses), C EV asks for "
+                   "energy (resumes), D C with ventilation, E / F pilot errors")
+_FAULT_KINDS = [k.value for k in FaultKind]
 
 
 def _pilot_state(text: str) -> str:
     state = text.strip().upper()
-    if len(state) != 1 or state not in _PILOT_STATES:
+    if state not in _PILOT_STATES:
         raise argparse.ArgumentTypeError(
             f"STATE must be one of {', '.join(_PILOT_STATES)} (IEC 61851 pilot state), got {text!r}"
         )
@@ -382,7 +660,7 @@ def _fault_kind(text: str) -> str:
     try:
         return FaultKind(text.strip().lower()).value
     except ValueError:
-        kinds = ", ".join(k.value for k in FaultKind)
+        kinds = ", ".join(_FAULT_KINDS)
         raise argparse.ArgumentTypeError(f"KIND must be one of {kinds}; got {text!r}") from None
 
 
@@ -390,6 +668,26 @@ def _token(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("TOKEN must not be empty")
     return text.strip()
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"S must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"N must be a non-negative integer, got {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -407,14 +705,18 @@ class _ParserExit(Exception):
         self.status = status
 
 
+def _json_flag(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--json", action="store_true", help="print the answer as JSON")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="cp-agent ctl",
         description="Talk to a running cp-agent through its control socket.",
         epilog=(
-            f"exit status: {EXIT_OK} ok, {EXIT_AGENT_ERROR} the agent refused the command, "
-            f"{EXIT_USAGE} usage error, {EXIT_NOT_RUNNING} agent not running, "
-            f"{EXIT_COMMS} no valid answer"
+            f"exit status: {EXIT_OK} ok, {EXIT_AGENT_ERROR} the agent refused the command "
+            f"(or the card was refused / ignored), {EXIT_USAGE} usage error, "
+            f"{EXIT_NOT_RUNNING} agent not running, {EXIT_COMMS} no valid answer"
         ),
     )
     where = p.add_mutually_exclusive_group()
@@ -425,20 +727,37 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
-    sub.add_parser("status", help="print the agent's status as JSON")
+    sp = sub.add_parser("status", help="print the agent's status (one block per EVSE)")
+    _json_flag(sp)
+    sp = sub.add_parser("watch", help="redraw the status every few seconds until Ctrl-C")
+    sp.add_argument("--interval", type=_interval, default=2.0, metavar="S",
+                    help="seconds between refreshes (default 2)")
+    sp = sub.add_parser("frames", help="print the OCPP frames the agent exchanged lately")
+    sp.add_argument("--follow", "-f", action="store_true",
+                    help="then print new frames as they come, until Ctrl-C")
+    sp.add_argument("--limit", "-n", type=_limit, default=50, metavar="N",
+                    help="how many recent frames (default 50; 0 with --follow: new ones only)")
+    sp.add_argument("--json", action="store_true", help="one JSON object per frame")
     for name, text in (("plug", "connect a (simulated) EV"), ("unplug", "disconnect the EV")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("evse", type=_evse, metavar="EVSE")
+        _json_flag(sp)
     sp = sub.add_parser("ev", help="set the EV's pilot state (A-F)")
     sp.add_argument("evse", type=_evse, metavar="EVSE")
-    sp.add_argument("state", type=_pilot_state, metavar="STATE")
-    sp = sub.add_parser("tap", help="present an RFID token")
+    sp.add_argument("state", type=_pilot_state, choices=_PILOT_STATES, metavar="STATE",
+                    help=f"one of {', '.join(_PILOT_STATES)}: {_PILOT_MEANINGS}")
+    _json_flag(sp)
+    sp = sub.add_parser("tap", help="present an RFID token and say what became of it")
     sp.add_argument("token", type=_token, metavar="TOKEN")
     sp.add_argument("--evse", type=_evse, metavar="N", help="reader of this EVSE (default: shared)")
+    _json_flag(sp)
     for name, text in (("fault", "raise a hardware fault"), ("clear-fault", "clear a fault")):
         sp = sub.add_parser(name, help=text)
-        sp.add_argument("evse", type=_evse, metavar="EVSE")
-        sp.add_argument("kind", type=_fault_kind, metavar="KIND")
+        sp.add_argument("evse", type=_fault_place, metavar="EVSE",
+                        help="the EVSE (0: the station, for the shared reader)")
+        sp.add_argument("kind", type=_fault_kind, choices=_FAULT_KINDS, metavar="KIND",
+                        help=f"one of {', '.join(_FAULT_KINDS)}")
+        _json_flag(sp)
     return p
 
 
@@ -480,7 +799,7 @@ def socket_from_config(path: str) -> str:
 
 
 def ctl_main(argv: list[str], default_socket: str | None) -> int:
-    """``cp-agent ctl``: validate before connecting, send one request, map the outcome to
+    """``cp-agent ctl``: validate before connecting, send the request, map the outcome to
     an exit status a shell script can branch on."""
     parser = _build_parser()
     try:
@@ -501,15 +820,89 @@ def ctl_main(argv: list[str], default_socket: str | None) -> int:
         path = default_socket or DEFAULT_SOCKET
 
     try:
+        if ns.command == "watch":
+            return _watch(path, ns.interval, ns.timeout)
+        if ns.command == "frames":
+            return _frames(path, ns)
         response = send_request(path, ns.command, _request_args(ns), timeout=ns.timeout)
     except ControlError as exc:
         print(f"cp-agent ctl: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # the way to end watch and frames --follow
+        return EXIT_OK
 
     if not response["ok"]:
         print(f"cp-agent ctl: {response.get('error') or 'the agent refused'}", file=sys.stderr)
         return EXIT_AGENT_ERROR
-    result = response.get("result")
-    if ns.command == "status" or result not in (None, {}, [], ""):
-        print(json.dumps(result, indent=2, sort_keys=True))
+    return _print_result(ns, response.get("result"))
+
+
+def _print_result(ns: argparse.Namespace, result: Any) -> int:
+    """The answer for a person (or as JSON with ``--json``); the exit status it means."""
+    code = EXIT_OK
+    lines: list[str] = []
+    if isinstance(result, dict) and isinstance(result.get("tap"), dict):
+        text, done = describe_tap(result["tap"])
+        lines.append(text)
+        code = EXIT_OK if done else EXIT_AGENT_ERROR
+    if ns.json:
+        if ns.command == "status" or result not in (None, {}, [], ""):
+            print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        if isinstance(result, dict) and "evses" in result:
+            lines.append(render_status(result))
+        elif result not in (None, {}, [], ""):
+            lines.append(json.dumps(result, indent=2, sort_keys=True))
+        if lines:
+            print("\n".join(lines))
+    if isinstance(result, dict) and result.get("warning"):
+        print(f"cp-agent ctl: warning: {result['warning']}", file=sys.stderr)
+    return code
+
+
+def _frames(path: str, ns: argparse.Namespace) -> int:
+    args = {"limit": ns.limit, "follow": ns.follow}
+    with open_stream(path, "frames", args, timeout=ns.timeout) as stream:
+        if not stream.head["ok"]:
+            print(f"cp-agent ctl: {stream.head.get('error') or 'the agent refused'}",
+                  file=sys.stderr)
+            return EXIT_AGENT_ERROR
+        for frame in stream:
+            if not isinstance(frame, dict):
+                continue
+            print(json.dumps(frame, sort_keys=True) if ns.json else render_frame(frame),
+                  flush=True)
+        if ns.follow:  # the agent ended a follow: it is stopping
+            print(f"cp-agent ctl: {stream.end or 'stream ended'}", file=sys.stderr)
     return EXIT_OK
+
+
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+
+def render_watch(status: dict[str, Any] | None, error: str | None, when: str) -> str:
+    """One screen of ``ctl watch``: the status (or why there is none), and when."""
+    body = render_status(status) if status is not None else f"cp-agent ctl: {error}"
+    return f"{body}\n\n{when}  (Ctrl-C to quit)"
+
+
+def _watch(path: str, interval: float, timeout: float) -> int:
+    """Redraw the status every ``interval`` s until Ctrl-C; an agent that goes away (a
+    restart) is shown as such and picked up again when it is back."""
+    tty = sys.stdout.isatty()
+    while True:
+        status: dict[str, Any] | None = None
+        error: str | None = None
+        try:
+            response = send_request(path, "status", timeout=timeout)
+        except ControlError as exc:
+            error = str(exc)
+        else:
+            if response["ok"] and isinstance(response.get("result"), dict):
+                status = response["result"]
+            else:
+                error = str(response.get("error") or "the agent refused")
+        screen = render_watch(status, error, time.strftime("%H:%M:%S"))
+        # On a terminal the screen is redrawn in place; into a pipe, screens follow each other.
+        print((CLEAR_SCREEN if tty else "") + screen + ("" if tty else "\n"), flush=True)
+        time.sleep(interval)

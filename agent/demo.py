@@ -139,6 +139,7 @@ ocpp:
 storage: {{path: "{Path(tmp) / 'state.sqlite3'}"}}
 control: {{socket: "{Path(tmp) / 'ctl.sock'}"}}
 hal: {{driver: mock}}
+web: {{listen: "127.0.0.1:0"}}
 """, "demo")
         agent = Agent(cfg, on_frame=None)
         hal = agent.hal
@@ -168,6 +169,8 @@ hal: {{driver: mock}}
         agent.station.hal_events.append(on_hal)
         agent.station.traces.append(on_trace)
         await agent.start()
+        if agent.web_url:
+            tl.line("demo", f"status page on {agent.web_url} (open it while the session runs)")
         started = time.monotonic()
         try:
             link = await csms.wait_station(STATION_ID, timeout=10)

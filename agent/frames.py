@@ -27,6 +27,8 @@ REDACTED = "***"
 _SECRET_FIELDS = frozenset({"password", "basicauthpassword", "authorizationkey"})
 _SECRET_KEYS = frozenset({"authorizationkey"})  # 1.6 ChangeConfiguration / GetConfiguration
 _SECRET_VARIABLES = frozenset({"basicauthpassword"})  # 2.0.1 Get/SetVariables
+# The link reports "out" / "in"; the log speaks of who talks to whom.
+_DIRECTIONS = {"out": "cs->csms", "in": "csms->cs"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class FrameLog:
         """The link's frame observer: called for every frame sent or received."""
         if not (self._frames.maxlen or self.log_frames or self._followers):
             return  # nobody will look (a swarm station): no copy, no cost
+        direction = _DIRECTIONS.get(direction, direction)
         frame = Frame(self._clock.now_iso(), direction, kind, unique_id, action,
                       redact(payload))
         self._frames.append(frame)
@@ -89,7 +92,9 @@ class FrameLog:
 
     def recent(self, limit: int | None = None) -> list[Frame]:
         frames = list(self._frames)
-        return frames if limit is None else frames[-limit:]
+        if limit is None:
+            return frames
+        return frames[-limit:] if limit > 0 else []
 
     def __iter__(self) -> Iterator[Frame]:
         return iter(list(self._frames))

@@ -104,6 +104,11 @@ class SwarmSummary:
     max_connected: int = 0
     sessions_started: int = 0  # transaction starts the CSMS acknowledged
     sessions_completed: int = 0  # transaction ends the CSMS acknowledged
+    auth_accepted: int = 0  # Authorize answers accepting the card
+    auth_refused: Counter = field(default_factory=Counter)  # the others, by status
+    # Cards the CSMS refused in its answer to a transaction message (1.6 StartTransaction,
+    # 2.0.1 TransactionEvent), e.g. a session started on a cached or offline authorization.
+    tx_auth_refused: int = 0
     sent: Counter = field(default_factory=Counter)  # our CALLs by action
     acknowledged: Counter = field(default_factory=Counter)  # CALLRESULTs to our CALLs
     received: Counter = field(default_factory=Counter)  # CSMS CALLs by action
@@ -401,6 +406,15 @@ class Swarm:
             return
         if kind == "CALLRESULT":
             s.acknowledged[action] += 1
+            verdict = _auth_status(payload)
+            if action == "Authorize" and verdict is not None:
+                if verdict == "Accepted":
+                    s.auth_accepted += 1
+                else:
+                    s.auth_refused[verdict] += 1
+            elif verdict not in (None, "Accepted") and action in ("StartTransaction",
+                                                                  "TransactionEvent"):
+                s.tx_auth_refused += 1
             if action == "BootNotification" and payload.get("status") == "Accepted":
                 if st is not None and not st.booted:
                     st.booted = True
@@ -539,6 +553,12 @@ class Swarm:
               f"at most {s.max_connected} connected at once", file=out)
         print(f"  sessions         {s.sessions_started} started, {s.sessions_completed} "
               f"completed", file=out)
+        refused = sum(s.auth_refused.values())
+        why = ", ".join(f"{status} {n}" for status, n in sorted(s.auth_refused.items()))
+        print(f"  authorizations   {s.auth_accepted} accepted, {refused} refused"
+              + (f" ({why})" if why else "")
+              + (f"; {s.tx_auth_refused} card(s) refused in transaction answers"
+                 if s.tx_auth_refused else ""), file=out)
         print(f"  messages sent    {s.messages} CALLs ({s.messages / max(s.elapsed_s, 1e-9):.1f}"
               f"/s): {sent}", file=out)
         print(f"  answers          {sum(s.acknowledged.values())} CALLRESULTs, "
@@ -554,6 +574,13 @@ class Swarm:
 
 
 # ---------------------------------------------------------------------- process helpers
+
+
+def _auth_status(payload: dict) -> str | None:
+    """The CSMS's verdict on a card in an answer (1.6 idTagInfo, 2.x idTokenInfo), if any."""
+    info = payload.get("idTagInfo") or payload.get("idTokenInfo")
+    status = info.get("status") if isinstance(info, dict) else None
+    return status if isinstance(status, str) else None
 
 
 def _prepare_state(path: Path) -> None:

@@ -21,6 +21,8 @@ __all__ = [
     "ConfigMap",
     "Conv",
     "HalConfigError",
+    "address",
+    "address_choice",
     "bad",
     "boolean",
     "choice",
@@ -29,7 +31,9 @@ __all__ = [
     "number",
     "real",
     "show",
+    "show_address",
     "text",
+    "yaml_repr",
 ]
 
 
@@ -50,11 +54,37 @@ Conv = Callable[[Any, str], Any]
 :class:`HalConfigError`."""
 
 
+def yaml_repr(value: Any) -> str:
+    """``value`` spelt as in the YAML file: ``null``, ``true``/``false`` (not Python's
+    ``None``/``True``), strings quoted, lists and mappings in flow style."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_repr(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{yaml_repr(k)}: {yaml_repr(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def show(value: Any) -> str:
-    """The bad value as quoted in an error: its ``repr``, cut to 60 characters so a pasted
-    blob does not bury the key path."""
-    text = repr(value)
+    """The bad value as quoted in an error: its YAML spelling (:func:`yaml_repr`), cut to 60
+    characters so a pasted blob does not bury the key path."""
+    text = yaml_repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def show_address(value: Any) -> str:
+    """An address as quoted in an error: YAML reads the ``0x48`` the operator wrote as 72, so
+    an integer is shown both ways, ``72 (0x48)``; anything else as :func:`show` does."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value} ({_hex(value)})"
+    return show(value)
+
+
+def _hex(value: int) -> str:
+    return f"-0x{-value:02X}" if value < 0 else f"0x{value:02X}"
 
 
 def bad(path: str, value: Any, expected: str) -> HalConfigError:
@@ -119,6 +149,39 @@ def integer(lo: int, hi: int) -> Conv:
             raise bad(path, v, f"an integer {lo}..{hi}")
         if not lo <= v2 <= hi:
             raise bad(path, v, f"an integer {lo}..{hi}")
+        return v2
+    return conv
+
+
+def address(lo: int, hi: int) -> Conv:
+    """An address (I2C device, Modbus unit or register) in ``lo..hi``, read like
+    :func:`integer`; errors show the value and the range in decimal and hex, so that the
+    ``0x48`` in the file can be found in the message even though YAML made it 72."""
+    expected = f"an address {lo}..{hi} ({_hex(lo)}..{_hex(hi)})"
+
+    def conv(v: Any, path: str) -> int:
+        try:
+            return integer(lo, hi)(v, path)
+        except HalConfigError:
+            raise HalConfigError(path, f"{show_address(v)} is not allowed; "
+                                       f"expected {expected}") from None
+    return conv
+
+
+def address_choice(*options: int) -> Conv:
+    """One of the addresses ``options`` (e.g. the four an ADS1115 can be strapped to); the
+    error shows the value and every option in decimal and hex."""
+    expected = "one of " + ", ".join(show_address(o) for o in options)
+
+    def conv(v: Any, path: str) -> int:
+        v2 = v
+        if isinstance(v, str):
+            try:
+                v2 = int(v, 0)
+            except ValueError:
+                v2 = None
+        if isinstance(v2, bool) or not isinstance(v2, int) or v2 not in options:
+            raise HalConfigError(path, f"{show_address(v)} is not allowed; expected {expected}")
         return v2
     return conv
 

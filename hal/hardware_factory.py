@@ -17,6 +17,8 @@ from hal.config_kit import (
     ConfigMap,
     Conv,
     HalConfigError,
+    address,
+    address_choice,
     bad,
     boolean,
     choice,
@@ -368,7 +370,8 @@ def _in_pin(raw: Any, path: str, pins: _Pins) -> InputPin:
 
 
 def _unit_id(bus: ModbusBusConfig) -> Conv:
-    return integer(1, 247) if bus.type == "rtu" else integer(0, 255)
+    # The unit id is the device's Modbus address: errors show it in decimal and hex.
+    return address(1, 247) if bus.type == "rtu" else address(0, 255)
 
 
 def _bus_ref(m: ConfigMap, buses: dict[str, ModbusBusConfig]) -> ModbusBusConfig:
@@ -433,7 +436,7 @@ def _parse_meter(raw: Any, path: str, buses: dict[str, ModbusBusConfig]) -> Mete
         type=kind, bus=bus.name,
         unit_id=m.get("unit_id", _unit_id(bus), what="the meter's Modbus device id"),
         phases=m.get("phases", choice(1, 2, 3), None),
-        base_address=m.get("base_address", integer(0, 65535), None) if kind == "sunspec" else None,
+        base_address=m.get("base_address", address(0, 65535), None) if kind == "sunspec" else None,
         required=m.get("required", boolean, True),
     )
     if kind == "generic":
@@ -490,7 +493,7 @@ def _parse_register(raw: Any, path: str, defaults: dict[str, Any]) -> RegisterSp
         raise HalConfigError(f"{base}.address", "missing; expected a register address "
                                                 "0..65535 (0-based, as sent on the wire)")
     return RegisterSpec(
-        address=integer(0, 65535)(merged["address"], f"{base}.address"),
+        address=address(0, 65535)(merged["address"], f"{base}.address"),
         function=choice(3, 4)(merged["function"], f"{base}.function"),
         dtype=DataType(choice(*[t.value for t in DataType])(merged["type"], f"{base}.type")),
         scale=nonzero(merged["scale"], f"{base}.scale"),
@@ -546,7 +549,7 @@ def _parse_ev(raw: Any, path: str, buses: dict[str, ModbusBusConfig],
                                                        "channel already uses it")
     adc = AdcConfig(
         i2c_bus=a.get("i2c_bus", integer(0, 99), 1),
-        address=a.get("address", choice(0x48, 0x49, 0x4A, 0x4B), 0x48),
+        address=a.get("address", address_choice(0x48, 0x49, 0x4A, 0x4B), 0x48),
         full_scale_v=a.get("full_scale_v", choice(*FULL_SCALE_V), 4.096),
         data_rate=a.get("data_rate", choice(*DATA_RATES), 860),
         high=high, low=low)
@@ -610,7 +613,7 @@ def _parse_reader(raw: Any, path: str, index: int, evse_ids: tuple[int, ...]) ->
                 required=m.get("required", boolean, True))
     if kind == "pn532":
         return ReaderConfig(**base, i2c_bus=m.get("i2c_bus", integer(0, 99), 1),
-                            address=m.get("address", integer(0x08, 0x77), PN532_I2C_ADDRESS),
+                            address=m.get("address", address(0x08, 0x77), PN532_I2C_ADDRESS),
                             poll_interval_s=m.get("poll_interval_s", number(0.02, 5), 0.25))
     if kind == "rdm6300":
         return ReaderConfig(**base, port=m.get("port", text, what="a serial device"),

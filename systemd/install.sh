@@ -6,7 +6,13 @@
 # only with --start, because restarting a charger in the middle of a session ends that
 # session. Works in an image-build chroot too (no running systemd or udev needed).
 #
-#   sudo systemd/install.sh [--with-evdev] [--ctl-user NAME] [--start]
+#   sudo systemd/install.sh [--with-evdev] [--with-lgpio] [--ctl-user NAME] [--start]
+#
+# On a Raspberry Pi it also installs lgpio into the venv: gpiozero's pin factory on a Pi 5 (and
+# a Pi 4 on bookworm), which the apt package python3-lgpio cannot provide to a virtualenv.
+# It links /usr/local/bin/cp-agent to the venv's command and puts the service user in the
+# device groups, so `sudo -u cp-agent cp-agent doctor --config /etc/cp-agent/config.yaml`
+# sees the devices as the service does.
 
 set -euo pipefail
 
@@ -17,6 +23,8 @@ CONFIG="$CONF_DIR/config.yaml"
 UNIT_DIR=/etc/systemd/system
 SYSUSERS_DIR=/etc/sysusers.d
 UDEV_RULE=/etc/udev/rules.d/60-cp-agent.rules
+BIN_LINK=/usr/local/bin/cp-agent
+DT_MODEL=/proc/device-tree/model
 SERVICE_USER=cp-agent
 DEVICE_GROUPS=(gpio dialout i2c input)
 PYTHON=${PYTHON:-python3}
@@ -24,14 +32,17 @@ PYTHON=${PYTHON:-python3}
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 with_evdev=0
+with_lgpio=0
 ctl_user=
 start=0
 
 usage() {
     cat <<EOF
-usage: $0 [--with-evdev] [--ctl-user NAME] [--start]
+usage: $0 [--with-evdev] [--with-lgpio] [--ctl-user NAME] [--start]
 
   --with-evdev     also install python-evdev (USB keyboard-wedge RFID readers)
+  --with-lgpio     install lgpio (GPIO) even where no Raspberry Pi is detected, e.g. when
+                   building a Pi image in a chroot; on a Pi it is installed anyway
   --ctl-user NAME  add NAME to the $SERVICE_USER group, so it may use 'cp-agent ctl'
   --start          (re)start the service once installed
 EOF
@@ -41,9 +52,62 @@ say() { printf '==> %s\n' "$*"; }
 warn() { printf 'warning: %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# True on a Raspberry Pi: the device tree names the board ("Raspberry Pi 5 Model B Rev 1.0").
+is_raspberry_pi() {
+    [ -r "$DT_MODEL" ] && grep -qa '^Raspberry Pi' "$DT_MODEL"
+}
+
+# gpiozero's default pin factory on a Pi 5 (and a Pi 4 on bookworm) needs the lgpio module.
+# Raspberry Pi OS ships it as python3-lgpio, which a virtualenv does not see, so it goes into
+# the venv from PyPI (wheels for the Pi's Pythons; piwheels on Raspberry Pi OS).
+install_gpio_library() {
+    # find_spec, not import: importing lgpio creates a FIFO in the current directory.
+    if "$VENV/bin/python" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("lgpio") is None)'
+    then
+        return 0
+    fi
+    say "installing lgpio into $VENV (GPIO on a Raspberry Pi 5, and a Pi 4 on bookworm)"
+    if ! "$VENV/bin/python" -m pip install --quiet --no-cache-dir lgpio; then
+        warn "could not install lgpio: GPIO will not work. To build it from source:" \
+            "apt-get install -y swig python3-dev liblgpio-dev && $VENV/bin/python -m pip install lgpio"
+    fi
+}
+
+# The documented commands say `cp-agent ...`: put the venv's command on PATH (sudo's too).
+link_command() {
+    if [ -e "$BIN_LINK" ] && [ ! -L "$BIN_LINK" ]; then
+        warn "$BIN_LINK exists and is not a symlink: left alone (the agent is $VENV/bin/cp-agent)"
+        return 0
+    fi
+    say "linking $BIN_LINK -> $VENV/bin/cp-agent"
+    install -d -m 0755 "$(dirname "$BIN_LINK")"
+    ln -sfn "$VENV/bin/cp-agent" "$BIN_LINK"
+}
+
+# The unit grants the device groups with SupplementaryGroups=; membership gives them to the
+# service user outside the unit too (`sudo -u cp-agent cp-agent doctor`). Only groups that
+# exist are joined: this creates none.
+join_device_groups() {
+    local present=() g
+    for g in "${DEVICE_GROUPS[@]}"; do
+        if getent group "$g" >/dev/null; then
+            present+=("$g")
+        fi
+    done
+    [ "${#present[@]}" -gt 0 ] || return 0
+    say "adding $SERVICE_USER to groups ${present[*]}"
+    usermod -a -G "$(IFS=,; printf '%s' "${present[*]}")" "$SERVICE_USER"
+}
+
+# Sourced (tests/test_setup_traps.py calls the functions above one by one): stop here.
+if [ "${BASH_SOURCE[0]}" != "$0" ]; then
+    return 0
+fi
+
 while [ $# -gt 0 ]; do
     case "$1" in
         --with-evdev) with_evdev=1 ;;
+        --with-lgpio) with_lgpio=1 ;;
         --ctl-user)
             [ $# -ge 2 ] || die "--ctl-user needs a user name"
             ctl_user=$2
@@ -93,6 +157,7 @@ else
             "$SERVICE_USER"
     fi
 fi
+join_device_groups
 if [ -n "$ctl_user" ]; then
     say "adding $ctl_user to group $SERVICE_USER (takes effect at the next login)"
     usermod -a -G "$SERVICE_USER" "$ctl_user"
@@ -137,6 +202,10 @@ if [ "$with_evdev" -eq 1 ]; then target="${src}[evdev]"; fi
 say "installing cp-agent into $VENV"
 "$VENV/bin/python" -m pip install --quiet --no-cache-dir --upgrade "$target"
 [ -x "$VENV/bin/cp-agent" ] || die "pip did not install the cp-agent command"
+if [ "$with_lgpio" -eq 1 ] || is_raspberry_pi; then
+    install_gpio_library
+fi
+link_command
 if [ -f "$REPO/docs/deployment.md" ]; then
     install -D -m 0644 "$REPO/docs/deployment.md" "$PREFIX/docs/deployment.md"
 fi
@@ -178,5 +247,7 @@ if [ "$start" -eq 1 ]; then
 elif [ "$booted" -eq 1 ] && systemctl is-active --quiet cp-agent.service; then
     say "cp-agent is running the previous version; 'systemctl restart cp-agent' switches over"
 else
-    say "done. Edit $CONFIG, then: systemctl start cp-agent; journalctl -u cp-agent -f"
+    say "done. Edit $CONFIG, check the devices with" \
+        "'sudo -u $SERVICE_USER cp-agent doctor --config $CONFIG', then:" \
+        "systemctl start cp-agent; journalctl -u cp-agent -f"
 fi

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.app import Agent
 from agent.config import load_config_text
@@ -80,7 +81,9 @@ def agent_config(url: str, state: Path, *, station_id: str = "CP1", versions=("1
         "evses": [{"id": i} for i in range(1, evses + 1)],
         "hal": {"driver": "mock", "ev_max_current_a": 16},
     }
-    return load_config_text(json.dumps(doc) + extra, "test")
+    if extra:  # more YAML, merged over the document (top-level sections)
+        doc.update(yaml.safe_load(extra) or {})
+    return load_config_text(json.dumps(doc), "test")
 
 
 AgentFactory = Callable[..., Awaitable[Agent]]

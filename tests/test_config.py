@@ -35,8 +35,9 @@ def test_every_dataclass_key_is_documented_in_the_example():
                 continue
             yield f.name
             tp = cls.__annotations__.get(f.name)
+            # "MqttConfig | None": an optional section is documented like any other.
             sub = getattr(__import__("agent.config", fromlist=["x"]), str(tp).split("[")[-1]
-                          .strip("]'\" "), None)
+                          .strip("]'\" ").split(" | ")[0], None)
             if sub is not None and dataclasses.is_dataclass(sub):
                 yield from walk(sub)
 
@@ -69,13 +70,14 @@ def test_errors_name_key_value_and_allowed(text, needle):
 
 
 def test_unquoted_version_numbers_are_read_as_text():
-    cfg = load_config_text("ocpp: {versions: [1.6]}")
+    cfg = load_config_text("station: {id: CP1}\nocpp: {url: 'ws://x/ocpp', versions: [1.6]}")
     assert cfg.ocpp.versions == ["1.6"]
 
 
 def test_relative_paths_are_relative_to_the_file(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("storage: {path: state.db}\ncontrol: {socket: ctl.sock}\n")
+    p.write_text("station: {id: CP1}\nocpp: {url: 'ws://x/ocpp'}\n"
+                 "storage: {path: state.db}\ncontrol: {socket: ctl.sock}\n")
     cfg = load_config(p)
     assert cfg.storage.path == str(tmp_path / "state.db")
     assert cfg.control.socket == str(tmp_path / "ctl.sock")

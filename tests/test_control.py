@@ -6,10 +6,13 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,9 +25,17 @@ from agent.control import (
     EXIT_USAGE,
     ControlServer,
     ControlSocketInUse,
+    Stream,
     ctl_main,
+    describe_tap,
+    render_status,
+    render_watch,
 )
-from hal.interfaces import FaultKind
+from agent.testing.csms import TestCsms
+from hal.interfaces import FaultKind, PilotState
+from tests.conftest import AgentFactory, online
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -40,6 +51,21 @@ def sock_path(sock_dir: str) -> str:
     return os.path.join(sock_dir, "control.sock")
 
 
+STATUS: dict[str, Any] = {
+    "station": "CP1", "link": "connected", "ocpp_version": "2.0.1",
+    "registration": "Accepted", "last_error": None, "outbox": 2, "station_faults": [],
+    "connected": True,
+    "evses": [{
+        "evse": 1, "connector": 1, "pilot": "C", "contactor": "closed",
+        "status": "Charging", "connector_status": "Occupied",
+        "transaction_id": "tx-1", "local_transaction_id": "tx-1", "token": "04A2B3C4",
+        "energy_wh": 1234.56, "meter_wh": 5234.5, "power_w": 11040.0,
+        "current_limit_a": 16.0, "max_current_a": 16.0, "limit_source": "smart_charging",
+        "operative": True, "faults": [],
+    }],
+}
+
+
 class Recorder:
     """A fake agent: records requests, answers per ``cmd`` or with a canned status."""
 
@@ -53,7 +79,7 @@ class Recorder:
         if self.raise_ is not None:
             raise self.raise_
         if request["cmd"] == "status":
-            return {"evses": {"1": {"pilot": "A", "state": "Available"}}, "connected": True}
+            return STATUS
         return self.result
 
 
@@ -147,12 +173,9 @@ async def test_every_fault_kind_is_accepted(
 async def test_status_prints_pretty_json(
     server: ControlServer, sock_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await ctl(["--socket", sock_path, "status"]) == EXIT_OK
+    assert await ctl(["--socket", sock_path, "status", "--json"]) == EXIT_OK
     out = capsys.readouterr().out
-    assert json.loads(out) == {
-        "evses": {"1": {"pilot": "A", "state": "Available"}},
-        "connected": True,
-    }
+    assert json.loads(out) == STATUS
     assert out.count("\n") > 3  # indented, one key per line
 
 
@@ -537,3 +560,314 @@ async def test_stop_with_a_client_connected_finishes(sock_path: str, recorder: R
         assert await reader.read() == b""
     writer.close()
     assert not exists(sock_path)
+
+
+# ---------------------------------------------------------------- streaming answers
+
+
+async def _stream_lines(path: str, request: bytes, count: int) -> tuple[
+        list[dict[str, Any]], asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send ``request`` without closing our side and read ``count`` answer lines."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(request)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        lines = [json.loads(await reader.readline()) for _ in range(count)]
+    return lines, reader, writer
+
+
+class Follower:
+    """A handler whose ``frames`` stream yields what the test puts, until closed."""
+
+    def __init__(self, frames: list[dict[str, Any]] | None = None, *, follow: bool = True):
+        self.frames = list(frames or [])
+        self.follow = follow
+        self.more: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.closed = asyncio.Event()
+        self.requests: list[dict[str, Any]] = []
+
+    async def __call__(self, request: dict[str, Any]) -> Any:
+        self.requests.append(request)
+        if request["cmd"] != "frames":
+            return STATUS
+
+        async def items() -> AsyncIterator[dict[str, Any]]:
+            try:
+                for frame in self.frames:
+                    yield frame
+                while self.follow:
+                    yield await self.more.get()
+            finally:
+                self.closed.set()
+
+        return Stream(items(), head={"frames": len(self.frames)})
+
+
+def frame(n: int, direction: str = "cs->csms", kind: str = "CALL") -> dict[str, Any]:
+    return {"at": f"2025-01-01T12:00:0{n}.000Z", "direction": direction, "kind": kind,
+            "unique_id": f"id{n}", "action": "Heartbeat", "payload": {"n": n}}
+
+
+async def test_a_stream_is_a_head_then_one_line_per_item_then_an_end(sock_path: str) -> None:
+    handler = Follower([frame(1), frame(2)], follow=False)
+    async with ControlServer(sock_path, handler):
+        lines, reader, writer = await _stream_lines(sock_path, b'{"cmd": "frames"}\n', 4)
+        async with asyncio.timeout(5):
+            assert await reader.read() == b""  # and the connection closes
+        writer.close()
+    assert lines == [{"ok": True, "result": {"frames": 2}, "stream": True},
+                     {"item": frame(1)}, {"item": frame(2)}, {"end": "end of stream"}]
+    assert handler.closed.is_set()
+
+
+async def test_a_stream_ends_when_the_client_leaves(sock_path: str) -> None:
+    handler = Follower([frame(1)])
+    async with ControlServer(sock_path, handler):
+        lines, _, writer = await _stream_lines(sock_path, b'{"cmd": "frames"}\n', 2)
+        assert lines[1] == {"item": frame(1)}
+        writer.close()  # Ctrl-C on the client
+        await asyncio.wait_for(handler.closed.wait(), 5)  # the follower is released
+        [answer] = await raw_exchange(sock_path, b'{"cmd": "status"}\n')  # still serving
+        assert answer["ok"] is True
+
+
+async def test_a_stream_ends_with_an_end_line_when_the_agent_stops(sock_path: str) -> None:
+    handler = Follower()
+    srv = ControlServer(sock_path, handler)
+    await srv.start()
+    try:
+        lines, reader, writer = await _stream_lines(sock_path, b'{"cmd": "frames"}\n', 1)
+        assert lines[0]["stream"] is True
+        stopping = asyncio.create_task(srv.stop())
+        async with asyncio.timeout(5):
+            assert json.loads(await reader.readline()) == {"end": "the agent is stopping"}
+            assert await reader.read() == b""
+            await stopping
+        writer.close()
+        assert handler.closed.is_set()
+    finally:
+        await srv.stop()
+
+
+async def test_ctl_frames_prints_one_line_per_frame(
+    sock_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    handler = Follower([frame(1), frame(2, "csms->cs", "CALLRESULT")], follow=False)
+    async with ControlServer(sock_path, handler):
+        assert await ctl(["--socket", sock_path, "frames", "--limit", "2"]) == EXIT_OK
+        out = capsys.readouterr().out.splitlines()
+        assert await ctl(["--socket", sock_path, "frames", "--json"]) == EXIT_OK
+        as_json = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert out == ['2025-01-01T12:00:01.000Z -> CALL Heartbeat id1 {"n":1}',
+                   '2025-01-01T12:00:02.000Z <- CALLRESULT Heartbeat id2 {"n":2}']
+    assert as_json == [frame(1), frame(2, "csms->cs", "CALLRESULT")]
+    assert handler.requests[0] == {"cmd": "frames", "args": {"limit": 2, "follow": False}}
+    assert handler.requests[1]["args"] == {"limit": 50, "follow": False}
+
+
+async def _ctl_process(sock_path: str, *args: str) -> asyncio.subprocess.Process:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "ctl", "--socket", sock_path, *args, cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def _line(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stdout is not None
+    return (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().rstrip("\n")
+
+
+async def _interrupt(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_ctl_frames_follow_streams_until_ctrl_c(sock_path: str) -> None:
+    handler = Follower([frame(1)])
+    async with ControlServer(sock_path, handler):
+        proc = await _ctl_process(sock_path, "frames", "--follow")
+        try:
+            assert "CALL Heartbeat id1" in await _line(proc)
+            await handler.more.put(frame(2))  # a frame exchanged while following
+            assert "CALL Heartbeat id2" in await _line(proc)
+            code, err = await _interrupt(proc)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert code == EXIT_OK, err
+        assert "Traceback" not in err
+        await asyncio.wait_for(handler.closed.wait(), 5)  # the agent let go of the follower
+    assert handler.requests[0]["args"] == {"limit": 50, "follow": True}
+
+
+# ---------------------------------------------------------------- the human status, watch
+
+
+def test_status_reads_like_a_station() -> None:
+    text = render_status(STATUS)
+    assert text.splitlines() == [
+        "station CP1: link connected, OCPP 2.0.1, registration Accepted, outbox 2",
+        "EVSE 1: Occupied (Charging)",
+        "  pilot C, contactor closed",
+        "  offered 16 A, limit 16 A (smart_charging)",
+        "  power 11040 W, energy 1234.6 Wh, meter 5234.5 Wh",
+        "  token 04A2B3C4, transaction tx-1",
+        "  faults: none",
+    ]
+    idle = {"station": "CP2", "link": "disconnected", "ocpp_version": None,
+            "registration": None, "last_error": "connection refused", "outbox": 0,
+            "station_faults": ["reader"], "settled": False,
+            "evses": [{"evse": 2, "pilot": "A", "contactor": "open", "status": "Faulted",
+                       "connector_status": "Faulted", "transaction_id": 7,
+                       "local_transaction_id": "ab12", "token": None, "energy_wh": None,
+                       "meter_wh": None, "power_w": None, "current_limit_a": 0.0,
+                       "max_current_a": 32.0, "limit_source": "evse", "operative": False,
+                       "faults": ["welded", "meter"]}]}
+    text = render_status(idle)
+    assert "station CP2: link disconnected, registration -, outbox 0" in text
+    assert "  last error: connection refused" in text
+    assert "  station faults: reader" in text
+    assert "EVSE 2: Faulted, inoperative" in text
+    assert "  offered 0 A, limit 32 A (evse)" in text
+    assert "  power -, energy -, meter -" in text
+    assert "  token -, transaction 7 (local ab12)" in text
+    assert "  faults: welded, meter" in text
+    assert text.endswith("(the agent was still reacting when it answered)")
+
+
+async def test_ctl_status_is_for_people_unless_json_is_asked(
+    server: ControlServer, sock_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await ctl(["--socket", sock_path, "status"]) == EXIT_OK
+    assert capsys.readouterr().out == render_status(STATUS) + "\n"
+
+
+def test_watch_screen() -> None:
+    screen = render_watch(STATUS, None, "12:00:00")
+    assert screen.startswith(render_status(STATUS))
+    assert screen.endswith("12:00:00  (Ctrl-C to quit)")
+    gone = render_watch(None, "cp-agent is not running (no control socket at /x)", "12:00:02")
+    assert gone.startswith("cp-agent ctl: cp-agent is not running")
+
+
+async def test_watch_redraws_until_ctrl_c(server: ControlServer, recorder: Recorder,
+                                          sock_path: str) -> None:
+    proc = await _ctl_process(sock_path, "watch", "--interval", "0.05")
+    try:
+        screens = 0
+        while screens < 2:  # redrawn, not printed once
+            if (await _line(proc)).startswith("EVSE 1: Occupied (Charging)"):
+                screens += 1
+        code, err = await _interrupt(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert code == EXIT_OK, err
+    assert "Traceback" not in err
+    assert {r["cmd"] for r in recorder.requests} == {"status"}
+
+
+# ---------------------------------------------------------------- outcomes against an agent
+
+
+def test_tap_outcomes_in_words() -> None:
+    assert describe_tap({"token": "A", "result": "authorized", "evse": 1}) == (
+        "A: authorized on EVSE 1", True)
+    assert describe_tap({"token": "A", "result": "stopped", "evse": 2}) == (
+        "A: stopped the session on EVSE 2", True)
+    assert describe_tap({"token": "B", "result": "rejected", "reason": "Blocked (cache)"}) == (
+        "B: rejected: Blocked (cache)", False)
+    assert describe_tap({"token": "C", "result": "ignored", "reason": "no EVSE can take it"}) \
+        == ("C: ignored: no EVSE can take it", False)
+    assert describe_tap({"token": "D", "result": "pending"})[1] is False
+
+
+async def _agent(make_agent: AgentFactory, csms: TestCsms) -> str:
+    agent = await make_agent()
+    await online(agent, csms)
+    return agent.cfg.control.socket
+
+
+async def test_tap_says_what_became_of_the_card(
+    csms: TestCsms, make_agent: AgentFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csms.authorize = {"GOOD": "Accepted"}  # any other card is Invalid
+    sock = await _agent(make_agent, csms)
+    assert await ctl(["--socket", sock, "plug", "1"]) == EXIT_OK
+    assert "EVSE 1: Preparing" in capsys.readouterr().out
+
+    assert await ctl(["--socket", sock, "tap", "BAD"]) == EXIT_AGENT_ERROR
+    assert capsys.readouterr().out.splitlines()[0] == "BAD: rejected: Invalid (online)"
+    assert await ctl(["--socket", sock, "tap", "BAD", "--json"]) == EXIT_AGENT_ERROR
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["tap"] == {"token": "BAD", "result": "rejected", "reason": "Invalid (online)",
+                             "evse": None}
+
+    assert await ctl(["--socket", sock, "tap", "GOOD"]) == EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "GOOD: authorized on EVSE 1"
+    assert "  token GOOD, transaction" in "\n".join(out)
+    await csms.wait_for("StartTransaction", station_id="CP1")
+
+    assert await ctl(["--socket", sock, "tap", "GOOD"]) == EXIT_OK
+    assert capsys.readouterr().out.startswith("GOOD: stopped the session")
+    # The EV is still plugged into the finished session: no EVSE can take a card now.
+    assert await ctl(["--socket", sock, "tap", "OTHER"]) == EXIT_AGENT_ERROR
+    assert capsys.readouterr().out.startswith("OTHER: ignored: no EVSE can take it")
+
+
+async def test_clearing_a_fault_that_is_not_raised_is_refused(
+    csms: TestCsms, make_agent: AgentFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = await _agent(make_agent, csms)
+    assert await ctl(["--socket", sock, "clear-fault", "1", "welded"]) == EXIT_AGENT_ERROR
+    assert capsys.readouterr().err.strip() == (
+        "cp-agent ctl: no welded fault is raised on EVSE 1: nothing to clear")
+    assert await ctl(["--socket", sock, "fault", "1", "over_current"]) == EXIT_OK
+    assert "  faults: over_current" in capsys.readouterr().out
+    assert await ctl(["--socket", sock, "clear-fault", "1", "over_current"]) == EXIT_OK
+    assert "  faults: none" in capsys.readouterr().out
+    # The shared reader is the station's (EVSE 0).
+    assert await ctl(["--socket", sock, "fault", "0", "reader"]) == EXIT_OK
+    assert "  station faults: reader" in capsys.readouterr().out
+    assert await ctl(["--socket", sock, "clear-fault", "0", "reader"]) == EXIT_OK
+    assert "station faults" not in capsys.readouterr().out
+    assert await ctl(["--socket", sock, "clear-fault", "0", "reader"]) == EXIT_AGENT_ERROR
+    assert "no reader fault is raised on the station" in capsys.readouterr().err
+
+
+async def test_ev_asking_for_energy_that_is_not_offered_gets_a_warning(
+    csms: TestCsms, make_agent: AgentFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = await _agent(make_agent, csms)
+    assert await ctl(["--socket", sock, "ev", "1", "C"]) == EXIT_OK  # a valid bench step
+    captured = capsys.readouterr()
+    assert "  pilot B, contactor open" in captured.out  # the EV waits for an offer
+    assert "warning: EVSE 1 offers no current (no session authorized)" in captured.err
+    assert await ctl(["--socket", sock, "ev", "1", "B"]) == EXIT_OK
+    assert "warning" not in capsys.readouterr().err
+
+
+async def test_frames_of_a_running_agent(
+    csms: TestCsms, make_agent: AgentFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = await _agent(make_agent, csms)
+    assert await ctl(["--socket", sock, "frames"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert " -> CALL BootNotification " in out
+    assert " <- CALLRESULT BootNotification " in out
+    assert await ctl(["--socket", sock, "frames", "--limit", "1"]) == EXIT_OK
+    assert len(capsys.readouterr().out.splitlines()) == 1
+
+
+async def test_fault_and_ev_help_list_their_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert await ctl(["fault", "-h"]) == EXIT_OK
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert all(kind.value in out for kind in FaultKind), out
+    assert await ctl(["ev", "-h"]) == EXIT_OK
+    out = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(s.value for s in PilotState) in out

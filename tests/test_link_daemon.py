@@ -155,8 +155,8 @@ async def test_daemon_ctl_sigterm_and_sd_notify(csms, short_dir):
     cfg = _write_config(short_dir, csms.url, short_dir)
     env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
-        *CP_AGENT, "run", "--config", str(cfg), cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        *CP_AGENT, "run", "--config", str(cfg), "--log-level", "warning", "--log-frames",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     loop = asyncio.get_running_loop()
     try:
         ready = await asyncio.wait_for(loop.sock_recv(notify, 4096), 20)
@@ -167,7 +167,7 @@ async def test_daemon_ctl_sigterm_and_sd_notify(csms, short_dir):
             res = await asyncio.to_thread(_ctl, sock, *args)
             assert res.returncode == 0, res.stderr
         await csms.wait_for("StartTransaction", station_id="PROC1", timeout=10)
-        res = await asyncio.to_thread(_ctl, sock, "status")
+        res = await asyncio.to_thread(_ctl, sock, "status", "--json")
         status = json.loads(res.stdout)
         assert status["link"] == "connected" and status["ocpp_version"] == "1.6"
         evse = status["evses"][0]
@@ -175,9 +175,16 @@ async def test_daemon_ctl_sigterm_and_sd_notify(csms, short_dir):
         assert evse["status"] == "Charging" and evse["current_limit_a"] >= 6
         bad = await asyncio.to_thread(_ctl, sock, "plug", "7")
         assert bad.returncode == 1 and "no EVSE 7" in bad.stderr
+        frames = await asyncio.to_thread(_ctl, sock, "frames")
+        assert frames.returncode == 0 and " -> CALL StartTransaction " in frames.stdout
         proc.send_signal(signal.SIGTERM)
         rc = await asyncio.wait_for(proc.wait(), 20)
         assert rc == 0
+        assert proc.stdout is not None
+        logged = (await proc.stdout.read()).decode()
+        # --log-frames: the message log goes to the log, whatever the level of the rest.
+        assert "cp_agent.frames: " in logged and " -> CALL BootNotification " in logged
+        assert "evse 1: contactor closed" not in logged  # INFO lines stay out at warning
         stop = await csms.wait_for("StopTransaction", station_id="PROC1", timeout=5)
         assert stop["reason"] == "Reboot"
         msgs = []
@@ -196,6 +203,59 @@ async def test_daemon_ctl_sigterm_and_sd_notify(csms, short_dir):
         notify.close()
 
 
+async def _read_until(proc: asyncio.subprocess.Process, needle: str, seen: list[str]) -> str:
+    """Lines of ``proc``'s stdout, kept in ``seen``, up to the first containing ``needle``."""
+    assert proc.stdout is not None
+    while True:
+        raw = await asyncio.wait_for(proc.stdout.readline(), 20)
+        if not raw:
+            raise AssertionError(f"{needle!r} never printed:\n" + "".join(seen))
+        line = raw.decode()
+        seen.append(line)
+        if needle in line:
+            return line
+
+
+async def test_csms_command_serves_a_bench_session_and_stops_on_ctrl_c(short_dir):
+    """`cp-agent csms`: a station runs a session against it with no other software."""
+    from agent.app import Agent
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = await asyncio.create_subprocess_exec(
+        *CP_AGENT, "csms", "--port", "0", "--versions", "1.6", "--accept", "CARD1",
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    seen: list[str] = []
+    agent = None
+    try:
+        banner = await _read_until(proc, "listening on", seen)
+        url = re.search(r"listening on (ws://127\.0\.0\.1:\d+/)", banner).group(1)
+        assert "accepts CARD1" in banner
+        agent = Agent(agent_config(url, short_dir, station_id="BENCH1"))
+        await agent.start()
+        await asyncio.wait_for(agent.adapters["1.6"].accepted.wait(), 10)
+        assert "BENCH1 connected ocpp1.6" in await _read_until(proc, "BENCH1 connected", seen)
+        agent.hal.plug(1)
+        agent.hal.tap("CARD1")
+        line = await _read_until(proc, "-> CALL StartTransaction", seen)
+        assert '"idTag":"CARD1"' in line
+        agent.hal.tap("NOPE")  # not on the --accept list
+        line = await _read_until(proc, "<- CALLRESULT Authorize", seen)
+        assert '"status":"Invalid"' in line
+        await agent.stop()  # the session ends: the CSMS hears the stop
+        await _read_until(proc, "-> CALL StopTransaction", seen)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 20)
+    finally:
+        if agent is not None:
+            await agent.stop()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert "stopped: 1 station(s)" in out.decode() and "0 violation(s)" in out.decode()
+    assert "VIOLATION" not in "".join(seen) + out.decode()
+
+
 def test_demo_runs_as_a_subprocess_and_exits_0():
     res = subprocess.run([*CP_AGENT, "demo"], capture_output=True, text=True, timeout=60,
                          cwd=ROOT)
@@ -204,6 +264,9 @@ def test_demo_runs_as_a_subprocess_and_exits_0():
     assert "contactor CLOSED" in res.stdout
     assert "energy delivered" in res.stdout
     assert "schema errors    0" in res.stdout
+    # The status page is on for the demo, and its URL is among the first lines.
+    assert re.search(r"status page on http://127\.0\.0\.1:\d+/",
+                     "\n".join(res.stdout.splitlines()[:3])), res.stdout[:400]
     # The card is a real ISO 14443 UID (4 or 7 bytes; a strict CSMS refuses a 5-byte one).
     uid = re.search(r"RFID card (\S+) presented", res.stdout).group(1)
     assert re.fullmatch(r"[0-9A-F]{8}|[0-9A-F]{14}", uid), uid

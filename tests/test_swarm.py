@@ -92,6 +92,28 @@ async def test_swarm_speaks_2_0_1_and_its_counts_match_the_csms(short_dir):
     assert summary.errors == 0, summary.last_error
 
 
+async def test_refused_cards_are_counted_as_the_csms_answered_them(csms, short_dir):
+    csms.authorize = lambda tag: "Invalid" if tag.endswith("00002") else "Accepted"
+    out = io.StringIO()
+    options = SwarmOptions(csms=csms.url, count=3, id_prefix="A-", charging_ratio=0.9,
+                           ramp=50, duration=2.5, session_s=0.6, meter_interval=1, seed=5,
+                           state_dir=str(short_dir), drain_s=10)
+    summary = await run_swarm(options, out)
+
+    verdicts = Counter(m.payload["idTagInfo"]["status"] for m in csms.log
+                       if m.action == "Authorize" and m.kind == "CALLRESULT"
+                       and m.direction == CSMS_TO_CS)
+    assert verdicts["Invalid"] > 0 and verdicts["Accepted"] > 0, verdicts
+    assert summary.auth_refused == Counter({"Invalid": verdicts["Invalid"]})
+    assert summary.auth_accepted == verdicts["Accepted"]
+    assert summary.tx_auth_refused == 0
+    # The refused station never started a session.
+    assert all(t["station_id"] != "A-00002" for t in csms.transactions.values())
+    assert (f"authorizations   {verdicts['Accepted']} accepted, {verdicts['Invalid']} refused "
+            f"(Invalid {verdicts['Invalid']})") in out.getvalue()
+    assert summary.errors == 0, summary.last_error
+
+
 async def test_ramp_spaces_out_the_connections(csms, short_dir):
     options = SwarmOptions(csms=csms.url, count=4, id_prefix="R-", charging_ratio=0.0,
                            ramp=4, duration=1.2, state_dir=str(short_dir), drain_s=2)

@@ -90,6 +90,7 @@ class Link:
         self.state = "disconnected"
         self.version: str | None = None
         self.last_error: str | None = None
+        self.connected_since: str | None = None  # station time of the current connection
         self.connected = asyncio.Event()
         self.failed = asyncio.Event()  # set at every failed attempt; observers clear it
         self.connects = 0
@@ -156,6 +157,7 @@ class Link:
         self.state = "connected"
         self.connects += 1
         self._attempt = 0
+        self.connected_since = self.clock.stamp()  # resolved when shown (no RTC: a marker)
         self.connected.set()
         self.last_error = None
         log.info("connected to %s with OCPP %s", profile.url, version)
@@ -185,6 +187,7 @@ class Link:
             if session.done() and not session.cancelled() and session.exception():
                 log.error("protocol session failed", exc_info=session.exception())
             self._ws = None
+            self.connected_since = None
             self.connected.clear()
             await ws.close()
         log.warning("connection to %s closed (%s)", profile.url,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agent.core.model import EvseSnapshot
     from agent.ocpp.adapter import Adapter
     from agent.ocpp.blocks import Block
 
@@ -46,6 +47,9 @@ class VersionSpec:
     # ``ocpp.defaults`` in this version's names -> factory values of the neutral settings
     # (e.g. 2.0.1 SampledDataCtrlr.TxUpdatedInterval is MeterValueSampleInterval).
     factory_names: Callable[[dict[str, Any]], dict[str, Any]] = lambda defaults: {}
+    # An EVSE's connector status in this version's words (1.6 ChargePointStatus by default;
+    # 2.0.1 folds it to ConnectorStatusEnumType): what the status page and ctl show.
+    connector_status: Callable[[EvseSnapshot], str] = lambda snap: snap.status.value
 
 
 # version -> the package defining its SPEC

@@ -10,9 +10,15 @@ gpiozero's threads to the event loop.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import errno
+import importlib.util
 import logging
+import os
+import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
@@ -44,6 +50,80 @@ class PinFactoryUnavailable:
         self.cause = cause
 
 
+DT_MODEL = "/proc/device-tree/model"
+
+
+def board_model() -> str | None:
+    """The board's name from the device tree ("Raspberry Pi 5 Model B Rev 1.0"), or None."""
+    try:
+        with open(DT_MODEL, "rb") as f:
+            return f.read().rstrip(b"\0").decode("ascii", "replace").strip() or None
+    except OSError:
+        return None
+
+
+def is_raspberry_pi() -> bool:
+    return (board_model() or "").startswith("Raspberry Pi")
+
+
+def lgpio_installed() -> bool:
+    """Whether the Python running the agent can import lgpio, the library behind gpiozero's
+    default pin factory on a Pi 5 (and on a Pi 4 under bookworm)."""
+    return "lgpio" in sys.modules or importlib.util.find_spec("lgpio") is not None
+
+
+def lgpio_advice() -> str:
+    """The command that makes lgpio importable by this very Python. ``apt-get install
+    python3-lgpio`` does not: a virtualenv (such as /opt/cp-agent/venv) does not see the
+    system's packages."""
+    sudo = "" if os.access(sys.prefix, os.W_OK) else "sudo "
+    return (f"install lgpio into the Python that runs cp-agent: {sudo}{sys.executable} -m pip "
+            "install lgpio (systemd/install.sh does this on a Raspberry Pi; the apt package "
+            "python3-lgpio is not visible inside a virtualenv)")
+
+
+def _writable(path: str) -> bool:
+    return os.access(path, os.W_OK)
+
+
+_lgpio_dir: str | None = None
+
+
+def _import_lgpio() -> None:
+    """Import lgpio from a writable directory.
+
+    lgpio creates its notification FIFO (``.lgd-nfyN``) in the current directory when it is
+    imported, and without write access there it fails; gpiozero then silently falls back to
+    another pin factory, which on a Pi 5 cannot drive the pins. The current directory is
+    "/" for a service (read-only under ProtectSystem=strict) and the caller's directory
+    under ``sudo -u cp-agent``. lgpio keeps using the FIFO it opened, so the import happens
+    once from a private directory and the current directory is restored at once.
+    """
+    global _lgpio_dir
+    if "lgpio" in sys.modules or importlib.util.find_spec("lgpio") is None:
+        return
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # the current directory was removed
+        cwd = None
+    if cwd is not None and _writable(cwd):
+        return
+    _lgpio_dir = tempfile.mkdtemp(prefix="cp-agent-lgpio-")
+    atexit.register(shutil.rmtree, _lgpio_dir, ignore_errors=True)
+    try:
+        os.chdir(_lgpio_dir)
+        with contextlib.suppress(Exception):  # gpiozero reports it when it tries lgpio
+            import lgpio  # noqa: F401
+    finally:
+        if cwd is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(cwd)
+
+
+# Why gpiozero passed over each pin factory it tried, e.g. {"lgpio": "No module named ..."}.
+_fallbacks: dict[str, str] = {}
+
+
 def _check_factory(factory: Any) -> None:
     if isinstance(factory, PinFactoryUnavailable):
         raise PortUnavailable(factory.cause)
@@ -58,13 +138,17 @@ def load_pin_factory(name: str | None) -> Any:
     """
     if name in (None, "", "default"):
         return None
+    if name == "lgpio":
+        _import_lgpio()
     for ep in entry_points(group="gpiozero_pin_factories"):
         if ep.name == name:
             try:
                 return ep.load()()
             except Exception as exc:
                 hint = ""
-                if isinstance(exc, ImportError):
+                if name == "lgpio" and not lgpio_installed():
+                    hint = f"; {lgpio_advice()}"
+                elif isinstance(exc, ImportError):
                     hint = f" (is the {name} package installed?)"
                 raise PortUnavailable(f"GPIO pin factory {name!r} failed to load: "
                                       f"{exc}{hint}") from exc
@@ -79,6 +163,7 @@ _reported_warnings: set[str] = set()
 def _quiet_fallbacks() -> Iterator[None]:
     """gpiozero warns on stderr for every pin while it searches for a pin factory; say it
     once in the log instead (the failure itself is reported with its cause)."""
+    _import_lgpio()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PinFactoryFallback)
         yield
@@ -86,7 +171,11 @@ def _quiet_fallbacks() -> Iterator[None]:
         text = str(w.message)
         if not issubclass(w.category, PinFactoryFallback):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        elif text not in _reported_warnings:
+            continue
+        name, sep, why = text.removeprefix("Falling back from ").partition(": ")
+        if sep:
+            _fallbacks[name] = why
+        if text not in _reported_warnings:
             _reported_warnings.add(text)
             log.info("gpiozero: %s", text)
 
@@ -96,15 +185,31 @@ def _cause(pin: PinName, exc: BaseException) -> str:
         return (f"GPIO {pin}: permission denied on the GPIO chip "
                 "(add the service user to group 'gpio')")
     if isinstance(exc, BadPinFactory):
-        return (f"GPIO {pin}: no usable GPIO library ({exc}); on a Raspberry Pi install "
-                "python3-lgpio, elsewhere set hal.gpio.pin_factory")
+        return f"GPIO {pin}: no usable GPIO library ({exc}); {_no_factory_fix()}"
     if isinstance(exc, GPIOPinInUse):
         return f"GPIO {pin}: already in use (declared twice in the config, or another process)"
     if isinstance(exc, PinInvalidPin):
         return f"GPIO {pin}: not a pin of this board ({exc})"
     if isinstance(exc, PinPWMUnsupported):
         return f"GPIO {pin}: this pin factory cannot do PWM on it"
-    return f"GPIO {pin}: {type(exc).__name__}: {exc}"
+    text = f"GPIO {pin}: {type(exc).__name__}: {exc}"
+    if "lgpio" in _fallbacks:  # gpiozero fell back to a factory that then failed
+        text += f" (with the fallback pin factory, lgpio failed: {_fallbacks['lgpio']}"
+        text += f"; {lgpio_advice()})" if not lgpio_installed() else ")"
+    return text
+
+
+def _no_factory_fix() -> str:
+    """What to do when gpiozero found no pin factory at all."""
+    if not lgpio_installed():
+        if is_raspberry_pi():
+            return lgpio_advice()
+        return (f"on a Raspberry Pi, {lgpio_advice()}; on other boards set "
+                "hal.gpio.pin_factory")
+    if "lgpio" in _fallbacks:
+        return (f"lgpio is installed but failed: {_fallbacks['lgpio']}; set "
+                "hal.gpio.pin_factory: lgpio to see its own error")
+    return "set hal.gpio.pin_factory to one that works on this board"
 
 
 class DigitalOut:

@@ -69,12 +69,12 @@ def test_a_bad_value_is_quoted_with_its_path_and_what_was_expected() -> None:
 
 
 @pytest.mark.parametrize("conv, value, expected", [
-    (integer(1, 247), True, "True is not allowed; expected an integer 1..247"),
+    (integer(1, 247), True, "true is not allowed; expected an integer 1..247"),
     (integer(1, 247), "twelve", "'twelve' is not allowed; expected an integer 1..247"),
     (number(0, 80, lo_open=True), 0, "0 is not allowed; expected a number > 0 and <= 80"),
     (number(6, 80), "16", "'16' is not allowed; expected a number >= 6 and <= 80"),
     (nonzero, 0, "0 is not allowed; expected a non-zero number"),
-    (real, False, "False is not allowed; expected a number"),
+    (real, False, "false is not allowed; expected a number"),
     (boolean, "false", "'false' is not allowed; expected true or false"),
     (choice("N", "E", "O"), "X", "'X' is not allowed; expected one of N, E, O"),
     (text, "  ", "'  ' is not allowed; expected a non-empty string"),

@@ -69,7 +69,8 @@ def test_mock_errors():
 
 @pytest.mark.parametrize(("path", "value", "message"), [
     ("evses.0.meter.unit_id", 300,
-     "hal.evses[0].meter.unit_id: 300 is not allowed; expected an integer 1..247"),
+     "hal.evses[0].meter.unit_id: 300 (0x12C) is not allowed; expected an address 1..247 "
+     "(0x01..0xF7)"),
     ("evses.0.meter.bus", "rs232",
      "hal.evses[0].meter.bus: 'rs232' is not allowed; expected one of the buses under "
      "hal.modbus (rs485)"),
@@ -122,7 +123,8 @@ def test_tcp_unit_ids_allow_0_to_255():
     raw = with_("evses.0.ev", {"type": "phoenix_ev_eth", "bus": "lan"}, raw)
     cfg = parse_hal_config(raw, [1])
     assert cfg.hardware.evses[0].ev.unit_id == 180  # the Phoenix default
-    assert error(with_("evses.0.meter.unit_id", 256, raw)).endswith("an integer 0..255")
+    assert error(with_("evses.0.meter.unit_id", 256, raw)).endswith(
+        "an address 0..255 (0x00..0xFF)")
 
 
 def test_generic_register_errors():

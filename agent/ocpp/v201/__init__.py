@@ -14,7 +14,7 @@ from agent.core.evse import TxRules
 from agent.ocpp.adapter import Adapter
 from agent.ocpp.registry import VersionSpec
 from agent.ocpp.v201.authorization import Authorization
-from agent.ocpp.v201.availability import Availability
+from agent.ocpp.v201.availability import Availability, connector_status
 from agent.ocpp.v201.data_transfer import DataTransfer
 from agent.ocpp.v201.device_model import factory_names
 from agent.ocpp.v201.local_list import LocalList
@@ -60,4 +60,5 @@ SPEC = VersionSpec(
     prepare_status=lambda adapter, payload: adapter.block(Availability).resolved(payload),
     csms_assigns_tx_id=False,
     factory_names=factory_names,
+    connector_status=connector_status,
 )
