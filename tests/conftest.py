@@ -7,6 +7,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from agent.app import Agent
+from agent.clock import FakeClock
 from agent.config import load_config_text
 from agent.testing.csms import TestCsms
 
@@ -176,3 +178,29 @@ async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"not within {timeout}s: {what}") from None
+
+
+@contextlib.asynccontextmanager
+async def version_rig(version: str, state: Path, *, fake_clock: bool = False,
+                      **kw: Any) -> AsyncIterator[tuple[TestCsms, Callable[..., Awaitable[Agent]]]]:
+    """A strict CSMS of ``version`` and a factory of agents offering it, all stopped at the
+    end. ``fake_clock``: each agent runs on a FakeClock started at the real time, and the
+    CSMS's real-time check of boot retries is off (the fake clock is the time that counts)."""
+    async with strict_csms((version,)) as csms:
+        csms.strict_timing = not fake_clock
+        agents: list[Agent] = []
+
+        async def make(*, clock: Any = None, hal: Any = None, **more: Any) -> Agent:
+            if clock is None and fake_clock:
+                clock = FakeClock(start_wall=time.time())
+            agent = Agent(agent_config(csms.url, state, versions=(version,), **kw, **more),
+                          clock=clock, hal=hal)
+            agents.append(agent)
+            await agent.start()
+            return agent
+
+        try:
+            yield csms, make
+        finally:
+            for agent in agents:
+                await agent.stop()

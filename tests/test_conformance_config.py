@@ -22,10 +22,7 @@ Tests that apply to both versions run on each through the ``version`` fixture.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,7 +41,7 @@ from hal.interfaces import (
     PowerMeter,
 )
 from hal.mock import MockHal, MockMeter
-from tests.conftest import agent_config, eventually, strict_csms
+from tests.conftest import eventually, version_rig
 
 SID = "CP1"
 VERSIONS = ("1.6", "2.0.1")
@@ -68,24 +65,7 @@ only_16 = pytest.mark.parametrize("version", ["1.6"])
 only_201 = pytest.mark.parametrize("version", ["2.0.1"])
 
 
-@contextlib.asynccontextmanager
-async def rig(version: str, state: Path) -> AsyncIterator[tuple[TestCsms, Any]]:
-    """A strict CSMS of ``version`` and a factory of agents; everything stopped at the end."""
-    async with strict_csms((version,)) as csms:
-        agents: list[Agent] = []
-
-        async def make(*, clock: Any = None, hal: Any = None, **kw: Any) -> Agent:
-            agent = Agent(agent_config(csms.url, state, versions=(version,), **kw),
-                          clock=clock, hal=hal)
-            agents.append(agent)
-            await agent.start()
-            return agent
-
-        try:
-            yield csms, make
-        finally:
-            for agent in agents:
-                await agent.stop()
+rig = version_rig
 
 
 async def online(agent: Agent, csms: TestCsms) -> Any:

@@ -17,12 +17,8 @@ The agent runs for real against the strict test CSMS over websockets on 127.0.0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +27,7 @@ from agent.app import Agent
 from agent.clock import FakeClock
 from agent.core.model import Token
 from agent.testing.csms import CsmsCallError, TestCsms
-from tests.conftest import agent_config, eventually, strict_csms
+from tests.conftest import eventually, version_rig
 
 VERSIONS = ("1.6", "2.0.1")
 SID = "CP1"
@@ -42,27 +38,7 @@ def version(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@contextlib.asynccontextmanager
-async def rig(version: str, state: Path, *, fake_clock: bool = False,
-              **kw: Any) -> AsyncIterator[tuple[TestCsms, Any]]:
-    """A strict CSMS of ``version`` and a factory of agents (on a FakeClock if asked)."""
-    async with strict_csms((version,)) as csms:
-        csms.strict_timing = not fake_clock
-        agents: list[Agent] = []
-
-        async def make(**more: Any) -> Agent:
-            clock = FakeClock(start_wall=time.time()) if fake_clock else None
-            agent = Agent(agent_config(csms.url, state, versions=(version,), **kw, **more),
-                          clock=clock)
-            agents.append(agent)
-            await agent.start()
-            return agent
-
-        try:
-            yield csms, make
-        finally:
-            for agent in agents:
-                await agent.stop()
+rig = version_rig
 
 
 async def online(agent: Agent) -> None:

@@ -10,9 +10,6 @@ boot retries is off (``strict_timing``): here the fake clock is the time that co
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ import pytest
 from agent.app import Agent
 from agent.clock import FakeClock
 from agent.testing.csms import CsmsCallError, TestCsms
-from tests.conftest import agent_config, eventually, strict_csms
+from tests.conftest import eventually, version_rig
 
 VERSIONS = ("1.6", "2.0.1")
 
@@ -31,26 +28,9 @@ def version(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@contextlib.asynccontextmanager
-async def rig(version: str, state: Path, **kw: Any) -> AsyncIterator[tuple[TestCsms, Any]]:
-    """A CSMS and a factory of agents on a fake clock; everything is stopped at the end."""
-    async with strict_csms((version,)) as csms:
-        csms.strict_timing = False
-        agents: list[Agent] = []
-
-        async def make(**more: Any) -> Agent:
-            clock = FakeClock(start_wall=time.time())
-            agent = Agent(agent_config(csms.url, state, versions=(version,), **kw, **more),
-                          clock=clock)
-            agents.append(agent)
-            await agent.start()
-            return agent
-
-        try:
-            yield csms, make
-        finally:
-            for agent in agents:
-                await agent.stop()
+def rig(version: str, state: Path, **kw: Any) -> Any:
+    """A CSMS and a factory of agents on a fake clock (see conftest.version_rig)."""
+    return version_rig(version, state, fake_clock=True, **kw)
 
 
 async def sleeping(clock: FakeClock, seconds: float) -> None:
