@@ -111,6 +111,7 @@ class EvseController:
         self._connection_timer: asyncio.Task[None] | None = None
         self.rules = TxRules()
         self.tx_changed = asyncio.Event()  # set whenever a transaction starts or ends
+        self.tx_listeners: list[Callable[[], None]] = []  # called then too (smart charging)
         self.offer_raised_at: float | None = None  # monotonic time the PWM offer last rose
         self.hold_locked = False
         self.hold_token: str | None = None
@@ -498,6 +499,8 @@ class EvseController:
                 self._storage_failed(exc, "recording the start of a transaction")
             raise
         self.tx_changed.set()
+        for listener in self.tx_listeners:
+            listener()
         log.info("evse %s: transaction %s started (%s, token %s, meter %.1f Wh)", self.id,
                  rec.local_id, trigger, rec.id_token, rec.meter_start_wh)
 
@@ -528,6 +531,8 @@ class EvseController:
         if self.pending_operative is not None:
             self._apply_operative(self.pending_operative)
         self.tx_changed.set()
+        for listener in self.tx_listeners:
+            listener()
 
     def _maybe_release_session(self) -> None:
         """Forget the session once nothing of it remains (EV gone, transaction over or none)."""

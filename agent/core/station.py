@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from agent.clock import Clock
 from agent.core.authorization import AuthorizationPolicy
+from agent.core.charging_profiles import ChargingProfiles
 from agent.core.evse import NOMINAL_VOLTAGE, EvseController, TxRules
 from agent.core.metering import Metering
 from agent.core.model import (
@@ -97,6 +98,7 @@ class Station:
                 hw, max_current_a=max_a, min_current_a=min_a, storage=storage, clock=clock,
                 observer=lambda: self.observer, settings=self.settings, settle=self.settled)
         self.metering = Metering(self.evses, self.settings, clock)
+        self.charging_profiles = ChargingProfiles(self.evses, storage, clock)
         self._tasks: set[asyncio.Task] = set()
         self._token_tasks: set[asyncio.Task] = set()
         self.taps: dict[str, asyncio.Task[str]] = {}  # the last present_token per card
@@ -142,6 +144,7 @@ class Station:
         for evse in self.evses.values():
             self.spawn(self._sampler(evse), f"meter-{evse.id}")
         self.metering.start()
+        self.spawn(self.charging_profiles.run(), "smart-charging")
 
     async def stop(self) -> None:
         """Open every contactor first; nothing else in shutdown may delay that."""

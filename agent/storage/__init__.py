@@ -14,10 +14,11 @@ The package keeps the machinery apart from the tables:
 - :mod:`~agent.storage.migrations`: the schema, as one numbered history (``MIGRATIONS``).
 - one repository module per kind of state (:mod:`~agent.storage.settings`,
   :mod:`~agent.storage.outbox`, :mod:`~agent.storage.journal`,
-  :mod:`~agent.storage.authorization`), each a mixin holding that state's SQL.
+  :mod:`~agent.storage.authorization`, :mod:`~agent.storage.charging_profiles`), each a mixin
+  holding that state's SQL.
 
 :class:`Storage` composes them; callers only ever see ``Storage`` and its methods. A new kind of
-state (charging profiles, certificates, firmware jobs) is one new repository module, one script
+state (certificates, firmware jobs) is one new repository module, one script
 appended to ``MIGRATIONS`` and one more base class of ``Storage``.
 """
 
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 
 from agent.core.model import TxRecord
 from agent.storage.authorization import AuthorizationRepository
+from agent.storage.charging_profiles import ChargingProfileRepository
 from agent.storage.engine import APPLICATION_ID, BUSY_TIMEOUT_MS, MEMORY, Engine, StorageError
 from agent.storage.journal import JournalRepository
 from agent.storage.migrations import MIGRATIONS
@@ -46,7 +48,8 @@ __all__ = [
 
 
 class Storage(
-    Engine, SettingsRepository, OutboxRepository, JournalRepository, AuthorizationRepository
+    Engine, SettingsRepository, OutboxRepository, JournalRepository, AuthorizationRepository,
+    ChargingProfileRepository,
 ):
     """The agent's durable state; open one per state file, for the life of the process."""
 

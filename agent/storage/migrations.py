@@ -93,4 +93,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE outbox ADD COLUMN sends INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: charging profiles installed by the CSMS (agent.storage.charging_profiles)
+    """
+    CREATE TABLE charging_profiles (
+        id          INTEGER PRIMARY KEY,
+        evse_id     INTEGER NOT NULL,
+        purpose     TEXT    NOT NULL,
+        stack_level INTEGER NOT NULL,
+        data        TEXT    NOT NULL,
+        seq         INTEGER NOT NULL
+    );
+    """,
 ]

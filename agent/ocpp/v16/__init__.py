@@ -1,4 +1,4 @@
-"""OCPP 1.6J: the feature profiles Core, LocalAuthListManagement and RemoteTrigger.
+"""OCPP 1.6J: the feature profiles Core, LocalAuthListManagement, RemoteTrigger, SmartCharging.
 
 The version is this registry entry (:data:`SPEC`) and the block modules it lists; where does
 1.6 handle X: ``grep -rn '@handles("X")' agent/ocpp/v16``.
@@ -19,6 +19,7 @@ from agent.ocpp.v16.local_list import LocalList
 from agent.ocpp.v16.metering import STREAMS, Metering
 from agent.ocpp.v16.provisioning import Provisioning
 from agent.ocpp.v16.remote_trigger import RemoteTrigger
+from agent.ocpp.v16.smart_charging import SmartCharging
 from agent.ocpp.v16.transactions import Transactions
 
 
@@ -46,7 +47,7 @@ SPEC = VersionSpec(
     version="1.6",
     subprotocol="ocpp1.6",
     blocks=(Provisioning, Authorization, LocalList, Availability, Metering, Transactions,
-            RemoteTrigger, DataTransfer),
+            RemoteTrigger, DataTransfer, SmartCharging),
     provisioning=lambda adapter: adapter.block(Provisioning),
     activate=_activate,
     status_ready=_status_ready,

@@ -175,6 +175,17 @@ class Transactions(Block):
         target = self.station.remote_start_target(connector_id)
         if target is None:
             return {"status": "Rejected"}
+        if p.get("chargingProfile") is not None:  # SmartCharging: a TxProfile for this start
+            from agent.ocpp.v16.smart_charging import SmartCharging
+
+            try:
+                block = self.adapter.block(SmartCharging)
+            except LookupError:
+                return {"status": "Rejected"}
+            profile = block.remote_start_profile(p["chargingProfile"], target.id)
+            if profile is None:
+                return {"status": "Rejected"}
+            block.service.install(profile)
         self.adapter.spawn(self._remote_start(Token(p["idTag"]), target.id), "v16-remote-start")
         return {"status": "Accepted"}
 
