@@ -17,6 +17,7 @@ from agent import __version__
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.control import ControlServer, Stream
+from agent.core.load_management import LoadManager, SiteLimits
 from agent.core.model import StopReason, Token
 from agent.core.settings import Settings
 from agent.core.station import Station
@@ -53,6 +54,28 @@ def build_hal(cfg: AgentConfig, clock: Clock) -> Hal:
     return build(hal_cfg, monotonic=clock.monotonic)
 
 
+def build_load_manager(cfg: AgentConfig, hal: Hal, station: Station,
+                       clock: Clock) -> LoadManager | None:
+    """Local load management from the ``site:`` section (None without one); the grid meter is
+    validated against the HAL (``HalConfigError`` naming the ``site.grid_meter`` key)."""
+    site = cfg.site
+    if site is None:
+        return None
+    assert site.max_current_a is not None  # validated
+    meter = None
+    if site.grid_meter is not None:
+        from hal.factory import build_grid_meter, parse_grid_meter, parse_hal_config
+
+        hal_cfg = parse_hal_config(cfg.hal, cfg.evse_ids)
+        meter = build_grid_meter(parse_grid_meter(site.grid_meter, hal_cfg, cfg.hal), hal,
+                                 hal_cfg)
+    limits = SiteLimits(max_current_a=site.max_current_a, min_current_a=site.min_current_a,
+                        fallback_current_a=site.fallback_current_a or 0.0,
+                        silent_samples=site.silent_samples)
+    return LoadManager(station.evses, limits, clock, grid_meter=meter,
+                       interval_s=station.meter_poll_s)
+
+
 class Agent:
     """One charge point: storage, HAL, core, protocol adapters, link, control socket."""
 
@@ -72,6 +95,7 @@ class Agent:
         limits = {e.id: (e.max_current_a, e.min_current_a) for e in cfg.evses}
         self.station = Station(self.hal, self.storage, self.clock, settings=self.settings,
                                evse_limits=limits, meter_persist_s=cfg.storage.meter_persist_s)
+        self.load = build_load_manager(cfg, self.hal, self.station, self.clock)
         self.reset_kind: str | None = None
         self._stop = asyncio.Event()
         ctx = StationContext(
@@ -178,6 +202,8 @@ class Agent:
 
     async def start(self) -> None:
         await self.station.start()
+        if self.load is not None:  # shares the site's headroom from the first sample on
+            self.load.start()
         # Transactions a power cut left open end now, reported by the adapter in charge.
         self.station.recover()
         for adapter in self.adapters.values():
@@ -239,6 +265,8 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.load is not None:
+            await self.load.stop()
         await self.link.close()
         for adapter in self.adapters.values():
             await adapter.stop()
@@ -289,6 +317,7 @@ class Agent:
                 "ocpp_version": self.link.version, "registration": self.adapter.registration,
                 "last_error": self.link.last_error, "outbox": self.storage.outbox_count(),
                 "station_faults": [str(f) for f in self.station.station_faults],
+                "site": self.load.status() if self.load is not None else None,
                 "evses": evses}
 
     def _mock(self) -> MockHal:
@@ -316,6 +345,13 @@ class Agent:
             return await self._ev(args)
         elif cmd == "tap":
             return await self._tap(args)
+        elif cmd == "house-load":
+            amps = args.get("amps")
+            if not isinstance(amps, int | float) or isinstance(amps, bool):
+                raise ValueError("house-load needs amps (a number)")
+            self._mock().set_house_load(amps)
+            if self.load is not None:  # the offer follows at once, not at the next sample
+                await self.load.step()
         elif cmd == "frames":
             return self._frames(args)
         elif cmd in ("fault", "clear-fault"):

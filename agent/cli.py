@@ -159,7 +159,11 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
         parse_hal_config = None
     if parse_hal_config is not None:
         try:
-            parse_hal_config(cfg.hal, cfg.evse_ids)
+            hal_cfg = parse_hal_config(cfg.hal, cfg.evse_ids)
+            if cfg.site is not None and cfg.site.grid_meter is not None:
+                from hal.factory import parse_grid_meter
+
+                parse_grid_meter(cfg.site.grid_meter, hal_cfg, cfg.hal)
         except HalConfigError as exc:
             print(f"cp-agent: configuration error: {exc}", file=sys.stderr)
             return EXIT_CONFIG

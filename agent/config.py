@@ -245,6 +245,46 @@ class MqttConfig:
         return self.topic_prefix or f"cp-agent/{station_id}"
 
 
+@dataclass
+class SiteConfig:
+    """Local load management (agent/core/load_management.py): the connection's limit.
+
+    ``grid_meter`` is a meter declared as the ``hal:`` section declares an EVSE's (on
+    ``driver: hardware`` a Modbus meter on a bus under ``hal.modbus``; on the mock HAL
+    ``{type: mock}``, the simulated connection); hal.factory validates it against the HAL.
+    ``fallback_current_a`` is what the whole site may draw (shared) while the grid meter is
+    silent for ``silent_samples`` samples in a row.
+    """
+
+    max_current_a: float | None = None
+    grid_meter: dict[str, Any] | None = None
+    fallback_current_a: float | None = None
+    min_current_a: float = 6.0
+    silent_samples: int = 3
+
+    def validate(self, path: str) -> None:
+        _check(self.max_current_a is not None, f"{path}.max_current_a", self.max_current_a,
+               "the connection's current per phase in amps (the main fuse), e.g. 35")
+        assert self.max_current_a is not None
+        _check(0 < self.max_current_a <= 4000, f"{path}.max_current_a", self.max_current_a,
+               "amps per phase in (0, 4000]")
+        _check(6 <= self.min_current_a <= 80, f"{path}.min_current_a", self.min_current_a,
+               "amps in [6, 80] (below 6 A an EV is paused, IEC 61851)")
+        _check(1 <= self.silent_samples <= 100, f"{path}.silent_samples", self.silent_samples,
+               "a number of samples in [1, 100]")
+        if self.grid_meter is not None:
+            _check(isinstance(self.grid_meter.get("type"), str), f"{path}.grid_meter.type",
+                   self.grid_meter.get("type"),
+                   "a meter type as under hal (mock on the mock HAL, or a Modbus meter type)")
+            _check(self.fallback_current_a is not None, f"{path}.fallback_current_a",
+                   self.fallback_current_a, "amps for the whole site while the grid meter is "
+                   "silent (required with a grid_meter), e.g. 16")
+        if self.fallback_current_a is not None:
+            _check(0 <= self.fallback_current_a <= self.max_current_a,
+                   f"{path}.fallback_current_a", self.fallback_current_a,
+                   f"amps in [0, max_current_a={self.max_current_a:g}] (for the whole site)")
+
+
 # Hosts the status page may listen on without a credential: only this machine can reach them.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -322,6 +362,7 @@ class AgentConfig:
     log: LogConfig = field(default_factory=LogConfig)
     mqtt: MqttConfig | None = None  # no section: no bridge, and aiomqtt is never imported
     web: WebConfig = field(default_factory=WebConfig)  # listen unset: agent.web not imported
+    site: SiteConfig | None = None  # no section: no local load management
     source: str | None = None  # the file it came from, for messages
 
     def validate(self) -> None:
@@ -333,6 +374,8 @@ class AgentConfig:
         self.web.validate("web", self.ocpp.password)
         if self.mqtt is not None:
             self.mqtt.validate("mqtt")
+        if self.site is not None:
+            self.site.validate("site")
         _check(len(self.evses) >= 1, "evses", self.evses, "at least one EVSE")
         seen: set[int] = set()
         for i, e in enumerate(self.evses):

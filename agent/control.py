@@ -552,6 +552,14 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  last error: {status['last_error']}")
     if status.get("station_faults"):
         lines.append("  station faults: " + ", ".join(map(str, status["station_faults"])))
+    site = status.get("site")
+    if isinstance(site, dict):
+        grid = site.get("grid_current_a")
+        grid_text = ("/".join(f"{a:g}" for a in grid) + " A") if isinstance(grid, list) \
+            else "-"
+        lines.append(f"  site: {site.get('mode', '?')}, limit "
+                     f"{_num(site.get('max_current_a'), 'A')}, grid {grid_text}, headroom "
+                     f"{_num(site.get('headroom_a'), 'A', '.1f')}")
     evses = status.get("evses") or []
     if isinstance(evses, dict):
         evses = list(evses.values())
@@ -690,6 +698,16 @@ def _limit(text: str) -> int:
     return value
 
 
+def _amps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"AMPS must be a number of amps >= 0, got {text!r}")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits the process on errors; ctl_main must return its code instead."""
 
@@ -751,6 +769,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("token", type=_token, metavar="TOKEN")
     sp.add_argument("--evse", type=_evse, metavar="N", help="reader of this EVSE (default: shared)")
     _json_flag(sp)
+    sp = sub.add_parser("house-load", help="set the other loads on the site's connection "
+                                           "(mock HAL's grid meter), amps per phase")
+    sp.add_argument("amps", type=_amps, metavar="AMPS")
+    _json_flag(sp)
     for name, text in (("fault", "raise a hardware fault"), ("clear-fault", "clear a fault")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("evse", type=_fault_place, metavar="EVSE",
@@ -763,7 +785,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     args: dict[str, Any] = {}
-    for key in ("evse", "state", "token", "kind"):
+    for key in ("evse", "state", "token", "kind", "amps"):
         value = getattr(ns, key, None)
         if value is not None:
             args[key] = value

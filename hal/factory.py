@@ -22,14 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hal.config_kit import ConfigMap, HalConfigError, bad, choice, number
-from hal.interfaces import Hal
+from hal.config_kit import ConfigMap, HalConfigError, bad, choice, number, yaml_repr
+from hal.interfaces import Hal, PowerMeter
 from hal.mock import MockHal
 
 if TYPE_CHECKING:
     from hal.hardware_factory import HardwareConfig
 
-__all__ = ["HalConfig", "HalConfigError", "MockConfig", "build_hal", "parse_hal_config"]
+__all__ = ["GridMeterConfig", "HalConfig", "HalConfigError", "MockConfig", "build_grid_meter",
+           "build_hal", "parse_grid_meter", "parse_hal_config"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,47 @@ def build_hal(cfg: HalConfig, monotonic: Callable[[], float] = time.monotonic, *
 
     return build_hardware(cfg, monotonic, pin_factory=pin_factory, i2c_opener=i2c_opener,
                           evdev_opener=evdev_opener)
+
+
+# ============================================================== the site's grid meter
+
+@dataclass(frozen=True)
+class GridMeterConfig:
+    """``site.grid_meter``: on the mock HAL ``{type: mock}`` (the simulated connection: the
+    mock's house load plus its EVSEs), on hardware any meter the HAL supports."""
+
+    type: str
+    meter: Any = None  # hal.hardware_factory.MeterConfig on driver: hardware
+    path: str = "site.grid_meter"
+
+
+def parse_grid_meter(raw: Any, hal_cfg: HalConfig, hal_raw: dict | None,
+                     path: str = "site.grid_meter") -> GridMeterConfig:
+    """Validate a grid meter declaration against the HAL it is part of."""
+    if not isinstance(raw, dict):
+        raise bad(path, raw, "a mapping declaring a meter (type: ...)")
+    if hal_cfg.driver == "mock":
+        if raw.get("type") != "mock":
+            raise HalConfigError(f"{path}.type", f"{yaml_repr(raw.get('type'))} is not allowed; "
+                                                 "expected mock (the simulated grid meter of "
+                                                 "hal.driver: mock)")
+        ConfigMap(raw, path, ("type",))
+        return GridMeterConfig("mock", path=path)
+    if raw.get("type") == "mock":
+        raise HalConfigError(f"{path}.type", "'mock' is not allowed; the simulated grid meter "
+                                             "needs hal.driver: mock")
+    from hal.hardware_factory import parse_grid_meter as parse_hw
+
+    meter = parse_hw(raw, hal_raw or {}, path)
+    return GridMeterConfig(meter.type, meter=meter, path=path)
+
+
+def build_grid_meter(cfg: GridMeterConfig, hal: Hal, hal_cfg: HalConfig) -> PowerMeter:
+    """The grid meter, built on (and registered with) the station's HAL."""
+    if cfg.type == "mock":
+        if not isinstance(hal, MockHal):
+            raise HalConfigError(f"{cfg.path}.type", "mock needs the mock HAL")
+        return hal.grid_meter()
+    from hal.hardware_factory import attach_grid_meter
+
+    return attach_grid_meter(hal, hal_cfg, cfg.meter)

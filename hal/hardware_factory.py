@@ -759,3 +759,32 @@ def build_hardware(cfg: HalConfig, monotonic: Monotonic = time.monotonic, *,
     return HardwareHal(sink=b.sink, evses=evses, readers=readers, devices=devices,
                        modbus_buses=list(b.modbus.values()), i2c_buses=list(b.i2c.values()),
                        bus_probes=bus_probes)
+
+
+# ============================================================== the site's grid meter
+
+def parse_grid_meter(raw: Any, hal_raw: dict, path: str) -> MeterConfig:
+    """A meter of the whole connection, declared as an EVSE's meter is (``type``, ``bus``
+    naming a bus under ``hal.modbus``, ``unit_id``...)."""
+    buses = _parse_buses(hal_raw.get("modbus"), "hal.modbus")
+    return _parse_meter(raw, path, buses)
+
+
+def attach_grid_meter(hal: Hal, cfg: HalConfig, meter_cfg: MeterConfig) -> PowerMeter:
+    """Build the grid meter on the HAL's own buses (one RS-485 bus, one owner) and add it to
+    the HAL's devices, so that it is opened, probed and closed with them."""
+    hw = cfg.hardware
+    if not isinstance(hal, HardwareHal) or hw is None:
+        raise HalConfigError("site.grid_meter", "a Modbus grid meter needs driver: hardware")
+    b = _Builder(hw, time.monotonic, None, None, None, sink=hal.sink)
+    b.modbus = {bus.name: bus for bus in hal.modbus_buses}
+    meter = b.meter(0, meter_cfg)
+    for bus in b.modbus.values():
+        if bus not in hal.modbus_buses:  # a bus only the grid meter is on
+            hal.modbus_buses.append(bus)
+            hal.bus_probes.append(ModbusBusProbe(bus, meter_cfg.required))
+    if isinstance(meter, DeviceDriver):
+        meter.label = f"site grid meter ({meter_cfg.type}, id {meter_cfg.unit_id} on " \
+                      f"{meter_cfg.bus})"
+        hal.devices.append(meter)
+    return meter

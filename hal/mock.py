@@ -172,6 +172,31 @@ class MockMeter(PowerMeter):
         )
 
 
+class MockGridMeter(PowerMeter):
+    """The meter of the whole connection (house or depot): the other loads on it
+    (``MockHal.house_load_a``, the same on every phase) plus the station's own EVSEs."""
+
+    def __init__(self, hal: MockHal) -> None:
+        self._hal = hal
+
+    async def read(self) -> MeterReading:
+        hal = self._hal
+        if hal.grid_meter_silent:
+            raise HalError(FaultKind.METER, "grid meter does not answer")
+        amps = [hal.house_load_a] * 3
+        for sim in hal.sims.values():
+            sim.integrate()
+            for phase in range(min(3, sim.phases)):
+                amps[phase] += sim.current()
+        return MeterReading(
+            energy_import_wh=0.0,
+            power_w=round(sum(amps) * NOMINAL_VOLTAGE, 1),
+            voltage_v=(NOMINAL_VOLTAGE,) * 3,
+            current_a=tuple(round(a, 3) for a in amps),
+            frequency_hz=50.0,
+        )
+
+
 class MockEv(EvConnection):
     def __init__(self, sim: _Sim) -> None:
         self._sim = sim
@@ -255,6 +280,9 @@ class MockHal(Hal):
         self.sims: dict[int, _Sim] = {}
         self.reader = MockReader()
         self.readers = [self.reader]
+        self.house_load_a = 0.0  # the other loads on the site's connection, per phase
+        self.grid_meter_silent = False  # the simulated grid meter stops answering
+        self._grid_meter: MockGridMeter | None = None
         for evse_id in range(1, evse_count + 1):
             sim = _Sim(evse_id, phases, ev_max_current_a, monotonic, self._emit,
                        ev_soc=ev_soc_percent)
@@ -296,7 +324,20 @@ class MockHal(Hal):
             await evse.ev.set_current_limit(0)
         self._listener = None
 
+    def grid_meter(self) -> MockGridMeter:
+        """The simulated meter of the whole connection (``site.grid_meter: {type: mock}``)."""
+        if self._grid_meter is None:
+            self._grid_meter = MockGridMeter(self)
+        return self._grid_meter
+
     # ------------------------------------------------------------ bench controls
+
+    def set_house_load(self, amps: float) -> None:
+        """The other loads on the connection (house, depot), in amps per phase."""
+        amps = float(amps)
+        if not 0 <= amps <= 10_000:
+            raise ValueError(f"house load {amps:g} A: expected amps in [0, 10000]")
+        self.house_load_a = amps
 
     def _sim(self, evse_id: int) -> _Sim:
         try:

@@ -1,0 +1,251 @@
+"""Local load management: the station never draws more than the site's connection allows.
+
+Every sample (the meter poll interval) :class:`LoadManager` works out the headroom per phase
+of the connection and shares it among the EVSEs with an active session, as the limit source
+``"site"`` (:meth:`EvseController.set_limit`); the core offers the lowest of all sources, so
+the CSMS's limits still bind when they are lower.
+
+- With a grid meter: headroom = ``max_current_a`` - (grid current - own EVSEs' current), per
+  phase, the lowest phase binding. The EVSEs' meters are read with the grid meter, and each
+  one's current is taken as the smaller of its reading and its offer now, so an EV that
+  lags behind a lowered offer can only make the other loads look larger (the safe side).
+- Without one: the static ``max_current_a`` is shared.
+- A grid meter that goes silent (``silent_samples`` reads in a row fail) falls back to
+  ``fallback_current_a`` for the whole site, shared like the static limit, until it answers
+  again. Until then the shares of the last good sample are kept.
+
+The sharing itself is the pure function :func:`share` (unit-tested with hypothesis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agent.clock import Clock
+from agent.core.evse import EvseController
+from hal.interfaces import HalError, PowerMeter
+
+log = logging.getLogger("cp_agent.load")
+
+SOURCE = "site"
+READ_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """One EVSE with an active session: what it may take and when its session began."""
+
+    evse_id: int
+    since: float  # when the session was authorized (monotonic): the newest pause first
+    max_a: float  # the most it may draw (its maximum, capped by the other limit sources)
+    min_a: float = 6.0
+
+
+def _floor(amps: float) -> float:
+    """Down to 0.1 A: rounding must never take the sum above the headroom."""
+    return math.floor(amps * 10 + 1e-9) / 10
+
+
+def share(headroom_a: float, demands: Sequence[Demand]) -> dict[int, float]:
+    """Share ``headroom_a`` among ``demands``; the EVSE id -> amps (0: paused).
+
+    The oldest sessions are served first: as many as their minimums fit, the newest paused.
+    Those served get a fair share (water filling: equal amps, an EVSE capped below it leaves
+    the rest to the others), never below their minimum, never above their ``max_a``, and the
+    sum never exceeds the headroom. A demand whose ``max_a`` is below its minimum cannot
+    charge anyway (another source paused it) and gets 0 without taking anything.
+    """
+    headroom = max(0.0, float(headroom_a))
+    out = {d.evse_id: 0.0 for d in demands}
+    able = sorted((d for d in demands if d.max_a >= d.min_a), key=lambda d: (d.since, d.evse_id))
+    served: list[Demand] = []
+    used = 0.0
+    for d in able:
+        if used + d.min_a > headroom + 1e-9:
+            break  # this one and every newer one are paused
+        served.append(d)
+        used += d.min_a
+    # Water filling above the minimums: raise everyone's level until the headroom is used.
+    give = {d.evse_id: d.min_a for d in served}
+    left = headroom - used
+    open_ = [d for d in served if d.max_a > d.min_a]
+    while left > 1e-9 and open_:
+        step = left / len(open_)
+        nxt = []
+        for d in open_:
+            room = d.max_a - give[d.evse_id]
+            add = min(room, step)
+            give[d.evse_id] += add
+            left -= add
+            if room - add > 1e-9:
+                nxt.append(d)
+        if len(nxt) == len(open_):
+            break  # nobody capped: the level is final
+        open_ = nxt
+    mins = {d.evse_id: d.min_a for d in served}
+    for evse_id, amps in give.items():
+        floored = _floor(amps)
+        out[evse_id] = floored if floored >= mins[evse_id] else amps
+    return out
+
+
+def headroom_per_phase(max_current_a: float, grid_a: Sequence[float],
+                       own_a: Sequence[float]) -> tuple[float, ...]:
+    """Per phase: the site limit minus the other loads (grid minus the station's own)."""
+    return tuple(max(0.0, max_current_a - (g - (own_a[i] if i < len(own_a) else 0.0)))
+                 for i, g in enumerate(grid_a))
+
+
+@dataclass(frozen=True)
+class SiteLimits:
+    """What :class:`LoadManager` needs of the ``site:`` configuration."""
+
+    max_current_a: float
+    min_current_a: float = 6.0
+    fallback_current_a: float = 0.0
+    silent_samples: int = 3
+
+
+class LoadManager:
+    """Applies :func:`share` every sample; ``mode`` says what the headroom came from."""
+
+    def __init__(self, evses: dict[int, EvseController], limits: SiteLimits, clock: Clock, *,
+                 grid_meter: PowerMeter | None = None, interval_s: float = 1.0) -> None:
+        self.evses = evses
+        self.limits = limits
+        self.clock = clock
+        self.grid_meter = grid_meter
+        self.interval_s = interval_s
+        self.mode = "grid_meter" if grid_meter is not None else "static"
+        self.failures = 0
+        self.grid_a: tuple[float, ...] | None = None  # the last grid reading, per phase
+        self.headroom_a: float | None = None
+        self.shares: dict[int, float] = {}
+        self.samples = 0
+        self.sampled = asyncio.Condition()  # notified after every applied sample (tests)
+        self._task: asyncio.Task[None] | None = None
+        self._step_lock = asyncio.Lock()  # the task and ``ctl house-load`` both step
+
+    # -------------------------------------------------------------- what the EVSEs want
+
+    def _active(self, evse: EvseController) -> bool:
+        s = evse.session
+        return (s is not None and s.authorized and s.energy_allowed and s.ended_reason is None
+                and evse.ev_connected and evse.operative and evse.blocking_fault is None)
+
+    def demands(self) -> list[Demand]:
+        out = []
+        for evse in self.evses.values():
+            if not self._active(evse):
+                continue
+            others = [a for src, a in evse.limits.items() if src != SOURCE]
+            cap = min([evse.max_current_a, *others])
+            since = evse.session.authorized_at if evse.session else None
+            out.append(Demand(evse.id, since if since is not None else 0.0, cap,
+                              max(evse.min_current_a, self.limits.min_current_a)))
+        return out
+
+    async def own_current(self) -> tuple[float, float, float]:
+        """The station's own draw per phase, read with the grid meter (the same instant, so
+        a change of offer between two samples is not mistaken for another load), at its
+        lowest plausible: an EV lags behind a lowered offer, never ahead of it."""
+        own = [0.0, 0.0, 0.0]
+        for evse in self.evses.values():
+            if not evse.hw.contactor.commanded_closed:
+                continue
+            try:
+                async with asyncio.timeout(READ_TIMEOUT_S):
+                    r = await evse.hw.meter.read()
+            except (HalError, TimeoutError):
+                r = evse.reading  # the station's sampler reports the fault
+            if r is None:
+                continue
+            for i, amps in enumerate(r.current_a[:3]):
+                own[i] += max(0.0, min(amps, evse.offered_a))
+        return own[0], own[1], own[2]
+
+    # -------------------------------------------------------------- one sample
+
+    async def _read_grid(self) -> tuple[float, ...] | None:
+        assert self.grid_meter is not None
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                reading = await self.grid_meter.read()
+        except (HalError, TimeoutError) as exc:
+            self.failures += 1
+            if self.failures == self.limits.silent_samples:
+                log.warning("site: grid meter silent for %d samples (%s): falling back to "
+                            "%.1f A for the whole site", self.failures, str(exc) or "timed out",
+                            self.limits.fallback_current_a)
+            return None
+        if not reading.current_a:
+            self.failures += 1
+            return None
+        if self.failures >= self.limits.silent_samples:
+            log.info("site: grid meter answers again: sharing the measured headroom")
+        self.failures = 0
+        return tuple(reading.current_a)
+
+    async def step(self) -> None:
+        """One sample: work out the headroom, share it, set the ``site`` limits."""
+        async with self._step_lock:
+            await self._step()
+        async with self.sampled:
+            self.sampled.notify_all()
+
+    async def _step(self) -> None:
+        headroom: float | None
+        if self.grid_meter is None:
+            headroom, self.mode = self.limits.max_current_a, "static"
+        else:
+            grid = await self._read_grid()
+            if grid is not None:
+                self.grid_a, self.mode = grid, "grid_meter"
+                own = await self.own_current()
+                headroom = min(headroom_per_phase(self.limits.max_current_a, grid, own))
+            elif self.failures >= self.limits.silent_samples:
+                headroom, self.mode = self.limits.fallback_current_a, "fallback"
+            else:
+                headroom = None  # one lost reading: keep the last shares
+        if headroom is not None:
+            self.headroom_a = headroom
+            active = self.demands()
+            shares = share(headroom, active)
+            for evse_id in self.evses:
+                await self._apply(evse_id, shares.get(evse_id, 0.0))
+            self.shares = shares
+        self.samples += 1
+
+    async def _apply(self, evse_id: int, amps: float) -> None:
+        evse = self.evses[evse_id]
+        if evse.limits.get(SOURCE) != amps:
+            await evse.set_limit(SOURCE, amps)
+
+    # -------------------------------------------------------------- the task
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except Exception:
+                log.exception("site: load management sample failed")
+            await self.clock.sleep(self.interval_s)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="site-load")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def status(self) -> dict:
+        return {"mode": self.mode, "max_current_a": self.limits.max_current_a,
+                "grid_current_a": list(self.grid_a) if self.grid_a is not None else None,
+                "headroom_a": self.headroom_a, "shares": dict(self.shares)}
