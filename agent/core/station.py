@@ -24,6 +24,7 @@ from agent.core.model import (
     Token,
     TxRecord,
 )
+from agent.core.security_events import SecurityEvents
 from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
 from hal.interfaces import (
@@ -99,6 +100,7 @@ class Station:
                 observer=lambda: self.observer, settings=self.settings, settle=self.settled)
         self.metering = Metering(self.evses, self.settings, clock)
         self.charging_profiles = ChargingProfiles(self.evses, storage, clock)
+        self.security_events = SecurityEvents(clock)
         self._tasks: set[asyncio.Task] = set()
         self._token_tasks: set[asyncio.Task] = set()
         self.taps: dict[str, asyncio.Task[str]] = {}  # the last present_token per card
