@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -88,6 +89,9 @@ class Agent:
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier()
         self.storage = Storage(cfg.storage.path)
+        # Everything the agent keeps on the board (certificates, logs, firmware downloads)
+        # lives beside the state file, so one directory is what to protect and back up.
+        self.state_dir = Path(cfg.storage.path).resolve().parent
         self.hal = hal or build_hal(cfg, self.clock)
         self.frames = FrameLog(self.clock, log_frames=cfg.log.frames, keep=frame_history)
         self.settings = Settings(self.storage, overrides=registry.factory_settings(
