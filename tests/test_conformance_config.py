@@ -407,7 +407,8 @@ async def test_get_report_without_variable_instance_reports_every_instance(versi
         link = await online(agent, csms)
         found = await custom_report(csms, link, 1, [
             {"component": {"name": "DeviceDataCtrlr"}, "variable": {"name": "ItemsPerMessage"}}])
-        assert sorted(k[4] for k in found) == ["GetReport", "GetVariables", "SetVariables"]
+        assert sorted(k[4] for k in found) == ["GetReport", "GetVariables",
+                                               "ReportChargingProfiles", "SetVariables"]
         assert {k[3] for k in found} == {"ItemsPerMessage"}
         # Naming the instance narrows it to that one.
         found = await custom_report(csms, link, 2, [

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 
-from agent.clock import FakeClock, iso
+from agent.clock import iso
 from agent.core.smart_charging import Purpose
 from tests.conftest import charging, eventually, online
-from tests.test_timing import rig
 
 pytestmark = pytest.mark.asyncio
 
@@ -281,83 +280,3 @@ async def test_profiles_survive_a_restart(csms, make_agent):
     await eventually(lambda: pilot(again) == 9, "the station max still applies")
     res = await link.call("GetCompositeSchedule", {"connectorId": 1, "duration": 60})
     assert res["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 9
-
-
-# ---------------------------------------------------------------- timing on the fake clock
-
-
-async def _fake_rig_profile(csms: Any, agent: Any, periods: list[tuple[int, float]]
-                            ) -> datetime:
-    """A station-max profile whose schedule starts at the current second; its start."""
-    start = agent.clock.now().replace(microsecond=0)
-    link = csms.stations["CP1"]
-    assert await set_profile(link, 0, profile(1, periods=periods, start=start)) == "Accepted"
-    return start
-
-
-async def _until(agent: Any, at: datetime, before: float, *, expect_before: float,
-                 expect_after: float) -> None:
-    """Advance the fake clock to ``before`` s ahead of ``at``: the pilot still shows
-    ``expect_before``; then just past ``at``: it shows ``expect_after``."""
-    clock: FakeClock = agent.clock
-    await clock.advance((at - clock.now()).total_seconds() - before)
-    await agent.station.quiet()
-    assert pilot(agent) == expect_before, f"changed {before} s early"
-    await clock.advance(before + 0.01)
-    await eventually(lambda: pilot(agent) == expect_after, f"{expect_after} A at {at}")
-
-
-async def test_three_period_profile_moves_the_pilot_at_its_boundaries(short_dir):
-    async with rig("1.6", short_dir) as (csms, make):
-        agent = await make()
-        await online_fake(agent)
-        await charging(agent, csms)
-        await eventually(lambda: pilot(agent) == 32, "the full offer")
-        start = await _fake_rig_profile(csms, agent, [(0, 16), (600, 10), (1200, 13)])
-        await eventually(lambda: pilot(agent) == 16, "period 1")
-        await _until(agent, start + timedelta(seconds=600), 1, expect_before=16,
-                     expect_after=10)
-        await _until(agent, start + timedelta(seconds=1200), 1, expect_before=10,
-                     expect_after=13)
-        assert agent.hal.evses[1].contactor.commanded_closed
-
-
-async def test_limit_below_minimum_suspends_and_a_later_period_resumes(short_dir):
-    async with rig("1.6", short_dir) as (csms, make):
-        agent = await make()
-        await online_fake(agent)
-        await charging(agent, csms)
-        start = await _fake_rig_profile(csms, agent, [(0, 12), (300, 4), (900, 8)])
-        await eventually(lambda: pilot(agent) == 12, "period 1")
-        await _until(agent, start + timedelta(seconds=300), 1, expect_before=12,
-                     expect_after=0)
-        await eventually(lambda: not agent.hal.evses[1].contactor.commanded_closed,
-                         "the contactor opened")
-        await csms.wait_for("StatusNotification", station_id="CP1",
-                            predicate=lambda p: p["status"] == "SuspendedEVSE")
-        await _until(agent, start + timedelta(seconds=900), 1, expect_before=0,
-                     expect_after=8)
-        await eventually(lambda: agent.hal.evses[1].contactor.commanded_closed,
-                         "the contactor closed again")
-        await csms.wait_for("StatusNotification", station_id="CP1",
-                            predicate=lambda p: p["status"] == "Charging", count=2)
-
-
-async def test_schedule_is_resumed_after_a_restart_on_the_fake_clock(short_dir):
-    async with rig("1.6", short_dir) as (csms, make):
-        agent = await make()
-        await online_fake(agent)
-        start = await _fake_rig_profile(csms, agent, [(0, 12), (3600, 7)])
-        await agent.stop()
-        again = await make()
-        await online_fake(again)
-        await charging(again, csms)
-        await eventually(lambda: pilot(again) == 12, "period 1 after the restart")
-        await _until(again, start + timedelta(seconds=3600), 1, expect_before=12,
-                     expect_after=7)
-
-
-async def online_fake(agent: Any) -> None:
-    from tests.test_timing import online as timing_online
-
-    await timing_online(agent)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.app import Agent
+from agent.clock import iso
 from agent.config import ConfigError, WebConfig, load_config_text
 from agent.core.model import ConnectorStatus, EvseSnapshot
 from agent.testing.csms import TestCsms
@@ -173,7 +175,7 @@ async def main():
     await agent.start()
     await agent.stop()
     print(json.dumps({m: m in sys.modules for m in ("aiohttp", "prometheus_client",
-                                                    "agent.web")}))
+                                                    "agent.web", "cryptography")}))
 
 asyncio.run(main())
 """
@@ -187,9 +189,11 @@ def _imports(web: dict) -> dict[str, bool]:
 
 
 def test_an_agent_without_web_never_imports_aiohttp():
-    assert _imports({}) == {"aiohttp": False, "prometheus_client": False, "agent.web": False}
+    """Nor cryptography on profile 0 without certificates: each costs megabytes of RSS."""
+    assert _imports({}) == {"aiohttp": False, "prometheus_client": False, "agent.web": False,
+                            "cryptography": False}
     assert _imports({"listen": "127.0.0.1:0"}) == {
-        "aiohttp": True, "prometheus_client": True, "agent.web": True}
+        "aiohttp": True, "prometheus_client": True, "agent.web": True, "cryptography": False}
 
 
 # ---------------------------------------------------------------- the API
@@ -565,3 +569,122 @@ def test_session_samples_stay_bounded_over_a_long_session():
     snaps[0] = _snap("tx-2", 7000.0)
     tracker.poll()
     assert tracker.sessions[1] == 2 and len(tracker.series[1].points) == 1
+
+
+
+# ---------------------------------------------------------------- smart charging and the site
+
+
+def _three_periods(start: datetime) -> dict:
+    """A TxDefaultProfile of three hour-long periods from ``start`` (1.6 shapes)."""
+    return {"chargingProfileId": 7, "stackLevel": 1,
+            "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Absolute",
+            "chargingSchedule": {
+                "startSchedule": iso(start), "duration": 3 * 3600, "chargingRateUnit": "A",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16},
+                                           {"startPeriod": 3600, "limit": 10},
+                                           {"startPeriod": 7200, "limit": 20}]}}
+
+
+async def test_view_shows_limit_sources_schedule_and_profiles(csms, short_dir):
+    """/api/view: which limit source binds, the composite the pilot follows (the same call as
+    the scheduler's), the installed profile; pushed when the profile goes."""
+    async with web_agent(csms, short_dir) as agent, aiohttp.ClientSession() as http:
+        link = await online(agent, csms)
+        async with http.get(agent.web_url + "api/view") as r:
+            before = evse1(await r.json())
+        assert before["profiles"] == []
+        assert [p["limit_a"] for p in before["schedule"]["periods"]] == [32.0]  # the rating
+        assert before["limits"] == [{"source": "evse", "limit_a": 32.0, "binding": True}]
+
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        res = await link.call("SetChargingProfile", {"connectorId": 1,
+                                                     "csChargingProfiles": _three_periods(start)})
+        assert res["status"] == "Accepted"
+        await eventually(lambda: agent.station.evses[1].limit_source == "csms", "csms binds")
+        async with http.get(agent.web_url + "api/view") as r:
+            view = await r.json()
+        assert view["site"] is None
+        evse = evse1(view)
+        sources = {row["source"]: (row["limit_a"], row["binding"]) for row in evse["limits"]}
+        assert sources == {"evse": (32.0, False), "csms": (16.0, True)}
+
+        schedule = evse["schedule"]
+        doc_start = datetime.fromisoformat(schedule["start"].replace("Z", "+00:00"))
+        assert schedule["unit"] == "A" and schedule["duration_s"] >= 3 * 3600
+        offset = int((doc_start - start).total_seconds())  # the profile began before the view
+        assert schedule["periods"] == [
+            {"start_s": 0, "limit_a": 16.0, "number_phases": 3},
+            {"start_s": 3600 - offset, "limit_a": 10.0, "number_phases": 3},
+            {"start_s": 7200 - offset, "limit_a": 20.0, "number_phases": 3},
+            {"start_s": 10800 - offset, "limit_a": 32.0, "number_phases": 3}]
+        # ... which is GetCompositeSchedule's answer over the same window.
+        composite = await link.call("GetCompositeSchedule", {
+            "connectorId": 1, "duration": schedule["duration_s"], "chargingRateUnit": "A"})
+        answered = composite["chargingSchedule"]["chargingSchedulePeriod"]
+        assert [p["limit"] for p in answered] == [p["limit_a"] for p in schedule["periods"]]
+
+        [installed] = evse["profiles"]
+        assert installed["id"] == 7 and installed["purpose"] == "TxDefaultProfile"
+        assert installed["stack_level"] == 1 and installed["kind"] == "Absolute"
+        assert installed["evse_id"] == 1 and installed["valid_now"] is True
+        [sch] = installed["schedules"]
+        assert sch["rate_unit"] == "A" and sch["duration_s"] == 3 * 3600
+        assert [(q["start_s"], q["limit"]) for q in sch["periods"]] == \
+            [(0, 16.0), (3600, 10.0), (7200, 20.0)]
+
+        async with http.get(agent.web_url + "metrics") as r:
+            m = _samples(await r.text())
+        assert _value(m, "cp_agent_evse_composite_limit_a", evse="1") == 16
+        assert "cp_agent_site_headroom_a" not in m  # no site: section
+
+        async with http.get(agent.web_url + "events") as r:
+            stream = EventStream(r)
+            await stream.until("the first view", lambda e, d: e == "view")
+            assert (await link.call("ClearChargingProfile", {"id": 7}))["status"] == "Accepted"
+            cleared = await stream.until("the profile gone", lambda e, d: e == "view"
+                                         and not evse1(d)["profiles"])
+        assert [p["limit_a"] for p in evse1(cleared)["schedule"]["periods"]] == [32.0]
+
+
+async def test_view_shows_the_site_and_its_fallback(csms, short_dir):
+    site = "site: {max_current_a: 12, grid_meter: {type: mock}, fallback_current_a: 8}"
+    async with web_agent(csms, short_dir, extra=site) as agent, \
+            aiohttp.ClientSession() as http:
+        await online(agent, csms)
+        agent.hal.plug(1)
+        agent.hal.tap("TAG1")
+        await csms.wait_for("StartTransaction", station_id="CP1")
+        await agent.load.step()
+        async with http.get(agent.web_url + "api/view") as r:
+            view = await r.json()
+        # 12 A of the connection (no house load) for the one session: the site binds.
+        assert {r["source"]: (r["limit_a"], r["binding"]) for r in evse1(view)["limits"]} \
+            == {"evse": (32.0, False), "site": (12.0, True)}
+        site_doc = view["site"]
+        assert site_doc["mode"] == "grid_meter" and site_doc["fallback"] is False
+        assert site_doc["max_current_a"] == 12 and site_doc["headroom_a"] == pytest.approx(12)
+        assert site_doc["shares"] == {"1": 12.0} and site_doc["fallback_current_a"] == 8
+        async with http.get(agent.web_url + "metrics") as r:
+            m = _samples(await r.text())
+        assert _value(m, "cp_agent_site_headroom_a") == pytest.approx(12.0)
+        assert _value(m, "cp_agent_site_limit_a") == 12
+        assert _value(m, "cp_agent_site_fallback") == 0
+        assert {labels["phase"] for labels, _ in m["cp_agent_site_grid_current_a"]} == \
+            {"L1", "L2", "L3"}
+
+        async with http.get(agent.web_url + "events") as r:
+            stream = EventStream(r)
+            await stream.until("the first view", lambda e, d: e == "view")
+            # The grid meter goes silent: after silent_samples reads the site falls back.
+            agent.hal.grid_meter_silent = True
+            for _ in range(3):
+                await agent.load.step()
+            fallback = await stream.until("the fallback", lambda e, d: e == "view"
+                                          and d["site"]["fallback"])
+        assert fallback["site"]["mode"] == "fallback" and fallback["site"]["failed_reads"] >= 3
+        assert {r["source"]: r["limit_a"] for r in evse1(fallback)["limits"]}["site"] == 8.0
+        async with http.get(agent.web_url + "metrics") as r:
+            assert _value(_samples(await r.text()), "cp_agent_site_fallback") == 1
+        agent.hal.unplug(1)
+        await csms.wait_for("StopTransaction", station_id="CP1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from agent.app import Agent
 from agent.config import WebConfig
 from tests.conftest import agent_config, online, strict_csms
+from tests.test_web import _three_periods
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -78,6 +80,16 @@ def drive(url: str, artifacts: Path) -> dict:
         wait.until(lambda d: text("link-state") == "connected", "the link to show connected")
         seen["title"] = driver.title
         assert points() == 0
+        # Smart charging and the site: the composite as a step chart, the installed profile,
+        # the binding limit source, the load-management panel.
+        wait.until(lambda d: d.find_element(By.ID, "schedule-1").get_attribute(
+            "data-periods") == "4", "the profile's schedule on the step chart")
+        wait.until(lambda d: d.find_elements(
+            By.CSS_SELECTOR, "#profiles-1 tr[data-profile-id='7']"), "the profile's row")
+        seen["profile_row"] = driver.find_element(
+            By.CSS_SELECTOR, "#profiles-1 tr[data-profile-id='7']").text
+        seen["limits"] = text("limits-1")
+        seen["site"] = (driver.find_element(By.ID, "site").is_displayed(), text("site-mode"))
 
         click("btn-plug-1")
         wait.until(lambda d: status() == "Preparing", "Preparing after the plug")
@@ -120,13 +132,18 @@ def drive(url: str, artifacts: Path) -> dict:
 async def test_the_page_plays_a_session_with_its_bench_controls(short_dir, tmp_path):
     async with strict_csms(("1.6",)) as csms:
         cfg = agent_config(csms.url, short_dir, station_id="BENCH-CP1",
-                           defaults={"MeterValueSampleInterval": 2})
+                           defaults={"MeterValueSampleInterval": 2},
+                           extra="site: {max_current_a: 40}")
         cfg.web = WebConfig(listen="127.0.0.1:0")
         cfg.validate()
         agent = Agent(cfg)
         await agent.start()
         try:
-            await online(agent, csms)
+            link = await online(agent, csms)
+            start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+            assert (await link.call("SetChargingProfile", {
+                "connectorId": 1, "csChargingProfiles": _three_periods(start)}))["status"] \
+                == "Accepted"
             seen = await asyncio.wait_for(
                 asyncio.to_thread(drive, agent.web_url, tmp_path / "artifacts"), 60)
         finally:
@@ -141,4 +158,8 @@ async def test_the_page_plays_a_session_with_its_bench_controls(short_dir, tmp_p
     assert seen["ended_points"] >= growth[-1]  # the ended session stays on the chart
     assert "StartTransaction" in seen["frames"] and "CALLRESULT" in seen["frames"]
     assert seen["console"] == []  # no script error, no CSP violation
+    assert seen["profile_row"].startswith("7 TxDefaultProfile 1 Absolute"), seen["profile_row"]
+    assert "16 A" in seen["profile_row"] and "10 A" in seen["profile_row"]
+    assert "csms" in seen["limits"] and "evse" in seen["limits"]
+    assert seen["site"] == (True, "static")
     assert (tmp_path / "artifacts" / "status-page.png").stat().st_size > 10_000

@@ -11,8 +11,19 @@ EVSE's ``"csms"`` limit source equal to the engine's answer:
 - a TxProfile lives as long as its transaction: it goes when the transaction ends, and a
   TxProfile found at start-up (its transaction ended with the power) is dropped;
 - the scheduler re-evaluates at the engine's ``next_change``, on every install / clear, when a
-  transaction starts or ends, and at start-up.  The station maximum (EVSE 0) caps each EVSE
-  (the engine's composite includes it); sharing it among EVSEs is load management's business.
+  transaction starts or ends, when a session becomes active or inactive, and at start-up;
+- the station maximum (ChargePointMax / ChargingStationMax on EVSE 0) is shared: when the
+  EVSEs' own composites together exceed it, the EVSEs with an active session share it with
+  load management's fairness (:func:`allocate` over :func:`agent.core.load_management.share`:
+  the oldest first, at least each one's minimum - its minChargingRate where that is higher -,
+  the newest paused when there is not enough, never above its own composite), and the idle
+  ones get nothing until their session begins, so two EVSEs never draw twice the maximum;
+- the phases of the composite (numberPhases) drive a board that can switch 3-to-1;
+- external limits (load management's share, the MQTT energy manager's limit: limit sources
+  ``site`` and ``mqtt``) are kept here too, in memory only, as ExternalConstraints profiles
+  with chargingLimitSource EMS (:meth:`ChargingProfiles.set_external`), so that a composite
+  schedule and a profile report can show them; they live as long as their source says so,
+  never in the state file, and the scheduler never applies them (their sources do).
 
 Version-neutral: the adapters map their JSON to :class:`ChargingProfile` and back.
 """
@@ -22,28 +33,44 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 from agent.clock import Clock, parse_iso
-from agent.core.evse import EvseController
+from agent.core.evse import NOMINAL_VOLTAGE, EvseController
+from agent.core.load_management import SOURCE as SITE_SOURCE
+from agent.core.load_management import Demand, lowered_first, rises, session_active, share
 from agent.core.smart_charging import (
     ChargingProfile,
     ChargingSchedule,
     ChargingSchedulePeriod,
     CompositePeriod,
+    Kind,
     Purpose,
     composite,
     limit_at,
     next_change,
+    profile_in_force,
+    station_composite,
 )
 from agent.storage import Storage, StorageError
 
 log = logging.getLogger("cp_agent.smart_charging")
 
 SOURCE = "csms"  # the EVSE limit source this service sets
+# Limit sources that are themselves shares of a common limit: the scheduler's sharing never
+# takes one as an EVSE's cap (load management takes "csms" as one; both ways round would
+# let each pin the other at its last answer).
+SHARERS = frozenset({SOURCE, SITE_SOURCE})
+# Local limit sources that are an external system's limits (2.0.1 ExternalConstraints):
+# source -> (chargingLimitSource, isGridCritical).  The site limit protects the connection.
+EXTERNAL_SOURCES: dict[str, tuple[str, bool]] = {SITE_SOURCE: ("EMS", True),
+                                                 "mqtt": ("EMS", False)}
+# Ids of the in-memory ExternalConstraints profiles: this + the EVSE id (0: the station).
+EXTERNAL_PROFILE_ID = 2_000_000_000
+_TENTH = Decimal("0.1")
 # The longest the scheduler sleeps without a known change (a guard, not a poll: the engine
 # says when to wake; this only bounds a sleep across a wall-clock step).
 MAX_SLEEP_S = 3600.0
@@ -68,7 +95,7 @@ def profile_to_json(p: ChargingProfile) -> str:
         "transaction_id": p.transaction_id, "evse_id": p.evse_id,
         "schedules": [{
             "rate_unit": str(s.rate_unit), "duration_s": s.duration_s,
-            "start": _plain(s.start), "min_rate": _plain(s.min_rate),
+            "start": _plain(s.start), "min_rate": _plain(s.min_rate), "id": s.id,
             "periods": [{"start_s": q.start_s, "limit": _plain(q.limit),
                          "number_phases": q.number_phases, "phase_to_use": q.phase_to_use}
                         for q in s.periods],
@@ -93,11 +120,36 @@ def profile_from_json(text: str) -> ChargingProfile:
         evse_id=d.get("evse_id", 0),
         schedules=[ChargingSchedule(
             rate_unit=s["rate_unit"], duration_s=s.get("duration_s"), start=_when(s.get("start")),
-            min_rate=_num(s.get("min_rate")),
+            min_rate=_num(s.get("min_rate")), id=s.get("id"),
             periods=[ChargingSchedulePeriod(q["start_s"], _num(q["limit"]),
                                             q.get("number_phases"), q.get("phase_to_use"))
                      for q in s["periods"]],
         ) for s in d["schedules"]])
+
+
+# ---------------------------------------------------------------------- sharing
+
+
+def allocate(station_a: float | None, own_a: Mapping[int, float],
+             demands: Sequence[Demand]) -> dict[int, float]:
+    """What each EVSE may take of the station maximum ``station_a`` (amps per phase) now.
+
+    ``own_a`` is every EVSE's own composite (its limit if it were alone), ``demands`` the
+    EVSEs with an active session (their ``max_a`` at most their own composite).  When the own
+    composites fit together under the maximum (or there is none), each EVSE keeps its own: no
+    sharing is needed, and no order of session starts can exceed it.  Otherwise the active
+    EVSEs share it by :func:`agent.core.load_management.share` and the idle ones get 0: an
+    idle EVSE must not hold back capacity, and it is given its share the moment its session
+    becomes active (the scheduler is woken then).  The result never sums above
+    ``station_a`` and nobody gets more than its own composite.
+    """
+    own = {evse_id: max(0.0, float(a)) for evse_id, a in own_a.items()}
+    if station_a is None or sum(own.values()) <= station_a + 1e-9:
+        return own
+    capped = [Demand(d.evse_id, d.since, min(d.max_a, own.get(d.evse_id, 0.0)), d.min_a)
+              for d in demands if d.evse_id in own]
+    shares = share(max(0.0, station_a), capped)
+    return {evse_id: min(shares.get(evse_id, 0.0), amps) for evse_id, amps in own.items()}
 
 
 # ---------------------------------------------------------------------- the service
@@ -118,10 +170,18 @@ class ChargingProfiles:
         self._anchors: dict[str, datetime] = {}
         self.evaluations = 0  # how often the scheduler ran (tests wait on it)
         self._evaluated = asyncio.Event()
+        self._sharing_inputs: dict[int, tuple] = {}  # EVSE -> what its share depends on
+        # EVSE id (0: the station) -> local limit source -> (amps, since): external limits
+        self._external: dict[int, dict[str, tuple[Decimal, datetime]]] = {}
+        # Called with the EVSE id (0: the station) whose external limit changed (2.0.1 K11-K13)
+        self.external_listeners: list[Callable[[int], None]] = []
         for evse in evses.values():
             listeners = getattr(evse, "tx_listeners", None)
             if listeners is not None:
                 listeners.append(self.wake)
+            state = getattr(evse, "state_listeners", None)
+            if state is not None:
+                state.append(self._evse_changed)
         self._load()
 
     def _load(self) -> None:
@@ -149,6 +209,11 @@ class ChargingProfiles:
         """EVSE id -> the CSMS id of its running transaction (None until known)."""
         return {i: e.tx.remote_id for i, e in self.evses.items() if e.tx is not None}
 
+    def local_transactions(self) -> dict[int, str]:
+        """EVSE id -> the station's own id of its running transaction: the transactionId of
+        2.0.1, where the station names transactions (1.6 uses :meth:`transactions`)."""
+        return {i: e.tx.local_id for i, e in self.evses.items() if e.tx is not None}
+
     def tx_start(self, evse: EvseController) -> datetime | None:
         tx = evse.tx
         if tx is None:
@@ -159,29 +224,38 @@ class ChargingProfiles:
             return self._anchors.setdefault(tx.local_id, self.clock.now())
 
     def composite(self, evse_id: int, duration_s: int, unit: str = "A",
-                  start: datetime | None = None) -> list[CompositePeriod]:
-        """The composite of ``evse_id`` (0: the station) from ``start`` (default now)."""
+                  start: datetime | None = None, *,
+                  external: bool = True) -> list[CompositePeriod]:
+        """The composite of ``evse_id`` (0: the station) from ``start`` (default now).
+
+        ``external``: with the external limits in force now (2.0.1 K11.FR.06: they are the
+        ExternalConstraints of the composite); 1.6 has no such purpose and leaves them out."""
         start = start or self.clock.now()
+        profiles = self.profiles + (self.external_profiles if external else [])
         if evse_id == 0:
             evses = list(self.evses.values())
             rating = sum(e.max_current_a for e in evses) if evses else 0.0
             phases = max((e.phases for e in evses), default=3)
-            return composite(self.profiles, evse_id=0, window_start=start, window_s=duration_s,
+            return composite(profiles, evse_id=0, window_start=start, window_s=duration_s,
                              evse_max_a=rating, phases=phases, unit=unit)
         evse = self.evses[evse_id]
         tx = evse.tx
-        return composite(self.profiles, evse_id=evse_id, window_start=start,
+        return composite(profiles, evse_id=evse_id, window_start=start,
                          window_s=duration_s, tx_start=self.tx_start(evse),
                          evse_max_a=evse.max_current_a, phases=evse.phases, unit=unit,
                          transaction_id=tx.remote_id if tx is not None else None)
 
     # ------------------------------------------------------------------ commands
 
-    def install(self, profile: ChargingProfile) -> None:
-        """Store ``profile``, replacing what it replaces (same id; same purpose, stack level
-        and EVSE), and re-evaluate the limits.  Validation is the caller's (``validate``)."""
+    def install(self, profile: ChargingProfile, *, replace_level: bool = True) -> None:
+        """Store ``profile``, replacing what it replaces (same id; with ``replace_level``
+        also same purpose, stack level and EVSE: 1.6 3.13.2), and re-evaluate the limits.
+        2.0.1 passes ``replace_level=False``: there an equal purpose and stack level is
+        refused beforehand when the validity periods overlap (K01.FR.06) and may coexist when
+        they do not.  Validation is the caller's (``validate``)."""
         replaced = [pid for pid, p in self._profiles.items()
-                    if pid != profile.id and str(p.purpose) == str(profile.purpose)
+                    if replace_level and pid != profile.id
+                    and str(p.purpose) == str(profile.purpose)
                     and p.stack_level == profile.stack_level and p.evse_id == profile.evse_id]
         self.storage.profiles_put(profile.id, profile.evse_id, str(profile.purpose),
                                   profile.stack_level, profile_to_json(profile),
@@ -218,6 +292,15 @@ class ChargingProfiles:
         if not ids:
             return False
         self._remove(ids, "cleared")
+        return True
+
+    def clear_ids(self, ids: Iterable[int]) -> bool:
+        """Remove exactly the installed profiles among ``ids`` (one commit); whether any was
+        (2.0.1 selects by criteria itself, leaving out what a CSMS may not clear)."""
+        chosen = [pid for pid in dict.fromkeys(ids) if pid in self._profiles]
+        if not chosen:
+            return False
+        self._remove(chosen, "cleared")
         return True
 
     def _remove(self, ids: list[int], why: str) -> None:
@@ -261,27 +344,196 @@ class ChargingProfiles:
             now = at
         soonest: datetime | None = None
         profiles = self.profiles
+        own: dict[int, CompositePeriod | None] = {}
         for evse_id, evse in self.evses.items():
+            own[evse_id] = None
+            if not profiles:
+                continue
             tx = evse.tx
             tx_id = tx.remote_id if tx is not None else None
             tx_start = self.tx_start(evse)
-            amps: float | None = None
-            if profiles:
-                period = limit_at(profiles, now, evse_id=evse_id, tx_start=tx_start,
-                                  evse_max_a=evse.max_current_a, phases=evse.phases,
-                                  transaction_id=tx_id)
-                if period.limit < Decimal(str(evse.max_current_a)):
-                    amps = float(period.limit)
-                change = next_change(profiles, now, evse_id=evse_id, tx_start=tx_start,
-                                     transaction_id=tx_id)
-                if change is not None and (soonest is None or change < soonest):
-                    soonest = change
+            own[evse_id] = limit_at(profiles, now, evse_id=evse_id, tx_start=tx_start,
+                                    evse_max_a=evse.max_current_a, phases=evse.phases,
+                                    transaction_id=tx_id)
+            change = next_change(profiles, now, evse_id=evse_id, tx_start=tx_start,
+                                 transaction_id=tx_id)
+            if change is not None and (soonest is None or change < soonest):
+                soonest = change
+        shares = self._shares(profiles, now, own)
+        targets: dict[int, float | None] = {}
+        for evse_id, evse in self.evses.items():
+            amps: float | None = shares[evse_id]
+            targets[evse_id] = None if amps is not None and amps >= evse.max_current_a else amps
+        # Lowered limits first, then the phase switches, raised limits last: a share moving
+        # from one EVSE to another never adds up to more than the station maximum, not even
+        # between two set_limit, and an EVSE switches phases at the lower of its two limits.
+        switched = False
+        for evse_id in lowered_first(self.applied, targets):
+            evse, amps = self.evses[evse_id], targets[evse_id]
+            if not switched and rises(self.applied.get(evse_id), amps):
+                await self._switch_all(own)
+                switched = True
             if self.applied.get(evse_id, "unset") != amps:
                 log.info("evse %s: smart charging limit %s", evse_id,
                          "none" if amps is None else f"{amps:g} A")
                 self.applied[evse_id] = amps
                 await evse.set_limit(SOURCE, amps)
+        if not switched:
+            await self._switch_all(own)
         return soonest
+
+    async def _switch_all(self, own: Mapping[int, CompositePeriod | None]) -> None:
+        for evse_id, evse in self.evses.items():
+            period = own[evse_id]
+            await self._switch_phases(evse, period.number_phases if period is not None
+                                      else evse.phases)
+
+    def _shares(self, profiles: list[ChargingProfile], now: datetime,
+                own: Mapping[int, CompositePeriod | None]) -> dict[int, float]:
+        """Each EVSE's limit: its own composite, and the station maximum shared (allocate)."""
+        own_a = {evse_id: float(p.limit) if p is not None else evse.max_current_a
+                 for evse_id, evse in self.evses.items() for p in (own[evse_id],)}
+        if not any(p.purpose == Purpose.STATION_MAX for p in profiles):
+            return own_a
+        evses = list(self.evses.values())
+        (station, *_) = station_composite(
+            profiles, window_start=now, window_s=1,
+            station_max_a=sum(e.max_current_a for e in evses),
+            phases=max((e.phases for e in evses), default=3), voltage=NOMINAL_VOLTAGE,
+            tx_default=False)
+        demands = []
+        for evse_id, evse in self.evses.items():
+            if not session_active(evse):
+                continue
+            caps = [own_a[evse_id], *(a for src, a in evse.limits.items() if src not in SHARERS)]
+            cap = min(caps)
+            rate = self.min_rate_a(evse_id, at=now)
+            floor = max(evse.min_current_a, min(rate, cap)) if rate is not None \
+                else evse.min_current_a
+            since = evse.session.authorized_at if evse.session is not None else None
+            demands.append(Demand(evse_id, since if since is not None else 0.0, cap, floor))
+        return allocate(float(station.limit), own_a, demands)
+
+    async def _switch_phases(self, evse: EvseController, wanted: int) -> None:
+        """Follow the composite's numberPhases on a board that switches 3-to-1 (1 or 3)."""
+        if wanted not in (1, 3) or not evse.hw.ev.supports_phase_switch:
+            return
+        if wanted != evse.phases_in_use:
+            await evse.set_phases(wanted)
+
+    def _evse_changed(self, evse: EvseController) -> None:
+        """After each input of an EVSE: re-share when what its share depends on changed (a
+        session became active or inactive, a non-sharing limit source moved)."""
+        inputs = (session_active(evse),
+                  tuple(sorted((s, a) for s, a in evse.limits.items() if s not in SHARERS)))
+        if self._sharing_inputs.get(evse.id) != inputs:
+            self._sharing_inputs[evse.id] = inputs
+            self.wake()
+
+    # ------------------------------------------------------------------ minChargingRate
+
+    def min_rate_a(self, evse_id: int, at: datetime | None = None) -> float | None:
+        """The minChargingRate in force on the EVSE (amps per phase), or None.
+
+        1.6 3.13 / 2.0.1 ChargingScheduleType: the lowest rate the EV charges efficiently at,
+        "intended to be used by a local smart charging algorithm": a share below it pauses
+        the EV instead (the scheduler's sharing and load management use it as the minimum).
+        It is the one of the transaction-level profile setting the limit then."""
+        rate = self.min_rate(evse_id, at=at, unit="A")
+        return float(rate) if rate is not None else None
+
+    def min_rate(self, evse_id: int, at: datetime | None = None,
+                 unit: str = "A") -> Decimal | None:
+        """The minChargingRate in force on the EVSE in ``unit`` (GetCompositeSchedule 1.6)."""
+        evse = self.evses.get(evse_id)
+        if evse is None:
+            return None
+        tx = evse.tx
+        profile = profile_in_force(self.profiles, at or self.clock.now(), evse_id=evse_id,
+                                   tx_start=self.tx_start(evse),
+                                   transaction_id=tx.remote_id if tx is not None else None)
+        if profile is None or not profile.schedules:
+            return None
+        schedule = profile.schedules[0]
+        try:
+            rate = Decimal(str(schedule.min_rate)) if schedule.min_rate is not None else None
+        except ArithmeticError:
+            return None
+        if rate is None or not rate.is_finite() or rate <= 0:
+            return None
+        have = "W" if str(schedule.rate_unit) == "W" else "A"
+        if have == unit:
+            return rate
+        volts = Decimal(str(NOMINAL_VOLTAGE)) * evse.phases_in_use
+        if unit == "W":
+            return rate * volts
+        return (rate / volts).quantize(_TENTH, ROUND_FLOOR)
+
+    @property
+    def phase_switching(self) -> bool:
+        """Whether every EVSE can switch 3-to-1 phases during a transaction (1.6
+        ConnectorSwitch3to1PhaseSupported, 2.0.1 SmartChargingCtrlr.Phases3to1)."""
+        evses = list(self.evses.values())
+        return bool(evses) and all(e.hw.ev.supports_phase_switch for e in evses)
+
+    # ------------------------------------------------------------------ external limits
+
+    def set_external(self, source: str, evse_id: int, amps: float | None) -> None:
+        """An energy manager's limit on the EVSE (0: the whole station) now; None: gone.
+
+        Called by the limit sources that are an external system's (load management's share
+        and its headroom, the MQTT limit), after they set it on the EVSE.  Kept in memory
+        only: an external limit lives while its source says so, and a restart starts
+        without one until the source speaks again.  The listeners (2.0.1 K11-K13) hear of
+        every change; what is significant enough to report is theirs to judge."""
+        current = self._external.setdefault(evse_id, {})
+        old = current.get(source)
+        if amps is None:
+            if old is None:
+                return
+            del current[source]
+        else:
+            value = Decimal(str(max(0.0, float(amps)))).quantize(_TENTH, ROUND_FLOOR)
+            if old is not None and old[0] == value:
+                return
+            current[source] = (value, self.clock.now())
+        for listener in list(self.external_listeners):
+            try:
+                listener(evse_id)
+            except Exception:  # noqa: BLE001 - a reporter never breaks a limit source
+                log.exception("external limit listener failed")
+
+    def external_limit(self, evse_id: int) -> tuple[Decimal, str] | None:
+        """The lowest external limit on the EVSE (0: the station) and its source, or None."""
+        current = self._external.get(evse_id)
+        if not current:
+            return None
+        source, (amps, _) = min(current.items(), key=lambda kv: (kv[1][0], kv[0]))
+        return amps, source
+
+    def external_profile(self, evse_id: int) -> ChargingProfile | None:
+        """The external limit on the EVSE (0: the station) as an ExternalConstraints profile
+        (an absolute schedule from when it took this value, with no end)."""
+        current = self._external.get(evse_id)
+        if not current:
+            return None
+        source, (amps, since) = min(current.items(), key=lambda kv: (kv[1][0], kv[0]))
+        return ChargingProfile(
+            id=EXTERNAL_PROFILE_ID + evse_id, stack_level=0, purpose=Purpose.EXTERNAL,
+            kind=Kind.ABSOLUTE, evse_id=evse_id,
+            charging_limit_source=EXTERNAL_SOURCES.get(source, ("Other", False))[0],
+            schedules=[ChargingSchedule("A", [ChargingSchedulePeriod(0, amps)],
+                                        start=since.replace(microsecond=0))])
+
+    @property
+    def external_profiles(self) -> list[ChargingProfile]:
+        """Every external limit in force, as ExternalConstraints profiles (never stored)."""
+        out = []
+        for evse_id in sorted(self._external):
+            profile = self.external_profile(evse_id)
+            if profile is not None:
+                out.append(profile)
+        return out
 
     async def run(self) -> None:
         """The scheduler task: apply, then sleep until the next change or a wake-up."""

@@ -22,12 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.clock import Clock
 from agent.core.evse import EvseController
 from hal.interfaces import HalError, PowerMeter
+
+if TYPE_CHECKING:
+    from agent.core.charging_profiles import ChargingProfiles
 
 log = logging.getLogger("cp_agent.load")
 
@@ -43,6 +47,27 @@ class Demand:
     since: float  # when the session was authorized (monotonic): the newest pause first
     max_a: float  # the most it may draw (its maximum, capped by the other limit sources)
     min_a: float = 6.0
+
+
+def session_active(evse: EvseController) -> bool:
+    """Whether the EVSE has a session that may draw now (it takes a share of a shared limit:
+    load management's headroom, the station maximum of the smart-charging scheduler)."""
+    s = evse.session
+    return (s is not None and s.authorized and s.energy_allowed and s.ended_reason is None
+            and evse.ev_connected and evse.operative and evse.blocking_fault is None)
+
+
+def lowered_first(current: Mapping[int, float | None],
+                  targets: Mapping[int, float | None]) -> list[int]:
+    """The EVSE ids in the order to set ``targets`` (None: no limit): the lowered limits
+    before the raised ones, so that capacity moving from one EVSE to another is freed before
+    it is taken, and the sum stays within the shared limit between two ``set_limit``."""
+    return sorted(targets, key=lambda i: (rises(current.get(i), targets[i]), i))
+
+
+def rises(old: float | None, new: float | None) -> bool:
+    """Whether a limit goes up from ``old`` to ``new`` (None: no limit)."""
+    return (math.inf if new is None else new) > (math.inf if old is None else old)
 
 
 def _floor(amps: float) -> float:
@@ -114,8 +139,12 @@ class LoadManager:
     """Applies :func:`share` every sample; ``mode`` says what the headroom came from."""
 
     def __init__(self, evses: dict[int, EvseController], limits: SiteLimits, clock: Clock, *,
-                 grid_meter: PowerMeter | None = None, interval_s: float = 1.0) -> None:
+                 grid_meter: PowerMeter | None = None, interval_s: float = 1.0,
+                 profiles: ChargingProfiles | None = None) -> None:
         self.evses = evses
+        # The smart-charging service: the EVs' minChargingRate, and where the shares and the
+        # headroom are published as external limits (2.0.1 ExternalConstraints, K11-K13).
+        self.profiles = profiles
         self.limits = limits
         self.clock = clock
         self.grid_meter = grid_meter
@@ -133,9 +162,7 @@ class LoadManager:
     # -------------------------------------------------------------- what the EVSEs want
 
     def _active(self, evse: EvseController) -> bool:
-        s = evse.session
-        return (s is not None and s.authorized and s.energy_allowed and s.ended_reason is None
-                and evse.ev_connected and evse.operative and evse.blocking_fault is None)
+        return session_active(evse)
 
     def demands(self) -> list[Demand]:
         out = []
@@ -145,8 +172,13 @@ class LoadManager:
             others = [a for src, a in evse.limits.items() if src != SOURCE]
             cap = min([evse.max_current_a, *others])
             since = evse.session.authorized_at if evse.session else None
-            out.append(Demand(evse.id, since if since is not None else 0.0, cap,
-                              max(evse.min_current_a, self.limits.min_current_a)))
+            floor = max(evse.min_current_a, self.limits.min_current_a)
+            # minChargingRate (1.6 3.13 Load Balancing): below it the EV charges
+            # inefficiently, so a share under it pauses instead; never above what it may draw.
+            rate = self.profiles.min_rate_a(evse.id) if self.profiles is not None else None
+            if rate is not None:
+                floor = max(floor, min(rate, cap))
+            out.append(Demand(evse.id, since if since is not None else 0.0, cap, floor))
         return out
 
     async def own_current(self) -> tuple[float, float, float]:
@@ -215,10 +247,22 @@ class LoadManager:
             self.headroom_a = headroom
             active = self.demands()
             shares = share(headroom, active)
-            for evse_id in self.evses:
-                await self._apply(evse_id, shares.get(evse_id, 0.0))
+            targets = {evse_id: shares.get(evse_id, 0.0) for evse_id in self.evses}
+            current = {evse_id: e.limits.get(SOURCE) for evse_id, e in self.evses.items()}
+            for evse_id in lowered_first(current, targets):
+                await self._apply(evse_id, targets[evse_id])
             self.shares = shares
+            self._publish(headroom, shares)
         self.samples += 1
+
+    def _publish(self, headroom: float, shares: dict[int, float]) -> None:
+        """The site's limits as external limits: the headroom for the station, and each
+        active EVSE's share (an idle EVSE's 0 is no limit of the site's, only no session)."""
+        if self.profiles is None:
+            return
+        self.profiles.set_external(SOURCE, 0, headroom)
+        for evse_id in self.evses:
+            self.profiles.set_external(SOURCE, evse_id, shares.get(evse_id))
 
     async def _apply(self, evse_id: int, amps: float) -> None:
         evse = self.evses[evse_id]
@@ -244,8 +288,17 @@ class LoadManager:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if self.profiles is not None:  # no sampling, no site limit to tell of
+            for evse_id in (0, *self.evses):
+                self.profiles.set_external(SOURCE, evse_id, None)
 
     def status(self) -> dict:
         return {"mode": self.mode, "max_current_a": self.limits.max_current_a,
                 "grid_current_a": list(self.grid_a) if self.grid_a is not None else None,
-                "headroom_a": self.headroom_a, "shares": dict(self.shares)}
+                "headroom_a": self.headroom_a, "shares": dict(self.shares),
+                # Whether the site runs on its fallback, and how close a meter is to it.
+                "fallback": self.mode == "fallback",
+                "fallback_current_a": self.limits.fallback_current_a,
+                "grid_meter": self.grid_meter is not None,
+                "failed_reads": self.failures, "silent_samples": self.limits.silent_samples,
+                "min_current_a": self.limits.min_current_a}

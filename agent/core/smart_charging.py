@@ -58,7 +58,7 @@ from typing import NamedTuple
 __all__ = [
     "ChargingProfile", "ChargingSchedule", "ChargingSchedulePeriod", "CompositePeriod", "Kind",
     "Purpose", "RateUnit", "Recurrency", "composite", "limit_at", "next_change",
-    "station_composite", "validate",
+    "profile_in_force", "station_composite", "validate",
 ]
 
 
@@ -107,6 +107,7 @@ class ChargingSchedule:
     duration_s: int | None = None
     start: datetime | None = None  # startSchedule
     min_rate: Decimal | float | None = None
+    id: int | None = None  # 2.0.1 ChargingScheduleType.id (1.6 schedules have none)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "periods", tuple(self.periods))
@@ -131,6 +132,9 @@ class ChargingProfile:
     valid_to: datetime | None = None
     transaction_id: str | int | None = None
     evse_id: int = 0
+    # Who set it (2.0.1 ChargingLimitSourceEnumType): "CSO" for what the CSMS installs;
+    # an ExternalConstraints profile names the external system ("EMS", "SO", "Other").
+    charging_limit_source: str = "CSO"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedules", tuple(self.schedules))
@@ -491,6 +495,36 @@ def limit_at(
                             tx_start=tx_start, evse_max_a=evse_max_a, phases=phases,
                             voltage=voltage, unit=unit, transaction_id=transaction_id)
     return first
+
+
+def profile_in_force(
+    profiles: Iterable[ChargingProfile],
+    at: datetime,
+    *,
+    evse_id: int,
+    tx_start: datetime | None = None,
+    transaction_id: str | int | None = None,
+) -> ChargingProfile | None:
+    """The transaction-level profile (TxProfile, else TxDefault) that sets the EVSE's
+    transaction limit at ``at``, by the precedence :func:`composite` paints with; None when
+    none applies then.  Its first schedule's ``min_rate`` is the EV's minChargingRate, which
+    a local balancing algorithm heeds (1.6 3.13 Load Balancing)."""
+    if evse_id == 0:
+        return None
+    origin = _utc(at)
+    tx_at = _offset_us(tx_start, origin) if tx_start is not None else None
+    anchor = tx_at if tx_at is not None else 0
+    ranked = _ranked(profiles, evse_id)
+    if tx_at is not None:
+        for p in ranked:
+            if (p.purpose == Purpose.TX and p.evse_id == evse_id and _tx_matches(p, transaction_id)
+                    and _segments(p, origin, 1, anchor, floor=tx_at)):
+                return p
+    for p in ranked:
+        if (p.purpose == Purpose.TX_DEFAULT and p.evse_id in (0, evse_id)
+                and _segments(p, origin, 1, anchor)):
+            return p
+    return None
 
 
 def next_change(

@@ -372,6 +372,9 @@ class MqttBridge:
                 for evse_id in evses:
                     await self._station.evses[evse_id].set_limit(LIMIT_SOURCE, amps)
                     self._note_limit(evse_id, amps)
+                    profiles = getattr(self._station, "charging_profiles", None)
+                    if profiles is not None:  # an energy manager's limit: 2.0.1 K11-K13
+                        profiles.set_external(LIMIT_SOURCE, evse_id, amps)
             except Exception as exc:  # the core refusing must not end the session
                 log.exception("MQTT: applying the limit from %s failed", topic)
                 problem = f"the limit could not be applied: {exc}"

@@ -22,7 +22,7 @@ from prometheus_client.core import (
 
 from agent import __version__
 from agent.core.model import ConnectorStatus
-from agent.web.view import SessionTracker, strip_userinfo
+from agent.web.view import SessionTracker, composite_now, strip_userinfo
 from hal.interfaces import FaultKind, PilotState
 
 if TYPE_CHECKING:
@@ -80,6 +80,29 @@ class AgentCollector:
         yield station_faults
 
         yield from self._evses(status)
+        yield from self._site(status.get("site"))
+
+    def _site(self, site: dict | None) -> Iterator[Metric]:
+        """Load management, only with a ``site:`` section."""
+        if site is None:
+            return
+        limit = GaugeMetricFamily("cp_agent_site_limit_a",
+                                  "The site connection's limit per phase (site.max_current_a)")
+        limit.add_metric([], site["max_current_a"])
+        headroom = GaugeMetricFamily("cp_agent_site_headroom_a",
+                                     "What the other loads leave the station, per phase (A)")
+        if site["headroom_a"] is not None:
+            headroom.add_metric([], site["headroom_a"])
+        grid = GaugeMetricFamily("cp_agent_site_grid_current_a",
+                                 "The grid meter's current per phase (A), last good reading",
+                                 labels=["phase"])
+        for i, amps in enumerate(site["grid_current_a"] or (), start=1):
+            grid.add_metric([f"L{i}"], amps)
+        fallback = GaugeMetricFamily("cp_agent_site_fallback",
+                                     "1 while the grid meter is silent and the site shares "
+                                     "site.fallback_current_a")
+        fallback.add_metric([], 1.0 if site["fallback"] else 0.0)
+        yield from (limit, headroom, grid, fallback)
 
     def _evses(self, status: dict) -> Iterator[Metric]:
         labels = ["evse"]
@@ -107,6 +130,9 @@ class AgentCollector:
                                        labels=labels)
         faults = GaugeMetricFamily("cp_agent_evse_fault", "1 while this fault is active",
                                    labels=["evse", "kind"])
+        composite = GaugeMetricFamily("cp_agent_evse_composite_limit_a",
+                                      "The smart-charging composite schedule's limit now (A; "
+                                      "the EVSE's rating without profiles)", labels=labels)
         snaps = {s.evse_id: s for s in self.agent.station.snapshots()}
         for e in status["evses"]:
             evse = str(e["evse"])
@@ -127,8 +153,11 @@ class AgentCollector:
             active = set(e["faults"])
             for kind in FaultKind:
                 faults.add_metric([evse, kind.value], 1.0 if kind.value in active else 0.0)
+            amps = composite_now(self.agent, e["evse"])
+            if amps is not None:
+                composite.add_metric([evse], amps)
         yield from (energy, session_energy, power, current, offered, limit, state, pilot,
-                    contactor, sessions, faults)
+                    contactor, sessions, faults, composite)
 
 
 def registry_for(agent: Agent, tracker: SessionTracker,

@@ -75,6 +75,7 @@ figcaption { display:flex; gap:18px; font-size:12px; color:var(--muted); margin-
 .key.current { background:var(--current); }
 .key.offered { background:repeating-linear-gradient(90deg,var(--offered) 0 5px,
   transparent 5px 9px); }
+.key.schedule { background:#8250df; }
 .bench { margin-top:14px; padding-top:12px; border-top:1px dashed var(--line); display:flex;
   flex-wrap:wrap; gap:8px 10px; align-items:center; }
 .bench .label { font-size:12px; color:var(--muted); text-transform:uppercase;
@@ -111,6 +112,22 @@ pre.config { margin:8px 0 0; font-size:12px; background:#f6f8fa; border-radius:6
 summary { cursor:pointer; font-weight:600; }
 footer { color:var(--muted); font-size:12px; text-align:center; padding-bottom:24px; }
 footer a { color:var(--accent); }
+.sc { margin-top:14px; padding-top:12px; border-top:1px solid var(--line); display:grid;
+  grid-template-columns:minmax(200px,260px) 1fr; gap:8px 20px; }
+@media (max-width: 820px) { .sc { grid-template-columns:1fr; } }
+.sc h3 { font-size:12px; color:var(--muted); text-transform:uppercase; letter-spacing:.5px;
+  margin:0 0 6px; font-weight:600; }
+.sc .wide { grid-column:1 / -1; }
+ul.limits { list-style:none; margin:0; padding:0; }
+ul.limits li { display:flex; justify-content:space-between; gap:10px; padding:2px 8px;
+  border-radius:6px; }
+ul.limits li.binding { background:#ddf4ff; font-weight:650; }
+ul.limits .tag { font-size:11px; color:#0550ae; text-transform:uppercase; letter-spacing:.5px; }
+.chart .line-schedule { fill:none; stroke:#8250df; stroke-width:2.2; }
+.chart .area-schedule { fill:rgba(130,80,223,.08); stroke:none; }
+.chart .now { stroke:#8250df; stroke-width:1; stroke-dasharray:2 3; }
+table.profiles td { white-space:normal; }
+.muted { color:var(--muted); font-size:13px; margin:4px 0 0; }
 .hidden { display:none !important; }
 """
 
@@ -300,15 +317,165 @@ SCRIPT = r"""
         btn("btn-clear", "Clear", "", (b) =>
           control(id, "clear-fault", { evse: id, kind: fault.value }, b))),
       toast);
+    const limits = h("ul", { class: "limits", id: "limits-" + id, "data-role": "limits" });
+    const sched = s("svg", { id: "schedule-" + id, viewBox: "0 0 600 170", "data-periods": "0",
+      role: "img", "aria-label": "smart charging schedule of the next hours" });
+    const schedNote = h("span", { "data-role": "schedule-note" }, "");
+    const profBody = h("tbody", {});
+    const profTable = h("table", { class: "profiles", id: "profiles-" + id },
+      h("thead", {}, h("tr", {}, ...["Id", "Purpose", "Stack level", "Kind", "Valid",
+        "Periods"].map((t) => h("th", {}, t)))), profBody);
+    const profEmpty = h("p", { class: "muted" }, "No charging profile installed.");
+    const smart = h("div", { class: "sc", "data-role": "smart-charging" },
+      h("div", {}, h("h3", {}, "Limit sources now"), limits),
+      h("figure", { class: "chart" }, h("h3", {}, "Smart charging schedule (composite)"),
+        sched, h("figcaption", {}, h("span", {}, h("span", { class: "key schedule" }),
+          "limit (A) the pilot follows: the CSMS's profiles, capped by the external limits " +
+          "(site, MQTT) in force now"), schedNote)),
+      h("div", { class: "wide" }, h("h3", {}, "Charging profiles"), profTable, profEmpty));
     const root = h("section", { class: "card evse", id: "evse-" + id },
       h("div", { class: "card-head" }, h("h2", {}, "EVSE " + id), status, sub),
       h("div", { class: "evse-body" }, facts, h("figure", { class: "chart" }, svg, caption)),
-      bench);
+      smart, bench);
     document.getElementById("evses").append(root);
     const buttons = {};
     for (const b of bench.querySelectorAll("button")) buttons[b.id.replace(/-\d+$/, "")] = b;
-    cards[id] = { root, f, svg, status, sub, bench, toast, buttons };
+    cards[id] = { root, f, svg, status, sub, bench, toast, buttons, limits, sched, schedNote,
+      profBody, profTable, profEmpty, profKey: null, schedKey: null };
     return cards[id];
+  }
+
+  // ------------------------------------------------------------------ smart charging
+  function fmtAmps(a) {
+    if (a === null || a === undefined) return dash;
+    return (Math.round(a * 10) / 10) + " A";
+  }
+  function fmtSpan(sec) {
+    if (sec >= 3600 && sec % 3600 === 0) return sec / 3600 + " h";
+    if (sec >= 60 && sec % 60 === 0) return sec / 60 + " min";
+    return sec + " s";
+  }
+
+  function renderLimits(c, e) {
+    const ul = c.limits;
+    while (ul.firstChild) ul.removeChild(ul.firstChild);
+    for (const l of e.limits || []) {
+      ul.append(h("li", { class: l.binding ? "binding" : "", "data-source": l.source,
+        "data-binding": l.binding ? "1" : "0" },
+        h("span", {}, l.source, l.binding ? h("span", { class: "tag" }, " \u00b7 binding") :
+          null), h("span", {}, fmtAmps(l.limit_a))));
+    }
+  }
+
+  function drawSchedule(c, sch) {
+    const key = JSON.stringify(sch);
+    if (key === c.schedKey) return;
+    c.schedKey = key;
+    const svg = c.sched;
+    while (svg.firstChild) svg.removeChild(svg.firstChild);
+    const periods = (sch && sch.periods) || [];
+    const W = 600, H = 170, L = 46, R = 16, T = 24, B = 24;
+    const pw = W - L - R, ph = H - T - B;
+    const dur = (sch && sch.duration_s) || 1;
+    const start = sch ? new Date(sch.start) : new Date();
+    let top = 0;
+    for (const p of periods) top = Math.max(top, p.limit_a);
+    const amps = niceMax(top, 10);
+    const x = (t) => L + (Math.min(t, dur) / dur) * pw;
+    const y = (v) => T + ph - (v / amps) * ph;
+    for (let i = 0; i <= 4; i++) {
+      const yy = T + ph - (i / 4) * ph;
+      svg.append(s("line", { class: "grid", x1: L, x2: W - R, y1: yy, y2: yy }));
+      svg.append(s("text", { x: L - 6, y: yy + 4, "text-anchor": "end" },
+        +(amps * i / 4).toFixed(1) + ""));
+    }
+    const hours = Math.max(1, Math.round(dur / 3600));
+    for (let i = 0; i <= hours; i++) {
+      const t = i * 3600;
+      const d = new Date(start.getTime() + t * 1000);
+      svg.append(s("text", { x: x(t), y: H - 6, "text-anchor": "middle" },
+        two(d.getHours()) + ":" + two(d.getMinutes())));
+    }
+    svg.append(s("text", { class: "unit", x: L - 6, y: T - 12, "text-anchor": "end" }, "A"));
+    svg.append(s("line", { class: "axis", x1: L, x2: W - R, y1: T + ph, y2: T + ph }));
+    if (!periods.length) {
+      svg.append(s("text", { class: "empty", x: L + pw / 2, y: T + ph / 2,
+        "text-anchor": "middle" }, sch && sch.error ? sch.error : "no schedule"));
+    } else {
+      let d = "";
+      periods.forEach((p, i) => {
+        const x0 = x(p.start_s).toFixed(1), yy = y(p.limit_a).toFixed(1);
+        d += (i ? " L" + x0 + "," + yy : "M" + x0 + "," + yy);
+        const next = i + 1 < periods.length ? periods[i + 1].start_s : dur;
+        d += " L" + x(next).toFixed(1) + "," + yy;
+        if (x(next) - x(p.start_s) > 34) {
+          svg.append(s("text", { x: +x0 + 4, y: +yy - 5 }, fmtAmps(p.limit_a)));
+        }
+      });
+      svg.append(s("path", { class: "area-schedule", d: d + " L" + x(dur).toFixed(1) + "," +
+        (T + ph) + " L" + x(periods[0].start_s).toFixed(1) + "," + (T + ph) + " Z" }));
+      svg.append(s("path", { class: "line-schedule", d: d }));
+    }
+    svg.append(s("line", { class: "now", x1: L, x2: L, y1: T, y2: T + ph }));
+    svg.setAttribute("data-periods", String(periods.length));
+    setText(c.schedNote, sch ? "from " + fmtWhen(sch.start) + ", the next " +
+      fmtSpan(dur) : "");
+  }
+
+  function renderProfiles(c, e) {
+    const profiles = e.profiles || [];
+    const key = JSON.stringify(profiles);
+    if (key === c.profKey) return;
+    c.profKey = key;
+    const body = c.profBody;
+    while (body.firstChild) body.removeChild(body.firstChild);
+    for (const p of profiles) {
+      const sch = p.schedules[0] || { periods: [], rate_unit: "A" };
+      const periods = sch.periods.map((q) => fmtSpan(q.start_s).replace(/^0 s$/, "0") +
+        ": " + q.limit + " " + sch.rate_unit + (q.number_phases ? " (" + q.number_phases +
+        " ph)" : "")).join(" \u00b7 ");
+      const valid = (p.valid_from || p.valid_to) ? (p.valid_from ? fmtWhen(p.valid_from) :
+        "\u2026") + " \u2013 " + (p.valid_to ? fmtWhen(p.valid_to) : "\u2026") : "always";
+      const kind = p.kind + (p.recurrency ? " (" + p.recurrency + ")" : "") +
+        (sch.start ? ", from " + fmtWhen(sch.start) : "") +
+        (sch.duration_s ? ", " + fmtSpan(sch.duration_s) : "");
+      body.append(h("tr", { "data-profile-id": String(p.id) },
+        h("td", {}, String(p.id)),
+        h("td", {}, p.purpose + (p.evse_id === 0 ? " (station)" : "") +
+          (p.transaction_id !== null && p.transaction_id !== undefined ?
+            ", transaction " + p.transaction_id : "")),
+        h("td", {}, String(p.stack_level)), h("td", {}, kind),
+        h("td", {}, valid + (p.valid_now ? "" : " (not now)")),
+        h("td", {}, periods + (p.schedules.length > 1 ? " (+" + (p.schedules.length - 1) +
+          " more)" : ""))));
+    }
+    c.profTable.classList.toggle("hidden", !profiles.length);
+    c.profEmpty.classList.toggle("hidden", !!profiles.length);
+  }
+
+  function renderSite(v) {
+    const card = document.getElementById("site");
+    const site = v.site;
+    card.classList.toggle("hidden", !site);
+    if (!site) return;
+    const mode = document.getElementById("site-mode");
+    mode.className = "pill " + (site.fallback ? "s-Faulted" : "s-Available");
+    setText(mode, site.mode);
+    const grid = site.grid_current_a;
+    const shares = Object.entries(site.shares || {}).map(([k, a]) => "EVSE " + k + ": " +
+      fmtAmps(a));
+    const facts = {
+      "site-limit": fmtAmps(site.max_current_a) + " per phase",
+      "site-grid": grid ? grid.map(fmtAmps).join(" / ") : (site.grid_meter ?
+        "no reading yet" : "no grid meter"),
+      "site-headroom": fmtAmps(site.headroom_a),
+      "site-fallback": site.fallback ? "ACTIVE: sharing " + fmtAmps(site.fallback_current_a) +
+        " (grid meter silent)" : (site.grid_meter ? "standby (" + fmtAmps(
+          site.fallback_current_a) + " after " + site.silent_samples + " failed reads; " +
+          site.failed_reads + " now)" : "not used (no grid meter)"),
+      "site-shares": shares.length ? shares.join(", ") : dash,
+    };
+    for (const [id, text] of Object.entries(facts)) setText(document.getElementById(id), text);
   }
 
   function renderEvse(e, v) {
@@ -317,8 +484,7 @@ SCRIPT = r"""
     c.root.setAttribute("data-status", e.connector_status);
     c.status.className = "pill s-" + e.connector_status;
     setText(c.status, e.connector_status);
-    const words = v.link.version === "2.0.1" || (!v.link.version &&
-      v.link.offered_versions[0] === "2.0.1") ? "2.0.1" : "1.6";
+    const words = v.link.version || v.link.offered_versions[0] || "1.6";
     setText(c.sub, (e.status !== e.connector_status ? "detail: " + e.status + " \u00b7 " : "") +
       "OCPP " + words + " status" + (e.operative ? "" : " \u00b7 inoperative"));
     setText(f.pilot, e.pilot + " \u00b7 " + (PILOT[e.pilot] || "?"));
@@ -351,6 +517,9 @@ SCRIPT = r"""
     setText(f.chartNote, sess ? (running ? "session running" : "last session (ended)") +
       " \u00b7 every " + sess.interval_s + " s" : "");
     draw(e.evse);
+    renderLimits(c, e);
+    drawSchedule(c, e.schedule);
+    renderProfiles(c, e);
   }
 
   // ------------------------------------------------------------------ chart
@@ -440,6 +609,7 @@ SCRIPT = r"""
   function render(v) {
     view = v;
     renderLink(v);
+    renderSite(v);
     for (const e of v.evses) renderEvse(e, v);
   }
 
@@ -488,6 +658,17 @@ BODY = r"""
       <div><dt>Outbox</dt><dd id="link-outbox">&ndash;</dd></div>
       <div><dt>Last error</dt><dd class="small" id="link-error">&ndash;</dd></div>
       <div><dt>Station faults</dt><dd id="station-faults">&ndash;</dd></div>
+    </dl>
+  </section>
+  <section class="card hidden" id="site">
+    <div class="card-head"><h2>Site load management</h2>
+      <span class="pill" id="site-mode">&ndash;</span></div>
+    <dl class="kv link-grid">
+      <div><dt>Connection limit</dt><dd id="site-limit">&ndash;</dd></div>
+      <div><dt>Grid current</dt><dd id="site-grid">&ndash;</dd></div>
+      <div><dt>Headroom</dt><dd id="site-headroom">&ndash;</dd></div>
+      <div class="wide"><dt>Fallback</dt><dd class="small" id="site-fallback">&ndash;</dd></div>
+      <div class="wide"><dt>Shares</dt><dd id="site-shares">&ndash;</dd></div>
     </dl>
   </section>
   <div id="evses"></div>

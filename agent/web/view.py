@@ -9,12 +9,15 @@ station with the page pays for them, and their number is bounded however long a 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
+from agent.clock import iso
 from agent.config import AgentConfig
 from hal.interfaces import FaultKind
 from hal.mock import MockHal
@@ -23,7 +26,20 @@ if TYPE_CHECKING:
     from agent.app import Agent
     from agent.core.model import EvseSnapshot
 
+log = logging.getLogger("cp_agent.web")
+
 REDACTED = "***"
+# The smart-charging schedule the page draws: from the current minute, this long.  Counting
+# from the minute, not the second, keeps the document unchanged (no push) while nothing moves.
+SCHEDULE_S = 6 * 3600
+# 1.6 and 2.0.1 names of the engine's profile purposes, as the CSMS operator knows them.
+_PURPOSE_WORDS = {
+    "1.6": {"StationMax": "ChargePointMaxProfile", "TxDefault": "TxDefaultProfile",
+            "Tx": "TxProfile", "ExternalConstraints": "ExternalConstraints"},
+    "2.0.1": {"StationMax": "ChargingStationMaxProfile", "TxDefault": "TxDefaultProfile",
+              "Tx": "TxProfile", "ExternalConstraints": "ChargingStationExternalConstraints"},
+}
+_PURPOSE_WORDS["2.1"] = _PURPOSE_WORDS["2.0.1"]  # 2.1 names them as 2.0.1 does
 # Chart samples kept per session; past this, every other one goes and the interval doubles,
 # so a whole session stays on the chart at a coarser grain (720 points: 12 min at 1 s).
 MAX_POINTS = 720
@@ -166,11 +182,13 @@ def link_view(agent: Agent) -> dict[str, Any]:
 
 def build_view(agent: Agent, tracker: SessionTracker, *, samples: bool = False
                ) -> dict[str, Any]:
-    """The page's document: ``agent.status()`` per EVSE plus the session, the link's details,
+    """The page's document: ``agent.status()`` per EVSE plus the session, its limit sources,
+    its smart-charging schedule and profiles, the site's load management, the link's details,
     and whether bench controls apply (mock HAL).  ``samples`` adds the chart's whole series
     (for a page that just connected; afterwards points arrive one by one)."""
     status = agent.status()
     snaps = {s.evse_id: s for s in agent.station.snapshots()}
+    now = agent.clock.now()
     evses = []
     for entry in status["evses"]:
         snap = snaps.get(entry["evse"])
@@ -182,11 +200,112 @@ def build_view(agent: Agent, tracker: SessionTracker, *, samples: bool = False
             "phases": snap.phases if snap is not None else None,
             "session": _session(agent, tracker.series.get(entry["evse"]), samples),
             "sessions": tracker.sessions.get(entry["evse"], 0),
+            "limits": limits_view(snap) if snap is not None else [],
+            "schedule": schedule_view(agent, entry["evse"], now),
+            "profiles": profiles_view(agent, entry["evse"], now),
         })
     return {
         "station": status["station"], "agent_version": __version__,
         "link": link_view(agent), "station_faults": status["station_faults"],
+        "site": site_view(agent),
+        # What the driver's display shows now (lines of text), None without a display.
+        "display": status.get("display"),
         "evses": evses, "bench": isinstance(agent.hal, MockHal),
         "fault_kinds": [k.value for k in FaultKind],
     }
 
+
+
+# ---------------------------------------------------------------------- smart charging, site
+
+
+def _amps(value: Any) -> float:
+    return round(float(value), 1)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """As the engine reads them: a time without a zone is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _when(moment: datetime | None) -> str | None:
+    moment = _utc(moment)
+    return iso(moment) if moment is not None else None
+
+
+def limits_view(snap: EvseSnapshot) -> list[dict[str, Any]]:
+    """Every limit source on the EVSE now, its own maximum first; ``binding`` marks the one
+    that sets the offer (``limit_source``: the lowest, "evse" when none is below it)."""
+    rows = []
+    if snap.max_current_a is not None:
+        rows.append({"source": "evse", "limit_a": _amps(snap.max_current_a)})
+    rows += [{"source": name, "limit_a": _amps(amps)} for name, amps in snap.limits]
+    for row in rows:
+        row["binding"] = row["source"] == snap.limit_source
+    return rows
+
+
+def schedule_view(agent: Agent, evse_id: int, now: datetime) -> dict[str, Any]:
+    """The composite schedule from the current minute on: ``ChargingProfiles.composite``,
+    the call GetCompositeSchedule answers from and the scheduler applies (so the chart is
+    what the EVSE will follow, the other limit sources aside)."""
+    start = now.replace(second=0, microsecond=0)
+    try:
+        periods = agent.station.charging_profiles.composite(evse_id, SCHEDULE_S, "A", start)
+    except Exception as exc:  # noqa: BLE001 - the page shows the error, the agent goes on
+        log.warning("status page: composite schedule of EVSE %s failed: %s", evse_id, exc)
+        return {"start": iso(start), "duration_s": SCHEDULE_S, "unit": "A", "periods": [],
+                "error": f"{type(exc).__name__}: {exc}"}
+    return {"start": iso(start), "duration_s": SCHEDULE_S, "unit": "A",
+            "periods": [{"start_s": p.start_s, "limit_a": _amps(p.limit),
+                         "number_phases": p.number_phases} for p in periods]}
+
+
+def composite_now(agent: Agent, evse_id: int) -> float | None:
+    """The smart-charging limit of ``evse_id`` this second (its rating without profiles)."""
+    try:
+        periods = agent.station.charging_profiles.composite(evse_id, 1, "A")
+    except Exception:  # noqa: BLE001 - a metric is never worth a failed scrape
+        return None
+    return float(periods[0].limit) if periods else None
+
+
+def profiles_view(agent: Agent, evse_id: int, now: datetime) -> list[dict[str, Any]]:
+    """The profiles installed for ``evse_id`` and for the whole station (EVSE 0)."""
+    words = _PURPOSE_WORDS.get(agent.link.version or agent.cfg.ocpp.versions[0],
+                               _PURPOSE_WORDS["1.6"])
+    out = []
+    for p in agent.station.charging_profiles.profiles:
+        if p.evse_id not in (0, evse_id):
+            continue
+        valid_from, valid_to = _utc(p.valid_from), _utc(p.valid_to)
+        valid_now = ((valid_from is None or valid_from <= now)
+                     and (valid_to is None or now < valid_to))
+        out.append({
+            "id": p.id, "purpose": words.get(str(p.purpose), str(p.purpose)),
+            "stack_level": p.stack_level, "kind": str(p.kind),
+            "recurrency": str(p.recurrency) if p.recurrency is not None else None,
+            "evse_id": p.evse_id, "transaction_id": p.transaction_id,
+            "valid_from": _when(valid_from), "valid_to": _when(valid_to),
+            "valid_now": valid_now,
+            "schedules": [{
+                "rate_unit": str(sch.rate_unit), "start": _when(sch.start),
+                "duration_s": sch.duration_s,
+                "min_rate": float(sch.min_rate) if sch.min_rate is not None else None,
+                "periods": [{"start_s": q.start_s, "limit": float(q.limit),
+                             "number_phases": q.number_phases} for q in sch.periods],
+            } for sch in p.schedules],
+        })
+    return out
+
+
+def site_view(agent: Agent) -> dict[str, Any] | None:
+    """Load management as the page shows it (None without a ``site:`` section)."""
+    if agent.load is None:
+        return None
+    site = agent.load.status()
+    grid = site.get("grid_current_a")
+    return {**site, "grid_max_a": max(grid) if grid else None,
+            "shares": {str(k): v for k, v in site["shares"].items()}}

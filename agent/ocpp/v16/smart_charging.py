@@ -9,10 +9,11 @@ and :class:`agent.core.charging_profiles.ChargingProfiles` installs, clears and 
 from __future__ import annotations
 
 import logging
-from decimal import Decimal
+from dataclasses import replace
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any, ClassVar
 
-from agent.clock import iso, parse_iso
+from agent.clock import iso
 from agent.core.settings import SettingDef
 from agent.core.smart_charging import (
     ChargingProfile,
@@ -22,6 +23,9 @@ from agent.core.smart_charging import (
     validate,
 )
 from agent.ocpp.blocks import Block, handles
+from agent.ocpp.charging_profiles_json import dec as _dec
+from agent.ocpp.charging_profiles_json import number as _number
+from agent.ocpp.charging_profiles_json import when as _when
 
 log = logging.getLogger("cp_agent.v16")
 
@@ -31,20 +35,6 @@ PURPOSES = {"ChargePointMaxProfile": Purpose.STATION_MAX,
             "TxDefaultProfile": Purpose.TX_DEFAULT, "TxProfile": Purpose.TX}
 PURPOSE_NAMES = {v: k for k, v in PURPOSES.items()}
 UNITS = {"Current": "A", "Power": "W"}  # ChargingScheduleAllowedChargingRateUnit members
-
-
-def _when(value: Any) -> Any:
-    """An ISO timestamp as a datetime; anything else passes through for validate to name."""
-    if isinstance(value, str):
-        try:
-            return parse_iso(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _dec(value: Any) -> Any:
-    return Decimal(repr(value)) if isinstance(value, float) else value
 
 
 def to_profile(cs: dict, connector_id: int) -> ChargingProfile:
@@ -67,10 +57,6 @@ def to_profile(cs: dict, connector_id: int) -> ChargingProfile:
                                     min_rate=_dec(sched.get("minChargingRate")))])
 
 
-def _number(limit: Decimal) -> float | int:
-    return int(limit) if limit == limit.to_integral_value() else float(limit)
-
-
 class SmartCharging(Block):
     PROFILE: ClassVar[str] = PROFILE
     SETTINGS = (
@@ -86,6 +72,13 @@ class SmartCharging(Block):
     @property
     def service(self) -> Any:
         return self.station.charging_profiles
+
+    def settings_defs(self) -> tuple[SettingDef, ...]:
+        """ConnectorSwitch3to1PhaseSupported says what the hardware can: true only when every
+        EVSE's board switches phases (the HAL's ``supports_phase_switch``)."""
+        switch = bool(getattr(self.service, "phase_switching", False))
+        return tuple(replace(d, default=switch) if d.name == "ConnectorSwitch3to1PhaseSupported"
+                     else d for d in self.SETTINGS)
 
     def check(self, profile: ChargingProfile, *, remote_start: bool = False) -> list[str]:
         """Every reason to refuse ``profile`` (1.6 rules and this station's capabilities)."""
@@ -162,14 +155,21 @@ class SmartCharging(Block):
         if duration <= 0:
             return {"status": "Rejected"}
         now = self.clock.now().replace(microsecond=0)
-        periods = self.service.composite(connector, duration, unit, start=now)
+        # 1.6 has no ExternalConstraints: the site / MQTT limits stay out of its composite.
+        periods = self.service.composite(connector, duration, unit, start=now, external=False)
         stamp = iso(now)
+        schedule: dict[str, Any] = {
+            "duration": duration, "startSchedule": stamp, "chargingRateUnit": unit,
+            "chargingSchedulePeriod": [
+                {"startPeriod": q.start_s, "limit": _number(q.limit),
+                 "numberPhases": q.number_phases} for q in periods]}
+        # The EV's minChargingRate of the profile in force now (ChargingSchedule); now, not
+        # the second it rounds down to, which may lie before the transaction began.
+        rate = self.service.min_rate(connector, unit=unit) if connector else None
+        if rate is not None:
+            schedule["minChargingRate"] = _number(rate.quantize(Decimal("0.1"), ROUND_FLOOR))
         return {"status": "Accepted", "connectorId": connector, "scheduleStart": stamp,
-                "chargingSchedule": {
-                    "duration": duration, "startSchedule": stamp, "chargingRateUnit": unit,
-                    "chargingSchedulePeriod": [
-                        {"startPeriod": q.start_s, "limit": _number(q.limit),
-                         "numberPhases": q.number_phases} for q in periods]}}
+                "chargingSchedule": schedule}
 
 
 __all__ = ["PROFILE", "SmartCharging", "to_profile"]
