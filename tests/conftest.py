@@ -20,6 +20,9 @@ from agent.clock import FakeClock
 from agent.config import load_config_text
 from agent.testing.csms import TestCsms
 
+# Every test fails if a log record carried a secret or a private key (tests/secret_guard.py).
+pytest_plugins = ("tests.secret_guard",)
+
 
 @pytest.fixture
 def short_dir() -> Any:
@@ -75,6 +78,9 @@ def agent_config(url: str, state: Path, *, station_id: str = "CP1", versions=("1
                             "reconnect": {"min_backoff_s": 0.05, "max_backoff_s": 0.2}}
     if password is not None:
         ocpp["password"] = password
+        from tests.secret_guard import register  # the plugin below, loaded by then
+
+        register(password)
     doc = {
         "station": {"id": station_id},
         "ocpp": ocpp,
@@ -118,31 +124,60 @@ async def charging(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int = 
     return start
 
 
-# ---------------------------------------------------------------- OCPP 2.0.1
+# ---------------------------------------------------------------- OCPP 2.0.1 and 2.1
+
+# 2.1 builds on 2.0.1: a 2.0.1 test that applies to 2.1 runs on both.  The csms201 /
+# make_agent201 fixtures speak the version of the ``v2`` fixture: 2.0.1, unless a test says
+# ``@pytest.mark.parametrize("v2", VERSIONS_201_PLUS)`` or a module sets
+# ``v2 = on_versions_201_plus()`` (then every test of it using those fixtures runs on both).
+VERSIONS_201_PLUS = ("2.0.1", "2.1")
 
 
 @pytest.fixture
-async def csms201() -> AsyncIterator[TestCsms]:
-    """A strict test CSMS speaking 2.0.1 only."""
-    async with strict_csms(("2.0.1",)) as server:
+def v2() -> str:
+    """The 2.x version csms201 / make_agent201 speak (see VERSIONS_201_PLUS)."""
+    return "2.0.1"
+
+
+def on_versions_201_plus(versions: tuple[str, ...] = VERSIONS_201_PLUS) -> Any:
+    """A module-level ``v2`` fixture running the module's 2.x tests on each of ``versions``:
+    ``v2 = on_versions_201_plus()``."""
+
+    @pytest.fixture(params=versions, name="v2")
+    def _v2(request: pytest.FixtureRequest) -> str:
+        return request.param
+
+    return _v2
+
+
+@pytest.fixture
+async def csms201(v2: str) -> AsyncIterator[TestCsms]:
+    """A strict test CSMS speaking 2.0.1 only (or ``v2``'s version)."""
+    async with strict_csms((v2,)) as server:
         yield server
 
 
 @pytest.fixture
-async def make_agent201(csms201: TestCsms, short_dir: Path) -> AsyncIterator[AgentFactory]:
-    """Agents offering only 2.0.1 (unless ``versions`` says otherwise) to ``csms201``."""
-    async with agent_factory(csms201, short_dir, ("2.0.1",)) as make:
+async def make_agent201(csms201: TestCsms, short_dir: Path,
+                        v2: str) -> AsyncIterator[AgentFactory]:
+    """Agents offering only 2.0.1 / ``v2`` (unless ``versions`` says otherwise) to ``csms201``."""
+    async with agent_factory(csms201, short_dir, (v2,)) as make:
         yield make
 
 
+def adapter2x(agent: Agent, csms: TestCsms) -> Any:
+    """The agent's adapter of the 2.x version the CSMS speaks (its first one the agent has)."""
+    return next(agent.adapters[v] for v in csms.versions if v in agent.adapters and v != "1.6")
+
+
 async def online201(agent: Agent, csms: TestCsms, timeout: float = 5.0) -> Any:
-    """Wait until a 2.0.1 boot was accepted and settled; return the CSMS-side link."""
-    await asyncio.wait_for(agent.adapters["2.0.1"].accepted.wait(), timeout)
+    """Wait until a 2.0.1 (2.1) boot was accepted and settled; return the CSMS-side link."""
+    await asyncio.wait_for(adapter2x(agent, csms).accepted.wait(), timeout)
     link = await csms.wait_station(agent.cfg.station.id, timeout)
     for evse_id in agent.station.evses:
         await csms.wait_for("StatusNotification", station_id=agent.cfg.station.id,
                             predicate=lambda p, e=evse_id: p["evseId"] == e, timeout=timeout)
-    await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), timeout)
+    await asyncio.wait_for(adapter2x(agent, csms).outbox.idle.wait(), timeout)
     return link
 
 
@@ -164,7 +199,7 @@ async def charging201(agent: Agent, csms: TestCsms, tag: str = "TAG1", evse: int
         predicate=lambda p: p["transactionInfo"]["transactionId"]
         == started["transactionInfo"]["transactionId"]
         and p["transactionInfo"].get("chargingState") == "Charging")
-    await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), 5)
+    await asyncio.wait_for(adapter2x(agent, csms).outbox.idle.wait(), 5)
     return started
 
 

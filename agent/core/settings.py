@@ -78,6 +78,7 @@ class SettingDef:
     max_items: int | None = None
     v16: bool = True  # shown as a 1.6 configuration key
     profile: str = "Core"  # the 1.6 feature profile that lists it
+    secret: bool = False  # write-only (1.6 AuthorizationKey): listed, its value never shown
 
     def parse(self, text: str) -> Any:
         """Turn a CSMS's or installer's text into a typed value or raise :class:`SettingError`."""

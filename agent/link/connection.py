@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -27,11 +29,23 @@ from websockets.typing import Subprotocol
 
 from agent.clock import Clock
 from agent.config import OcppConfig
-from agent.link.profiles import ConfigProfile, ConnectionProfile, ProfileProvider
+from agent.link.profiles import (
+    CREDENTIALS_REFUSED,
+    ConfigProfile,
+    ConnectionProfile,
+    ProfileProvider,
+    legacy_tls_version,
+)
 from agent.link.rpc import RpcSession
 
 log = logging.getLogger("cp_agent.link")
 
+# TLS failures the station reports as security events (1.6 whitepaper / 2.0.1 A00): the kind
+# names are 2.0.1's (the 1.6 delivery maps InvalidCsmsCertificate to its own spelling).
+_TLS_VERSION_REASONS = frozenset({"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION",
+                                  "NO_PROTOCOLS_AVAILABLE", "WRONG_SSL_VERSION"})
+_TLS_CIPHER_REASONS = frozenset({"NO_CIPHERS_AVAILABLE", "NO_SHARED_CIPHER",
+                                 "NO_SUITABLE_SIGNATURE_ALGORITHM"})
 
 
 class Adapter(Protocol):
@@ -75,7 +89,8 @@ class Link:
                  on_version: Callable[[Adapter], None] | None = None,
                  on_frame: Callable[[str, str, str, str, dict], None] | None = None,
                  rng: random.Random | None = None,
-                 profiles: ProfileProvider | None = None) -> None:
+                 profiles: ProfileProvider | None = None,
+                 on_security_event: Callable[[str, str], None] | None = None) -> None:
         self.cfg = cfg  # backoff and call timeout; the rest comes from the profiles
         self.station_id = station_id
         self.adapters = adapters
@@ -86,6 +101,9 @@ class Link:
         self.rng = rng or random.Random()
         self.profiles: ProfileProvider = (
             profiles if profiles is not None else ConfigProfile(cfg, station_id))
+        # (kind, info) of a TLS failure worth a security event (InvalidCsmsCertificate, ...);
+        # the composition root hands it to the station's security event bus.
+        self.on_security_event = on_security_event
         self.profile: ConnectionProfile | None = None  # of the latest attempt
         self.state = "disconnected"
         self.version: str | None = None
@@ -165,7 +183,8 @@ class Link:
         if self.on_version is not None:
             self.on_version(adapter)
         rpc = RpcSession(version, ws.send, adapter.handlers,
-                         default_timeout=self.cfg.call_timeout_s, on_frame=self.on_frame)
+                         default_timeout=self.cfg.call_timeout_s, on_frame=self.on_frame,
+                         on_invalid=lambda what: self._security_event("InvalidMessages", what))
         session = asyncio.ensure_future(adapter.run_session(rpc))
         try:
             async for message in ws:
@@ -213,6 +232,8 @@ class Link:
             "max_size": 1 << 20,
             "close_timeout": 5,
         }
+        if profile.problem is not None:
+            raise LinkError(f"connection profile {profile.name!r} not used: {profile.problem}")
         if url.startswith("wss://") != (profile.ssl is not None):
             raise LinkError(f"connection profile {profile.name!r}: a wss:// URL needs a TLS "
                             f"context and a ws:// URL must not have one ({url})")
@@ -220,16 +241,38 @@ class Link:
             kwargs["ssl"] = profile.ssl
         try:
             ws = await connect(url, **kwargs)
+        except ssl.SSLCertVerificationError as exc:
+            why = ": ".join(x for x in (exc.reason, exc.verify_message) if x) or str(exc)
+            self._security_event("InvalidCsmsCertificate", f"{url}: {why}")
+            raise LinkError(f"CSMS at {url} presented a certificate this station does not "
+                            f"accept ({why}); not connected. Check the CSMS root certificates "
+                            f"(ocpp.ca_file or the installed CSMSRootCertificate) and the "
+                            f"host name in the URL") from None
+        except ssl.SSLError as exc:
+            raise await self._tls_failure(profile, exc) from None
+        except (ConnectionResetError, ConnectionAbortedError, EOFError) as exc:
+            if profile.ssl is None:
+                raise
+            raise await self._tls_failure(profile, exc) from None
         except InvalidStatus as exc:
             code = exc.response.status_code
             if code in (401, 403):
-                raise LinkError(f"CSMS at {url} refused the credentials (HTTP {code}): "
+                self._security_event("FailedToAuthenticateAtCsms", f"{url}: HTTP {code}")
+                raise LinkError(f"CSMS at {url} {CREDENTIALS_REFUSED} (HTTP {code}): "
                                 f"check {_hint(profile, 'credentials')}") from None
             if code == 404:
                 raise LinkError(f"CSMS at {url} does not know this station "
                                 f"(HTTP 404): check {_hint(profile, 'url')}") from None
             raise LinkError(f"CSMS at {url} refused the websocket (HTTP {code})") from None
         except InvalidHandshake as exc:
+            cause = exc.__cause__
+            if profile.ssl is not None and isinstance(cause, ssl.SSLError):
+                raise await self._tls_failure(profile, cause) from None
+            if profile.security_profile == 3 and profile.ssl is not None:
+                raise LinkError(f"CSMS at {url} closed the connection during the handshake "
+                                f"({exc}); with security profile 3 it most likely refused the "
+                                f"station certificate: check that the CSMS trusts its "
+                                f"issuer") from None
             raise LinkError(f"websocket handshake with {url} failed: {exc}") from None
         except InvalidURI as exc:
             raise LinkError(f"connection profile {profile.name!r}: {exc}") from None
@@ -242,6 +285,54 @@ class Link:
                 f"({', '.join(offered)}); it answered {agreed!r}. "
                 f"Check {_hint(profile, 'versions')}.")
         return ws, version, self.adapters[version]
+
+    def _security_event(self, kind: str, info: str) -> None:
+        if self.on_security_event is None:
+            return
+        try:
+            self.on_security_event(kind, info[:255])
+        except Exception:  # noqa: BLE001 - the refusal itself must still happen
+            log.exception("security event %s could not be recorded", kind)
+
+    async def _tls_failure(self, profile: ConnectionProfile, exc: BaseException) -> LinkError:
+        """A TLS handshake that failed: the reason in plain words, a security event where the
+        spec names one (InvalidTLSVersion, InvalidTLSCipherSuite).  Never a retry with less
+        security: the caller refuses the attempt."""
+        url = profile.url
+        reason = getattr(exc, "reason", None) or ""
+        if reason in _TLS_VERSION_REASONS:
+            self._security_event("InvalidTLSVersion", f"{url}: {reason}")
+            return LinkError(f"CSMS at {url} offers no TLS version this station accepts (1.2 "
+                             f"or newer): {reason}; not connected")
+        if reason in _TLS_CIPHER_REASONS:
+            self._security_event("InvalidTLSCipherSuite", f"{url}: {reason}")
+            return LinkError(f"CSMS at {url} offers none of the allowed TLS cipher suites "
+                             f"({reason}); not connected")
+        if not reason:
+            # An old server drops a TLS 1.2+ ClientHello without an alert: ask it what it
+            # speaks (a bare handshake, nothing sent) to tell the operator why.
+            parts = urlsplit(url)
+            legacy = await legacy_tls_version(parts.hostname or "", parts.port or 443)
+            if legacy is not None:
+                self._security_event("InvalidTLSVersion", f"{url}: the CSMS only offers "
+                                                          f"{legacy}")
+                return LinkError(f"CSMS at {url} only speaks {legacy}; this station needs "
+                                 f"TLS 1.2 or newer; not connected")
+            return LinkError(f"TLS handshake with {url} failed: the CSMS closed the "
+                             f"connection ({type(exc).__name__})")
+        if profile.security_profile == 3 and ("CERTIFICATE" in reason or "ALERT" in reason):
+            return LinkError(f"CSMS at {url} refused the TLS handshake ({reason}); with "
+                             f"security profile 3 check that it trusts the station "
+                             f"certificate's issuer")
+        return LinkError(f"TLS handshake with {url} failed: {reason}")
+
+    async def reconnect(self, reason: str) -> None:
+        """Close the connection so that the next attempt uses what changed (a new password,
+        a higher security profile); queued messages stay in the outbox."""
+        ws = self._ws
+        if ws is not None:
+            log.info("reconnecting: %s", reason)
+            await ws.close(code=1000, reason=reason[:100])
 
     async def close(self) -> None:
         ws = self._ws

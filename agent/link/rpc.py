@@ -320,6 +320,7 @@ class RpcSession:
         on_frame: FrameObserver | None = None,
         validate: bool = True,
         name: str = "",
+        on_invalid: Callable[[str], None] | None = None,
     ) -> None:
         if version not in VERSIONS:
             raise ValueError(f"unsupported OCPP version {version!r}, expected one of {VERSIONS}")
@@ -330,6 +331,9 @@ class RpcSession:
         self._default_timeout = default_timeout
         self._on_frame = on_frame
         self._validate = validate
+        # Told (in words) of every received frame that is no valid OCPP message: the station's
+        # InvalidMessages security event (throttled by the receiver, not here).
+        self._on_invalid = on_invalid
         self._lock = asyncio.Lock()
         self._pending: _Pending | None = None
         self._incoming: dict[str, asyncio.Task] = {}  # CALLs being handled, by message id
@@ -534,6 +538,7 @@ class RpcSession:
         elif self.version == "2.0.1":
             # 2.0.1 4.4: an unknown message type SHALL be answered MessageTypeNotSupported.
             self._report("in", "INVALID", unique_id or "", "", {"raw": _clip(raw, 512)})
+            self._invalid(f"message type {type_id} is not supported")
             await self._answer_error(CALLERROR, unique_id, "MessageTypeNotSupported",
                                      f"Message type {type_id} is not supported")
         else:
@@ -541,6 +546,15 @@ class RpcSession:
             # type (2.1 dropped 2.0.1's duty to answer; 1.6 has no error code for it).
             self._report("in", "INVALID", unique_id or "", "", {"raw": _clip(raw, 512)})
             log.warning("%s: ignoring message of unknown type %s", self.name, type_id)
+            self._invalid(f"message type {type_id} is not supported")
+
+    def _invalid(self, what: str) -> None:
+        if self._on_invalid is None:
+            return
+        try:
+            self._on_invalid(what)
+        except Exception:  # noqa: BLE001 - reporting must never break the answer
+            log.exception("%s: reporting an invalid message failed", self.name)
 
     async def _malformed(self, raw: str | bytes, unique_id: str | None, code: str,
                          description: str) -> None:
@@ -548,6 +562,7 @@ class RpcSession:
         text = raw if isinstance(raw, str) else repr(raw)
         log.warning("%s: malformed frame (%s): %.200s", self.name, description, text)
         self._report("in", "INVALID", unique_id or "", "", {"raw": _clip(text, 512)})
+        self._invalid(f"malformed frame: {description}")
         await self._answer_error(CALLERROR, unique_id, code, description)
 
     async def _on_call(self, raw: str, message: list, unique_id: str | None) -> None:
@@ -614,6 +629,7 @@ class RpcSession:
             if problem is not None:
                 log.info("%s: rejecting %s %s: %s", self.name, action, unique_id,
                          problem.description)
+                self._invalid(f"{action} violates its schema ({problem.code})")
                 await self._answer_error(CALLERROR, unique_id, problem.code,
                                          problem.description, action=action)
                 return
@@ -793,6 +809,7 @@ class RpcSession:
             return answer
         log.warning("%s: invalid response to %s %s: %s", self.name, pending.action,
                     pending.unique_id, problem.description)
+        self._invalid(f"invalid response to {pending.action} ({problem.code})")
         if self.version == "2.1":
             # 2.1 4.2.3: tell the peer its CALLRESULT could not be processed.
             await self._answer_error(CALLRESULTERROR, pending.unique_id, problem.code,

@@ -10,7 +10,11 @@ LocalAuthListManagement; 2.0.1 blocks such as B Provisioning or C Authorization)
 - may react to what the core reports (the :class:`agent.core.model.CoreObserver` methods:
   ``status_changed``, ``transaction_started``, ... are called on every block that has them);
 - may own outbox actions (``OUTBOX_ACTIONS``) with ``prepare_outbox`` / ``outbox_result`` /
-  ``outbox_done`` hooks, called for its own actions only.
+  ``outbox_done`` hooks, called for its own actions only;
+- may own messages a CSMS can trigger (``TRIGGERS``: the trigger's requestedMessage name ->
+  the name of an ``async def send_x(self, evse_id: int | None) -> None`` method), which the
+  TriggerMessage / ExtendedTriggerMessage handlers call after their answer went out
+  (:meth:`agent.ocpp.adapter.Adapter.trigger_target`).
 
 Everything shared by the blocks of a version (the connection, the outbox sender, the status
 queue, registration, the core) is on the :class:`agent.ocpp.adapter.Adapter` they belong to,
@@ -66,6 +70,8 @@ class Block:
 
     SETTINGS: ClassVar[tuple[SettingDef, ...]] = ()
     OUTBOX_ACTIONS: ClassVar[frozenset[str]] = frozenset()
+    # requestedMessage name -> method sending it (``async def m(self, evse_id) -> None``).
+    TRIGGERS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, adapter: Adapter) -> None:
         self.adapter = adapter

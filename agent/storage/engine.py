@@ -33,6 +33,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -183,6 +184,9 @@ class Engine:
         self._depth = 0
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
+        # Told when the disk is full (the station's MemoryExhaustion security event); set by
+        # the composition root. Must not write to this database.
+        self.on_full: Callable[[str], None] | None = None
         try:
             if not self._memory:
                 self._lock_fd = self._acquire_lock()
@@ -380,6 +384,15 @@ class Engine:
         except sqlite3.Error as exc:
             raise self._sqlite_error(exc, doing) from exc
 
+    def _full(self, error: StorageError) -> StorageError:
+        hook = getattr(self, "on_full", None)
+        if hook is not None:
+            try:
+                hook(str(error))
+            except Exception:  # noqa: BLE001 - the caller still gets its StorageError
+                logging.getLogger("cp_agent.storage").exception("on_full hook failed")
+        return error
+
     def _damaged_advice(self) -> str:
         return (
             "Stop the agent and move the file aside (with its -wal and -shm files) to start "
@@ -400,11 +413,11 @@ class Engine:
             return StorageError(f"{where} is damaged ({exc}). {self._damaged_advice()}",
                                 "damaged")
         if code == _SQLITE_FULL:
-            return StorageError(
+            return self._full(StorageError(
                 f"{where}: the disk is full ({exc}) while {doing}. Free space on that "
                 f"filesystem; until then nothing new can be recorded.",
                 "full",
-            )
+            ))
         if code in (_SQLITE_READONLY, _SQLITE_CANTOPEN, _SQLITE_PERM):
             return StorageError(f"{where}: cannot write ({exc}) while {doing}. {self._access()}",
                                 "readonly")
@@ -427,11 +440,11 @@ class Engine:
     def _os_error(self, exc: OSError, file: str, doing: str) -> StorageError:
         where = f"state database {self._path}"
         if exc.errno == errno.ENOSPC:
-            return StorageError(
+            return self._full(StorageError(
                 f"{where}: the disk is full ({exc.strerror}) while {doing}. Free space on "
                 f"that filesystem.",
                 "full",
-            )
+            ))
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
             return StorageError(
                 f"{where}: cannot write {file} ({exc.strerror}) while {doing}. {self._access()}",

@@ -8,7 +8,15 @@ caller's ``atomic()`` block, like every other write.
 
 from __future__ import annotations
 
+import re
+
+from agent.redaction import SECRETS
 from agent.storage.engine import Repository
+
+# Keys whose values are credentials (link.password, the 2.0.1 BasicAuthPassword, the 1.6
+# AuthorizationKey): registered with the log's secret registry whenever written or read, so
+# a password a CSMS sets is masked in every log line from that moment on.
+SECRET_KEY = re.compile(r"(?i)password|authorizationkey|secret")
 
 
 class SettingsRepository(Repository):
@@ -16,11 +24,16 @@ class SettingsRepository(Repository):
 
     def get_setting(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM settings WHERE key = ?", (key,), "reading a setting")
-        return rows[0][0] if rows else None
+        value = rows[0][0] if rows else None
+        if value and SECRET_KEY.search(key):
+            SECRETS.add(value)
+        return value
 
     def set_setting(self, key: str, value: str) -> None:
         if not isinstance(value, str):
             raise TypeError(f"setting {key!r}: value must be a str, got {type(value).__name__}")
+        if SECRET_KEY.search(key):
+            SECRETS.add(value)  # masked before the write can fail and log it
         with self._write(f"saving setting {key!r}") as conn:
             conn.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) "
@@ -38,4 +51,6 @@ class SettingsRepository(Repository):
             (len(prefix), prefix),
             "reading settings",
         )
-        return {row[0]: row[1] for row in rows}
+        out = {row[0]: row[1] for row in rows}
+        SECRETS.add_all(v for k, v in out.items() if v and SECRET_KEY.search(k))
+        return out

@@ -34,8 +34,10 @@ class ConfigurationView:
             if d is None:
                 unknown.append(name[:MAX_KEY])
                 continue
-            known.append({"key": d.name, "readonly": d.readonly,
-                          "value": d.format(self.settings[d.name])[:MAX_VALUE]})
+            entry: dict[str, Any] = {"key": d.name, "readonly": d.readonly}
+            if not d.secret:  # a write-only key is listed without its value
+                entry["value"] = d.format(self.settings[d.name])[:MAX_VALUE]
+            known.append(entry)
         out: dict[str, Any] = {}
         if known:
             out["configurationKey"] = known

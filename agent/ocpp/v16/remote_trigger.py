@@ -1,7 +1,12 @@
 """1.6 RemoteTrigger profile: TriggerMessage (1.6 5.17).
 
 The triggered message follows the TriggerMessage.conf, never before it; a BootNotification
-sent on request does not re-register the station (its answer only sets the clock).
+sent on request does not re-register the station (its answer only sets the clock).  This block
+sends BootNotification, Heartbeat, MeterValues and StatusNotification itself (the security
+extension's ExtendedTriggerMessage reuses :meth:`RemoteTrigger.send`); a message another block
+owns (DiagnosticsStatusNotification, FirmwareStatusNotification: its ``TRIGGERS``) is sent by
+that block's method after the answer.  With no such block the status messages answer "Idle":
+nothing of the kind is going on (the station runs no upload or update).
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ from agent.ocpp.v16.provisioning import Provisioning
 log = logging.getLogger("cp_agent.v16")
 
 PROFILE = "RemoteTrigger"
-TRIGGERABLE = ("BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
-               "Heartbeat", "MeterValues", "StatusNotification")
+OWN = ("BootNotification", "Heartbeat", "MeterValues", "StatusNotification")
+# Sent as "Idle" when no block owns them (the station has no upload / update running).
+IDLE_FALLBACK = ("DiagnosticsStatusNotification", "FirmwareStatusNotification")
+TRIGGERABLE = OWN + IDLE_FALLBACK
 
 
 class RemoteTrigger(Block):
     PROFILE: ClassVar[str] = PROFILE
+
+    def connector_ok(self, connector_id: int | None) -> bool:
+        return connector_id in (None, 0) or connector_id in self.station.evses
 
     @handles("TriggerMessage")
     async def trigger_message(self, p: dict) -> dict:
@@ -31,13 +41,28 @@ class RemoteTrigger(Block):
         connector_id = p.get("connectorId")
         if what not in TRIGGERABLE:
             return {"status": "NotImplemented"}
-        if connector_id not in (None, 0) and connector_id not in self.station.evses:
+        if not self.connector_ok(connector_id):
             return {"status": "Rejected"}
-        self.adapter.spawn(self._triggered(what, connector_id), f"v16-trigger-{what}")
+        target = None if what in OWN else self.adapter.trigger_target(what)
+        if target is not None:
+            self.adapter.spawn(self._then(target, connector_id or None), f"v16-trigger-{what}")
+        else:
+            self.adapter.spawn(self._triggered(what, connector_id), f"v16-trigger-{what}")
         return {"status": "Accepted"}
+
+    async def _then(self, target: Any, connector_id: int | None) -> None:
+        await self.adapter.after_answer()
+        await target(connector_id)
 
     async def _triggered(self, what: str, connector_id: int | None) -> None:
         await self.adapter.after_answer()
+        if what in IDLE_FALLBACK:
+            await self.adapter.send_quiet(what, {"status": "Idle"})
+        else:
+            await self.send(what, connector_id)
+
+    async def send(self, what: str, connector_id: int | None) -> None:
+        """Send one of :data:`OWN` as triggered (for ``connector_id``, or all when None/0)."""
         targets = ([self.station.evses[connector_id]] if connector_id
                    else list(self.station.evses.values()))
         if what == "BootNotification":
@@ -68,7 +93,5 @@ class RemoteTrigger(Block):
                 if tx is not None and tx.remote_id is not None:
                     mv["transactionId"] = int(tx.remote_id)
                 await self.adapter.send_quiet("MeterValues", mv)
-        elif what == "DiagnosticsStatusNotification":
-            await self.adapter.send_quiet("DiagnosticsStatusNotification", {"status": "Idle"})
-        elif what == "FirmwareStatusNotification":
-            await self.adapter.send_quiet("FirmwareStatusNotification", {"status": "Idle"})
+        else:
+            raise ValueError(f"RemoteTrigger does not send {what}")

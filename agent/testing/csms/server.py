@@ -13,6 +13,7 @@ import base64
 import binascii
 import hmac
 import logging
+import ssl as ssl_module
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -68,6 +69,7 @@ class TestCsms:
         response_delay: float = 0.0,
         now: Callable[[], datetime] | None = None,
         strict_timing: bool = True,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         unknown = [v for v in versions if v not in SUBPROTOCOLS]
         if unknown or not versions:
@@ -89,6 +91,11 @@ class TestCsms:
         #: Check that a station not accepted waits the boot interval before booting again.
         self.strict_timing = strict_timing
         self.overrides: dict[str, Callable[[StationLink, dict], Any]] = {}
+        #: TLS (wss://): a server context; with ``verify_mode`` CERT_REQUIRED it asks for
+        #: client certificates (security profile 3). Tests may swap it between starts.
+        self.ssl = ssl
+        #: The TLS client certificate (``getpeercert()`` form) of each station's connection.
+        self.peer_certs: dict[str, dict] = {}
 
         self.url = ""
         self.stations: dict[str, StationLink] = {}
@@ -120,9 +127,10 @@ class TestCsms:
                 subprotocols=[SUBPROTOCOLS[v] for v in self.versions],  # type: ignore[misc]
                 select_subprotocol=self._select_subprotocol,
                 process_request=self._process_request,
+                ssl=self.ssl,
             )
             self.port = self._server.sockets[0].getsockname()[1]
-            self.url = f"ws://{self.host}:{self.port}/"
+            self.url = f"{'wss' if self.ssl is not None else 'ws'}://{self.host}:{self.port}/"
         return self.url
 
     async def stop(self) -> None:
@@ -363,6 +371,9 @@ class TestCsms:
             self._notify()
             await connection.close(1002, "no common OCPP subprotocol")
             return
+        peer = connection.transport.get_extra_info("peercert")
+        if peer:
+            self.peer_certs[station_id] = peer
         link = _LINK_CLASSES[_VERSION_OF[subprotocol]](self, connection, station_id, subprotocol)
         self.stations[station_id] = link
         self.connection_log.append((time.monotonic(), station_id, f"connected {subprotocol}"))

@@ -1,0 +1,123 @@
+"""Getting the station certificate signed (A02 / A03), the same way on every OCPP version.
+
+A signing round: a fresh key pair and CSR go out in SignCertificate; the CSMS has the CA sign
+it and sends CertificateSigned, which the version's block hands to the certificate store.
+What differs per version is given by the block: the SignCertificate payload, and the resend
+schedule (2.0.1 A02.FR.17/18: when no CertificateSigned came within CertSigningWaitMinimum a
+new CSR is sent, the wait doubling each time, CertSigningRepeatTimes times; the 1.6 whitepaper
+recommends not to retry, so its schedule is empty).
+
+A03: a certificate that expires within a month is renewed by the station itself, checked on
+the injectable clock at least once an hour (a clock the CSMS corrected is noticed by the next
+check), and tried again a day later if a round brought no certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from agent.link.rpc import CallFailed, ConnectionLost
+
+if TYPE_CHECKING:
+    from agent.ocpp.adapter import Adapter
+    from agent.security.store import CertificateStore
+
+log = logging.getLogger("cp_agent.certificates")
+
+RENEW_BEFORE = timedelta(days=30)  # A03.FR.02: "will expire in one month"
+CHECK_EVERY_S = 3600.0  # the longest the renewal check sleeps (clock corrections, jumps)
+RETRY_AFTER_S = 86400.0  # a renewal round that brought no certificate is tried again
+
+
+class CertificateSigning:
+    """One version's A02/A03 flow; owned by that version's certificate block."""
+
+    def __init__(self, adapter: Adapter, *, payload: Callable[[str], dict],
+                 resend_waits: Callable[[], list[float]]) -> None:
+        self.adapter = adapter
+        self.payload = payload
+        self.resend_waits = resend_waits
+        self._round: asyncio.Task | None = None
+        self._answered = asyncio.Event()  # a CertificateSigned arrived in this round
+        self._changed = asyncio.Event()  # the station certificate changed: re-plan renewal
+        self._last_renewal: float | None = None  # monotonic time of the last A03 round
+
+    @property
+    def store(self) -> CertificateStore | None:
+        return getattr(self.adapter.station, "certificates", None)
+
+    @property
+    def busy(self) -> bool:
+        return self._round is not None and not self._round.done()
+
+    def start(self, why: str) -> None:
+        """Begin a signing round now (a trigger replaces a round still waiting)."""
+        if self.store is None:
+            log.warning("%s: no certificate store; no CSR sent", why)
+            return
+        if self.busy:
+            assert self._round is not None
+            self._round.cancel()
+        self._answered.clear()
+        self._round = self.adapter.spawn(self._run(why), f"{self.adapter.version}-csr",
+                                         session=True)
+
+    def answered(self) -> None:
+        """A CertificateSigned came (good or bad): the round stops resending."""
+        self._answered.set()
+        self._changed.set()
+
+    async def _run(self, why: str) -> None:
+        await self.adapter.after_answer()  # a trigger's answer goes out before the CSR
+        waits = [0.0, *self.resend_waits()]
+        for attempt, wait in enumerate(waits):
+            if attempt:
+                await self.adapter.sleep_or(wait, self._answered)
+                if self._answered.is_set():
+                    return
+                log.info("no CertificateSigned within %.0f s; sending a new CSR", wait)
+            store = self.store
+            if store is None:
+                return
+            csr = store.new_csr(self.adapter.ctx.station_id, new_round=attempt == 0)
+            try:
+                res = await self.adapter.call("SignCertificate", self.payload(csr))
+            except ConnectionLost:
+                raise
+            except CallFailed as exc:
+                log.warning("SignCertificate (%s) failed: %s", why, exc)
+                return
+            if res.get("status") != "Accepted":
+                log.warning("SignCertificate (%s) answered %s; no certificate to expect",
+                            why, res.get("status"))
+                return
+        log.info("SignCertificate (%s) accepted; waiting for CertificateSigned", why)
+
+    async def renewal(self) -> None:
+        """A03, for the lifetime of one connection: renew before the certificate expires."""
+        while True:
+            store = self.store
+            due = store.renewal_due(RENEW_BEFORE) if store is not None else None
+            self._changed.clear()
+            if due is None:
+                await self.adapter.sleep_or(CHECK_EVERY_S, self._changed)
+                continue
+            wait = (due - self.adapter.clock.now()).total_seconds()
+            if wait <= 0:
+                mono = self.adapter.clock.monotonic()
+                recent = self._last_renewal is not None and \
+                    mono - self._last_renewal < RETRY_AFTER_S
+                if not self.busy and not recent:
+                    self._last_renewal = mono
+                    log.info("the station certificate expires within %s; renewing (A03)",
+                             RENEW_BEFORE)
+                    self.start("renewal before expiry")
+                wait = CHECK_EVERY_S
+            await self.adapter.sleep_or(min(wait, CHECK_EVERY_S), self._changed)
+
+
+__all__ = ["CHECK_EVERY_S", "RENEW_BEFORE", "RETRY_AFTER_S", "CertificateSigning"]
