@@ -57,9 +57,19 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from agent.app import Agent
     from agent.storage import StorageError
 
+    restart_python: list[str | None] = [None]
+
     async def main() -> str | None:
         agent = Agent(cfg)
-        return await agent.run()
+        if cfg.log.file:  # <state dir>/logs/agent.log, what GetDiagnostics / GetLog upload
+            from agent.logfiles import install_agent_log
+
+            install_agent_log(agent.state_dir, max_kb=cfg.log.file_max_kb,
+                              count=cfg.log.file_count, wall=agent.clock.wall)
+        try:
+            return await agent.run()
+        finally:  # a firmware update may have replaced the interpreter (python_package)
+            restart_python[0] = agent.restart_python
 
     try:
         reset = asyncio.run(main())
@@ -90,7 +100,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         logging.getLogger("cp_agent").warning("%s reset: restarting", reset)
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:]])
+        python = restart_python[0] or sys.executable
+        os.execv(python, [python, "-m", "agent", *sys.argv[1:]])
     return 0
 
 
@@ -131,7 +142,7 @@ def cmd_ctl(argv: list[str]) -> int:
 def cmd_csms(ns: argparse.Namespace) -> int:
     from agent.testing.csms.command import main
 
-    return main(ns.host, ns.port, ns.versions, ns.accept)
+    return main(ns.host, ns.port, ns.versions, ns.accept, ns.on_boot)
 
 
 def cmd_doctor(ns: argparse.Namespace) -> int:
@@ -184,6 +195,26 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_firmware_sign(ns: argparse.Namespace) -> int:
+    """Print the base64 signature of a firmware image (the ``signature`` of SignedUpdateFirmware
+    / 2.0.1 UpdateFirmware); see agent/security/signing.py for the schemes."""
+    from pathlib import Path
+
+    from agent.security.signing import SigningError, sign_image
+
+    try:
+        key = Path(ns.key).read_bytes()
+        cert = Path(ns.cert).read_bytes() if ns.cert else None
+        print(sign_image(Path(ns.image), key, cert))
+    except OSError as exc:
+        print(f"cp-agent firmware sign: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except SigningError as exc:
+        print(f"cp-agent firmware sign: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     versions = list(registry.versions())
     p = argparse.ArgumentParser(prog="cp-agent", description="OCPP charge point agent")
@@ -216,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{','.join(versions)})")
     cs.add_argument("--accept", nargs="+", metavar="TOKEN",
                     help="cards the CSMS accepts, any other is Invalid (default: all)")
+    cs.add_argument("--on-boot", metavar="FILE",
+                    help="CALLs (YAML or JSON: per OCPP version, a list of {action, payload, "
+                         "delay_s}) sent to each station once its boot is accepted")
     cs.set_defaults(func=cmd_csms)
     doc = sub.add_parser("doctor", help="probe every configured device")
     doc.add_argument("--config", required=True)
@@ -260,6 +294,15 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["debug", "info", "warning", "error", "critical"],
                     help="agent log lines on stderr (default error)")
     sw.set_defaults(func=cmd_swarm)
+    fw = sub.add_parser("firmware", help="firmware images: sign one for a signed update")
+    fw_sub = fw.add_subparsers(dest="firmware_command", required=True)
+    fs = fw_sub.add_parser("sign", help="print the base64 signature of IMAGE (RSA-PSS or "
+                                        "ECDSA with SHA-256, by the key's type)")
+    fs.add_argument("--key", required=True, help="the signing private key (PEM)")
+    fs.add_argument("--cert", help="the firmware signing certificate (PEM): checked to belong "
+                                   "to the key")
+    fs.add_argument("image", help="the firmware image file")
+    fs.set_defaults(func=cmd_firmware_sign)
     return p
 
 

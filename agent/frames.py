@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -27,6 +28,7 @@ REDACTED = "***"
 _SECRET_FIELDS = frozenset({"password", "basicauthpassword", "authorizationkey"})
 _SECRET_KEYS = frozenset({"authorizationkey"})  # 1.6 ChangeConfiguration / GetConfiguration
 _SECRET_VARIABLES = frozenset({"basicauthpassword"})  # 2.0.1 Get/SetVariables
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")  # scheme://user:pw@
 # The link reports "out" / "in"; the log speaks of who talks to whom.
 _DIRECTIONS = {"out": "cs->csms", "in": "csms->cs"}
 
@@ -53,6 +55,9 @@ def redact(value: Any) -> Any:
     """``value`` with every secret replaced (the original is left untouched)."""
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str):
+        # GetDiagnostics / GetLog / UpdateFirmware locations carry FTP credentials in the URL.
+        return _URL_USERINFO.sub(rf"\1{REDACTED}@", value) if "@" in value else value
     if not isinstance(value, dict):
         return value
     out: dict[str, Any] = {}

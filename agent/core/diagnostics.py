@@ -1,0 +1,402 @@
+"""Diagnostics and logs for the CSMS, version-neutral: collect one archive, upload it, retry.
+
+1.6 GetDiagnostics, the 1.6 security extension's GetLog and 2.0.1 GetLog (N01) all ask the
+same thing: put what the station knows about itself in one file and upload it to a URL, with
+retries, telling the CSMS how it went.  The blocks translate the request and the states
+(:class:`JobState`) into their version's messages; everything else is here once.
+
+The archive (``<station>-<kind>-<UTC time>.tar.gz``, one top directory of the same name):
+
+- ``manifest.json``: station, kind, the time window asked for, what each file holds;
+- ``agent.log``: the agent's own log (``<state dir>/logs/agent.log`` and its rotated copies,
+  oldest first) cut to the window by each line's timestamp (a line without one, such as a
+  traceback, goes with the line before it);
+- ``security.log``: the security log, cut the same way; a SecurityLog request gets only this;
+- ``config.json`` (the configuration, secrets removed), ``settings.json`` (the OCPP settings as
+  they are now, secret ones removed), ``status.json`` (what ``cp-agent ctl status`` shows),
+  ``frames.log`` (the last OCPP frames, already redacted, cut to the window).
+
+Secrets: every text member passes a last scrub that masks each secret the station knows (the
+OCPP password, the CSMS-set BasicAuthPassword / AuthorizationKey, web and MQTT credentials,
+the upload URL's own password) and the user info of any URL, whatever wrote the line.
+
+One job at a time: a new request cancels the running one (2.0.1 / 1.6 GetLog answer
+``AcceptedCanceled``); the old job's owner reports its end once the new request's answer is
+out, before the new job's first status.  Each job reports each state once (Uploading, then
+the outcome after the last attempt: the 2.0.1 errata's recommendation for N01.FR.10), never a
+status per retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import io
+import json
+import logging
+import re
+import tarfile
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.clock import Clock, iso, parse_iso
+from agent.logfiles import AGENT_LOG, SECURITY_LOG, log_dir, rotated_files
+from agent.transfer.upload import Outcome, UploadError, parse_location, safe_url, upload
+
+log = logging.getLogger("cp_agent.diagnostics")
+
+# Without retries / retryInterval in the request the station decides (1.6 6.25, 2.0.1 N01).
+DEFAULT_RETRIES = 2
+DEFAULT_RETRY_INTERVAL_S = 60.0
+MAX_RETRIES = 10  # a CSMS asking for a thousand retries gets ten
+MASK = "***"
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+# A line's own time: ISO 8601 at its start ("T" or " ", optional fraction and zone).
+_LINE_TIME = re.compile(
+    r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}:\d{2})(?:[.,](\d{1,9}))?(Z|[+-]\d{2}:?\d{2})?")
+
+
+class LogKind(enum.Enum):
+    DIAGNOSTICS = "diagnostics"  # 1.6 GetDiagnostics, GetLog DiagnosticsLog
+    SECURITY = "securitylog"  # GetLog SecurityLog
+
+
+class JobState(enum.Enum):
+    UPLOADING = "Uploading"
+    UPLOADED = "Uploaded"
+    FAILED = "UploadFailure"
+    PERMISSION_DENIED = "PermissionDenied"
+    NOT_SUPPORTED = "NotSupportedOperation"
+    BAD_MESSAGE = "BadMessage"
+    CANCELLED = "AcceptedCanceled"  # replaced by a newer request
+
+
+_FROM_OUTCOME = {
+    Outcome.UPLOADED: JobState.UPLOADED, Outcome.FAILED: JobState.FAILED,
+    Outcome.PERMISSION_DENIED: JobState.PERMISSION_DENIED,
+    Outcome.NOT_SUPPORTED: JobState.NOT_SUPPORTED, Outcome.BAD_MESSAGE: JobState.BAD_MESSAGE,
+}
+
+
+def line_time(line: str) -> datetime | None:
+    """The timestamp a log line starts with (naive times are UTC), or None."""
+    m = _LINE_TIME.match(line)
+    if m is None:
+        return None
+    date, clock, frac, zone = m.groups()
+    text = f"{date}T{clock}"
+    if frac:
+        text += "." + (frac + "000000")[:6]
+    if zone and zone != "Z":
+        text += zone if ":" in zone else f"{zone[:3]}:{zone[3:]}"
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt
+
+
+@dataclass(frozen=True)
+class Window:
+    """The time window a request asks for; either end may be open."""
+
+    oldest: datetime | None = None
+    latest: datetime | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.oldest is None or self.latest is None or self.oldest <= self.latest
+
+    def contains(self, when: datetime) -> bool:
+        if self.oldest is not None and when < self.oldest:
+            return False
+        return self.latest is None or when <= self.latest
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"oldest": iso(self.oldest) if self.oldest else None,
+                "latest": iso(self.latest) if self.latest else None}
+
+
+def cut(lines: Iterable[str], window: Window) -> Iterator[str]:
+    """The lines inside ``window``; a line without a time follows the last line with one
+    (lines before the first dated one cannot be placed and are kept)."""
+    keep = True
+    for line in lines:
+        when = line_time(line)
+        if when is not None:
+            keep = window.contains(when)
+        if keep:
+            yield line
+
+
+@dataclass
+class Sources:
+    """What the composition root lends the collector; each is read on the event loop."""
+
+    config: Callable[[], dict[str, Any]]  # the configuration, secrets removed
+    status: Callable[[], dict[str, Any]]
+    frames: Callable[[], list[str]]  # recent OCPP frames as lines, already redacted
+    settings: Callable[[], dict[str, Any]] = dict  # OCPP settings, secret ones removed
+    secrets: Callable[[], Iterable[str]] = tuple  # every secret value the station knows
+
+
+@dataclass(frozen=True)
+class Archive:
+    name: str
+    data: bytes
+    members: tuple[str, ...]
+
+
+@dataclass
+class UploadRequest:
+    kind: LogKind
+    location: str
+    window: Window = field(default_factory=Window)
+    retries: int | None = None
+    retry_interval_s: float | None = None
+    request_id: int | None = None  # GetLog's requestId (None: 1.6 GetDiagnostics)
+    tag: str = ""  # which request type asked (the owning block tells its jobs apart)
+
+    @property
+    def attempts(self) -> int:
+        retries = DEFAULT_RETRIES if self.retries is None else self.retries
+        return 1 + min(max(0, retries), MAX_RETRIES)
+
+    @property
+    def interval_s(self) -> float:
+        interval = (DEFAULT_RETRY_INTERVAL_S if self.retry_interval_s is None
+                    else self.retry_interval_s)
+        return max(0.0, float(interval))
+
+
+Report = Callable[["UploadJob", JobState], None]
+
+
+class UploadJob:
+    """One request from its answer to its last status; run as a task by the owning block."""
+
+    def __init__(self, service: Diagnostics, request: UploadRequest, name: str,
+                 report: Report, replaced: UploadJob | None) -> None:
+        self.service = service
+        self.request = request
+        self.name = name
+        self._report = report
+        self.replaced = replaced  # the job this one cancelled: its end is reported first
+        self.state: JobState | None = None  # the last state reported
+        self.task: asyncio.Task | None = None
+        self.cancelled = False
+        self.attempts_made = 0
+        self.last_error = ""
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done() and not self.cancelled
+
+    def report(self, state: JobState) -> None:
+        if state is self.state:
+            return  # one status per state change
+        self.state = state
+        try:
+            self._report(self, state)
+        except Exception:  # a reporting bug must not leave the job half-done silently
+            log.exception("reporting %s of %s failed", state.value, self.name)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def run(self, before: Callable[[], Awaitable[None]] | None = None) -> JobState:
+        """Collect, upload with retries, report; ``before`` lets the request's answer go out
+        before the first status."""
+        try:
+            if before is not None:
+                await before()
+            if self.replaced is not None:
+                self.replaced.report(JobState.CANCELLED)
+            return await self._run()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            log.info("%s: cancelled (%s)", self.name, "replaced by a newer request")
+            raise
+        finally:
+            self.service._finished(self)
+
+    async def _run(self) -> JobState:
+        req = self.request
+        self.report(JobState.UPLOADING)
+        try:
+            parse_location(req.location)
+        except UploadError as exc:
+            return self._end(JobState.BAD_MESSAGE, str(exc))
+        try:
+            archive = await self.service.collect(req.kind, req.window, self.name,
+                                                 extra_secrets=_url_secrets(req.location))
+        except Exception as exc:  # noqa: BLE001 - an unreadable file must still be reported
+            log.exception("%s: collecting failed", self.name)
+            return self._end(JobState.FAILED, f"collecting: {exc}")
+        state = JobState.FAILED
+        for attempt in range(1, req.attempts + 1):
+            self.attempts_made = attempt
+            try:
+                where = await self.service.uploader(req.location, archive.name, archive.data)
+            except UploadError as exc:
+                state = _FROM_OUTCOME[exc.outcome]
+                self.last_error = str(exc)
+                log.warning("%s: upload attempt %d of %d to %s failed (%s): %s", self.name,
+                            attempt, req.attempts, safe_url(req.location), state.value, exc)
+                if exc.final:
+                    break
+                if attempt < req.attempts:
+                    await self.service.clock.sleep(req.interval_s)
+                continue
+            log.info("%s: uploaded to %s (%d bytes)", self.name, safe_url(where),
+                     len(archive.data))
+            return self._end(JobState.UPLOADED, "")
+        return self._end(state, self.last_error)
+
+    def _end(self, state: JobState, detail: str) -> JobState:
+        if detail and state is not JobState.UPLOADED:
+            log.warning("%s: %s: %s", self.name, state.value, detail)
+        self.report(state)
+        return state
+
+
+def _url_secrets(location: str) -> list[str]:
+    try:
+        target = parse_location(location)
+    except UploadError:
+        return []
+    return [target.password] if target.password else []
+
+
+Uploader = Callable[[str, str, bytes], Awaitable[str]]
+
+
+class Diagnostics:
+    """The station's log collector and its one upload slot (shared by the versions)."""
+
+    def __init__(self, station_id: str, clock: Clock, state_dir: Path, sources: Sources, *,
+                 uploader: Uploader | None = None) -> None:
+        self.station_id = station_id
+        self.clock = clock
+        self.logs = log_dir(state_dir)
+        self.sources = sources
+        self.uploader: Uploader = uploader or upload
+        self.current: UploadJob | None = None
+
+    def archive_name(self, kind: LogKind) -> str:
+        stamp = self.clock.now().strftime("%Y%m%dT%H%M%SZ")
+        return f"{self.station_id}-{kind.value}-{stamp}.tar.gz"
+
+    # ------------------------------------------------------------------ jobs
+
+    def begin(self, request: UploadRequest, report: Report) -> UploadJob:
+        """A new job (run it with :meth:`UploadJob.run` in a task and give it the task); the
+        running one, if any, is cancelled now and named in ``job.replaced``."""
+        previous = self.current if self.current is not None and self.current.running else None
+        if previous is not None:
+            log.info("%s replaces %s, which is cancelled", request.kind.value, previous.name)
+            previous.cancel()
+        job = UploadJob(self, request, self.archive_name(request.kind), report, previous)
+        self.current = job
+        return job
+
+    def _finished(self, job: UploadJob) -> None:
+        if self.current is job:
+            self.current = None
+
+    def running(self, tag: str | None = None) -> UploadJob | None:
+        """The job in progress (of requests tagged ``tag``), for a triggered status."""
+        job = self.current
+        if job is None or not job.running:
+            return None
+        return job if tag is None or job.request.tag == tag else None
+
+    # ------------------------------------------------------------------ collection
+
+    async def collect(self, kind: LogKind, window: Window, name: str | None = None, *,
+                      extra_secrets: Iterable[str] = ()) -> Archive:
+        """The archive for ``kind`` within ``window``: what lives on the loop is read here,
+        files are read and packed in a thread (a few MB of gzip would stall the loop)."""
+        name = name or self.archive_name(kind)
+        secrets = sorted({s for s in [*self.sources.secrets(), *extra_secrets]
+                          if s and len(s) >= 4}, key=len, reverse=True)
+        docs: dict[str, str] = {}
+        if kind is LogKind.DIAGNOSTICS:
+            docs["config.json"] = _json(self.sources.config())
+            docs["settings.json"] = _json(self.sources.settings())
+            docs["status.json"] = _json(self.sources.status())
+            docs["frames.log"] = "".join(line.rstrip("\n") + "\n"
+                                         for line in cut(self.sources.frames(), window))
+        manifest = {"station": self.station_id, "kind": kind.value, "created": iso(
+            self.clock.now()), "window": window.as_dict()}
+        return await asyncio.to_thread(self._pack, kind, window, name, docs, manifest,
+                                       secrets)
+
+    def _read_log(self, file_name: str, window: Window) -> str:
+        out: list[str] = []
+        for path in rotated_files(self.logs / file_name):
+            try:
+                with path.open(encoding="utf-8", errors="replace") as f:
+                    out.extend(cut(f, window))
+            except OSError as exc:  # rotated away while we read: what was read counts
+                log.warning("reading %s: %s", path, exc)
+        return "".join(out)
+
+    def _pack(self, kind: LogKind, window: Window, name: str, docs: dict[str, str],
+              manifest: dict[str, Any], secrets: list[str]) -> Archive:
+        members: dict[str, str] = {}
+        if kind is LogKind.DIAGNOSTICS:
+            members[AGENT_LOG] = self._read_log(AGENT_LOG, window)
+        members[SECURITY_LOG] = self._read_log(SECURITY_LOG, window)
+        members.update(docs)
+        manifest["files"] = {
+            AGENT_LOG: "the agent's log, lines within the window",
+            SECURITY_LOG: "the security log, lines within the window",
+            "config.json": "the configuration, secrets removed",
+            "settings.json": "the OCPP settings as they are now, secrets removed",
+            "status.json": "the station's status when collected",
+            "frames.log": "the last OCPP frames (redacted), within the window",
+        }
+        manifest["files"] = {k: v for k, v in manifest["files"].items() if k in members}
+        members = {"manifest.json": _json(manifest), **members}
+        base = name.removesuffix(".tar.gz")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for member, text in members.items():
+                data = _scrub(text, secrets).encode("utf-8")
+                info = tarfile.TarInfo(f"{base}/{member}")
+                info.size = len(data)
+                info.mtime = int(self.clock.wall())
+                info.mode = 0o644
+                tar.addfile(info, io.BytesIO(data))
+        return Archive(name, buf.getvalue(), tuple(members))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    """Last line of defence: URL user info and every known secret masked, whoever wrote it."""
+    if "@" in text:
+        text = _URL_USERINFO.sub(rf"\1{MASK}@", text)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """A request's time bound (None when absent); ValueError when unreadable."""
+    if not value:
+        return None
+    return parse_iso(value)
+
+
+__all__ = ["Archive", "Diagnostics", "JobState", "LogKind", "Sources", "UploadJob",
+           "UploadRequest", "Window", "cut", "line_time", "parse_time"]

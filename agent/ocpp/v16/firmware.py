@@ -1,0 +1,154 @@
+"""1.6 firmware updates: UpdateFirmware + FirmwareStatusNotification (FirmwareManagement
+profile, 1.6 4.5 / 5.19 / 6.26) and the security extension's SignedUpdateFirmware +
+SignedFirmwareStatusNotification (whitepaper L01, 5.13 / 5.19).
+
+The update itself is the core's (:mod:`agent.core.firmware`): download, retries, signature and
+certificate checks, waiting for transactions, installing, rebooting, confirming or rolling
+back.  This block maps the requests in and the job's statuses out, through the durable outbox
+(one message per state, in order, surviving the reboot that the update itself causes):
+
+- UpdateFirmware (unsigned) reports the seven statuses plain FirmwareStatusNotification
+  knows (Downloading, Downloaded, DownloadFailed, Installing, Installed, InstallationFailed;
+  Idle only when triggered).  The whitepaper says a station that implements signed updates
+  answers it with CALLERROR NotSupported (L01.FR.20): so it does here unless
+  ``firmware.allow_unsigned`` is true (the default only with the mock installer).
+- SignedUpdateFirmware answers Accepted / AcceptedCanceled / Rejected / InvalidCertificate
+  and reports every status of the signed set with its requestId (L01.FR.10/21).
+
+TriggerMessage(FirmwareStatusNotification) answers the job in progress or Idle (1.6 4.5);
+ExtendedTriggerMessage(FirmwareStatusNotification) the last signed status sent, Idle after
+Installed (L01.FR.28/29).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from agent.clock import parse_iso
+from agent.core.firmware import PLAIN_STATUSES, FirmwareJob, FirmwareRequest, FirmwareService
+from agent.link.rpc import OcppCallError
+from agent.ocpp.blocks import Block, handles
+from agent.storage import OutboxItem
+
+log = logging.getLogger("cp_agent.v16")
+
+PROFILE = "FirmwareManagement"
+PLAIN = "FirmwareStatusNotification"
+SIGNED = "SignedFirmwareStatusNotification"
+
+
+class Firmware(Block):
+    PROFILE: ClassVar[str] = PROFILE
+    OUTBOX_ACTIONS: ClassVar[frozenset[str]] = frozenset({PLAIN, SIGNED})
+    TRIGGERS: ClassVar[dict[str, str]] = {
+        PLAIN: "send_firmware_status",  # TriggerMessage
+        SIGNED: "send_signed_firmware_status",  # ExtendedTriggerMessage
+    }
+
+    def __init__(self, adapter: Any) -> None:
+        super().__init__(adapter)
+        if self.service is not None:
+            self.service.listeners.append(self._on_status)
+
+    @property
+    def service(self) -> FirmwareService | None:
+        return getattr(self.station, "firmware", None)
+
+    def _when(self, text: str | None, field: str) -> Any:
+        if text is None:
+            return None
+        try:
+            return parse_iso(text)
+        except ValueError:
+            log.warning("%s %r is not a date-time; taken as now", field, text)
+            return self.clock.now()
+
+    # ------------------------------------------------------------------ requests
+
+    @handles("UpdateFirmware")
+    async def update_firmware(self, p: dict) -> dict:
+        service = self.service
+        if service is None or service.installer is None or not service.allow_unsigned:
+            # Whitepaper L01.FR.20: a station doing signed updates refuses the unsigned kind.
+            raise OcppCallError("NotSupported", "unsigned firmware updates are not accepted; "
+                                "use SignedUpdateFirmware")
+        request = FirmwareRequest(
+            location=p["location"], retrieve_at=self._when(p["retrieveDate"], "retrieveDate"),
+            retries=p.get("retries"), retry_interval_s=p.get("retryInterval"), signed=False)
+        answer = service.request(request, after_answer=self.adapter.after_answer)
+        if answer not in ("Accepted", "AcceptedCanceled"):
+            log.warning("UpdateFirmware not started (%s); 1.6 cannot say so in its answer",
+                        answer)
+        return {}
+
+    @handles("SignedUpdateFirmware")
+    async def signed_update_firmware(self, p: dict) -> dict:
+        service = self.service
+        if service is None:
+            return {"status": "Rejected"}
+        fw = p["firmware"]
+        request = FirmwareRequest(
+            location=fw["location"],
+            retrieve_at=self._when(fw["retrieveDateTime"], "retrieveDateTime"),
+            install_at=self._when(fw.get("installDateTime"), "installDateTime"),
+            retries=p.get("retries"), retry_interval_s=p.get("retryInterval"),
+            request_id=p["requestId"], signing_certificate=fw.get("signingCertificate"),
+            signature=fw.get("signature"), signed=True)
+        answer = service.request(request, after_answer=self.adapter.after_answer)
+        return {"status": answer.value}
+
+    # ------------------------------------------------------------------ statuses
+
+    def _on_status(self, job: FirmwareJob, status: str) -> None:
+        """Runs inside the commit of the job's new state: queued with it, or not at all."""
+        if not self.adapter.active:
+            return
+        if job.signed:
+            payload: dict = {"status": status}
+            if job.request_id is not None:
+                payload["requestId"] = job.request_id
+            self.adapter.enqueue(SIGNED, payload)
+        elif status in PLAIN_STATUSES:
+            self.adapter.enqueue(PLAIN, {"status": status})
+
+    def prepare_outbox(self, item: OutboxItem, payload: dict) -> dict | None:
+        """A status queued by the 2.0.1 adapter before the CSMS agreed 1.6: plain form."""
+        if item.action == PLAIN:
+            if payload.get("status") not in PLAIN_STATUSES:
+                return None
+            return {"status": payload["status"]}
+        return payload
+
+    async def send_firmware_status(self, evse_id: int | None) -> None:
+        """TriggerMessage: the status of the update in progress, else Idle (1.6 4.5)."""
+        service = self.service
+        job = service.job if service is not None else None
+        status = "Idle"
+        if job is not None and job.active and job.status in PLAIN_STATUSES:
+            status = job.status
+        await self.adapter.send_quiet(PLAIN, {"status": status})
+
+    async def send_signed_firmware_status(self, evse_id: int | None) -> None:
+        """ExtendedTriggerMessage: the last status sent, Idle after Installed (L01.FR.28/29)."""
+        service = self.service
+        status, request_id = service.reported_status() if service is not None else ("Idle",
+                                                                                     None)
+        payload: dict = {"status": status}
+        if request_id is not None and status != "Idle":
+            payload["requestId"] = request_id
+        await self.adapter.send_quiet(SIGNED, payload)
+
+    # ------------------------------------------------------------------ core events
+
+    def session_started(self) -> None:
+        if self.service is not None:
+            self.service.allow_new_sessions = lambda: False  # 1.6: L01.FR.07 always
+            self.service.boot_accepted()
+
+    def transaction_ended(self, *args: Any) -> None:
+        if self.service is not None:
+            self.service.kick()
+
+
+__all__ = ["PROFILE", "Firmware"]

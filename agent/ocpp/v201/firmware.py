@@ -1,0 +1,133 @@
+"""2.0.1 block L, firmware management: L01 secure firmware update and L02 (unsigned)
+UpdateFirmware, FirmwareStatusNotification; PublishFirmware / UnpublishFirmware (L03/L04, local
+controllers) stay unsupported.
+
+The update itself is the core's (:mod:`agent.core.firmware`); this block maps the request in
+and the job's statuses out, through the durable outbox, each with the request's requestId
+(L01.FR.10), surviving the reboot the update causes.  The flows of the conformance cases:
+
+- TC_L_01_CS: Downloading, Downloaded, SignatureVerified, Installing, InstallRebooting, then
+  after the reboot BootNotification with reason FirmwareUpdate and the new firmwareVersion,
+  the security event FirmwareUpdated, the connector statuses, Installed;
+- TC_L_02_CS / TC_L_03_CS: InstallScheduled / DownloadScheduled for a future
+  installDateTime / retrieveDateTime;
+- TC_L_05_CS: a signing certificate that is not issued by an installed
+  ManufacturerRootCertificate is answered InvalidCertificate (security event
+  InvalidFirmwareSigningCertificate); TC_L_06_CS: a signature that does not match is
+  InvalidSignature after Downloaded (security event InvalidFirmwareSignature);
+- TC_L_07_CS: a location that cannot be fetched ends with DownloadFailed after the retries;
+- TC_L_10_CS / TC_L_11_CS: a new request cancels one that has not begun installing
+  (AcceptedCanceled), and is Rejected once installation began;
+- TC_L_12_CS..TC_L_15_CS: installation waits for the transactions to end; meanwhile free
+  EVSEs are Unavailable unless ChargingStation.AllowNewSessionsPendingFirmwareUpdate is true;
+- TC_L_18_CS: a request without signature and certificate is Rejected, unless
+  ``firmware.allow_unsigned`` (the mock installer's default) accepts it as L02 does.
+
+TriggerMessage(FirmwareStatusNotification): the last status sent with its requestId, Idle
+without one after Installed or when there was no update.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from agent.clock import parse_iso
+from agent.core.firmware import FirmwareJob, FirmwareRequest, FirmwareService
+from agent.ocpp.blocks import handles
+from agent.ocpp.v201.device_model import VarDef, VariableBlock, rw
+from agent.ocpp.v201.provisioning import BOOT_REASON
+
+log = logging.getLogger("cp_agent.v201")
+
+STATUS = "FirmwareStatusNotification"
+ALLOW_NEW_SESSIONS = ("ChargingStation", "AllowNewSessionsPendingFirmwareUpdate")
+
+
+class Firmware(VariableBlock):
+    OUTBOX_ACTIONS: ClassVar[frozenset[str]] = frozenset({STATUS})
+    TRIGGERS: ClassVar[dict[str, str]] = {STATUS: "send_firmware_status"}
+    VARIABLES: ClassVar[tuple[VarDef, ...]] = (
+        rw(*ALLOW_NEW_SESSIONS, "boolean", "false"),
+    )
+
+    def __init__(self, adapter: Any) -> None:
+        super().__init__(adapter)
+        service = self.service
+        if service is not None:
+            service.listeners.append(self._on_status)
+
+    @property
+    def service(self) -> FirmwareService | None:
+        return getattr(self.station, "firmware", None)
+
+    def activate(self) -> None:
+        """The 2.0.1 adapter is in charge: its variable decides about new sessions."""
+        service = self.service
+        if service is not None:
+            service.allow_new_sessions = lambda: self.dm.flag(*ALLOW_NEW_SESSIONS)
+
+    def _when(self, text: str | None, field: str) -> Any:
+        if text is None:
+            return None
+        try:
+            return parse_iso(text)
+        except ValueError:
+            log.warning("%s %r is not a date-time; taken as now", field, text)
+            return self.clock.now()
+
+    # ------------------------------------------------------------------ L01 / L02
+
+    @handles("UpdateFirmware")
+    async def update_firmware(self, p: dict) -> dict:
+        service = self.service
+        if service is None:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRequest"}}
+        self.activate()
+        fw = p["firmware"]
+        request = FirmwareRequest(
+            location=fw["location"],
+            retrieve_at=self._when(fw["retrieveDateTime"], "retrieveDateTime"),
+            install_at=self._when(fw.get("installDateTime"), "installDateTime"),
+            retries=p.get("retries"), retry_interval_s=p.get("retryInterval"),
+            request_id=p["requestId"], signing_certificate=fw.get("signingCertificate"),
+            signature=fw.get("signature"), signed=True)
+        answer = service.request(request, after_answer=self.adapter.after_answer)
+        return {"status": answer.value}
+
+    # ------------------------------------------------------------------ statuses
+
+    def _on_status(self, job: FirmwareJob, status: str) -> None:
+        """Runs inside the commit of the job's new state: queued with it, or not at all."""
+        if not self.adapter.active:
+            return
+        if status == "InstallRebooting":
+            # The BootNotification after the reboot says why (TC_L_01_CS step 13).
+            self.storage.set_setting(BOOT_REASON, "FirmwareUpdate")
+        payload: dict = {"status": status}
+        if job.request_id is not None:
+            payload["requestId"] = job.request_id
+        self.adapter.enqueue(STATUS, payload)
+
+    async def send_firmware_status(self, evse_id: int | None) -> None:
+        service = self.service
+        status, request_id = service.reported_status() if service is not None else ("Idle",
+                                                                                     None)
+        payload: dict = {"status": status}
+        if request_id is not None and status != "Idle":
+            payload["requestId"] = request_id
+        await self.adapter.send_quiet(STATUS, payload)
+
+    # ------------------------------------------------------------------ core events
+
+    def session_started(self) -> None:
+        if self.service is not None:
+            self.activate()
+            self.service.boot_accepted()
+
+    def transaction_ended(self, *args: Any) -> None:
+        if self.service is not None:
+            self.service.kick()
+
+
+__all__ = ["Firmware"]
