@@ -560,6 +560,13 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  site: {site.get('mode', '?')}, limit "
                      f"{_num(site.get('max_current_a'), 'A')}, grid {grid_text}, headroom "
                      f"{_num(site.get('headroom_a'), 'A', '.1f')}")
+    display = status.get("display")
+    if isinstance(display, dict) and isinstance(display.get("lines"), list):
+        size = f"{display.get('columns', '?')}x{display.get('rows', '?')}"
+        state = "" if display.get("ok", True) else f" (failing: {display.get('error')})"
+        lines.append(f"  display {size}{state}:")
+        width = display.get("columns") if isinstance(display.get("columns"), int) else 20
+        lines += [f"    |{str(text).ljust(width)}|" for text in display["lines"]]
     evses = status.get("evses") or []
     if isinstance(evses, dict):
         evses = list(evses.values())

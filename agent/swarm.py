@@ -336,7 +336,9 @@ class Swarm:
         )
         cfg.validate()
         clock = Clock()
-        hal = MockHal(opts.evses, monotonic=clock.monotonic,
+        # No display: nobody reads a simulated station's screen, and its redraw loop would
+        # cost every station CPU.
+        hal = MockHal(opts.evses, monotonic=clock.monotonic, display=None,
                       ev_max_current_a=rng.choice((10.0, 16.0, 16.0, 32.0)))
         station: _Station | None = None
         tag = opts.id_tag or f"TAG{station_id}"[-20:]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hal.config_kit import ConfigMap, HalConfigError, bad, choice, number, yaml_repr
+from hal.display_config import DEFAULT_MOCK_SIZE, DisplayConfig, parse_display
 from hal.interfaces import Hal, PowerMeter
 from hal.mock import MockHal
 
@@ -38,6 +39,7 @@ class MockConfig:
     phases: int = 3
     max_current_a: float = 32.0
     ev_max_current_a: float = 16.0
+    display: DisplayConfig | None = DisplayConfig("mock", *DEFAULT_MOCK_SIZE)
 
 
 
@@ -67,7 +69,8 @@ def parse_hal_config(raw: dict, evse_ids: list[int], path: str = "hal") -> HalCo
     if not ids:
         raise HalConfigError(path, "the station declares no EVSEs")
     if driver == "mock":
-        m = ConfigMap(raw, path, ("driver", "phases", "max_current_a", "ev_max_current_a"))
+        m = ConfigMap(raw, path, ("driver", "phases", "max_current_a", "ev_max_current_a",
+                                  "display"))
         if list(ids) != list(range(1, len(ids) + 1)):
             raise HalConfigError(f"{path}.driver", f"mock numbers EVSEs 1..{len(ids)}, "
                                                    f"but the station declares {list(ids)}")
@@ -75,6 +78,7 @@ def parse_hal_config(raw: dict, evse_ids: list[int], path: str = "hal") -> HalCo
             phases=m.get("phases", choice(1, 2, 3), 3),
             max_current_a=m.get("max_current_a", number(6, 80), 32.0),
             ev_max_current_a=m.get("ev_max_current_a", number(0, 80, lo_open=True), 16.0),
+            display=parse_display(raw.get("display"), m.at("display"), "mock"),
         )
         return HalConfig("mock", ids, mock=mock, path=path)
     from hal.hardware_factory import parse_hardware
@@ -94,7 +98,9 @@ def build_hal(cfg: HalConfig, monotonic: Callable[[], float] = time.monotonic, *
         mock = cfg.mock or MockConfig()
         return MockHal(evse_count=len(cfg.evse_ids), phases=mock.phases,
                        max_current_a=mock.max_current_a,
-                       ev_max_current_a=mock.ev_max_current_a, monotonic=monotonic)
+                       ev_max_current_a=mock.ev_max_current_a, monotonic=monotonic,
+                       display=(mock.display.columns, mock.display.rows) if mock.display
+                       else None)
     from hal.hardware_factory import build_hardware
 
     return build_hardware(cfg, monotonic, pin_factory=pin_factory, i2c_opener=i2c_opener,

@@ -29,6 +29,7 @@ from hal.config_kit import (
     show,
     text,
 )
+from hal.display_config import DisplayConfig, parse_display
 from hal.drivers.ads1115 import DATA_RATES, FULL_SCALE_V, Ads1115
 from hal.drivers.base import DeviceDriver, EventSink, Monotonic
 from hal.drivers.contactor import GpioContactor
@@ -46,6 +47,7 @@ from hal.drivers.hardware import HardwareHal, I2cBusProbe, ModbusBusProbe
 from hal.drivers.i2c import I2cBus, SMBusOpener
 from hal.drivers.indicators import LedIndicator
 from hal.drivers.keyboard_wedge import DeviceOpener, KeyboardWedgeReader
+from hal.drivers.lcd_hd44780 import Hd44780Lcd
 from hal.drivers.lock import GpioLock
 from hal.drivers.meters import BUILTIN_MAPS, RegisterMapMeter, SunSpecMeter
 from hal.drivers.modbus_bus import ModbusBus, RtuLink, TcpLink
@@ -219,6 +221,7 @@ class HardwareConfig:
     modbus: dict[str, ModbusBusConfig]
     evses: tuple[EvseConfig, ...]
     readers: tuple[ReaderConfig, ...] = ()
+    display: DisplayConfig | None = None
 
 
 
@@ -261,7 +264,7 @@ class _Pins:
 def parse_hardware(raw: dict, ids: tuple[int, ...], path: str) -> HardwareConfig:
     """The ``driver: hardware`` part of :func:`hal.factory.parse_hal_config`, which wraps the
     result in its :class:`~hal.factory.HalConfig` (so this module needs nothing from it)."""
-    m = ConfigMap(raw, path, ("driver", "gpio", "modbus", "evses", "readers"))
+    m = ConfigMap(raw, path, ("driver", "gpio", "modbus", "evses", "readers", "display"))
     pin_factory = None
     if m.has("gpio"):
         g = ConfigMap(raw["gpio"], m.at("gpio"), ("pin_factory",))
@@ -299,7 +302,8 @@ def parse_hardware(raw: dict, ids: tuple[int, ...], path: str) -> HardwareConfig
                                  f"{rc.name!r} is not allowed; reader names must be unique")
         names.add(rc.name)
         readers.append(rc)
-    return HardwareConfig(pin_factory, buses, tuple(evses), tuple(readers))
+    display = parse_display(raw.get("display"), m.at("display"), "hardware")
+    return HardwareConfig(pin_factory, buses, tuple(evses), tuple(readers), display)
 
 
 
@@ -753,12 +757,20 @@ def build_hardware(cfg: HalConfig, monotonic: Monotonic = time.monotonic, *,
                        if isinstance(d, DeviceDriver))
     readers: list[TokenReader] = [b.reader(r) for r in hw.readers]
     devices.extend(r for r in readers if isinstance(r, DeviceDriver))
+    display = None
+    if hw.display is not None:
+        d = hw.display
+        display = Hd44780Lcd(b.i2c_bus(d.bus, d.required), d.address, columns=d.columns,
+                             rows=d.rows, backlight=d.backlight, required=d.required)
+        devices.append(display)
     bus_probes: list[DeviceDriver] = [
         ModbusBusProbe(bus, name in b.required_modbus) for name, bus in b.modbus.items()]
     bus_probes += [I2cBusProbe(bus, n in b.required_i2c) for n, bus in b.i2c.items()]
-    return HardwareHal(sink=b.sink, evses=evses, readers=readers, devices=devices,
-                       modbus_buses=list(b.modbus.values()), i2c_buses=list(b.i2c.values()),
-                       bus_probes=bus_probes)
+    hal = HardwareHal(sink=b.sink, evses=evses, readers=readers, devices=devices,
+                      modbus_buses=list(b.modbus.values()), i2c_buses=list(b.i2c.values()),
+                      bus_probes=bus_probes)
+    hal.display = display
+    return hal
 
 
 # ============================================================== the site's grid meter

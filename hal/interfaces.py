@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -221,6 +221,29 @@ class EvConnection(abc.ABC):
         """The EV's state of charge now, or None (no EV, or it does not say)."""
         return None
 
+    # 3-to-1 phase switching: a board with a phase-selection relay can feed the EV on one
+    # phase (a low limit on one phase wastes less than on three) or all three. The core
+    # switches only with the contactor open; a driver without the relay keeps the default.
+    @property
+    def supports_phase_switch(self) -> bool:
+        return False
+
+    async def set_phases(self, n: int) -> None:
+        """Feed the EV on ``n`` phases (1 or 3) from now on; called with the contactor open."""
+        raise NotImplementedError("this EV connection cannot switch phases")
+
+    @property
+    def phases_in_use(self) -> int | None:
+        """The phases the EV is fed on now; None: all of the EVSE's (no switching)."""
+        return None
+
+    # An EVSE with several connectors (a socket and a tethered cable) feeds one EV at a time
+    # through one of them, on one pilot: which one the EV is plugged into, where the board
+    # can tell (a proximity contact per connector). None: the first (or the only) one.
+    @property
+    def plugged_connector(self) -> int | None:
+        return None
+
 
 class ConnectorLock(abc.ABC):
     @abc.abstractmethod
@@ -235,6 +258,30 @@ class ConnectorLock(abc.ABC):
 class Indicator(abc.ABC):
     @abc.abstractmethod
     def show(self, state: IndicatorState) -> None: ...
+
+
+class Display(abc.ABC):
+    """A character display the driver reads: ``rows`` lines of ``columns`` characters.
+
+    The core decides what is shown (agent/core/display.py) and hands over whole screens of
+    text; the driver maps the characters to what its glyphs can show (an HD44780 has ASCII and
+    a few extras) and writes only what changed. A display is for people, never for safety:
+    ``show`` raises ``HalError`` when the device does not take the text, and the core logs it
+    and charges on.
+    """
+
+    @property
+    @abc.abstractmethod
+    def columns(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def rows(self) -> int: ...
+
+    @abc.abstractmethod
+    async def show(self, lines: Sequence[str]) -> None:
+        """Replace the screen: at most ``rows`` lines of at most ``columns`` characters each
+        (shorter lines are padded, missing rows blank)."""
 
 
 class TokenReader(abc.ABC):
@@ -273,6 +320,7 @@ class Hal(abc.ABC):
 
     evses: dict[int, EvseHardware] = field(default_factory=dict)
     readers: list[TokenReader] = field(default_factory=list)
+    display: Display | None = None  # the driver's screen, if the station has one
 
     @abc.abstractmethod
     async def start(self, listener: Listener) -> None:
@@ -281,6 +329,13 @@ class Hal(abc.ABC):
     @abc.abstractmethod
     async def stop(self) -> None:
         """Open every contactor and release the devices."""
+
+    async def reset_evse(self, evse_id: int) -> None:
+        """Restart the hardware of one EVSE (its controller board) while the others go on;
+        called with its contactor open. Hardware without a board of its own has nothing
+        to restart: the core's reset (session ended, outputs off, pilot adopted again) is
+        the whole of it."""
+        return None
 
     async def self_check(self) -> list[SelfCheckResult]:
         """Probe every device; the daemon reports READY only when all are ok."""

@@ -15,11 +15,12 @@ What it measures: the meter gives energy, power, current and voltage per phase a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from hal.interfaces import (
     ConnectorLock,
     Contactor,
+    Display,
     EvConnection,
     EvseHardware,
     FaultCleared,
@@ -54,7 +55,9 @@ class _Sim:
     def __init__(self, evse_id: int, phases: int, ev_max_current: float, now: Monotonic,
                  emit: Callable[[HalEvent], None], ev_soc: float | None = None) -> None:
         self.evse_id = evse_id
-        self.phases = phases
+        self.phases = phases  # the phases the EV is fed on now
+        self.max_phases = phases  # what the EVSE is wired for
+        self.phase_switches = 0  # how often the relay switched (tests)
         self.ev_max_current = ev_max_current
         self.ev_soc = ev_soc  # the EV's state of charge when plugged (None: it never says)
         self.soc_at_plug: float | None = None
@@ -62,6 +65,8 @@ class _Sim:
         self.now = now
         self.emit = emit
         self.plugged = False
+        self.connector = 1  # which connector of the EVSE the EV is plugged into
+        self.resets = 0  # EVSE resets asked of this board (tests)
         self.paused = False  # the EV does not ask for energy (stays in B)
         self.forced: PilotState | None = None  # `ctl ev EVSE STATE` / pilot fault
         self.offered = 0.0
@@ -234,6 +239,31 @@ class MockEv(EvConnection):
     def power_setpoint(self) -> float | None:
         return self._sim.setpoint_w
 
+    # A three-phase mock EVSE has the phase-selection relay of 3-to-1 switching boards.
+    @property
+    def supports_phase_switch(self) -> bool:
+        return self._sim.max_phases == 3
+
+    async def set_phases(self, n: int) -> None:
+        sim = self._sim
+        if not self.supports_phase_switch or n not in (1, 3):
+            raise HalError(FaultKind.EV_BOARD, f"evse {sim.evse_id}: cannot feed {n} phase(s)")
+        if sim.coil_closed:  # a relay switched under load arcs: the core must open first
+            raise HalError(FaultKind.EV_BOARD,
+                           f"evse {sim.evse_id}: phase switch with the contactor closed")
+        sim.integrate()
+        if sim.phases != n:
+            sim.phases = n
+            sim.phase_switches += 1
+
+    @property
+    def phases_in_use(self) -> int | None:
+        return self._sim.phases
+
+    @property
+    def plugged_connector(self) -> int | None:
+        return self._sim.connector if self._sim.plugged else None
+
 
 class MockLock(ConnectorLock):
     def __init__(self) -> None:
@@ -259,6 +289,40 @@ class MockIndicator(Indicator):
         self.state = state
 
 
+class MockDisplay(Display):
+    """A character display that keeps what it was told to show (``ctl status``, the status
+    page, tests). It holds the core to the contract a real LCD has: too many rows or too long
+    a line is an error here, not silently cut off as on the glass."""
+
+    def __init__(self, columns: int = 20, rows: int = 4) -> None:
+        self._columns = columns
+        self._rows = rows
+        self.lines: list[str] = [""] * rows
+        self.writes = 0  # how often the screen was redrawn (redraw-on-change tests)
+        self.broken = False  # the display stops taking text (the core must charge on)
+
+    @property
+    def columns(self) -> int:
+        return self._columns
+
+    @property
+    def rows(self) -> int:
+        return self._rows
+
+    async def show(self, lines: Sequence[str]) -> None:
+        if self.broken:
+            raise HalError(FaultKind.INTERNAL, "mock display does not answer")
+        if len(lines) > self._rows:
+            raise HalError(FaultKind.INTERNAL, f"{len(lines)} lines for a display of "
+                                               f"{self._rows} rows")
+        for line in lines:
+            if len(line) > self._columns:
+                raise HalError(FaultKind.INTERNAL, f"line {line!r} is longer than "
+                                                   f"{self._columns} columns")
+        self.lines = [*lines, *[""] * (self._rows - len(lines))]
+        self.writes += 1
+
+
 class MockReader(TokenReader):
     def __init__(self, name: str = "rfid") -> None:
         self.name = name
@@ -273,8 +337,11 @@ class MockHal(Hal):
 
     def __init__(self, evse_count: int = 1, *, phases: int = 3, max_current_a: float = 32.0,
                  ev_max_current_a: float = 16.0, ev_soc_percent: float | None = 30.0,
-                 monotonic: Monotonic = time.monotonic) -> None:
+                 monotonic: Monotonic = time.monotonic,
+                 display: tuple[int, int] | None = (20, 4)) -> None:
         super().__init__()
+        # A bench rig's 20x4 character LCD unless told otherwise (columns, rows; None: none).
+        self.display: MockDisplay | None = MockDisplay(*display) if display else None
         self._listener: Listener | None = None
         self._pending: list[HalEvent] = []
         self.sims: dict[int, _Sim] = {}
@@ -324,6 +391,14 @@ class MockHal(Hal):
             await evse.ev.set_current_limit(0)
         self._listener = None
 
+    async def reset_evse(self, evse_id: int) -> None:
+        """The simulated board restarts: its PWM is off (the EV, still plugged, waits in B)."""
+        sim = self._sim(evse_id)
+        sim.integrate()
+        sim.resets += 1
+        sim.offered = 0.0
+        sim.changed()
+
     def grid_meter(self) -> MockGridMeter:
         """The simulated meter of the whole connection (``site.grid_meter: {type: mock}``)."""
         if self._grid_meter is None:
@@ -346,11 +421,15 @@ class MockHal(Hal):
             raise ValueError(f"no EVSE {evse_id} (this station has {sorted(self.sims)})") from None
 
     def plug(self, evse_id: int, *, ev_max_current_a: float | None = None,
-             soc_percent: float | None = None) -> None:
-        """An EV arrives (``soc_percent``: its state of charge, else the HAL's default)."""
+             soc_percent: float | None = None, connector: int = 1) -> None:
+        """An EV arrives (``soc_percent``: its state of charge, else the HAL's default), at
+        ``connector`` of an EVSE with several."""
         sim = self._sim(evse_id)
+        if not isinstance(connector, int) or connector < 1:
+            raise ValueError(f"connector {connector!r}: expected an id >= 1")
         sim.integrate()
         sim.arrive(soc_percent)
+        sim.connector = connector
         sim.plugged = True
         sim.paused = False
         if ev_max_current_a is not None:

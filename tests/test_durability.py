@@ -107,6 +107,7 @@ class ScriptedRpc:
         self.script = script
         self.calls: list[tuple[str, dict]] = []
         self.called = asyncio.Event()
+        self.closed = False  # RpcSession.closed: the link is still up
 
     async def call(self, action: str, payload: dict) -> dict:
         self.calls.append((action, payload))
@@ -165,17 +166,57 @@ async def test_callerror_is_retried_at_interval_times_attempt_then_dropped_and_q
     task.cancel()
 
 
-async def test_timeout_is_not_an_attempt_and_connection_loss_keeps_the_item():
+async def test_timeout_counts_as_an_attempt_with_the_back_off_then_drops():
+    """E13 (TC_E_41_CS) and 1.6 4.7: no answer within the message timeout on a live link is a
+    failed attempt; the next waits the interval times the attempts so far; the last drops."""
     storage = Storage(":memory:")
     clock = FakeClock()
-    rpc = ScriptedRpc([CallTimeout("StartTransaction", 5), CallTimeout("StartTransaction", 5),
-                       ConnectionLost("gone")])
-    sender, _ = _sender(storage, clock, attempts=1, interval=3)
+    rpc = ScriptedRpc([CallTimeout("StartTransaction", 5)] * 3)
+    sender, results = _sender(storage, clock, attempts=3, interval=60)
+    storage.outbox_put("StartTransaction", {"n": 1}, tx_ref="a")
+    storage.outbox_put("StopTransaction", {"n": 2}, tx_ref="a")
+    task = asyncio.create_task(sender.run(rpc))  # type: ignore[arg-type]
+    await _until(lambda: len(rpc.calls) == 1)
+    await _until(lambda: bool(clock._sleepers))
+    assert storage.outbox_peek()[0].attempts == 1, "counted, durably"
+    await clock.advance(59)
+    assert len(rpc.calls) == 1, "the first resend waits the interval x 1"
+    await clock.advance(1)
+    await _until(lambda: len(rpc.calls) == 2)
+    await _until(lambda: any(not f.done() for _, _, f in clock._sleepers))
+    await clock.advance(119)
+    assert len(rpc.calls) == 2, "the second waits the interval x 2"
+    await clock.advance(1)
+    await _until(lambda: len(rpc.calls) == 4)  # third time-out drops it; the next one goes
+    assert [c[1]["n"] for c in rpc.calls] == [1, 1, 1, 2]
+    assert sender.dropped == 1 and results == [("StopTransaction", {})]
+    assert "no answer" in storage.outbox_dropped()[0]["reason"]
+    task.cancel()
+
+
+async def test_timeout_then_answer_delivers_and_a_lost_link_is_never_an_attempt():
+    """TC_E_42_CS: an answer to a resend ends the retries. A time-out because the link died
+    under the call, and a lost connection, leave the item uncounted for the next one."""
+    storage = Storage(":memory:")
+    clock = FakeClock()
+    rpc = ScriptedRpc([CallTimeout("StartTransaction", 5), {"ok": 1}])
+    sender, results = _sender(storage, clock, attempts=2, interval=3)
     storage.outbox_put("StartTransaction", {"n": 1}, tx_ref="a")
     task = asyncio.create_task(sender.run(rpc))  # type: ignore[arg-type]
-    await _until(lambda: task.done(), clock, step=1)
-    assert len(rpc.calls) == 3 and storage.outbox_count() == 1, "never dropped on timeouts"
-    assert storage.outbox_peek()[0].sends == 3
+    await _until(lambda: len(results) == 1, clock, step=1)
+    assert len(rpc.calls) == 2 and sender.dropped == 0 and storage.outbox_count() == 0
+    task.cancel()
+
+    rpc = ScriptedRpc([ConnectionLost("gone")])
+    storage.outbox_put("StartTransaction", {"n": 2}, tx_ref="b")
+    sender, _ = _sender(storage, clock, attempts=1, interval=3)
+    assert await sender.run(rpc) is None  # type: ignore[arg-type]
+    dead = ScriptedRpc([CallTimeout("StartTransaction", 5)])
+    dead.closed = True  # the call timed out because the connection went away meanwhile
+    assert await sender.run(dead) is None  # type: ignore[arg-type]
+    item = storage.outbox_peek()[0]
+    assert item.attempts == 0 and item.sends == 2 and sender.dropped == 0, \
+        "with MessageAttempts 1 a counted failure would have dropped it"
 
 
 async def test_invalid_own_message_is_dropped_instead_of_blocking_the_queue():

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from agent.clock import Clock
@@ -79,16 +79,25 @@ class TxRules:
     stop_points: Callable[[], frozenset[TxPoint]] = field(default=_default_points)
 
 
+# Availability levels (2.0.1 G03/G04: the station, the EVSE and each connector have their own
+# Operative / Inoperative state; a connector can be used only when all three are Operative).
+STATION, EVSE, CONNECTOR = "station", "evse", "connector"
+STATION_OPERATIVE_KEY = "core.station.operative"
+
+
 class EvseController:
-    """State and outputs of one EVSE (with one connector)."""
+    """State and outputs of one EVSE: one power path (contactor, meter, pilot) serving one EV
+    at a time through one of its connectors (a socket and a tethered cable, say)."""
 
     def __init__(self, hw: EvseHardware, *, connector_id: int = 1, max_current_a: float,
                  min_current_a: float = 6.0, storage: Storage, clock: Clock,
                  observer: Callable[[], CoreObserver], settings: Settings | None = None,
-                 settle: Callable[[], Awaitable[None]] | None = None) -> None:
+                 settle: Callable[[], Awaitable[None]] | None = None,
+                 connectors: Sequence[int] | None = None) -> None:
         self.hw = hw
         self.id = hw.evse_id
-        self.connector_id = connector_id
+        self.connector_ids: tuple[int, ...] = tuple(connectors) if connectors else (
+            connector_id,)
         self.max_current_a = min(max_current_a, hw.max_current_a)
         self.min_current_a = min_current_a
         self._storage = storage
@@ -98,11 +107,19 @@ class EvseController:
         self.mutex = asyncio.Lock()
         self.session: Session | None = None
         self.faults: dict[FaultKind, str] = {}
-        self.operative = storage.get_setting(f"core.evse.{self.id}.operative") != "0"
-        self.pending_operative: bool | None = None  # ChangeAvailability scheduled after the tx
+        # The wanted state of each availability level is persisted at once (a change scheduled
+        # for after the transaction too: after a restart that transaction is over); what
+        # applies now is ``_levels``, and ``_pending`` what waits for the transaction's end.
+        self._levels: dict[tuple[str, int], bool] = {
+            key: storage.get_setting(self._level_setting(key)) != "0"
+            for key in [(STATION, 0), (EVSE, 0), *((CONNECTOR, c) for c in self.connector_ids)]}
+        self._pending: dict[tuple[str, int], bool] = {}
+        self.resetting = False  # an EVSE reset (2.0.1 B11/B12) is under way: Unavailable
         self._settings = settings
         self.limits: dict[str, float] = {}  # amps per limit source (smart charging, load mgmt)
-        self.reserved_for: dict | None = None
+        # Whether a reservation holds this EVSE now (agent/core/reservations.py; the station
+        # sets it): while idle and not authorized, the EVSE shows Reserved.
+        self.reservation_hold: Callable[[int], bool] | None = None
         self.reading: MeterReading | None = None
         self.status = ConnectorStatus.UNAVAILABLE
         self._last_reported: tuple[ConnectorStatus, FaultKind | None] | None = None
@@ -112,6 +129,9 @@ class EvseController:
         self.rules = TxRules()
         self.tx_changed = asyncio.Event()  # set whenever a transaction starts or ends
         self.tx_listeners: list[Callable[[], None]] = []  # called then too (smart charging)
+        # Called after every input has driven the outputs (the smart-charging scheduler
+        # watches which EVSEs have an active session); must be cheap and must not block.
+        self.state_listeners: list[Callable[[EvseController], None]] = []
         self.offer_raised_at: float | None = None  # monotonic time the PWM offer last rose
         self.hold_locked = False
         self.hold_token: str | None = None
@@ -129,6 +149,52 @@ class EvseController:
     @property
     def ev_connected(self) -> bool:
         return self.pilot.connected
+
+    @property
+    def connector_id(self) -> int:
+        """The connector in use: the one the EV is plugged into (the HAL says, where the EVSE
+        has several), else the one of the open transaction, else the first."""
+        if len(self.connector_ids) > 1:
+            plugged = getattr(self.hw.ev, "plugged_connector", None)
+            if plugged in self.connector_ids and self.ev_connected:
+                return plugged
+            s = self.session
+            if s is not None and s.tx is not None:
+                return s.tx.connector_id
+        return self.connector_ids[0]
+
+    # ------------------------------------------------------------------ availability
+
+    def _level_setting(self, key: tuple[str, int]) -> str:
+        level, connector = key
+        if level == STATION:
+            return STATION_OPERATIVE_KEY
+        if level == EVSE:
+            return f"core.evse.{self.id}.operative"  # the key of state files before levels
+        return f"core.evse.{self.id}.connector.{connector}.operative"
+
+    def connector_operative(self, connector_id: int) -> bool:
+        """Whether ``connector_id`` may be used: the station, the EVSE and the connector
+        itself are Operative (a lower level never overrides a higher one, G03/G04)."""
+        return (self._levels[(STATION, 0)] and self._levels[(EVSE, 0)]
+                and self._levels.get((CONNECTOR, connector_id), False))
+
+    @property
+    def operative(self) -> bool:
+        """Whether this EVSE may charge now: with an EV (or a transaction), through the
+        connector in use; without one, through any of its connectors."""
+        if self.ev_connected or self.tx is not None or len(self.connector_ids) == 1:
+            return self.connector_operative(self.connector_id)
+        return any(self.connector_operative(c) for c in self.connector_ids)
+
+    @property
+    def pending_operative(self) -> bool | None:
+        """The EVSE level's change scheduled for the end of the transaction, if any."""
+        return self._pending.get((EVSE, 0))
+
+    def level_operative(self, level: str, connector_id: int = 0) -> bool:
+        """The state one level has now (not the combined one: see :meth:`operative`)."""
+        return self._levels.get((level, connector_id if level == CONNECTOR else 0), False)
 
     @property
     def blocking_fault(self) -> FaultKind | None:
@@ -160,6 +226,12 @@ class EvseController:
     @property
     def phases(self) -> int:
         return max(1, self.hw.phases)
+
+    @property
+    def phases_in_use(self) -> int:
+        """The phases the EV is fed on now (fewer than :attr:`phases` after a 3-to-1 switch)."""
+        n = self.hw.ev.phases_in_use
+        return n if isinstance(n, int) and 1 <= n <= self.phases else self.phases
 
     @property
     def has_lock(self) -> bool:
@@ -200,6 +272,9 @@ class EvseController:
             fault=fault, fault_detail=self.faults.get(fault, "") if fault else "", tx=tx,
             remote_start_id=s.remote_start_id if s else None,
             deauth_reason=s.deauth_reason if s else None,
+            max_current_a=self.max_current_a, limits=tuple(self.limits.items()),
+            connectors=tuple((c, self.connector_operative(c)) for c in self.connector_ids),
+            resetting=self.resetting,
         )
 
     @property
@@ -226,7 +301,7 @@ class EvseController:
         s = self.session
         if (s is None or not s.authorized or not s.energy_allowed or s.ended_reason is not None
                 or not self.operative or self.blocking_fault is not None
-                or not self.ev_connected):
+                or not self.ev_connected or self.resetting):
             return 0.0
         limit = self.limit_a
         return limit if limit >= self.min_current_a else 0.0
@@ -244,7 +319,10 @@ class EvseController:
         if lock is None or lock.locked == locked:
             return
         try:
-            ok = await asyncio.wait_for(lock.set_locked(locked), 5.0)
+            # Not wait_for: on Python 3.11 it swallows a cancel that arrives as the lock
+            # answers, and the cancelled task (Station.stop()'s) would go on for ever.
+            async with asyncio.timeout(5.0):
+                ok = await lock.set_locked(locked)
         except (TimeoutError, HalError):
             ok = False
         if ok:
@@ -260,6 +338,14 @@ class EvseController:
         s = self.session
         if self.blocking_fault is not None:
             return ConnectorStatus.FAULTED
+        if self.resetting:
+            return ConnectorStatus.UNAVAILABLE
+        if (self.operative and self.reservation_hold is not None
+                and (s is None or (not s.authorized and s.ended_reason is None))
+                and self.reservation_hold(self.id)):
+            # Reserved until the reserving token comes, an EV plugged in or not (1.6 has no
+            # transition from Reserved on a plug-in; 2.0.1 G03.FR.09).
+            return ConnectorStatus.RESERVED
         if s is not None and s.tx is not None and s.ended_reason is None:
             if self.hw.contactor.commanded_closed and self.pilot.wants_energy:
                 return ConnectorStatus.CHARGING
@@ -276,8 +362,6 @@ class EvseController:
             return ConnectorStatus.UNAVAILABLE
         if self.ev_connected or (s is not None and s.authorized):
             return ConnectorStatus.PREPARING
-        if self.reserved_for is not None:
-            return ConnectorStatus.RESERVED
         return ConnectorStatus.AVAILABLE
 
     # ------------------------------------------------------------------ the one output path
@@ -339,6 +423,11 @@ class EvseController:
             raise
         finally:
             self._update_status()
+            for listener in self.state_listeners:
+                try:
+                    listener(self)
+                except Exception:  # noqa: BLE001 - an observer never breaks the EVSE
+                    log.exception("evse %s: state listener failed", self.id)
 
     async def emergency_open(self) -> None:
         """Open the contactor and stop the PWM whatever else is going on (invariant 1)."""
@@ -379,7 +468,8 @@ class EvseController:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settle(), 1.0)
+                    async with asyncio.timeout(1.0):  # not wait_for: see _drive_lock
+                        await self._settle()
                 left = self._grace_left()
                 if left <= 0:
                     break
@@ -396,6 +486,12 @@ class EvseController:
         if self.status != ConnectorStatus.SUSPENDED_EV or raised is None:
             return 0.0
         return raised + EV_ANSWER_GRACE_S - self._clock.monotonic()
+
+    async def refresh_status(self) -> None:
+        """Derive the status again after a change outside this EVSE (a reservation made,
+        ended, or another EVSE taken: which EVSEs a reservation of no EVSE holds)."""
+        async with self.mutex:
+            self._update_status()
 
     async def settled_snapshot(self) -> EvseSnapshot:
         """The EVSE once the input in progress (if any) has driven its outputs.
@@ -484,7 +580,7 @@ class EvseController:
             started_at=now, meter_start_wh=self._meter_wh(), remote_id=None,
             last_meter_wh=self._meter_wh(), last_meter_at=now, stopped_at=None,
             stop_reason=None, meter_stop_wh=None, seq_no=0,
-            closed=False, remote_start_id=s.remote_start_id,
+            closed=False, remote_start_id=s.remote_start_id, reservation_id=s.reservation_id,
             parent=s.auth.parent if s.auth else None,
             auth_source=s.auth.source if s.auth else None,
         )
@@ -528,8 +624,7 @@ class EvseController:
         log.info("evse %s: transaction %s%s ended (%s, %.1f Wh)", self.id, tx.local_id,
                  f" (CSMS transaction {tx.remote_id})" if tx.remote_id else "", reason,
                  meter - tx.meter_start_wh)
-        if self.pending_operative is not None:
-            self._apply_operative(self.pending_operative)
+        self._apply_pending()
         self.tx_changed.set()
         for listener in self.tx_listeners:
             listener()
@@ -604,14 +699,21 @@ class EvseController:
             self._update_status()
 
     async def authorize(self, token: Token, result: AuthResult, *,
-                        remote_start_id: int | None = None) -> bool:
-        """Accept an authorized token for this EVSE; False when the EVSE cannot take it."""
+                        remote_start_id: int | None = None,
+                        reservation_id: int | None = None) -> bool:
+        """Accept an authorized token for this EVSE; False when the EVSE cannot take it.
+
+        ``reservation_id``: the reservation this authorization uses; it goes into the
+        session's transaction (1.6 StartTransaction / 2.0.1 TransactionEvent reservationId),
+        also into one that started already (2.0.1 TxStartPoint EVConnected).
+        """
         async with self.mutex:
             if not result.accepted:
                 return False
-            if not self.operative or self.blocking_fault is not None:
+            if not self.operative or self.blocking_fault is not None or self.resetting:
                 log.info("evse %s: token %s not taken: the EVSE is %s", self.id, token.id,
-                         "inoperative" if not self.operative else f"faulted ({self.fault})")
+                         f"faulted ({self.fault})" if self.blocking_fault is not None
+                         else "being reset" if self.resetting else "inoperative")
                 return False
             s = self.session
             if s is not None and (s.authorized or s.ended_reason is not None):
@@ -623,7 +725,14 @@ class EvseController:
             s.token, s.auth = token, result
             s.authorized_at = self._clock.monotonic()
             s.remote_start_id = remote_start_id
-            self.reserved_for = None
+            s.reservation_id = reservation_id
+            if reservation_id is not None and s.tx is not None and s.tx.reservation_id is None:
+                s.tx.reservation_id = reservation_id
+                try:
+                    self._storage.tx_update(s.tx.local_id, reservation_id=reservation_id)
+                except (StorageError, KeyError) as exc:
+                    log.error("evse %s: reservation %s not journalled with transaction %s: %s",
+                              self.id, reservation_id, s.tx.local_id, exc)
             log.info("evse %s: token %s authorized (%s, %s)", self.id, token.id,
                      result.status, result.source)
             self._observer().session_event(self.id, "authorized",
@@ -655,6 +764,7 @@ class EvseController:
             await self._reconcile()
             if s.tx is None:
                 s.token, s.auth = None, None  # back to waiting for an authorization
+                s.reservation_id = None
                 self._cancel_connection_timer()
             self._maybe_release_session()
             self._update_status()
@@ -686,6 +796,40 @@ class EvseController:
             else:
                 self.limits[source] = value
             await self._reconcile()
+
+    async def set_phases(self, n: int) -> bool:
+        """Feed the EV on ``n`` phases (3-to-1 switching); whether it is fed so now.
+
+        The relay never switches under load: with the contactor closed, the offer goes to 0
+        and the contactor opens first; the next reconcile closes it again on the new phases
+        (the EV sees a short pause, as IEC 61851-1 phase switching has it). A board that
+        cannot switch, or a switch that fails, leaves the phases as they were (logged).
+        """
+        ev = self.hw.ev
+        if n == self.phases_in_use:
+            return True
+        if not ev.supports_phase_switch or n not in (1, 3) or n > self.phases:
+            return False
+        async with self.mutex:
+            if self.hw.contactor.commanded_closed:
+                try:
+                    await self.hw.ev.set_current_limit(0)  # the EV stops drawing first
+                except HalError as exc:
+                    self._raise_fault(exc.kind, str(exc))
+                await self._set_contactor(False)
+            if self.hw.contactor.commanded_closed:  # did not open: a fault is reported
+                return False
+            try:
+                async with asyncio.timeout(5.0):  # not wait_for: see _drive_lock
+                    await ev.set_phases(n)
+                log.info("evse %s: EV fed on %d phase(s) from now on", self.id, n)
+                ok = True
+            except (HalError, TimeoutError, NotImplementedError) as exc:
+                log.warning("evse %s: switching to %d phase(s) failed: %s", self.id, n,
+                            exc or "timed out")
+                ok = False
+            await self._reconcile()
+            return ok and self.phases_in_use == n
 
     async def set_power_setpoint(self, watts: float | None) -> None:
         """A signed power setpoint for a bidirectional power stage (negative: discharge).
@@ -721,19 +865,45 @@ class EvseController:
             self._observer().fault_changed(self.id, kind, False, "")
 
     async def set_operative(self, operative: bool) -> str:
-        """ChangeAvailability: Accepted now, or Scheduled until the transaction ends."""
+        """ChangeAvailability of the EVSE: Accepted now, or Scheduled until the transaction
+        ends."""
+        return await self.set_availability(EVSE, operative)
+
+    async def set_availability(self, level: str, operative: bool,
+                               connector_id: int | None = None) -> str:
+        """One availability level (``STATION``, ``EVSE``, ``CONNECTOR`` with its id) becomes
+        Operative / Inoperative: at once ("Accepted"), or, when it would take the running
+        transaction's connector out of service, at the transaction's end ("Scheduled").
+
+        The wanted state is persisted now, so a restart (which ends the transaction) applies
+        it; asking for the state a level already has is Accepted as well (G03.FR.03).
+        """
+        if level == CONNECTOR:
+            if connector_id not in self.connector_ids:
+                raise ValueError(f"EVSE {self.id} has no connector {connector_id}")
+            key = (CONNECTOR, connector_id)
+        elif level in (STATION, EVSE):
+            key = (level, 0)
+        else:
+            raise ValueError(f"availability level {level!r}: expected station, evse or "
+                             "connector")
         async with self.mutex:
-            if self.tx is not None and not operative:
-                self.pending_operative = operative
+            self._storage.set_setting(self._level_setting(key), "1" if operative else "0")
+            tx = self.tx
+            if (not operative and tx is not None
+                    and (level != CONNECTOR or connector_id == tx.connector_id)):
+                self._pending[key] = operative
                 return "Scheduled"
-            self._apply_operative(operative)
+            self._pending.pop(key, None)
+            self._levels[key] = operative
             await self._reconcile()
             return "Accepted"
 
-    def _apply_operative(self, operative: bool) -> None:
-        self.pending_operative = None
-        self.operative = operative
-        self._storage.set_setting(f"core.evse.{self.id}.operative", "1" if operative else "0")
+    def _apply_pending(self) -> None:
+        """The transaction ended: the availability changes scheduled for it apply now."""
+        for key, operative in self._pending.items():
+            self._levels[key] = operative
+        self._pending.clear()
 
     async def unlock(self) -> str:
         """UnlockConnector: ends a running transaction first, then releases the lock."""
@@ -750,7 +920,8 @@ class EvseController:
                 return "NotSupported"
             self.hold_locked, self.hold_token = False, None
             try:
-                ok = await asyncio.wait_for(self.hw.lock.set_locked(False), 5.0)
+                async with asyncio.timeout(5.0):  # not wait_for: see _drive_lock
+                    ok = await self.hw.lock.set_locked(False)
             except (TimeoutError, HalError):
                 ok = False
             return "Unlocked" if ok else "UnlockFailed"
@@ -778,6 +949,50 @@ class EvseController:
             self._maybe_release_session()
             self._update_status()
             return True
+
+    async def reset(self, reason: StopReason, restart: Callable[[], Awaitable[None]] | None = None,
+                    while_down: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Reset this EVSE alone (2.0.1 B11/B12 with an evseId); the rest of the station goes on.
+
+        Its transaction ends (``reason``; the contactor opens first), an authorization still
+        waiting for the EV is dropped, and the EVSE is Unavailable while ``restart`` (the
+        HAL's reset of its board) runs and ``while_down`` (the adapter reporting it) waits.
+        Then it adopts the pilot state as at start-up and shows its own availability again.
+        Faults are not cleared by a reset: they follow the hardware (a welded contactor stays
+        a fault).
+        """
+        async with self.mutex:
+            s = self.session
+            if s is not None and s.tx is not None and s.ended_reason is None:
+                s.auth = AuthResult("Invalid", source="deauthorized")
+                s.deauth_reason = reason
+                await self._set_contactor(False)
+                self._end_tx(reason)
+            elif s is not None and s.authorized and s.ended_reason is None:
+                s.token, s.auth = None, None
+                self._cancel_connection_timer()
+            self.resetting = True
+            log.info("evse %s: reset", self.id)
+            await self._reconcile()
+            self._maybe_release_session()
+            self._update_status()
+        try:
+            await self.reported()
+            if restart is not None:
+                try:
+                    async with asyncio.timeout(30.0):
+                        await restart()
+                except (HalError, TimeoutError, NotImplementedError) as exc:
+                    log.warning("evse %s: the board's reset failed: %s", self.id,
+                                exc or "timed out")
+            if while_down is not None:
+                await while_down()
+        finally:
+            async with self.mutex:
+                self.resetting = False
+                await self._reconcile()
+            await self.on_pilot()  # the state the hardware has now, as at start-up
+            log.info("evse %s: back after its reset", self.id)
 
     def adopt_recovered(self, tx: TxRecord) -> None:
         """A transaction found open after a restart is already closed by the adapter."""

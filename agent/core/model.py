@@ -136,6 +136,7 @@ class Session:
     auth: AuthResult | None = None
     authorized_at: float | None = None  # monotonic
     remote_start_id: int | None = None
+    reservation_id: int | None = None  # the reservation its authorization used
     energy_allowed: bool = True  # False: authorized but suspended (e.g. invalid id on start)
     tx: TxRecord | None = None
     ended_reason: StopReason | None = None  # set once the transaction of this session ended
@@ -178,6 +179,12 @@ class EvseSnapshot:
     tx: TxRecord | None = None
     remote_start_id: int | None = None  # of the session (set before its transaction starts)
     deauth_reason: StopReason | None = None
+    max_current_a: float | None = None  # the EVSE's own maximum (limit source "evse")
+    limits: tuple[tuple[str, float], ...] = ()  # every other limit source now: (name, amps)
+    # Every connector of the EVSE with whether it may be used (station, EVSE and connector
+    # Operative); connector_id is the one in use. Empty: one connector, ``operative``.
+    connectors: tuple[tuple[int, bool], ...] = ()
+    resetting: bool = False  # the EVSE is being reset on its own (Unavailable meanwhile)
 
     @property
     def ev_connected(self) -> bool:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from agent.clock import Clock
 from agent.core.authorization import AuthorizationPolicy
 from agent.core.charging_profiles import ChargingProfiles
-from agent.core.evse import NOMINAL_VOLTAGE, EvseController, TxRules
+from agent.core.evse import CONNECTOR, EVSE, NOMINAL_VOLTAGE, STATION, EvseController, TxRules
 from agent.core.metering import Metering
 from agent.core.model import (
     Authorizer,
@@ -24,6 +24,7 @@ from agent.core.model import (
     Token,
     TxRecord,
 )
+from agent.core.reservations import Reservation, Reservations
 from agent.core.security_events import SecurityEvents
 from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
@@ -80,6 +81,7 @@ class Station:
     def __init__(self, hal: Hal, storage: Storage, clock: Clock, *,
                  settings: Settings | None = None,
                  evse_limits: dict[int, tuple[float, float]] | None = None,
+                 evse_connectors: dict[int, tuple[int, ...]] | None = None,
                  meter_poll_s: float = 1.0, meter_persist_s: float = 10.0) -> None:
         self.hal = hal
         self.storage = storage
@@ -97,9 +99,15 @@ class Station:
             max_a, min_a = limits.get(evse_id, (hw.max_current_a, 6.0))
             self.evses[evse_id] = EvseController(
                 hw, max_current_a=max_a, min_current_a=min_a, storage=storage, clock=clock,
-                observer=lambda: self.observer, settings=self.settings, settle=self.settled)
+                observer=lambda: self.observer, settings=self.settings, settle=self.settled,
+                connectors=(evse_connectors or {}).get(evse_id))
         self.metering = Metering(self.evses, self.settings, clock)
         self.charging_profiles = ChargingProfiles(self.evses, storage, clock)
+        self.reservations = Reservations(self.evses, storage, clock, self.settings,
+                                         spawn=self.spawn)
+        for evse in self.evses.values():
+            evse.reservation_hold = self.reservations.holds
+            evse.state_listeners.append(self.reservations.evse_changed)
         self.security_events = SecurityEvents(clock)
         self._tasks: set[asyncio.Task] = set()
         self._token_tasks: set[asyncio.Task] = set()
@@ -147,6 +155,7 @@ class Station:
             self.spawn(self._sampler(evse), f"meter-{evse.id}")
         self.metering.start()
         self.spawn(self.charging_profiles.run(), "smart-charging")
+        self.spawn(self.reservations.run(), "reservations")
 
     async def stop(self) -> None:
         """Open every contactor first; nothing else in shutdown may delay that."""
@@ -256,19 +265,51 @@ class Station:
             group = self.authorization.known_parent(s.token.id)
         return group or None
 
-    def _evse_for_token(self, token: Token, evse_id: int | None) -> EvseController | None:
+    def _evse_for_token(self, token: Token, evse_id: int | None, parent: str | None = None,
+                        *, strict: bool = True) -> EvseController | None:
+        """Where a card presented at ``evse_id`` (None: a shared reader) goes. ``strict``:
+        only where a reservation lets this card (of group ``parent``) in; not strict, before
+        its authorization told its group, a reservation is no obstacle yet (H03.FR.08: the
+        CSMS is asked for the group of a card presented at a reserved EVSE)."""
         if evse_id is not None:
             return self.evses.get(evse_id)
         candidates = [e for e in self.evses.values()
                       if e.operative and e.blocking_fault is None]
+        reservations = self.reservations
+
+        def admitted(e: EvseController) -> bool:
+            return not strict or reservations.admit(e.id, token.id, parent)[0]
+
         for e in candidates:  # an EV waiting for authorization comes first
-            if self._waits_for_authorization(e):
+            if self._waits_for_authorization(e) and admitted(e):
                 return e
-        for e in candidates:  # then a free EVSE (tap before plug)
-            if e.session is None and not e.ev_connected:
-                if e.reserved_for is None or e.reserved_for.get("id_tag") == token.id:
-                    return e
+        idle = [e for e in candidates if e.session is None and not e.ev_connected]
+        for e in idle:  # then the EVSE reserved for this card (tap before plug)
+            if reservations.reserved_for(e.id, token.id, parent):
+                return e
+        for e in idle:  # then a free EVSE
+            if admitted(e):
+                return e
         return None
+
+    def _reservation_for(self, token: Token, target: EvseController,
+                         parent: str | None) -> tuple[bool, Reservation | None]:
+        """Whether a reservation lets ``token`` take ``target``, and the one it uses there;
+        the group is the authorization's, else what the local list or cache knows."""
+        group = parent or self.authorization.known_parent(token.id)
+        ok, reservation = self.reservations.admit(target.id, token.id, group)
+        if not ok:
+            log.info("token %s: EVSE %s is reserved for another token", token.id, target.id)
+        return ok, reservation
+
+    async def _take(self, target: EvseController, token: Token, result: AuthResult,
+                    reservation: Reservation | None,
+                    remote_start_id: int | None = None) -> bool:
+        ok = await target.authorize(token, result, remote_start_id=remote_start_id,
+                                    reservation_id=reservation.id if reservation else None)
+        if ok and reservation is not None:
+            self.reservations.use(reservation, target.id)
+        return ok
 
     async def present_token(self, token: Token, evse_id: int | None = None) -> str:
         """A card was presented: stop the session it owns, or authorize a new one.
@@ -284,7 +325,7 @@ class Station:
             if s is not None and s.authorized and s.token is not None and s.token.id == token.id:
                 await e.deauthorize(StopReason.LOCAL, by=token.id)
                 return "stopped"
-        target = self._evse_for_token(token, evse_id)
+        target = self._evse_for_token(token, evse_id, strict=False)
         running = [e for e in self.evses.values()
                    if e.session is not None and e.session.authorized and e.tx is not None]
         if target is None and not running:
@@ -311,18 +352,33 @@ class Station:
         if target is None or not result.accepted:
             log.info("token %s: %s (%s)", token.id, result.status, result.source)
             return "rejected"
-        ok = await target.authorize(token, result)
+        group = result.parent or self.authorization.known_parent(token.id)
+        if evse_id is None:  # its group is known now: where may it go
+            target = self._evse_for_token(token, None, group) or target
+        ok, reservation = self._reservation_for(token, target, group)
+        if not ok:
+            return "rejected"
+        ok = await self._take(target, token, result, reservation)
         return "authorized" if ok else "rejected"
 
-    def remote_start_target(self, evse_id: int | None) -> EvseController | None:
-        """Where a remote start goes: the EVSE named, else one with an EV waiting, else the
-        first free one; None when none can take a new authorization (in use, inoperative,
-        faulted, or no such EVSE)."""
+    def remote_start_target(self, evse_id: int | None,
+                            token: Token | None = None) -> EvseController | None:
+        """Where a remote start goes: the EVSE named, else the one reserved for ``token``,
+        else one with an EV waiting, else the first free one; None when none can take a new
+        authorization (in use, inoperative, faulted, no such EVSE, or reserved for another
+        token: 1.6 5.13, 2.0.1 TC_H_02_CS; the group of ``token`` is what the local list or
+        cache knows, the answer cannot wait for an Authorize)."""
         candidates = ([self.evses[evse_id]] if evse_id in self.evses else []) \
             if evse_id is not None else list(self.evses.values())
         free = [e for e in candidates if e.operative and e.blocking_fault is None
-                and (e.session is None or (not e.session.authorized
+                and not e.resetting and (e.session is None or (not e.session.authorized
                                            and e.session.ended_reason is None))]
+        if token is not None:
+            group = self.authorization.known_parent(token.id)
+            free = [e for e in free if self.reservations.admit(e.id, token.id, group)[0]]
+            mine = [e for e in free if self.reservations.reserved_for(e.id, token.id, group)]
+            if mine and evse_id is None:
+                return next((e for e in mine if e.ev_connected), mine[0])
         if not free:
             return None
         return next((e for e in free if e.ev_connected), free[0])
@@ -340,7 +396,10 @@ class Station:
         target = self.evses.get(evse_id)
         if target is None:
             return None
-        ok = await target.authorize(token, result, remote_start_id=remote_start_id)
+        ok, reservation = self._reservation_for(token, target, result.parent)
+        if not ok:
+            return None
+        ok = await self._take(target, token, result, reservation, remote_start_id)
         return target if ok else None
 
     def invalid_id_late(self, local_id: str) -> None:
@@ -402,6 +461,32 @@ class Station:
         targets = list(self.evses.values()) if evse_id == 0 else [self.evses[evse_id]]
         results = [await e.set_operative(operative) for e in targets]
         return "Scheduled" if "Scheduled" in results else "Accepted"
+
+    async def set_availability(self, operative: bool, evse_id: int | None = None,
+                               connector_id: int | None = None) -> str:
+        """One level of the availability hierarchy: the station (no ``evse_id``), an EVSE, or
+        one connector of it. Each level keeps its own state (2.0.1 G03/G04: making the
+        station Operative again leaves an EVSE set Inoperative on its own Inoperative).
+        Scheduled when a running transaction holds the change back (the idle EVSEs change at
+        once), else Accepted. Unknown EVSE or connector: ValueError."""
+        if evse_id is None:
+            results = [await e.set_availability(STATION, operative)
+                       for e in self.evses.values()]
+        else:
+            evse = self.evses.get(evse_id)
+            if evse is None:
+                raise ValueError(f"no EVSE {evse_id}")
+            results = [await evse.set_availability(
+                EVSE if connector_id is None else CONNECTOR, operative, connector_id)]
+        return "Scheduled" if "Scheduled" in results else "Accepted"
+
+    async def reset_evse(self, evse_id: int, reason: StopReason,
+                         while_down: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Reset one EVSE on its own (:meth:`EvseController.reset`), with the HAL's reset of
+        its hardware (``Hal.reset_evse``)."""
+        evse = self.evses[evse_id]
+        await evse.reset(reason, restart=lambda: self.hal.reset_evse(evse_id),
+                         while_down=while_down)
 
     def open_transactions(self) -> list[TxRecord]:
         """Transactions the journal has open: after a restart, those a power cut interrupted."""

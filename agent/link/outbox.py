@@ -1,10 +1,14 @@
 """Delivery of the durable outbox: transaction messages, in order, exactly once acknowledged.
 
 An item stays in SQLite until its CALLRESULT arrives.  A lost connection leaves it there for the
-next one (a timeout does not count as an attempt: the CSMS never saw it, or its answer was
-lost); a CALLERROR counts, and after TransactionMessageAttempts / MessageAttempts the item is
-dropped (kept in the `dropped` table for diagnosis) so one poisoned message cannot block every
-later session forever.  Strict FIFO keeps Start before MeterValues before Stop.
+next one, uncounted (the link was gone, not the CSMS's will to process it).  A CALLERROR counts
+as a failed attempt, and so does a CALL that gets no answer within the message timeout on a
+connection that is still up (2.0.1 E13 / TC_E_41_CS: "does not reply within the
+MessageTimeout"; 1.6 4.7 "what kind of response, or failure to respond"): before the next
+attempt the sender waits the retry interval times the attempts so far, and after
+TransactionMessageAttempts / MessageAttempts failures the item is dropped (kept in the
+`dropped` table for diagnosis) so one poisoned message cannot block every later session
+forever.  Strict FIFO keeps Start before MeterValues before Stop.
 
 Version-neutral: the adapter supplies ``prepare`` (fill in ids and times known only at send
 time), ``on_result`` (runs in the same SQLite transaction as the ack, so a kill -9 can never
@@ -39,6 +43,8 @@ log = logging.getLogger("cp_agent.outbox")
 STORAGE_RETRY_S = 5.0
 # How often a held message (waiting for the CSMS time) is looked at without a wake-up.
 HOLD_POLL_S = 1.0
+# CALLERROR codes saying the CSMS does not know / support the action at all.
+UNSUPPORTED = frozenset({"NotImplemented", "NotSupported"})
 
 
 class Hold(Exception):  # noqa: N818 - a signal from ``prepare``, not an error
@@ -105,6 +111,20 @@ class OutboxSender:
         if self._on_done is not None:
             self._on_done(item)
 
+    def _failed(self, item: OutboxItem, what: str, reason: str) -> None:
+        """Count a failed attempt of ``item``: retry after the interval times the attempts so
+        far (1.6 4.7, 2.0.1 E13.FR.02), or drop it after the last one (E13.FR.03)."""
+        attempts = item.attempts + 1
+        if attempts >= self._attempts():
+            log.error("%s #%s %s %d time(s) (%s): dropped", item.action, item.id, what,
+                      attempts, reason)
+            self._drop(item, reason[:200])
+            return
+        wait = self._retry_interval() * attempts
+        log.warning("%s #%s %s (%s); attempt %d in %.0f s", item.action, item.id, what,
+                    reason, attempts + 1, wait)
+        self._storage.outbox_retry(item.id, self._clock.wall() + wait)
+
     async def run(self, rpc: RpcSession) -> None:
         """Deliver until the connection drops (ConnectionLost / CallTimeout end the loop)."""
         while True:
@@ -168,21 +188,23 @@ class OutboxSender:
             self._drop(item, f"invalid: {exc}"[:200])
             return False
         except (CallErrorReceived, ResponseInvalid) as exc:
-            if item.attempts + 1 >= self._attempts():
-                log.error("%s #%s refused %d times (%s): dropped", item.action, item.id,
-                          item.attempts + 1, exc.code)
+            if isinstance(exc, CallErrorReceived) and exc.code in UNSUPPORTED:
+                # The CSMS does not implement this action (e.g. a 1.6 CSMS without the
+                # security extension and SecurityEventNotification): no retry can succeed,
+                # and retrying would hold every later transaction message back.
+                log.warning("%s #%s: the CSMS does not support it (%s): dropped", item.action,
+                            item.id, exc.code)
                 self._drop(item, f"{exc.code}: {exc.description}")
             else:
-                wait = self._retry_interval() * (item.attempts + 1)
-                log.warning("%s #%s refused (%s); retry in %.0f s", item.action, item.id,
-                            exc.code, wait)
-                self._storage.outbox_retry(item.id, self._clock.wall() + wait)
+                self._failed(item, "refused", f"{exc.code}: {exc.description}")
             return False
         except CallTimeout:
-            # No answer: the item stays and goes again (not an attempt: the CSMS may never
-            # have seen it). A dead link is noticed by the ping and ends this loop.
-            log.warning("%s #%s: no answer; will send again", item.action, item.id)
-            await self._clock.sleep(min(10.0, self._retry_interval()))
+            if rpc.closed:
+                return True  # the link died under the call: not the CSMS's failure
+            # No answer within the message timeout on a live link: a failed attempt (E13).
+            # A late answer to it is discarded by the link; the resend is the identical
+            # message (2.0.1: the same seqNo), which a CSMS that did process it recognises.
+            self._failed(item, "not answered", "no answer within the message timeout")
             return False
         except ConnectionLost:
             return True  # the item stays; the next connection starts again

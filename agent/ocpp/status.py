@@ -35,6 +35,8 @@ class StatusQueue:
         self._ready = ready or (lambda key: True)
         self._pending: dict[Hashable, dict] = {}
         self._wakeup = asyncio.Event()
+        self._in_flight: Hashable | None = None
+        self._progress = asyncio.Event()  # set after every delivery attempt
         self.sent = 0
 
     def put(self, key: Hashable, payload: dict) -> None:
@@ -55,6 +57,19 @@ class StatusQueue:
     def __len__(self) -> int:
         return len(self._pending)
 
+    async def flushed(self, keys: list[Hashable], timeout: float) -> bool:
+        """Wait until nothing of ``keys`` is pending or in flight (sent, or refused), at most
+        ``timeout`` seconds; whether that happened."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    self._progress.clear()
+                    if not any(k in self._pending or k == self._in_flight for k in keys):
+                        return True
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+
     async def _pause(self, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
         waker = asyncio.ensure_future(self._wakeup.wait())
@@ -74,6 +89,7 @@ class StatusQueue:
                 payload = self._pending.pop(key, None)
                 if payload is None:
                     continue
+                self._in_flight = key
                 try:
                     await call(self.action, prepare(payload))
                     self.sent += 1
@@ -85,6 +101,9 @@ class StatusQueue:
                 except ConnectionLost:
                     self._pending.setdefault(key, payload)
                     raise
+                finally:
+                    self._in_flight = None
+                    self._progress.set()
             if self._wakeup.is_set():
                 continue
             if timed_out:

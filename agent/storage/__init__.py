@@ -29,10 +29,12 @@ from collections.abc import Sequence
 from agent.core.model import TxRecord
 from agent.storage.authorization import AuthorizationRepository
 from agent.storage.charging_profiles import ChargingProfileRepository
+from agent.storage.display import DisplayRepository
 from agent.storage.engine import APPLICATION_ID, BUSY_TIMEOUT_MS, MEMORY, Engine, StorageError
 from agent.storage.journal import JournalRepository
 from agent.storage.migrations import MIGRATIONS
 from agent.storage.outbox import OutboxItem, OutboxRepository
+from agent.storage.reservations import ReservationRepository
 from agent.storage.settings import SettingsRepository
 
 __all__ = [
@@ -49,7 +51,7 @@ __all__ = [
 
 class Storage(
     Engine, SettingsRepository, OutboxRepository, JournalRepository, AuthorizationRepository,
-    ChargingProfileRepository,
+    ChargingProfileRepository, ReservationRepository, DisplayRepository,
 ):
     """The agent's durable state; open one per state file, for the life of the process."""
 

@@ -104,4 +104,28 @@ MIGRATIONS: list[str] = [
         seq         INTEGER NOT NULL
     );
     """,
+    # 4: reservations the CSMS made (agent.storage.reservations); evse_id NULL: any EVSE
+    """
+    CREATE TABLE reservations (
+        id         INTEGER PRIMARY KEY,
+        evse_id    INTEGER,
+        expires_at TEXT    NOT NULL,
+        data       TEXT    NOT NULL DEFAULT '{}'
+    );
+    """,
+    # 5: messages the CSMS set for the display, and what transactions cost
+    # (agent.storage.display)
+    """
+    CREATE TABLE display_messages (
+        id   INTEGER PRIMARY KEY,
+        data TEXT    NOT NULL,
+        seq  INTEGER NOT NULL
+    );
+    CREATE TABLE tx_costs (
+        local_id TEXT    PRIMARY KEY,
+        evse_id  INTEGER NOT NULL,
+        data     TEXT    NOT NULL,
+        seq      INTEGER NOT NULL
+    );
+    """,
 ]

@@ -65,6 +65,15 @@ class OutboxRepository(Repository):
         )
         return [self._outbox_item(row) for row in rows]
 
+    def outbox_find(self, action: str) -> list[OutboxItem]:
+        """The queued messages of one action, oldest first (e.g. is such an event waiting)."""
+        rows = self._read(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE action = ? ORDER BY id",
+            (action,),
+            "reading the outbox",
+        )
+        return [self._outbox_item(row) for row in rows]
+
     @staticmethod
     def _outbox_item(row: sqlite3.Row) -> OutboxItem:
         return OutboxItem(

@@ -105,10 +105,26 @@ class Availability(Block):
         operative = p["type"] == "Operative"
         if connector_id != 0 and connector_id not in self.station.evses:
             return {"status": "Rejected"}
-        status = await self.station.set_operative(connector_id, operative)
         if connector_id == 0:
+            # "Applies to the Charge Point and all Connectors": the station level (which a
+            # 2.0.1 CSMS may have set too), and Operative lifts every level below it.
+            status = await self.station.set_availability(operative)
+            if operative:
+                await self._lift(list(self.station.evses))
             self.queue_station_status()
+        else:
+            status = await self.station.set_operative(connector_id, operative)
+            if operative:
+                await self._lift([connector_id])
         return {"status": status}
+
+    async def _lift(self, evse_ids: list[int]) -> None:
+        """1.6 has one connector per EVSE: Operative for it clears what a 2.0.1 CSMS may have
+        left Inoperative below it (EVSE and connector levels)."""
+        for evse_id in evse_ids:
+            await self.station.set_operative(evse_id, True)
+            for connector_id in self.station.evses[evse_id].connector_ids:
+                await self.station.set_availability(True, evse_id, connector_id)
 
     @handles("UnlockConnector")
     async def unlock_connector(self, p: dict) -> dict:

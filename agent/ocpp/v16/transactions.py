@@ -172,7 +172,7 @@ class Transactions(Block):
         connector_id = p.get("connectorId")
         if connector_id is not None and connector_id not in self.station.evses:
             return {"status": "Rejected"}
-        target = self.station.remote_start_target(connector_id)
+        target = self.station.remote_start_target(connector_id, Token(p["idTag"]))
         if target is None:
             return {"status": "Rejected"}
         if p.get("chargingProfile") is not None:  # SmartCharging: a TxProfile for this start

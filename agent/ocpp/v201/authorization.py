@@ -18,15 +18,26 @@ from agent.ocpp.v201.device_model import VarDef, VariableBlock, ro, rw
 TOKEN_TYPES = frozenset({"Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local",
                          "MacAddress", "NoAuthorization"})
 ID_TOKEN_MAX = 36  # IdTokenType.idToken is identifierString[36]
+# 2.1 made IdTokenType.type a string (its standardized values, 2.1 appendix 7.1, add these
+# three; others may be used) and idToken 255 long.
+ID_TOKEN_MAX_21 = 255
+TOKEN_TYPE_MAX_21 = 20
 
 
-def token_type(kind: str | None) -> str:
-    """A token type 2.0.1 knows (IdTokenEnumType); anything else is the station's own."""
+def id_token_max(version: str = "2.0.1") -> int:
+    return ID_TOKEN_MAX_21 if version == "2.1" else ID_TOKEN_MAX
+
+
+def token_type(kind: str | None, version: str = "2.0.1") -> str:
+    """A token type the version knows (2.0.1 IdTokenEnumType; 2.1 any short string);
+    anything else is the station's own."""
+    if version == "2.1":
+        return kind if kind and len(kind) <= TOKEN_TYPE_MAX_21 else "Local"
     return kind if kind in TOKEN_TYPES else "Local"
 
 
-def id_token(token: Token) -> dict[str, str]:
-    return {"idToken": token.id[:ID_TOKEN_MAX], "type": token_type(token.type)}
+def id_token(token: Token, version: str = "2.0.1") -> dict[str, str]:
+    return {"idToken": token.id[:id_token_max(version)], "type": token_type(token.type, version)}
 
 
 def auth_info(id_token_info: dict[str, Any] | None) -> AuthInfo:
@@ -64,7 +75,13 @@ class Authorization(VariableBlock):
             not_accepted=lambda: self.adapter.registration in ("Pending", "Rejected"))
 
     async def ask(self, token: Token) -> AuthInfo | None:
-        res = await self.adapter.ask("Authorize", {"idToken": id_token(token)})
+        res = await self.adapter.ask("Authorize",
+                                    {"idToken": id_token(token, self.adapter.version)})
+        if res:
+            for block in self.adapter.blocks:  # the driver's tariff text (I01, tariff.py)
+                hook = getattr(block, "authorize_answered", None)
+                if hook is not None:
+                    hook(token, res)
         return None if res is None else auth_info(res.get("idTokenInfo"))
 
     @handles("ClearCache")

@@ -30,22 +30,37 @@ from agent.ocpp.v201.monitoring import Monitoring
 from hal.interfaces import FaultKind
 
 NOMINAL_VOLTAGE = 230.0
+MAX_SET_SOURCE = "maxset"  # the limit source of EVSE.Power MaxSet
 
 
-def connector_status(snap: EvseSnapshot) -> str:
-    """The 2.0.1 ConnectorStatusEnumType of an EVSE's (only) connector."""
+def connector_status(snap: EvseSnapshot, connector_id: int | None = None) -> str:
+    """The 2.0.1 ConnectorStatusEnumType of one connector of an EVSE (default: the one in
+    use, or the only one).
+
+    An EVSE feeds one EV at a time: while an EV is plugged into one connector (or its
+    transaction is open), the others are Unavailable. A connector set Inoperative, or below
+    an Inoperative EVSE or station, is Unavailable (G03/G04: each level its own state).
+    """
     st = snap.status
+    c = snap.connector_id if connector_id is None else connector_id
+    operative = dict(snap.connectors).get(c, False) if snap.connectors else snap.operative
     if st == ConnectorStatus.FAULTED:
         return "Faulted"
-    if st == ConnectorStatus.UNAVAILABLE:
+    if st == ConnectorStatus.UNAVAILABLE or snap.resetting:
         return "Unavailable"
+    if st == ConnectorStatus.RESERVED and operative:
+        return "Reserved"  # also with an EV plugged in, until its idToken comes (G03.FR.09)
+    if c != snap.connector_id and (snap.ev_connected or snap.tx is not None):
+        return "Unavailable"  # the EVSE serves its EV through another connector
     if snap.ev_connected:
         return "Occupied"
-    if st == ConnectorStatus.RESERVED:
-        return "Reserved"
-    if not snap.operative:
+    if not operative:
         return "Unavailable"
     return "Available"
+
+
+def connector_ids(snap: EvseSnapshot) -> list[int]:
+    return [c for c, _ in snap.connectors] or [snap.connector_id]
 
 
 class Availability(VariableBlock):
@@ -59,7 +74,8 @@ class Availability(VariableBlock):
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
-        self._queued: dict[int, str] = {}  # last connectorStatus queued per EVSE
+        self._queued: dict[tuple[int, int], str] = {}  # last connectorStatus queued per
+        # (EVSE, connector)
         self._connected_once = False
         self._offline_since: float | None = None
 
@@ -88,34 +104,71 @@ class Availability(VariableBlock):
                    lambda eid=eid: self.availability(eid), values_list=AVAILABILITY_STATES,
                    evse=eid),
                 ro("EVSE", "Available", "boolean", "true", evse=eid),
+                # B11.FR.10: this EVSE can be reset on its own (Reset with evseId).
+                ro("EVSE", "AllowReset", "boolean", "true", evse=eid),
                 ro("EVSE", "Problem", "boolean",
                    lambda eid=eid: b(monitoring.problem("EVSE", eid)), evse=eid),
-                VarDef("EVSE", "Power", "decimal",
-                       (Attr("Actual", "ReadOnly",
-                             getter=lambda eid=eid: num(self._power_w(eid))),
-                        Attr("MaxSet", "ReadOnly", getter=lambda p=e.max_power_w: num(p))),
-                       evse=eid, unit="W", max_limit=e.max_power_w),
+                # Actual: measured; MaxSet: the most this EVSE may deliver, the configured
+                # maximum until the CSMS sets less (applied as the "maxset" limit source,
+                # persisted); maxLimit: what the hardware is rated for.
+                ro("EVSE", "Power", "decimal", lambda eid=eid: num(self._power_w(eid)),
+                   attrs=(Attr("MaxSet", "ReadWrite", default=num(e.max_power_w)),),
+                   evse=eid, unit="W", min_limit=0, max_limit=e.max_power_w),
                 ro("EVSE", "SupplyPhases", "integer", str(e.phases), evse=eid),
-                ro("Connector", "AvailabilityState", "OptionList",
-                   lambda eid=eid: self.availability(eid), values_list=AVAILABILITY_STATES,
-                   evse=eid, connector=1),
-                ro("Connector", "Available", "boolean", "true", evse=eid, connector=1),
-                ro("Connector", "ConnectorType", "string", e.connector_type, evse=eid,
-                   connector=1),
-                ro("Connector", "SupplyPhases", "integer", str(e.phases), evse=eid,
-                   connector=1),
             ]
+            for cid, ctype in e.connector_list:
+                v += [
+                    ro("Connector", "AvailabilityState", "OptionList",
+                       lambda eid=eid, cid=cid: self.availability(eid, cid),
+                       values_list=AVAILABILITY_STATES, evse=eid, connector=cid),
+                    ro("Connector", "Available", "boolean", "true", evse=eid, connector=cid),
+                    ro("Connector", "ConnectorType", "string", ctype, evse=eid,
+                       connector=cid),
+                    ro("Connector", "SupplyPhases", "integer", str(e.phases), evse=eid,
+                       connector=cid),
+                ]
         return v
+
+    # ------------------------------------------------------------------ EVSE.Power MaxSet
+
+    def start(self) -> None:
+        """A MaxSet the CSMS set before the restart caps its EVSE from the start on."""
+        for info in self._evse_infos():
+            self._apply_max_set(info.id)
+
+    def attribute_changed(self, d: VarDef, kind: str, value: str) -> None:
+        if (d.component, d.name, kind) == ("EVSE", "Power", "MaxSet") and d.evse is not None:
+            self._apply_max_set(d.evse)
+
+    def _apply_max_set(self, evse_id: int) -> None:
+        evse = self.station.evses.get(evse_id)
+        info = next((i for i in self._evse_infos() if i.id == evse_id), None)
+        if evse is None or info is None:
+            return
+        try:
+            watts = float(self.dm.value("EVSE", "Power", evse=evse_id, attribute="MaxSet"))
+        except (KeyError, ValueError):
+            return
+        cap = None if watts >= info.max_power_w else watts
+        self.adapter.spawn(evse.set_limit(MAX_SET_SOURCE, cap, "W"), f"v201-maxset-{evse_id}")
 
     # ------------------------------------------------------------------ live values
 
-    def availability(self, evse_id: int | None) -> str:
+    def availability(self, evse_id: int | None, connector_id: int | None = None) -> str:
+        """AvailabilityState of the station, an EVSE (its connector in use, or the best of
+        its connectors) or one connector."""
         if evse_id is None:
             snaps = self.station.snapshots()
             return "Unavailable" if snaps and all(not s.operative for s in snaps) \
                 else "Available"
         evse = self.station.evses.get(evse_id)
-        return connector_status(evse.snapshot()) if evse is not None else "Unavailable"
+        if evse is None:
+            return "Unavailable"
+        snap = evse.snapshot()
+        if connector_id is not None:
+            return connector_status(snap, connector_id)
+        states = [connector_status(snap, c) for c in connector_ids(snap)]
+        return next((st for st in AVAILABILITY_STATES if st in states), "Unavailable")
 
     def _power_w(self, evse_id: int) -> float:
         evse = self.station.evses.get(evse_id)
@@ -124,23 +177,38 @@ class Availability(VariableBlock):
 
     # ------------------------------------------------------------------ StatusNotification
 
-    def _payload(self, snap: EvseSnapshot, status: str) -> dict[str, Any]:
+    def _payload(self, snap: EvseSnapshot, connector_id: int, status: str) -> dict[str, Any]:
         return {"timestamp": self.clock.stamp(), "connectorStatus": status,
-                "evseId": snap.evse_id, "connectorId": snap.connector_id}
+                "evseId": snap.evse_id, "connectorId": connector_id}
 
     def queue(self, evse_id: int, *, force: bool = False,
-              snap: EvseSnapshot | None = None) -> None:
-        """Queue the connector's state if it changed (or ``force``: report it anyway)."""
+              snap: EvseSnapshot | None = None, connector_id: int | None = None) -> None:
+        """Queue the state of each connector of the EVSE (or only ``connector_id``) that
+        changed (or ``force``: report it anyway)."""
         if snap is None:
             evse = self.station.evses.get(evse_id)
             if evse is None:
                 return
             snap = evse.snapshot()
-        status = connector_status(snap)
-        if not force and self._queued.get(evse_id) == status:
+        for cid in connector_ids(snap):
+            if connector_id is not None and cid != connector_id:
+                continue
+            status = connector_status(snap, cid)
+            key = (evse_id, cid)
+            if not force and self._queued.get(key) == status:
+                continue
+            self._queued[key] = status
+            self.adapter.queue_status(key, self._payload(snap, cid, status))
+
+    async def delivered(self, evse_id: int, timeout: float = 5.0) -> None:
+        """Wait (at most ``timeout`` s) until the queued states of the EVSE's connectors went
+        out: an EVSE reset is seen as Unavailable before the EVSE comes back. Offline, the
+        CSMS gets the state of the moment on reconnection instead."""
+        evse = self.station.evses.get(evse_id)
+        if evse is None or not self.adapter.online:
             return
-        self._queued[evse_id] = status
-        self.adapter.queue_status(evse_id, self._payload(snap, status))
+        keys = [(evse_id, c) for c in evse.connector_ids]
+        await self.adapter.status.flushed(keys, timeout)
 
     def resolved(self, payload: dict[str, Any]) -> dict[str, Any]:
         """A status about to be sent: a deferred stamp that cannot be resolved becomes now."""
@@ -165,35 +233,45 @@ class Availability(VariableBlock):
     def status_changed(self, snap: EvseSnapshot, fault: FaultKind | None) -> None:
         self.queue(snap.evse_id, snap=snap)
 
-    async def triggered(self, evse_ids: list[int]) -> None:
-        """TriggerMessage(StatusNotification): the state now, even if unchanged (F06); while
-        the boot is Pending, sent at once (the status sender waits for Accepted)."""
+    async def triggered(self, evse_ids: list[int], connector_id: int | None = None) -> None:
+        """TriggerMessage(StatusNotification): the state now, even if unchanged (F06), of
+        every connector of the EVSEs (or of ``connector_id``); while the boot is Pending,
+        sent at once (the status sender waits for Accepted)."""
         for evse_id in evse_ids:
-            self.queue(evse_id, force=True)
+            self.queue(evse_id, force=True, connector_id=connector_id)
         if not self.adapter.accepted.is_set():
             for evse_id in evse_ids:
-                payload = self.adapter.status.pop(evse_id)
-                if payload is not None:
-                    await self.adapter.send_quiet("StatusNotification", self.resolved(payload),
-                                                  pending_ok=True)
+                for cid in self.station.evses[evse_id].connector_ids:
+                    payload = self.adapter.status.pop((evse_id, cid))
+                    if payload is not None:
+                        await self.adapter.send_quiet("StatusNotification",
+                                                      self.resolved(payload), pending_ok=True)
 
     # ------------------------------------------------------------------ ChangeAvailability
 
     @handles("ChangeAvailability")
     async def change_availability(self, p: dict) -> dict:
+        """G03/G04: the station, an EVSE or one connector; each level keeps its own state,
+        persisted, Scheduled while a transaction on what it concerns runs."""
         operative = p["operationalStatus"] == "Operative"
         evse_p = p.get("evse")
+        connector_id = evse_p.get("connectorId") if evse_p is not None else None
         if evse_p is None or evse_p["id"] == 0:
-            if evse_p is not None and evse_p.get("connectorId") is not None:
-                return {"status": "Rejected"}
-            status = await self.station.set_operative(0, operative)
+            if connector_id is not None:
+                return {"status": "Rejected",
+                        "statusInfo": {"reasonCode": "UnknownConnector",
+                                       "additionalInfo": "a connectorId needs an EVSE id"}}
+            status = await self.station.set_availability(operative)
             targets = list(self.station.evses)
         else:
             evse = self.station.evses.get(evse_p["id"])
-            if evse is None or evse_p.get("connectorId") not in (None, evse.connector_id):
-                return {"status": "Rejected"}
-            status = await self.station.set_operative(evse.id, operative)
+            if evse is None:
+                return {"status": "Rejected", "statusInfo": {"reasonCode": "UnknownEvse"}}
+            if connector_id is not None and connector_id not in evse.connector_ids:
+                return {"status": "Rejected",
+                        "statusInfo": {"reasonCode": "UnknownConnector"}}
+            status = await self.station.set_availability(operative, evse.id, connector_id)
             targets = [evse.id]
         for evse_id in targets:  # G03/G04: every connector concerned, even unchanged
-            self.queue(evse_id, force=True)
+            self.queue(evse_id, force=True, connector_id=connector_id)
         return {"status": status}

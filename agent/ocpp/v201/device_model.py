@@ -49,9 +49,19 @@ __all__ = ["Attr", "DeviceModel", "EvseInfo", "MEASURANDS_201", "VarDef", "Varia
            "factory_names", "ro", "rw", "split_report"]
 
 
+ATTRIBUTE_TYPES = ("Actual", "Target", "MinSet", "MaxSet")  # AttributeEnumType
+
+
 @dataclass(frozen=True)
 class Attr:
-    """One attribute (Actual, Target, MinSet, MaxSet) of a variable."""
+    """One attribute (Actual, Target, MinSet, MaxSet) of a variable.
+
+    A variable has the attributes its declaration lists and no others: asking for another is
+    NotSupportedAttributeType (B05.FR.06, B06.FR.08).  Each has its own mutability and is
+    stored on its own; the data type, unit and limits (variableCharacteristics) are the
+    variable's and hold for all of them.  MinSet <= Target <= MaxSet where a variable has
+    them (a set value that would cross another is refused).
+    """
 
     type: str = "Actual"
     mutability: str = "ReadWrite"
@@ -148,18 +158,21 @@ def num(value: float) -> str:
 
 
 def ro(component: str, name: str, data_type: str, value: str | Callable[[], str] = "",
-       **kw: Any) -> VarDef:
+       *, attrs: tuple[Attr, ...] = (), **kw: Any) -> VarDef:
     """Read-only: a live getter, or a fixed value an installer may set in ``ocpp.defaults``
-    (or, with ``setting=``, the neutral setting's value)."""
+    (or, with ``setting=``, the neutral setting's value). ``attrs``: its other attributes
+    (MinSet, MaxSet, Target)."""
     attr = (Attr("Actual", "ReadOnly", getter=value) if callable(value)
             else Attr("Actual", "ReadOnly", default=value))
-    return VarDef(component, name, data_type, (attr,), **kw)
+    return VarDef(component, name, data_type, (attr, *attrs), **kw)
 
 
-def rw(component: str, name: str, data_type: str, default: str = "", **kw: Any) -> VarDef:
-    """Read-write: stored under ``v201.dm.`` or, with ``setting=``, the neutral setting."""
-    return VarDef(component, name, data_type, (Attr("Actual", "ReadWrite", default=default),),
-                  **kw)
+def rw(component: str, name: str, data_type: str, default: str = "", *,
+       attrs: tuple[Attr, ...] = (), **kw: Any) -> VarDef:
+    """Read-write: stored under ``v201.dm.`` or, with ``setting=``, the neutral setting.
+    ``attrs``: its other attributes (MinSet, MaxSet, Target)."""
+    return VarDef(component, name, data_type,
+                  (Attr("Actual", "ReadWrite", default=default), *attrs), **kw)
 
 
 class VariableBlock(Block):
@@ -202,8 +215,10 @@ def _block_classes() -> tuple[type[Block], ...]:
     return SPEC.blocks
 
 
-def factory_names(defaults: dict[str, Any]) -> dict[str, Any]:
-    """``ocpp.defaults`` written with 2.0.1 names of shared settings, as neutral names.
+def factory_names(defaults: dict[str, Any],
+                  blocks: Iterable[type[Block]] | None = None) -> dict[str, Any]:
+    """``ocpp.defaults`` written with 2.0.1 names of shared settings, as neutral names
+    (``blocks``: another version's blocks sharing this device model, e.g. 2.1's).
 
     An installer writing ``SampledDataCtrlr.TxUpdatedInterval: 10`` means the same setting as
     ``MeterValueSampleInterval: 10``; the settings store only knows the latter.  Needs no live
@@ -211,7 +226,7 @@ def factory_names(defaults: dict[str, Any]) -> dict[str, Any]:
     factory values of :data:`FACTORY_201` (``VersionSpec.factory_names``: names the installer
     wrote as such win).
     """
-    names = {d.short_name: d.setting for cls in _block_classes()
+    names = {d.short_name: d.setting for cls in (blocks or _block_classes())
              for d in getattr(cls, "VARIABLES", ()) if d.setting}
     out = dict(FACTORY_201)
     out.update({names[name]: value for name, value in defaults.items() if name in names})
@@ -241,6 +256,11 @@ class DeviceModel:
             if d.setting is not None and d.setting not in settings:
                 raise ValueError(f"{d.short_name} maps to the unknown setting {d.setting}")
             known[d.var_key] = d
+            kinds = [a.type for a in d.attrs]
+            if not kinds or any(k not in ATTRIBUTE_TYPES for k in kinds) or \
+                    len(set(kinds)) != len(kinds):
+                raise ValueError(f"device-model variable {d.storage_id}: attributes {kinds} "
+                                 f"(each of {', '.join(ATTRIBUTE_TYPES)} at most once)")
         self._names: dict[str, VarDef] = {d.short_name: d for d in self.defs if d.evse is None}
         # Factory values from the YAML (``ocpp.defaults``), under what CSMS changes persisted;
         # those of mapped variables went to the settings store (factory_names).
@@ -252,7 +272,10 @@ class DeviceModel:
             text = ",".join(str(x) for x in value) if isinstance(value, list) else (
                 b(value) if isinstance(value, bool) else str(value))
             self._factory[d.storage_id] = text
+        # Called after a CSMS changed a value: ``listeners`` for the Actual attribute,
+        # ``attribute_listeners`` (VarDef, attribute type, value) for every attribute.
         self.listeners: list[Callable[[VarDef, str], None]] = []
+        self.attribute_listeners: list[Callable[[VarDef, str, str], None]] = []
         self._migrate()
 
     def _migrate(self) -> None:
@@ -278,8 +301,20 @@ class DeviceModel:
                evse: int | None = None, connector: int | None = None) -> VarDef:
         return self._by_comp[(component, None, evse, connector)][(variable, instance)]
 
-    def value(self, component: str, variable: str, instance: str | None = None) -> str:
-        return self._read(self.lookup(component, variable, instance), "Actual")
+    def value(self, component: str, variable: str, instance: str | None = None, *,
+              evse: int | None = None, connector: int | None = None,
+              default: str | None = None, attribute: str = "Actual") -> str:
+        """The value of one attribute (Actual unless named); ``default`` (when given) for a
+        variable not declared here or without that attribute."""
+        try:
+            d = self.lookup(component, variable, instance, evse, connector)
+            if d.attr(attribute) is None:
+                raise KeyError(attribute)
+        except KeyError:
+            if default is None:
+                raise
+            return default
+        return self._read(d, attribute)
 
     def integer(self, component: str, variable: str, instance: str | None = None) -> int:
         try:
@@ -389,6 +424,12 @@ class DeviceModel:
                                              "additionalInfo": problem[:512]}
             return result, None
         text = self._normalize(d, text)
+        problem = self._order_problem(d, kind, text)
+        if problem is not None:
+            result["attributeStatus"] = "Rejected"
+            result["attributeStatusInfo"] = {"reasonCode": "InvalidValue",
+                                             "additionalInfo": problem[:512]}
+            return result, None
         if d.setting is not None and kind == "Actual":
             status = self._settings.change(d.setting, text)
             if status not in ("Accepted", "RebootRequired"):
@@ -398,9 +439,33 @@ class DeviceModel:
         else:
             self._storage.set_setting(self._skey(d, kind), text)
         result["attributeStatus"] = "RebootRequired" if d.reboot else "Accepted"
-        for listener in self.listeners:
-            listener(d, text)
+        if kind == "Actual":
+            for listener in self.listeners:
+                listener(d, text)
+        for attribute_listener in self.attribute_listeners:
+            attribute_listener(d, kind, text)
         return result, d
+
+    def _order_problem(self, d: VarDef, kind: str, text: str) -> str | None:
+        """MinSet <= Target <= MaxSet (numbers only): why ``text`` for ``kind`` would break
+        it, or None."""
+        order = ("MinSet", "Target", "MaxSet")
+        if kind not in order or d.data_type not in ("integer", "decimal"):
+            return None
+        new = float(text)
+        rank = order.index(kind)
+        for other in order:
+            if other == kind or d.attr(other) is None:
+                continue
+            try:
+                value = float(self._read(d, other))
+            except ValueError:
+                continue  # not set: nothing to cross
+            below = order.index(other) < rank
+            if (below and new < value) or (not below and new > value):
+                return (f"{kind} {text} would be {'below' if below else 'above'} "
+                        f"{other} {self._read(d, other)}")
+        return None
 
     def validate(self, d: VarDef, text: str) -> str | None:
         """Why ``text`` is not a valid value of ``d``, or None."""
@@ -467,9 +532,13 @@ class DeviceModel:
 
     # ------------------------------------------------------------------ reports
 
-    def report_entry(self, d: VarDef) -> dict:
+    def report_entry(self, d: VarDef, *, writable_only: bool = False) -> dict:
+        """One ReportData: every attribute of ``d`` (``writable_only``: those a CSMS can set,
+        for ConfigurationInventory, TC_B_12_CS "mutability = ReadWrite or WriteOnly")."""
         attributes = []
         for a in d.attrs:
+            if writable_only and a.mutability == "ReadOnly":
+                continue
             entry: dict[str, Any] = {"type": a.type, "mutability": a.mutability,
                                      "persistent": a.getter is None, "constant": d.constant}
             if a.mutability != "WriteOnly":
@@ -481,7 +550,7 @@ class DeviceModel:
 
     def base_report(self, base: str) -> list[dict]:
         if base == "ConfigurationInventory":
-            chosen = [d for d in self.defs if d.writable]
+            return [self.report_entry(d, writable_only=True) for d in self.defs if d.writable]
         elif base == "SummaryInventory":
             chosen = [d for d in self.defs
                       if d.component in ("ChargingStation", "EVSE", "Connector")

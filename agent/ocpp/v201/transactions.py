@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from agent.core.model import EvseSnapshot, StopReason, Token, TxPoint, TxRecord
 from agent.ocpp.blocks import handles
-from agent.ocpp.v201.authorization import ID_TOKEN_MAX, auth_info, id_token
+from agent.ocpp.v201.authorization import auth_info, id_token, id_token_max
 from agent.ocpp.v201.device_model import TX_POINTS, VarDef, VariableBlock, ro, rw
 from agent.ocpp.v201.metering import Metering, meter_value, register_value
 from agent.storage import OutboxItem
@@ -37,6 +37,9 @@ from hal.interfaces import FaultKind
 log = logging.getLogger("cp_agent.v201")
 
 VERSION = "2.0.1"
+# Versions whose TransactionEvents continue one another (2.1 carries on a transaction 2.0.1
+# reported: same transactionId, same seqNo sequence), so neither sends a second Started.
+SAME_EVENTS = frozenset({"2.0.1", "2.1"})
 
 END_TRIGGER = {
     StopReason.LOCAL: "StopAuthorized",
@@ -111,6 +114,7 @@ class Transactions(VariableBlock):
         self._settling: set[int] = set()
         self._tokens: dict[int, Token] = {}  # the token of each EVSE's last authorization
         self._expected: dict[int, Token] = {}  # tokens of remote starts under way
+        self._reservation_told: set[str] = set()  # transactions whose reservationId went
 
     # ------------------------------------------------------------------ the core's rules
 
@@ -279,12 +283,12 @@ class Transactions(VariableBlock):
     # ------------------------------------------------------------------ TransactionEvent
 
     def _mark_started(self, tx: TxRecord) -> None:
-        tx.reported_as = VERSION
-        self.storage.tx_update(tx.local_id, reported_as=VERSION)
+        tx.reported_as = self.adapter.version
+        self.storage.tx_update(tx.local_id, reported_as=self.adapter.version)
 
     def _ensure_started(self, tx: TxRecord) -> None:
         """A transaction begun under another OCPP version gets its Started here, once."""
-        if tx.reported_as == VERSION:
+        if tx.reported_as in SAME_EVENTS:
             return
         log.info("transaction %s began under another OCPP version: reporting its start",
                  tx.local_id)
@@ -320,7 +324,16 @@ class Transactions(VariableBlock):
         if (not self.adapter.online) if offline is None else offline:
             payload["offline"] = True
         if token is not None:
-            payload["idToken"] = id_token(token)
+            payload["idToken"] = id_token(token, self.adapter.version)
+        if (tx.reservation_id is not None and tx.local_id not in self._reservation_told
+                and (event_type == "Started" or trigger in ("Authorized", "RemoteStart"))):
+            # H03: the reservation this transaction ends; on its Started event, or on the
+            # authorization that used it when the transaction began earlier (TxStartPoint
+            # EVConnected).
+            payload["reservationId"] = tx.reservation_id
+            self._reservation_told.add(tx.local_id)
+        if event_type == "Ended":
+            self._reservation_told.discard(tx.local_id)
         if meter:
             payload["meterValue"] = meter
         with self.storage.atomic():
@@ -348,6 +361,10 @@ class Transactions(VariableBlock):
         """Runs inside the SQLite transaction that acks the item (see OutboxSender)."""
         if item.tx_ref is None:
             return
+        for block in self.adapter.blocks:  # tariff and cost of the answer (I02/I03/I06)
+            hook = getattr(block, "transaction_answered", None)
+            if hook is not None:
+                hook(item, result)
         info = result.get("idTokenInfo")
         token = item.payload.get("idToken")
         if not isinstance(info, dict) or not isinstance(token, dict):
@@ -356,7 +373,8 @@ class Transactions(VariableBlock):
         self.station.authorization.remember(token["idToken"], verdict)
         evse = self.station.find_tx(local_id=item.tx_ref)
         tx = evse.tx if evse is not None else None
-        if verdict.parent and tx is not None and token["idToken"] == tx.id_token[:ID_TOKEN_MAX]:
+        if verdict.parent and tx is not None and token["idToken"] == tx.id_token[
+                :id_token_max(self.adapter.version)]:
             # C09: the groupIdToken the CSMS names for the card of the transaction is its
             # group, as 1.6 takes StartTransaction.conf's parentIdTag: a card of the group may
             # stop it (e.g. a session started offline, or authorized without a group).

@@ -1,0 +1,87 @@
+"""2.0.1 block H, reservation: ReserveNow (H01, for an EVSE, for none, for a connector type),
+CancelReservation (H02), the reserved EVSE used by its idToken or groupIdToken (H03),
+ReservationStatusUpdate (H04) and the ReservationCtrlr variables.
+
+The rules are the core's (:class:`agent.core.reservations.Reservations`, shared with 1.6):
+the answer, who may use a reserved EVSE, which EVSEs a reservation of no EVSE holds (H01.FR.20
+/ H01.FR.24: shown Reserved when as many are left as there are reservations), the expiry
+timer, the end when an EVSE becomes faulted or unavailable. This block maps the messages and
+says why a reservation ended the 2.0.1 way: ReservationStatusUpdate Expired or Removed (not
+for a cancellation the CSMS asked for, nor for a reservation used), queued in the durable
+outbox in the commit that removes it. The connector status Reserved is the availability
+block's StatusNotification; the reservationId of the transaction that used a reservation is
+the transactions block's (TransactionEvent.reservationId).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from agent.core.reservations import EXPIRED, REMOVED, Reservation, when
+from agent.ocpp.blocks import handles
+from agent.ocpp.v201.device_model import VarDef, VariableBlock, ro, rw
+
+log = logging.getLogger("cp_agent.v201")
+
+STATUS_UPDATE = "ReservationStatusUpdate"
+# connectorType values that name no type: a reservation of any connector.
+_NO_TYPE = frozenset({"Unknown", "Undetermined"})
+
+
+class Reservations(VariableBlock):
+    OUTBOX_ACTIONS = frozenset({STATUS_UPDATE})
+    VARIABLES: ClassVar[tuple[VarDef, ...]] = (
+        rw("ReservationCtrlr", "Enabled", "boolean", setting="ReservationEnabled"),
+        ro("ReservationCtrlr", "Available", "boolean", "true"),
+        ro("ReservationCtrlr", "NonEvseSpecific", "boolean",
+           setting="ReserveConnectorZeroSupported"),
+    )
+
+    def __init__(self, adapter: Any) -> None:
+        super().__init__(adapter)
+        service = self.service
+        for info in adapter.ctx.evses:  # what a reservation of a connectorType matches
+            service.connector_types.setdefault(info.id, info.connector_type)
+        service.listeners.append(self._ended)
+
+    @property
+    def service(self) -> Any:
+        return self.station.reservations
+
+    def session_started(self) -> None:
+        # The boot answer set the clock: the expiry timer measures from the right time now.
+        self.service.rearm()
+
+    def _ended(self, reservation: Reservation, reason: str) -> None:
+        """H04: the station ended a reservation (runs inside the commit that removes it)."""
+        if not self.adapter.active or reason not in (EXPIRED, REMOVED):
+            return
+        self.adapter.enqueue(STATUS_UPDATE, {"reservationId": reservation.id,
+                                             "reservationUpdateStatus": reason})
+
+    # ------------------------------------------------------------------ CSMS requests
+
+    @handles("ReserveNow")
+    async def reserve_now(self, p: dict) -> dict:
+        evse_id = p.get("evseId") or None  # 0: no particular EVSE, as when omitted
+        if evse_id is not None and evse_id not in self.station.evses:
+            log.info("ReserveNow %s: no EVSE %s", p["id"], evse_id)
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnknownEvse"}}
+        try:
+            expires = when(p["expiryDateTime"])
+        except ValueError:
+            log.info("ReserveNow %s: unreadable expiryDateTime %r", p["id"],
+                     p["expiryDateTime"])
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidValue"}}
+        group = p.get("groupIdToken") or {}
+        kind = p.get("connectorType")
+        reservation = Reservation(
+            id=p["id"], evse_id=evse_id, expires_at=expires, token=p["idToken"]["idToken"],
+            token_type=p["idToken"]["type"], group=group.get("idToken") or None,
+            connector_type=None if kind in _NO_TYPE else kind)
+        return {"status": self.service.reserve(reservation)}
+
+    @handles("CancelReservation")
+    async def cancel_reservation(self, p: dict) -> dict:
+        return {"status": "Accepted" if self.service.cancel(p["reservationId"]) else "Rejected"}

@@ -1,0 +1,149 @@
+"""2.0.1 block I, tariff and cost (central cost calculation): CostUpdated, the tariff and cost
+parts of the Authorize and TransactionEvent answers, the TariffCostCtrlr variables.
+
+The CSMS calculates; the station shows (:mod:`agent.core.cost` keeps it, the display shows it):
+
+- I01: the ``personalMessage`` of an AuthorizeResponse's idTokenInfo is the driver's tariff,
+  shown before and during charging; ``language1`` / ``language2`` choose the language of the
+  station's own texts for that driver.
+- I02: the running total of a transaction, from CostUpdated (``totalCost`` of
+  ``transactionId``) or the ``totalCost`` of a TransactionEvent answer during it.
+- I03: the final total, the ``totalCost`` of the answer to the Ended event, shown after the
+  session.
+- I04 / I05: TariffFallbackMessage when there is no driver-specific tariff (authorized offline
+  or from the cache, or before any card), TotalCostFallbackMessage when no final cost came
+  (offline at the end, or the answer had none).
+- I06: ``updatedPersonalMessage`` (or the idTokenInfo.personalMessage) of a TransactionEvent
+  answer replaces the tariff text during the transaction.
+
+Amounts are in the TariffCostCtrlr.Currency (ISO 4217). The 2.1 local cost calculation
+(tariff structures, I07-I12) is not part of 2.0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+from agent.core.cost import (
+    COST_ENABLED,
+    COST_FALLBACK,
+    COST_SETTINGS,
+    CURRENCY,
+    TARIFF_ENABLED,
+    TARIFF_FALLBACK,
+    CostError,
+    Tariff,
+)
+from agent.core.model import Token
+from agent.ocpp.blocks import handles
+from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro, rw
+from agent.storage import OutboxItem
+
+log = logging.getLogger("cp_agent.v201")
+
+
+def _check_currency(text: str) -> str | None:
+    return None if re.fullmatch(r"[A-Z]{3}", text.strip()) else \
+        "an ISO 4217 currency code such as EUR"
+
+
+def tariff_of(content: Any) -> Tariff | None:
+    """A MessageContentType as a tariff text (None when there is none)."""
+    if not isinstance(content, dict) or not isinstance(content.get("content"), str):
+        return None
+    return Tariff(content["content"], content.get("language"),
+                  str(content.get("format") or "UTF8"))
+
+
+def languages_of(info: Any) -> tuple[str, ...]:
+    if not isinstance(info, dict):
+        return ()
+    return tuple(str(info[k]) for k in ("language1", "language2") if info.get(k))
+
+
+class TariffCost(VariableBlock):
+    SETTINGS = COST_SETTINGS
+    VARIABLES: ClassVar[tuple[VarDef, ...]] = (
+        rw("TariffCostCtrlr", "Enabled", "boolean", instance="Tariff", setting=TARIFF_ENABLED),
+        rw("TariffCostCtrlr", "Enabled", "boolean", instance="Cost", setting=COST_ENABLED),
+        ro("TariffCostCtrlr", "Available", "boolean", "true", instance="Tariff"),
+        ro("TariffCostCtrlr", "Available", "boolean", "true", instance="Cost"),
+        ro("TariffCostCtrlr", "Available", "boolean", "true"),
+        rw("TariffCostCtrlr", "TariffFallbackMessage", "string", max_limit=255,
+           setting=TARIFF_FALLBACK),
+        rw("TariffCostCtrlr", "TotalCostFallbackMessage", "string", max_limit=255,
+           setting=COST_FALLBACK),
+        rw("TariffCostCtrlr", "Currency", "string", max_limit=3, check=_check_currency,
+           setting=CURRENCY),
+    )
+
+    def live_variables(self) -> list[VarDef]:
+        # Enabled without an instance: tariff or cost shown at all (the two instances say which).
+        return [ro("TariffCostCtrlr", "Enabled", "boolean", lambda: b(
+            bool(self.settings[TARIFF_ENABLED]) or bool(self.settings[COST_ENABLED])))]
+
+    def _costs(self) -> Any:
+        return getattr(self.station, "cost", None)
+
+    # ------------------------------------------------------------------ I01
+
+    def authorize_answered(self, token: Token, answer: dict) -> None:
+        """An AuthorizeResponse: the driver's tariff text and languages (I01)."""
+        costs = self._costs()
+        info = answer.get("idTokenInfo")
+        if costs is None or not isinstance(info, dict):
+            return
+        costs.driver(token.id, tariff_of(info.get("personalMessage")), languages_of(info))
+
+    # ------------------------------------------------------------------ I02, I03, I06
+
+    def transaction_answered(self, item: OutboxItem, result: dict) -> None:
+        """A TransactionEventResponse (runs inside the commit that acknowledges the event,
+        so it must not raise: the event would be sent again)."""
+        costs = self._costs()
+        if costs is None or item.tx_ref is None:
+            return
+        try:
+            self._take(costs, item, result)
+        except Exception:  # noqa: BLE001 - the cost is never worth a resent event
+            log.exception("transaction %s: cost or tariff of the answer not taken",
+                          item.tx_ref)
+
+    def _take(self, costs: Any, item: OutboxItem, result: dict) -> None:
+        local_id = item.tx_ref
+        assert local_id is not None
+        evse = item.payload.get("evse")
+        evse_id = int(evse["id"]) if isinstance(evse, dict) and "id" in evse else 0
+        info = result.get("idTokenInfo")
+        tariff = tariff_of(result.get("updatedPersonalMessage")) or (
+            tariff_of(info.get("personalMessage")) if isinstance(info, dict) else None)
+        if tariff is not None:
+            costs.tariff_update(local_id, evse_id, tariff, languages_of(info))
+        if "totalCost" in result:
+            final = item.payload.get("eventType") == "Ended"
+            try:
+                costs.update(local_id, evse_id, result["totalCost"], final=final)
+            except CostError as exc:
+                log.warning("transaction %s: totalCost %s", local_id, exc)
+
+    @handles("CostUpdated")
+    async def cost_updated(self, p: dict) -> dict:
+        """I02: the running total of a transaction; answered (empty) whatever it names."""
+        costs = self._costs()
+        local_id = str(p["transactionId"])
+        evse = self.station.find_tx(local_id=local_id)
+        known = costs.of(local_id) if costs is not None else None
+        if costs is None:
+            return {}
+        if evse is None and known is None:
+            log.warning("CostUpdated for transaction %s, which this station does not know",
+                        local_id)
+            return {}
+        try:
+            costs.update(local_id, evse.id if evse is not None else known.evse_id,
+                         p["totalCost"])
+        except CostError as exc:
+            log.warning("CostUpdated for transaction %s: %s", local_id, exc)
+        return {}
