@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock, parse_iso
 from agent.core.model import EvseSnapshot, StopReason, TxPoint, TxRecord
+from agent.core.security_events import SecurityEvent
 from agent.core.settings import Settings
 from agent.core.station import Station
 from agent.link.outbox import Hold, OutboxSender
@@ -36,6 +37,9 @@ log = logging.getLogger("cp_agent.adapter")
 
 BOOT_RETRY_S = 60.0  # after a failed BootNotification (CALLERROR, unusable answer)
 
+# A block's method sending a triggered message (for one EVSE / connector, or None: all).
+Trigger = Callable[[int | None], Awaitable[None]]
+
 
 @dataclass
 class EvseInfo:
@@ -45,6 +49,11 @@ class EvseInfo:
     phases: int
     max_power_w: float
     connector_type: str = "cType2"
+    connectors: tuple[tuple[int, str], ...] = ()  # (connectorId, type); empty: one, as above
+
+    @property
+    def connector_list(self) -> tuple[tuple[int, str], ...]:
+        return self.connectors or ((1, self.connector_type),)
 
 
 @dataclass
@@ -65,6 +74,9 @@ class StationContext:
     evses: list[EvseInfo] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
     request_reset: Callable[[str], Awaitable[None]] | None = None
+    # The link's network profiles (agent.link.network.NetworkPlan): security profile, slots,
+    # password rotation, reconnect; None in tests that build adapters without a link.
+    network: Any = None
 
 
 class Adapter:
@@ -110,6 +122,17 @@ class Adapter:
                 handlers[action] = handler
         self.handlers: dict[str, Handler] = {
             action: self._guarded(action, fn) for action, fn in handlers.items()}
+        self._triggers: dict[str, Trigger] = {}
+        for block in self.blocks:
+            for message, method in block.TRIGGERS.items():
+                fn = getattr(block, method, None)
+                if not callable(fn):
+                    raise TypeError(f"{type(block).__name__}.TRIGGERS[{message!r}] names "
+                                    f"{method!r}, which is not a method of it")
+                if message in self._triggers:
+                    raise ValueError(f"OCPP {self.version}: triggered {message} is claimed "
+                                     "twice")
+                self._triggers[message] = fn
         self.settings.listeners.append(self._setting_changed)
 
     # ------------------------------------------------------------------ composition
@@ -137,9 +160,19 @@ class Adapter:
         return self.station.observer is self
 
     def activate(self) -> None:
-        """Take charge of the core: its events, its transaction and authorization rules."""
+        """Take charge of the core: its events, its transaction and authorization rules, and
+        the delivery of its security events."""
         self.station.observer = self
+        self.station.security_events.deliver_to(self._security_event)
         self.spec.activate(self)
+
+    def _security_event(self, event: SecurityEvent) -> None:
+        self._each("security_event", event)
+
+    def trigger_target(self, message: str) -> Trigger | None:
+        """The method of the block that sends ``message`` when a CSMS triggers it (its
+        ``TRIGGERS``), or None when no block of this version claims it (NotImplemented)."""
+        return self._triggers.get(message)
 
     # ------------------------------------------------------------------ tasks
 
@@ -327,6 +360,21 @@ class Adapter:
             await self.call(action, payload, pending_ok=pending_ok)
         except CallFailed as exc:
             log.info("%s not delivered: %s", action, exc)
+
+    async def send_unconfirmed(self, action: str, payload: dict) -> bool:
+        """A 2.1 SEND (NotifyPeriodicEventStream): no answer awaited, never retried, not held
+        behind a CALL in flight, and dropped rather than queued while offline or not
+        accepted (2.1 part 4, 4.2.4).  True when it went out."""
+        rpc = self.rpc
+        if rpc is None or not self.accepted.is_set():
+            log.debug("%s dropped: not connected or not accepted", action)
+            return False
+        try:
+            await rpc.send_unconfirmed(action, payload)
+        except ConnectionLost as exc:
+            log.debug("%s dropped: %s", action, exc)
+            return False
+        return True
 
     async def after_answer(self) -> None:
         """Let the CALLRESULT of the handler that spawned us go out before what it caused."""

@@ -5,7 +5,7 @@ asks this module instead of naming versions: which versions exist, their websock
 subprotocol, their block modules, and what each puts in the durable outbox.  Adding a version
 is an entry here plus the block modules that differ from the versions before it.
 
-Each version's package (``agent/ocpp/v16``, ``agent/ocpp/v201``) defines its
+Each version's package (``agent/ocpp/v16``, ``agent/ocpp/v201``, ``agent/ocpp/v21``) defines its
 :class:`VersionSpec` as ``SPEC`` in its ``__init__``; the packages are imported lazily, only
 for the versions a station offers (each costs start-up time and memory).
 """
@@ -56,6 +56,7 @@ class VersionSpec:
 _PACKAGES = {
     "1.6": "agent.ocpp.v16",
     "2.0.1": "agent.ocpp.v201",
+    "2.1": "agent.ocpp.v21",
 }
 # What OCPP-J names each version's websocket subprotocol (including versions not built yet,
 # so that a CSMS agreeing one of them is reported as such).
