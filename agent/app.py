@@ -8,28 +8,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import re
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent import __version__
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.control import ControlServer, Stream
+from agent.core.cost import Costs
+from agent.core.diagnostics import Diagnostics, Sources
+from agent.core.display import DisplayService
+from agent.core.firmware import FirmwareService
 from agent.core.load_management import LoadManager, SiteLimits
 from agent.core.model import StopReason, Token
+from agent.core.security_events import SECURITY_SETTINGS
 from agent.core.settings import Settings
 from agent.core.station import Station
 from agent.frames import KEEP as FRAME_HISTORY
 from agent.frames import FrameLog
 from agent.link.connection import Link
-from agent.link.profiles import ConfigProfile
+from agent.link.network import NEW_PASSWORD_KEY, PASSWORD_KEY, NetworkPlan, StoreTls
 from agent.ocpp import registry
 from agent.ocpp.adapter import Adapter, EvseInfo, StationContext
+from agent.platform.installer import Installer, build_installer
+from agent.redaction import SECRETS
+from agent.redaction import install as install_redaction
 from agent.sdnotify import Notifier
-from agent.storage import Storage
+from agent.security.security_log import SecurityLog
+from agent.security.store import CertificateStore
+from agent.storage import MEMORY, Storage
+from agent.storage.settings import SECRET_KEY
 from hal.interfaces import FaultKind, Hal, PilotState
 from hal.mock import MockHal
 
@@ -44,6 +59,15 @@ CONTROL_SETTLE_S = 10.0
 # A basic-auth password the CSMS set (2.0.1 SecurityCtrlr.BasicAuthPassword) replaces the
 # YAML one from the next connection on.
 PASSWORD_SETTING = "v201.dm.SecurityCtrlr/BasicAuthPassword"
+# The 2.0.1 variables the link's network profiles follow (agent/link/network.py).
+PRIORITY_SETTING = "v201.dm.OCPPCommCtrlr/NetworkConfigurationPriority"
+ATTEMPTS_SETTING = "v201.dm.OCPPCommCtrlr/NetworkProfileConnectionAttempts"
+# Names of configuration entries / settings whose values are secrets (diagnostics archive).
+_SECRET_NAME = re.compile(r"(?i)password|passwd|secret|token|credential|key$")
+
+
+def _secret_name(name: str) -> bool:
+    return _SECRET_NAME.search(name) is not None
 
 
 def build_hal(cfg: AgentConfig, clock: Clock) -> Hal:
@@ -74,7 +98,7 @@ def build_load_manager(cfg: AgentConfig, hal: Hal, station: Station,
                         fallback_current_a=site.fallback_current_a or 0.0,
                         silent_samples=site.silent_samples)
     return LoadManager(station.evses, limits, clock, grid_meter=meter,
-                       interval_s=station.meter_poll_s)
+                       interval_s=station.meter_poll_s, profiles=station.charging_profiles)
 
 
 class Agent:
@@ -91,27 +115,89 @@ class Agent:
         self.storage = Storage(cfg.storage.path)
         # Everything the agent keeps on the board (certificates, logs, firmware downloads)
         # lives beside the state file, so one directory is what to protect and back up.
-        self.state_dir = Path(cfg.storage.path).resolve().parent
+        # A state in memory (degraded mode, tests) has no directory: a private temporary one
+        # then, never the working directory.
+        self.state_dir = (Path(tempfile.mkdtemp(prefix="cp-agent-state-"))
+                          if cfg.storage.path == MEMORY
+                          else Path(cfg.storage.path).resolve().parent)
         self.hal = hal or build_hal(cfg, self.clock)
         self.frames = FrameLog(self.clock, log_frames=cfg.log.frames, keep=frame_history)
         self.settings = Settings(self.storage, overrides=registry.factory_settings(
             cfg.ocpp.defaults, cfg.ocpp.versions))
         limits = {e.id: (e.max_current_a, e.min_current_a) for e in cfg.evses}
+        connectors = {e.id: tuple(c.id for c in e.connectors) for e in cfg.evses}
         self.station = Station(self.hal, self.storage, self.clock, settings=self.settings,
-                               evse_limits=limits, meter_persist_s=cfg.storage.meter_persist_s)
+                               evse_limits=limits, evse_connectors=connectors,
+                               meter_persist_s=cfg.storage.meter_persist_s)
+        # Security events (agent/core/security_events.py): the security log hears every one,
+        # the adapter in charge queues the critical ones; no secret reaches any log line.
+        install_redaction()
+        self._register_secrets()
+        events = self.station.security_events
+        events.scrub = SECRETS.redact
+        self.security_log = SecurityLog(self.state_dir, wall=self.clock.wall)
+        events.listeners.append(self.security_log.write)
+        self.storage.on_full = self._storage_full
+        self.settings.listeners.append(self._security_setting_changed)
+        # Keys, the station certificate chain and the roots (both versions' certificate
+        # blocks and the link's TLS reach it as station.certificates).
+        self.certificates = CertificateStore(self.state_dir / "certs", self.clock,
+                                             self.station.security_events,
+                                             settings=self.settings)
+        self.station.certificates = self.certificates  # type: ignore[attr-defined]
+        # Where and how the link connects: network profiles, security profile, password,
+        # the TLS material from the certificate store (agent/link/network.py).
+        self.tls = StoreTls(cfg.ocpp, lambda: getattr(self.station, "certificates", None))
+        self.network = NetworkPlan(
+            cfg.ocpp, cfg.station.id, self.storage, tls=self.tls,
+            priority=lambda: self._dm_list(PRIORITY_SETTING, "1"),
+            set_priority=lambda slots: self.storage.set_setting(PRIORITY_SETTING,
+                                                                ",".join(slots)),
+            attempts=lambda: self._dm_int(ATTEMPTS_SETTING, 3),
+            legacy_password=lambda: self.storage.get_setting(PASSWORD_SETTING),
+            on_security_event=self.station.security_events.record)
         self.load = build_load_manager(cfg, self.hal, self.station, self.clock)
         self.reset_kind: str | None = None
+        # Firmware updates: one job (agent/core/firmware.py) over the platform's installer
+        # (agent/platform/); both versions' firmware blocks reach it as station.firmware.
+        # The interpreter to re-execute after an update that replaced it (python_package).
+        self.restart_python: str | None = None
+        fw = cfg.firmware
+        kind = fw.kind(cfg.hal.get("driver"))
+        self.installer: Installer | None = build_installer(
+            kind, fw.command if kind == "command" else fw.python_package, self.storage,
+            self._restart_for_firmware, self.state_dir)
+        self.firmware = FirmwareService(
+            self.station, self.storage, self.clock, self.installer, self.state_dir,
+            allow_unsigned=fw.unsigned_ok(cfg.hal.get("driver")),
+            confirm_timeout_s=fw.confirm_timeout_s, default_retries=fw.retries,
+            default_retry_interval_s=fw.retry_interval_s,
+            download_timeout_s=fw.download_timeout_s)
+        self.station.firmware = self.firmware  # type: ignore[attr-defined]
+        # What the driver sees (agent/core/display.py) and what a session costs
+        # (agent/core/cost.py); both versions' blocks reach them as station.display / .cost.
+        self.costs = Costs(self.storage, self.clock, self.settings)
+        self.station.cost = self.costs  # type: ignore[attr-defined]
+        self.display = DisplayService(self.station, getattr(self.hal, "display", None),
+                                      self.clock, settings=self.settings,
+                                      storage=self.storage, costs=self.costs)
+        self.station.display = self.display  # type: ignore[attr-defined]
         self._stop = asyncio.Event()
         ctx = StationContext(
             station=self.station, storage=self.storage, clock=self.clock,
             settings=self.settings, station_id=cfg.station.id, vendor=cfg.station.vendor,
             model=cfg.station.model, serial_number=cfg.station.serial_number,
-            firmware_version=cfg.station.firmware_version or f"cp-agent {__version__}",
+            firmware_version=self.firmware.current_version() or cfg.station.firmware_version
+            or f"cp-agent {__version__}",
             security_profile=cfg.ocpp.security_profile,
             message_timeout_s=cfg.ocpp.call_timeout_s,
             evses=[EvseInfo(e.id, e.phases, e.max_current_a * 230.0 * e.phases,
-                            e.connectors[0].type) for e in cfg.evses],
-            defaults=cfg.ocpp.defaults, request_reset=self._request_reset)
+                            e.connectors[0].type,
+                            connectors=tuple((c.id, c.type) for c in e.connectors))
+                   for e in cfg.evses],
+            defaults=cfg.ocpp.defaults, request_reset=self._request_reset,
+            network=self.network)
+        self._ctx = ctx
         # One adapter per offered version, built from the registry's entry.
         self.adapters: dict[str, Adapter] = {
             v: Adapter(registry.spec(v), ctx) for v in cfg.ocpp.versions}
@@ -122,11 +208,12 @@ class Agent:
             last = cfg.ocpp.versions[0]
         self.adapter: Adapter = self.adapters[last]
         self.adapter.activate()
-        profiles = ConfigProfile(cfg.ocpp, cfg.station.id, password=self._password)
         self.link = Link(cfg.ocpp, cfg.station.id, self.adapters, clock=self.clock,
                          ping_interval=lambda: float(self.settings["WebSocketPingInterval"]),
                          on_version=self._on_version, on_frame=self._frame_observer(on_frame),
-                         profiles=profiles)
+                         profiles=self.network,
+                         on_security_event=self.station.security_events.record)
+        self.network.reconnect_hook = self.link.reconnect
         self.control = ControlServer(cfg.control.socket, self.handle_control) if control else None
         self._tasks: list[asyncio.Task] = []
         self.ready = asyncio.Event()
@@ -139,6 +226,83 @@ class Agent:
 
             self.mqtt = MqttBridge(cfg.mqtt, cfg.station.id, self.station, clock=self.clock,
                                    link_state=lambda: (self.link.state, self.link.version))
+        # GetDiagnostics / GetLog: the blocks reach the collector as station.diagnostics.
+        self.diagnostics = Diagnostics(cfg.station.id, self.clock, self.state_dir, Sources(
+            config=self._public_config, status=self.status,
+            frames=lambda: [f.line() for f in self.frames.recent()],
+            settings=self._public_settings, secrets=self._secrets))
+        self.station.diagnostics = self.diagnostics  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ diagnostics sources
+
+    def _public_config(self) -> dict[str, Any]:
+        from agent.web.view import public_config  # the status page's /config, reused
+
+        return public_config(self.cfg)
+
+    def _public_settings(self) -> dict[str, Any]:
+        return {d.name: "***" if _secret_name(d.name) else d.format(v)
+                for d, v in self.settings.items()}
+
+    def _secrets(self) -> list[str]:
+        """Every secret value the station knows, for the archive's last scrub."""
+        found: list[str] = []
+
+        def walk(node: Any, name: str = "") -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(v, str(k))
+            elif isinstance(node, (list, tuple)):
+                for v in node:
+                    walk(v, name)
+            elif isinstance(node, str) and _secret_name(name):
+                found.append(node)
+
+        walk(dataclasses.asdict(self.cfg))
+        found += [str(v) for d, v in self.settings.items() if _secret_name(d.name) and v]
+        for key in (PASSWORD_SETTING, PASSWORD_KEY, NEW_PASSWORD_KEY):  # CSMS-set passwords
+            stored = self.storage.get_setting(key)
+            if stored:
+                found.append(stored)
+        try:  # the process-wide registry of secrets the log masks
+            from agent.redaction import SECRETS
+        except ImportError:
+            return found
+        return found + list(SECRETS.values)
+
+    # ------------------------------------------------------------------ security
+
+    def _register_secrets(self) -> None:
+        """The configuration's credentials, masked in every log record (agent.redaction);
+        those a CSMS sets later are registered by the storage as they are written."""
+        cfg = self.cfg
+        SECRETS.add(cfg.ocpp.password, station_id=cfg.station.id)
+        SECRETS.add(urlsplit(cfg.ocpp.url).password)
+        SECRETS.add(cfg.web.password)
+        SECRETS.add(cfg.web.token)
+        if cfg.mqtt is not None:
+            SECRETS.add(cfg.mqtt.password)
+        for key, value in self.storage.settings().items():  # registers the stored ones
+            if SECRET_KEY.search(key):
+                SECRETS.add(value, station_id=cfg.station.id)
+
+    def _storage_full(self, text: str) -> None:
+        """The state file's disk is full: MemoryExhaustion, recorded outside the failing
+        write (its delivery writes to the same database)."""
+        def record() -> None:
+            self.station.security_events.record("MemoryExhaustion",
+                                                "the disk of the state file is full")
+        try:
+            asyncio.get_running_loop().call_soon(record)
+        except RuntimeError:
+            record()
+
+    def _security_setting_changed(self, name: str, value: Any) -> None:
+        if name in SECURITY_SETTINGS:
+            if name == "AuthorizationKey":
+                SECRETS.add(str(value), station_id=self.cfg.station.id)
+            self.station.security_events.record("ReconfigurationOfSecurityParameters",
+                                                f"{name} changed")
 
     def _frame_observer(self, extra: Callable[[str, str, str, str, dict], None] | None
                         ) -> Callable[[str, str, str, str, dict], None]:
@@ -153,11 +317,26 @@ class Agent:
 
         return both
 
-    def _password(self) -> str | None:
-        stored = self.storage.get_setting(PASSWORD_SETTING)
-        if stored and self.cfg.ocpp.security_profile >= 1:
+    def _dm_value(self, key: str) -> str | None:
+        """A 2.0.1 variable the link follows: stored by a CSMS, else its ocpp.defaults entry."""
+        stored = self.storage.get_setting(key)
+        if stored is not None:
             return stored
-        return self.cfg.ocpp.password
+        name = key.removeprefix("v201.dm.").replace("/", ".")
+        value = self.cfg.ocpp.defaults.get(name)
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return None if value is None else str(value)
+
+    def _dm_list(self, key: str, default: str) -> list[str]:
+        text = self._dm_value(key) or default
+        return [x.strip() for x in text.split(",") if x.strip()]
+
+    def _dm_int(self, key: str, default: int) -> int:
+        try:
+            return int(self._dm_value(key) or default)
+        except ValueError:
+            return default
 
     def _on_version(self, adapter: Adapter) -> None:
         """A CSMS agreed a version: its adapter takes over; messages of the other go."""
@@ -197,7 +376,15 @@ class Agent:
 
     async def _request_reset(self, kind: str) -> None:
         self.reset_kind = kind
+        self.station.security_events.reset_requested(self.storage, kind)
         self._stop.set()
+
+    async def _restart_for_firmware(self) -> None:
+        """The installers' reboot: the agent restarts as after a Reset (in the new
+        interpreter when the update replaced it)."""
+        if self.installer is not None and self.installer.restart_python:
+            self.restart_python = self.installer.restart_python
+        await self._request_reset("Hard")
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -205,13 +392,26 @@ class Agent:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        # Queued now (the adapter in charge is known), sent once the CSMS accepted the boot.
+        self.station.security_events.started(self.storage)
+        imported = self.tls.import_factory_identity()  # security profile 3, factory files
+        if imported is not None:
+            log.info("%s", imported)
         await self.station.start()
         if self.load is not None:  # shares the site's headroom from the first sample on
             self.load.start()
         # Transactions a power cut left open end now, reported by the adapter in charge.
         self.station.recover()
+        self.display.start()
         for adapter in self.adapters.values():
             await adapter.start()
+        # An update a restart interrupted carries on; a rolled-back one reports the version
+        # that runs again (before the link's first BootNotification).
+        if await self.firmware.start():
+            await self._restart_for_firmware()
+        self._ctx.firmware_version = (self.firmware.current_version()
+                                      or self.cfg.station.firmware_version
+                                      or f"cp-agent {__version__}")
         if self.control is not None:
             await self.control.start()
         if self.cfg.web.listen is not None:
@@ -274,12 +474,15 @@ class Agent:
         await self.link.close()
         for adapter in self.adapters.values():
             await adapter.stop()
+        await self.firmware.stop()
+        await self.display.stop()  # "out of service" on the glass, before the HAL closes
         await self.station.stop()
         if self.control is not None:
             await self.control.stop()
         if self.web is not None:  # it reads the storage: stopped before that closes
             await self.web.stop()
         self.storage.close()
+        self.security_log.close()
         self.notifier.close()
 
     async def run(self) -> str | None:
@@ -322,6 +525,8 @@ class Agent:
                 "last_error": self.link.last_error, "outbox": self.storage.outbox_count(),
                 "station_faults": [str(f) for f in self.station.station_faults],
                 "site": self.load.status() if self.load is not None else None,
+                "firmware": self.firmware.status(),
+                "display": self.display.status(),
                 "evses": evses}
 
     def _mock(self) -> MockHal:

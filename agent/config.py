@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import types
 import typing
 from dataclasses import dataclass, field
@@ -81,6 +82,10 @@ class OcppConfig:
     security_profile: int = 0
     # PEM file of the CA(s) that signed the CSMS certificate (wss://); None: the system CAs.
     ca_file: str | None = None
+    # Security profile 3: the station certificate (PEM, chain) and its private key (PEM) as
+    # provisioned in the factory; imported into the certificate store at start-up.
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
     call_timeout_s: float = 30.0
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     # Initial values of 1.6 configuration keys / 2.0.1 variables, before the CSMS changes them.
@@ -104,18 +109,17 @@ class OcppConfig:
                f"a non-empty list of {list(SUPPORTED_VERSIONS)}")
         for i, v in enumerate(self.versions):
             _check(v in SUPPORTED_VERSIONS, f"{path}.versions[{i}]", v,
-                   f"one of {list(SUPPORTED_VERSIONS)}"
-                   + (" (OCPP 2.1 is not supported yet)" if v == "2.1" else ""))
+                   f"one of {list(SUPPORTED_VERSIONS)}")
         _check(len(set(self.versions)) == len(self.versions), f"{path}.versions",
                self.versions, "each version at most once")
-        _check(self.security_profile in (0, 1, 2), f"{path}.security_profile",
+        _check(self.security_profile in (0, 1, 2, 3), f"{path}.security_profile",
                self.security_profile,
-               "0 (none), 1 (basic auth) or 2 (TLS + basic auth); profile 3 (client "
-               "certificates) is not supported yet")
+               "0 (none), 1 (basic auth), 2 (TLS + basic auth) or 3 (TLS with the station "
+               "certificate)")
         if self.security_profile == 1:
             _check(parts.scheme == "ws", f"{path}.url", self.url,
                    "a ws:// URL for security profile 1 (use profile 2 for wss://)")
-        if self.security_profile >= 1:
+        if self.security_profile in (1, 2):
             _check(bool(self.password), f"{path}.password", self.password,
                    f"a password (security profile {self.security_profile} uses HTTP basic auth)")
         if self.security_profile >= 2:
@@ -130,9 +134,38 @@ class OcppConfig:
                    f"{path}.ca_file", self.ca_file,
                    "the path of a readable PEM file of CA certificates (a relative path is "
                    "relative to the configuration file)")
+        self._validate_identity(path)
         _check(0 < self.call_timeout_s <= 300, f"{path}.call_timeout_s", self.call_timeout_s,
                "a number of seconds in (0, 300]")
         self.reconnect.validate(f"{path}.reconnect")
+
+    def _validate_identity(self, path: str) -> None:
+        """Security profile 3 authenticates with the station certificate: both files, readable
+        PEM, the key belonging to the certificate, and no password that would go unused."""
+        if self.security_profile == 3:
+            _check(self.password is None, f"{path}.password", "***",
+                   "no password: security profile 3 authenticates with the station "
+                   "certificate (ocpp.client_cert_file), never with basic auth")
+            for key in ("client_cert_file", "client_key_file"):
+                _check(getattr(self, key) is not None, f"{path}.{key}", None,
+                       "the station certificate chain and its private key (PEM files) for "
+                       "security profile 3, as provisioned in the factory")
+        files = {k: getattr(self, k) for k in ("client_cert_file", "client_key_file")}
+        given = [k for k, v in files.items() if v is not None]
+        if not given:
+            return
+        for key in ("client_cert_file", "client_key_file"):
+            _check(key in given, f"{path}.{key}", None,
+                   "a PEM file too: client_cert_file and client_key_file go together")
+            value = files[key]
+            _check(os.path.isfile(value) and os.access(value, os.R_OK), f"{path}.{key}", value,
+                   "the path of a readable PEM file (a relative path is relative to the "
+                   "configuration file)")
+        from agent.link.profiles import check_key_pair  # the module that wraps ssl
+
+        problem = check_key_pair(files["client_cert_file"], files["client_key_file"])
+        _check(problem is None, f"{path}.client_key_file", files["client_key_file"],
+               f"the private key of ocpp.client_cert_file in PEM ({problem})")
 
 
 @dataclass
@@ -180,20 +213,32 @@ class EvseConfig:
         _check(6 <= self.min_current_a <= self.max_current_a, f"{path}.min_current_a",
                self.min_current_a, f"amps in [6, max_current_a={self.max_current_a}]")
         _check(self.phases in (1, 3), f"{path}.phases", self.phases, "1 or 3")
-        _check(len(self.connectors) == 1, f"{path}.connectors", len(self.connectors),
-               "exactly one connector per EVSE (more are not supported yet)")
+        _check(1 <= len(self.connectors) <= 8, f"{path}.connectors", len(self.connectors),
+               "1 to 8 connectors (an EVSE feeds one EV at a time through one of them)")
         for i, c in enumerate(self.connectors):
             c.validate(f"{path}.connectors[{i}]")
+        ids = [c.id for c in self.connectors]
+        _check(ids == list(range(1, len(ids) + 1)), f"{path}.connectors", ids,
+               "connector ids numbered 1, 2, ... without gaps or repeats (2.0.1 connectorId)")
 
 
 @dataclass
 class LogConfig:
     level: str = "info"
     frames: bool = False  # every OCPP frame at info level (logger cp_agent.frames), redacted
+    # `cp-agent run` also writes <state dir>/logs/agent.log (what GetDiagnostics / GetLog
+    # upload), rotated at file_max_kb and kept as file_count files: bounded on an SD card.
+    file: bool = True
+    file_max_kb: int = 1024
+    file_count: int = 5
 
     def validate(self, path: str) -> None:
         _check(self.level in ("debug", "info", "warning", "error"), f"{path}.level",
                self.level, "debug, info, warning or error")
+        _check(16 <= self.file_max_kb <= 1_048_576, f"{path}.file_max_kb", self.file_max_kb,
+               "16 to 1048576 (KiB per file)")
+        _check(1 <= self.file_count <= 100, f"{path}.file_count", self.file_count,
+               "1 to 100 files (agent.log and its rotated copies)")
 
 
 @dataclass
@@ -285,6 +330,108 @@ class SiteConfig:
                    f"amps in [0, max_current_a={self.max_current_a:g}] (for the whole site)")
 
 
+def _check_command(argv: list[str] | None, path: str, required: bool = False) -> None:
+    if argv is None and not required:
+        return
+    _check(bool(argv) and all(isinstance(a, str) and a for a in argv or []), path, argv,
+           "a command as a list: the program, then its arguments, e.g. [rauc, install]")
+    assert argv is not None
+    _check(shutil.which(argv[0]) is not None, path, argv,
+           f"a program that exists and is executable ({argv[0]!r} was not found"
+           + ("" if os.path.isabs(argv[0]) else " on PATH") + ")")
+
+
+@dataclass
+class CommandInstallerConfig:
+    """``firmware.command``: an executable installs the image (swupdate, RAUC, Mender...)."""
+
+    install: list[str] | None = None  # the image path is appended; exit 0 = installed
+    confirm: list[str] | None = None  # after the new firmware's accepted boot
+    roll_back: list[str] | None = None  # when it never got there
+    version: list[str] | None = None  # prints the running version
+    reboot: list[str] | None = None  # None: only the agent restarts
+    timeout_s: float = 1800.0
+
+    def validate(self, path: str) -> None:
+        _check_command(self.install, f"{path}.install", required=True)
+        for key in ("confirm", "roll_back", "version", "reboot"):
+            _check_command(getattr(self, key), f"{path}.{key}")
+        _check(1 <= self.timeout_s <= 86400, f"{path}.timeout_s", self.timeout_s,
+               "seconds in [1, 86400]")
+
+
+@dataclass
+class PythonPackageConfig:
+    """``firmware.python_package``: a wheel / sdist of cp-agent into a fresh venv."""
+
+    link: str = "/opt/cp-agent/venv"  # the symlink ExecStart runs through
+    venvs: str | None = None  # where the environments go; None: <link's directory>/venvs
+    python: str | None = None  # the interpreter that builds them; None: the running one's
+    pip_args: list[str] = field(default_factory=list)  # e.g. [--no-index, --find-links, DIR]
+    inherit: bool = True  # the new venv sees the running one's packages (.pth): offline, fast
+    timeout_s: float = 600.0
+
+    def validate(self, path: str) -> None:
+        _check(os.path.isabs(self.link), f"{path}.link", self.link, "an absolute path")
+        if self.venvs is not None:
+            _check(os.path.isabs(self.venvs), f"{path}.venvs", self.venvs, "an absolute path")
+        if self.python is not None:
+            _check_command([self.python], f"{path}.python")
+        _check(1 <= self.timeout_s <= 86400, f"{path}.timeout_s", self.timeout_s,
+               "seconds in [1, 86400]")
+
+
+FIRMWARE_INSTALLERS = ("mock", "command", "python_package", "none")
+
+
+@dataclass
+class FirmwareConfig:
+    """Remote firmware updates (agent/core/firmware.py, agent/platform/)."""
+
+    installer: str | None = None  # None: mock on the mock HAL, none on hardware
+    allow_unsigned: bool | None = None  # None: true with the mock installer, else false
+    confirm_timeout_s: float = 600.0  # new firmware without an accepted boot: rolled back
+    download_timeout_s: float = 60.0  # connect / silence limit of one download attempt
+    retries: int = 3  # when the request gives none
+    retry_interval_s: float = 60.0  # when the request gives none
+    command: CommandInstallerConfig | None = None
+    python_package: PythonPackageConfig | None = None
+
+    def kind(self, hal_driver: Any) -> str:
+        if self.installer is not None:
+            return self.installer
+        return "mock" if hal_driver == "mock" else "none"
+
+    def unsigned_ok(self, hal_driver: Any) -> bool:
+        if self.allow_unsigned is not None:
+            return self.allow_unsigned
+        return self.kind(hal_driver) == "mock"
+
+    def validate(self, path: str) -> None:
+        if self.installer is not None:
+            _check(self.installer in FIRMWARE_INSTALLERS, f"{path}.installer", self.installer,
+                   f"one of {', '.join(FIRMWARE_INSTALLERS)}")
+        if self.installer == "command":
+            _check(self.command is not None, f"{path}.command", None,
+                   "a command: section with install: [...] (installer is command)")
+        if self.installer == "python_package" and self.python_package is None:
+            self.python_package = PythonPackageConfig()
+        for key, kind in (("command", "command"), ("python_package", "python_package")):
+            section = getattr(self, key)
+            if section is None:
+                continue
+            _check(self.installer == kind, f"{path}.{key}", "{...}",
+                   f"no {key}: section unless installer is {kind}")
+            section.validate(f"{path}.{key}")
+        _check(1 <= self.confirm_timeout_s <= 86400, f"{path}.confirm_timeout_s",
+               self.confirm_timeout_s, "seconds in [1, 86400]")
+        _check(1 <= self.download_timeout_s <= 3600, f"{path}.download_timeout_s",
+               self.download_timeout_s, "seconds in [1, 3600]")
+        _check(0 <= self.retries <= 100, f"{path}.retries", self.retries, "0 to 100")
+        _check(0 <= self.retry_interval_s <= 86400, f"{path}.retry_interval_s",
+               self.retry_interval_s, "seconds in [0, 86400]")
+
+
 # Hosts the status page may listen on without a credential: only this machine can reach them.
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -363,6 +510,7 @@ class AgentConfig:
     mqtt: MqttConfig | None = None  # no section: no bridge, and aiomqtt is never imported
     web: WebConfig = field(default_factory=WebConfig)  # listen unset: agent.web not imported
     site: SiteConfig | None = None  # no section: no local load management
+    firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
     source: str | None = None  # the file it came from, for messages
 
     def validate(self) -> None:
@@ -376,6 +524,7 @@ class AgentConfig:
             self.mqtt.validate("mqtt")
         if self.site is not None:
             self.site.validate("site")
+        self.firmware.validate("firmware")
         _check(len(self.evses) >= 1, "evses", self.evses, "at least one EVSE")
         seen: set[int] = set()
         for i, e in enumerate(self.evses):
@@ -385,8 +534,21 @@ class AgentConfig:
         ids = sorted(seen)
         _check(ids == list(range(1, len(ids) + 1)), "evses", ids,
                "EVSE ids numbered 1, 2, ... without gaps (OCPP connector/EVSE numbering)")
+        for i, e in enumerate(self.evses):
+            # 1.6 numbers connectors across the station (one per EVSE here): an EVSE with
+            # several connectors has no 1.6 form.
+            _check(len(e.connectors) == 1 or "1.6" not in self.ocpp.versions,
+                   f"evses[{i}].connectors", len(e.connectors),
+                   "one connector per EVSE while ocpp.versions offers 1.6 (several connectors "
+                   "per EVSE need OCPP 2.0.1 only)")
         _check(isinstance(self.hal, dict) and "driver" in self.hal, "hal", self.hal,
                "a mapping with a 'driver' key (mock or hardware)")
+        # Last, so that a section's own mistake is named first: a password that would never
+        # be sent (profile 0 sends no Authorization header) is a mistake, not a default.
+        if self.ocpp.password is not None and self.ocpp.security_profile == 0:
+            _check(False, "ocpp.security_profile", 0,
+                   "1 (basic auth over ws://) or 2 (over wss://) when ocpp.password is set: "
+                   "with security profile 0 the password is never sent")
 
     @property
     def evse_ids(self) -> list[int]:
@@ -480,7 +642,8 @@ def _build(cls: Any, raw: Any, path: str) -> Any:
 # Keys whose value is a file path. A relative one is relative to the configuration file (the
 # working directory is / under systemd), resolved before validation looks at the file. The
 # hal: section's paths are device nodes (/dev/ttyUSB0), left as written.
-PATH_KEYS = ("storage.path", "control.socket", "ocpp.ca_file", "mqtt.ca_file")
+PATH_KEYS = ("storage.path", "control.socket", "ocpp.ca_file", "ocpp.client_cert_file",
+             "ocpp.client_key_file", "mqtt.ca_file")
 
 # Keys a configuration must give: without them an empty file would be station CP001 talking
 # to a CSMS on 127.0.0.1.

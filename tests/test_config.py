@@ -52,7 +52,9 @@ def test_every_dataclass_key_is_documented_in_the_example():
     ("ocpp: {url: 'http://x'}", "ocpp.url: 'http://x' is not allowed"),
     ("ocpp: {security_profile: 1}", "ocpp.password"),
     ("ocpp: {security_profile: 2, password: secret}", "wss://"),
-    ("ocpp: {security_profile: 3}", "not supported yet"),
+    ("ocpp: {security_profile: 3}", "a wss:// URL (security profile 3 requires TLS)"),
+    ("ocpp: {url: 'wss://c/o', security_profile: 3}", "ocpp.client_cert_file: null"),
+    ("ocpp: {password: secret}", "ocpp.security_profile: 0 is not allowed; expected 1"),
     ("evses: [{id: 1, max_current_a: 100}]", "evses[0].max_current_a: 100"),
     ("evses: [{id: 1}, {id: 3}]", "without gaps"),
     ("evses: [{id: 1, phases: two}]", "evses[0].phases: 'two' is not allowed; expected an integer"),
@@ -61,7 +63,9 @@ def test_every_dataclass_key_is_documented_in_the_example():
     ("log: {level: loud}", "log.level: 'loud'"),
     ("hal: {}", "hal:"),
     ("station: {id: CP1\n", "not valid YAML"),
-    ("evses: [{id: 1, connectors: [{id: 1}, {id: 2}]}]", "exactly one connector"),
+    ("evses: [{id: 1, connectors: [{id: 1}, {id: 2}]}]", "while ocpp.versions offers 1.6"),
+    ("ocpp: {versions: ['2.0.1']}\nevses: [{id: 1, connectors: [{id: 1}, {id: 3}]}]",
+     "evses[0].connectors: [1, 3] is not allowed; expected connector ids numbered"),
 ])
 def test_errors_name_key_value_and_allowed(text, needle):
     with pytest.raises(ConfigError) as exc:
@@ -99,6 +103,9 @@ def test_cli_reports_config_errors_and_exits_2(tmp_path, capsys):
     assert main(["check-config", "--config", str(ROOT / "config.example.yaml")]) == 0
 
 
-def test_ocpp_2_1_is_refused_until_it_has_an_adapter():
-    with pytest.raises(ConfigError, match=r"ocpp.versions\[1\].*2.1 is not supported yet"):
-        load_config_text("ocpp: {versions: ['2.0.1', '2.1']}")
+def test_ocpp_2_1_is_a_version_and_unquoted_versions_are_read_as_written():
+    cfg = load_config_text("station: {id: CP1}\nocpp: {url: 'ws://x/ocpp', "
+                           "versions: [2.1, 2.0.1, 1.6]}")
+    assert cfg.ocpp.versions == ["2.1", "2.0.1", "1.6"]
+    with pytest.raises(ConfigError, match=r"ocpp.versions\[1\]: '2.2' is not allowed"):
+        load_config_text("ocpp: {versions: ['2.1', '2.2']}")

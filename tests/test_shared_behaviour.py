@@ -199,7 +199,13 @@ class Kit201(Kit):
         assert res["setVariableResult"][0]["attributeStatus"] == "Accepted", res
 
 
-KITS: dict[str, Kit] = {"1.6": Kit16(), "2.0.1": Kit201()}
+class Kit21(Kit201):
+    """2.1 says all of this as 2.0.1 does (the same blocks, carried over)."""
+
+    version = "2.1"
+
+
+KITS: dict[str, Kit] = {"1.6": Kit16(), "2.0.1": Kit201(), "2.1": Kit21()}
 
 
 @pytest.fixture(params=list(KITS))

@@ -22,6 +22,7 @@ from agent.storage import Storage
 from agent.swarm import SwarmOptions, run_swarm
 from agent.testing.csms import CS_TO_CSMS, CSMS_TO_CS
 from hal.mock import MockHal, MockMeter
+from tests.conftest import VERSIONS_201_PLUS
 
 pytestmark = pytest.mark.asyncio
 
@@ -71,13 +72,14 @@ async def test_every_station_boots_sessions_complete_and_counts_match_the_csms(c
     assert {p.name for p in short_dir.glob("T-*.sqlite3")} == {f"{i}.sqlite3" for i in ids}
 
 
-async def test_swarm_speaks_2_0_1_and_its_counts_match_the_csms(short_dir):
+@pytest.mark.parametrize("version", VERSIONS_201_PLUS)
+async def test_swarm_speaks_2_0_1_and_its_counts_match_the_csms(short_dir, version):
     from agent.testing.csms import TestCsms
 
-    csms = TestCsms(versions=("2.0.1",))
+    csms = TestCsms(versions=(version,))
     await csms.start()
     try:
-        options = SwarmOptions(csms=csms.url, count=3, ocpp="2.0.1", id_prefix="V-",
+        options = SwarmOptions(csms=csms.url, count=3, ocpp=version, id_prefix="V-",
                                charging_ratio=0.9, ramp=50, duration=2.5, session_s=0.6,
                                meter_interval=1, seed=11, state_dir=str(short_dir))
         summary = await run_swarm(options, io.StringIO())

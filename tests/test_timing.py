@@ -18,9 +18,9 @@ import pytest
 from agent.app import Agent
 from agent.clock import FakeClock
 from agent.testing.csms import CsmsCallError, TestCsms
-from tests.conftest import eventually, version_rig
+from tests.conftest import VERSIONS_201_PLUS, eventually, version_rig
 
-VERSIONS = ("1.6", "2.0.1")
+VERSIONS = ("1.6", *VERSIONS_201_PLUS)
 
 
 @pytest.fixture(params=VERSIONS)

@@ -6,9 +6,11 @@ import pytest
 
 from agent.clock import parse_iso
 from agent.core.model import Token
-from tests.conftest import charging201, online201, tx_events
+from tests.conftest import charging201, on_versions_201_plus, online201, tx_events
 
 pytestmark = pytest.mark.asyncio
+# Every test here applies to 2.1 as well (its csms201 / make_agent201 speak each).
+v2 = on_versions_201_plus()
 
 
 def local_entry(token: str, status: str = "Accepted", group: str | None = None) -> dict:

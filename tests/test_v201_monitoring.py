@@ -8,9 +8,11 @@ import json
 import pytest
 
 from agent.clock import parse_iso
-from tests.conftest import charging201, online201
+from tests.conftest import charging201, on_versions_201_plus, online201
 
 pytestmark = pytest.mark.asyncio
+# Every test here applies to 2.1 as well (its csms201 / make_agent201 speak each).
+v2 = on_versions_201_plus()
 
 
 def on_second(stamp: str) -> bool:
@@ -120,31 +122,14 @@ async def test_clock_correction_beyond_threshold_is_a_security_event(csms201, ma
 
 
 UNSUPPORTED = [
-    ("ReserveNow", {"id": 1, "expiryDateTime": "2030-01-01T00:00:00Z",
-                    "idToken": {"idToken": "A", "type": "ISO14443"}}, "Rejected"),
-    ("CancelReservation", {"reservationId": 1}, "Rejected"),
-    ("SetChargingProfile", {"evseId": 1, "chargingProfile": {
-        "id": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
-        "chargingProfileKind": "Absolute", "chargingSchedule": [{
-            "id": 1, "chargingRateUnit": "A",
-            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10}]}]}}, "Rejected"),
-    ("GetChargingProfiles", {"requestId": 1, "chargingProfile": {}}, "NoProfiles"),
-    ("ClearChargingProfile", {}, "Unknown"),
-    ("GetCompositeSchedule", {"duration": 60, "evseId": 1}, "Rejected"),
-    ("GetLog", {"logType": "DiagnosticsLog", "requestId": 1,
-                "log": {"remoteLocation": "https://example.com/upload"}}, "Rejected"),
-    ("UpdateFirmware", {"requestId": 1, "firmware": {
-        "location": "https://example.com/fw.bin",
-        "retrieveDateTime": "2030-01-01T00:00:00Z"}}, "Rejected"),
+    ("PublishFirmware", {"requestId": 1, "location": "https://example.com/fw.bin",
+                         "checksum": "0123456789abcdef0123456789abcdef"}, "Rejected"),
     ("CustomerInformation", {"requestId": 1, "report": True, "clear": False}, "Rejected"),
     ("GetInstalledCertificateIds", {}, "NotFound"),
     ("InstallCertificate", {"certificateType": "CSMSRootCertificate",
                             "certificate": "x"}, "Rejected"),
     ("SetMonitoringBase", {"monitoringBase": "All"}, "NotSupported"),
     ("GetMonitoringReport", {"requestId": 1}, "NotSupported"),
-    ("SetDisplayMessage", {"message": {"id": 1, "priority": "NormalCycle", "message": {
-        "format": "UTF8", "content": "hi"}}}, "Rejected"),
-    ("GetDisplayMessages", {"requestId": 1}, "Unknown"),
     ("UnpublishFirmware", {"checksum": "0" * 32}, "NoFirmware"),
 ]
 

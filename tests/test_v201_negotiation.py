@@ -13,7 +13,7 @@ import pytest
 
 from agent.app import Agent
 from agent.testing.csms import TestCsms
-from tests.conftest import agent_config, online, online201, tx_events
+from tests.conftest import VERSIONS_201_PLUS, agent_config, online, online201, tx_events
 
 pytestmark = pytest.mark.asyncio
 
@@ -98,7 +98,8 @@ async def test_offline_the_last_negotiated_version_is_in_charge(short_dir):
         again.hal.unplug(1)
         await asyncio.wait_for(again.station.settled(), 5)
         actions = {i.action for i in again.storage.outbox_peek(100)}
-        assert actions == {"TransactionEvent"}
+        # (with StartupOfTheDevice, queued in 2.0.1 terms at start-up)
+        assert actions == {"TransactionEvent", "SecurityEventNotification"}
         await server.resume()
         ended = await server.wait_for("TransactionEvent", station_id="CP1", timeout=10,
                                       predicate=lambda p: p["eventType"] == "Ended")
@@ -153,15 +154,17 @@ async def test_version_change_reports_running_transaction_and_drops_foreign_mess
     assert server16.violations == [] and server201.violations == []
 
 
-async def test_demo_speaks_2_0_1():
-    """`cp-agent demo --ocpp 2.0.1`: a whole session, energy delivered, no schema error."""
+@pytest.mark.parametrize("version", VERSIONS_201_PLUS)
+async def test_demo_speaks_2_0_1(version):
+    """`cp-agent demo --ocpp 2.0.1` (and 2.1): a whole session, energy delivered, no schema
+    error."""
     import io
 
     from agent.demo import run_demo
 
     out = io.StringIO()
-    assert await run_demo(version="2.0.1", out=out) == 0, out.getvalue()
+    assert await run_demo(version=version, out=out) == 0, out.getvalue()
     text = out.getvalue()
-    assert "over OCPP 2.0.1" in text and "schema errors    0" in text
+    assert f"over OCPP {version}" in text and "schema errors    0" in text
     assert "TransactionEvent  Started" in text and "TransactionEvent  Ended" in text
     assert "contactor CLOSED" in text

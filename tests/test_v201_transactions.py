@@ -13,9 +13,11 @@ import pytest
 
 from agent.core.model import Token
 from agent.testing.csms import CsmsCallError
-from tests.conftest import charging201, online201, tx_events
+from tests.conftest import charging201, on_versions_201_plus, online201, tx_events
 
 pytestmark = pytest.mark.asyncio
+# Every test here applies to 2.1 as well (its csms201 / make_agent201 speak each).
+v2 = on_versions_201_plus()
 
 
 def summary(events: list[dict]) -> list[tuple]:
@@ -303,7 +305,7 @@ async def test_power_loss_ends_the_transaction_with_continuing_seq_no(csms201, m
         "AbnormalCondition", "PowerLoss")
     assert end["seqNo"] == sent, "seqNo continues from the journal, no gap, no repeat"
     assert end["offline"] is True
-    await asyncio.wait_for(again.adapters["2.0.1"].outbox.idle.wait(), 5)
+    await asyncio.wait_for(again.adapter.outbox.idle.wait(), 5)
     assert again.storage.tx_open() == []
     assert len(tx_events(csms201, eventType="Ended")) == 1
 
@@ -342,7 +344,7 @@ async def test_TC_E_28_30_32_CS_get_transaction_status(csms201, make_agent201):
     assert ongoing == {"ongoingIndicator": True, "messagesInQueue": False}
     agent.hal.unplug(1)
     await ended(csms201)
-    await asyncio.wait_for(agent.adapters["2.0.1"].outbox.idle.wait(), 5)
+    await asyncio.wait_for(agent.adapter.outbox.idle.wait(), 5)
     done = await link.call("GetTransactionStatus", {"transactionId": tx_id})
     assert done == {"ongoingIndicator": False, "messagesInQueue": False}
     assert await link.call("GetTransactionStatus", {}) == {"messagesInQueue": False}

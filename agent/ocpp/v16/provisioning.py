@@ -79,6 +79,14 @@ class Provisioning(Block):
 
     @handles("ChangeConfiguration")
     async def change_configuration(self, p: dict) -> dict:
+        # Keys whose change does more than store a value (SecurityProfile, AuthorizationKey)
+        # belong to the block that owns them: ``change_key`` answers, or None passes.
+        for block in self.adapter.blocks:
+            hook = getattr(block, "change_key", None)
+            if hook is not None:
+                status = hook(p["key"], p["value"])
+                if status is not None:
+                    return {"status": status}
         return {"status": self.keys.change(p["key"], p["value"])}
 
     # ------------------------------------------------------------------ Reset

@@ -1,6 +1,9 @@
 """OCPP 2.0.1: the functional blocks A (security), B (provisioning), C (authorization),
-D (local list), E (transactions), F (remote control), G (availability), J (meter values),
-N (diagnostics) and P (data transfer), with a spec answer for the features not built yet.
+D (local list), E (transactions), F (remote control), G (availability), H (reservation),
+I (tariff and cost), J (meter values),
+K (smart charging), M (certificate management), N (diagnostics), O (display messages) and
+P (data transfer),
+with a spec answer for the features not built yet.
 
 The version is this registry entry (:data:`SPEC`) and the block modules it lists; each block
 declares its device-model variables (``variables()``), and the device model is their union
@@ -15,14 +18,23 @@ from agent.ocpp.adapter import Adapter
 from agent.ocpp.registry import VersionSpec
 from agent.ocpp.v201.authorization import Authorization
 from agent.ocpp.v201.availability import Availability, connector_status
+from agent.ocpp.v201.certificates import Certificates
+from agent.ocpp.v201.charging_limits import ChargingLimits
 from agent.ocpp.v201.data_transfer import DataTransfer
 from agent.ocpp.v201.device_model import factory_names
+from agent.ocpp.v201.diagnostics import Diagnostics
+from agent.ocpp.v201.display import DisplayMessages
+from agent.ocpp.v201.firmware import Firmware
 from agent.ocpp.v201.local_list import LocalList
 from agent.ocpp.v201.metering import STREAMS, Metering
 from agent.ocpp.v201.monitoring import Monitoring
+from agent.ocpp.v201.network import NetworkProfiles
 from agent.ocpp.v201.provisioning import Provisioning
 from agent.ocpp.v201.remote_control import RemoteControl
+from agent.ocpp.v201.reservation import Reservations
 from agent.ocpp.v201.security import Security
+from agent.ocpp.v201.smart_charging import SmartCharging
+from agent.ocpp.v201.tariff import TariffCost
 from agent.ocpp.v201.transactions import Transactions
 from agent.ocpp.v201.unsupported import Unsupported
 
@@ -50,8 +62,10 @@ def _clock_corrected(adapter: Adapter, delta: float) -> None:
 SPEC = VersionSpec(
     version="2.0.1",
     subprotocol="ocpp2.0.1",
-    blocks=(Provisioning, Security, Authorization, LocalList, Availability, Metering,
-            Transactions, RemoteControl, Monitoring, DataTransfer, Unsupported),
+    blocks=(Provisioning, Security, NetworkProfiles, Authorization, LocalList, Availability,
+            Metering, Transactions, RemoteControl, Reservations, SmartCharging, ChargingLimits,
+            Monitoring, Diagnostics, Firmware, DataTransfer, Certificates, DisplayMessages,
+            TariffCost, Unsupported),
     provisioning=lambda adapter: adapter.block(Provisioning),
     activate=_activate,
     refuse_call=_refuse_call,

@@ -10,15 +10,14 @@ device model: the union of every block's variables, built on first use.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, ClassVar
 
 from agent.core.model import EvseSnapshot, StopReason, TxRecord
 from agent.link.rpc import CallFailed
 from agent.ocpp.blocks import handles
+from agent.ocpp.v201.availability import Availability
 from agent.ocpp.v201.device_model import (
-    NETWORK_SLOTS,
     DeviceModel,
     VarDef,
     VariableBlock,
@@ -26,7 +25,6 @@ from agent.ocpp.v201.device_model import (
     rw,
     split_report,
 )
-from agent.ocpp.v201.security import Security
 
 log = logging.getLogger("cp_agent.v201")
 
@@ -42,12 +40,10 @@ class Provisioning(VariableBlock):
            max_limit=3600, setting="WebSocketPingInterval"),
         rw("OCPPCommCtrlr", "ResetRetries", "integer", min_limit=0, max_limit=10,
            setting="ResetRetries"),
-        ro("OCPPCommCtrlr", "FileTransferProtocols", "MemberList", "",
-           values_list=("HTTPS",)),
-        rw("OCPPCommCtrlr", "NetworkConfigurationPriority", "SequenceList", "1",
-           values_list=NETWORK_SLOTS, reboot=True),
-        rw("OCPPCommCtrlr", "NetworkProfileConnectionAttempts", "integer", "3", min_limit=1,
-           max_limit=100),
+        # What agent/transfer (firmware downloads, log uploads) speaks.
+        ro("OCPPCommCtrlr", "FileTransferProtocols", "MemberList", "FTP,FTPS,HTTP,HTTPS",
+           values_list=("FTP", "FTPS", "HTTP", "HTTPS")),
+        # NetworkConfigurationPriority, NetworkProfileConnectionAttempts: network.py.
         ro("OCPPCommCtrlr", "QueueAllMessages", "boolean", "false"),
         rw("OCPPCommCtrlr", "RetryBackOffRepeatTimes", "integer", "5", min_limit=0,
            max_limit=30),
@@ -76,8 +72,7 @@ class Provisioning(VariableBlock):
         super().__init__(adapter)
         self._dm: DeviceModel | None = None
         self._reset_scheduled = False
-        # Why this process started, reported once the first boot is accepted.
-        self._startup_reason: str | None = self.boot_reason()
+        self._evse_resets: set[int] = set()  # EVSEs whose OnIdle reset waits for their tx
 
     def live_variables(self) -> list[VarDef]:
         ctx = self.adapter.ctx
@@ -103,6 +98,9 @@ class Provisioning(VariableBlock):
                 hook = getattr(block, "variable_changed", None)
                 if hook is not None:
                     dm.listeners.append(hook)
+                attribute_hook = getattr(block, "attribute_changed", None)
+                if attribute_hook is not None:
+                    dm.attribute_listeners.append(attribute_hook)
             self._dm = dm
         return self._dm
 
@@ -129,12 +127,8 @@ class Provisioning(VariableBlock):
         pass  # while Rejected, CSMS requests get SecurityError (SPEC.refuse_call)
 
     def boot_accepted(self) -> None:
+        # StartupOfTheDevice / ResetOrReboot: recorded by the composition root at start-up.
         self.storage.delete_setting(BOOT_REASON)
-        if self._startup_reason is not None:
-            reason, self._startup_reason = self._startup_reason, None
-            self.adapter.block(Security).event(
-                "StartupOfTheDevice" if reason == "PowerUp" else "ResetOrReboot",
-                f"boot reason {reason}")
 
     # ------------------------------------------------------------------ B05/B06 variables
 
@@ -212,11 +206,11 @@ class Provisioning(VariableBlock):
 
     @handles("Reset")
     async def reset(self, p: dict) -> dict:
+        evse_id = p.get("evseId")
+        if evse_id is not None and evse_id != 0:
+            return self._reset_evse(evse_id, p["type"])
         if self.adapter.ctx.request_reset is None:
             return {"status": "Rejected"}
-        if p.get("evseId") is not None:
-            # B11/B12: resetting one EVSE is optional; this station resets as a whole.
-            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRequest"}}
         if p["type"] == "OnIdle" and self.station.any_transaction:
             self._reset_scheduled = True
             self.storage.set_setting(BOOT_REASON, "ScheduledReset")
@@ -233,27 +227,38 @@ class Provisioning(VariableBlock):
         assert request_reset is not None
         await request_reset(kind)
 
+    def _reset_evse(self, evse_id: int, kind: str) -> dict:
+        """B11/B12 with an evseId: that EVSE alone (its transaction ended with ImmediateReset,
+        Unavailable while it restarts), the others go on. OnIdle with its transaction running
+        is Scheduled (B12.FR.07) and happens when that transaction ends."""
+        evse = self.station.evses.get(evse_id)
+        if evse is None:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnknownEvse"}}
+        if self.dm.value("EVSE", "AllowReset", evse=evse_id, default="true") != "true":
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRequest"}}
+        if kind == "OnIdle" and evse.snapshot().tx is not None:
+            self._evse_resets.add(evse_id)
+            return {"status": "Scheduled"}
+        self._evse_resets.discard(evse_id)  # an Immediate one replaces a scheduled one
+        self.adapter.spawn(self._reset_one(evse_id), f"v201-reset-evse-{evse_id}")
+        return {"status": "Accepted"}
+
+    async def _reset_one(self, evse_id: int, *, answered: bool = True) -> None:
+        if answered:
+            await self.adapter.after_answer()
+        availability = self.adapter.block(Availability)
+        await self.station.reset_evse(evse_id, StopReason.HARD_RESET,
+                                      while_down=lambda: availability.delivered(evse_id))
+
     def transaction_ended(self, tx: TxRecord, reason: StopReason, snap: EvseSnapshot) -> None:
-        """B12: a Reset OnIdle waits for the last transaction to end."""
+        """B12: a Reset OnIdle waits for the last transaction to end (of its EVSE, for the
+        reset of one EVSE)."""
+        if tx.evse_id in self._evse_resets:
+            self._evse_resets.discard(tx.evse_id)
+            self.adapter.spawn(self._reset_one(tx.evse_id, answered=False),
+                               f"v201-scheduled-reset-evse-{tx.evse_id}")
         if self._reset_scheduled and not self.station.any_transaction:
             self._reset_scheduled = False
             self.adapter.spawn(self._reset("OnIdle"), "v201-scheduled-reset")
 
-    # ------------------------------------------------------------------ B09 network profile
-
-    @handles("SetNetworkProfile")
-    async def set_network_profile(self, p: dict) -> dict:
-        """Validated and stored for the link's connection profiles; used from a restart on."""
-        slot = str(p["configurationSlot"])
-        data = p["connectionData"]
-        current = self.dm.integer("SecurityCtrlr", "SecurityProfile")
-        url = data["ocppCsmsUrl"]
-        if (slot not in NETWORK_SLOTS or data["ocppVersion"] != "OCPP20"
-                or data["ocppTransport"] != "JSON" or data["securityProfile"] < current
-                or data["securityProfile"] not in (0, 1, 2)
-                or not url.startswith(("ws://", "wss://"))):
-            return {"status": "Rejected"}
-        self.storage.set_setting(f"v201.network_profile.{slot}", json.dumps(data))
-        self.adapter.block(Security).event("ReconfigurationOfSecurityParameters",
-                                           f"network profile slot {slot} set")
-        return {"status": "Accepted"}
+    # B09 SetNetworkProfile: agent/ocpp/v201/network.py (the link's network profiles).
