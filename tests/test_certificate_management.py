@@ -186,7 +186,7 @@ async def test_a02_csr_signed_and_installed_tc_a_11_cs(rig: Rig, ca: TestCa,
     assert_no_private_key(caplog.text, identity[1])
 
 
-BAD = ["wrong CA", "wrong organization", "key mismatch", "expired", "not yet valid"]
+BAD = ["wrong CA", "wrong organization", "key mismatch", "expired"]
 
 
 @pytest.mark.parametrize("bad", BAD)
@@ -204,7 +204,6 @@ async def test_a02_invalid_certificate_rejected_with_event_tc_a_14_cs(
         "key mismatch": lambda: signer.sign_csr(
             csr, public_key=ec.generate_private_key(ec.SECP256R1()).public_key()),
         "expired": lambda: signer.sign_csr(csr, not_before=now - 9 * DAY, not_after=now - DAY),
-        "not yet valid": lambda: signer.sign_csr(csr, not_before=now + DAY),
     }[bad]()
     seen: list[str] = []
     r.agent.station.security_events.listeners.append(lambda e: seen.append(e.kind))
@@ -214,6 +213,36 @@ async def test_a02_invalid_certificate_rejected_with_event_tc_a_14_cs(
         await r.csms.wait_for("SecurityEventNotification", station_id=SID,
                               predicate=lambda p: p["type"] == r.kit.event)
     assert r.store.client_identity() is None
+
+
+async def test_a02_certificate_valid_later_is_used_from_then_a02_fr_08(kit: Kit,
+                                                                     short_dir: Path,
+                                                                     ca: TestCa) -> None:
+    """A chain whose validity starts in ten minutes (beyond the 5-minute clock-skew allowance)
+    is Accepted without an event, kept, and switched to when the station clock gets there."""
+    quiet = f"storage: {{path: {short_dir / 'CP1.sqlite3'}, meter_persist_s: 300}}"
+    async with version_rig(kit.version, short_dir, fake_clock=True, extra=quiet,
+                           defaults={"CpoName": ORG}) as (csms, make):
+        clock = FakeClock(start_wall=time.time())
+        csms.now = clock.now
+        agent = await make(clock=clock)
+        link = await connected(csms, agent)
+        store = agent.certificates
+        store.install_root(CSMS_ROOT, ca.pem)
+        start = clock.now() + datetime.timedelta(minutes=10)
+        chain = Signer.of(ca).sign_csr(store.new_csr(SID), not_before=start)
+        seen: list[str] = []
+        agent.station.security_events.listeners.append(lambda e: seen.append(e.kind))
+        res = await link.call("CertificateSigned", {"certificateChain": chain})
+        assert res["status"] == "Accepted" and seen == []
+        assert store.station_certificate() is None and store.next_identity_at() is not None
+        await eventually(lambda: any(t.get_name().endswith("-cert-renewal")
+                                     for t in asyncio.all_tasks()), "the renewal check")
+        await clock.advance(600 - 60)
+        assert store.station_certificate() is None, "not before its 'not valid before'"
+        await clock.advance(120)
+        await eventually(lambda: store.station_certificate() is not None, "switched")
+        assert store.next_identity_at() is None
 
 
 async def test_a02_chain_longer_than_the_limit_is_rejected(kit: Kit, short_dir: Path,
@@ -298,6 +327,50 @@ async def test_v2g_certificate_is_rejected_2_0_1(short_dir: Path, ca: TestCa) ->
         assert trig["status"] == "NotImplemented"
 
 
+async def test_2_1_csr_request_ids_v2g20_and_the_oem_root(short_dir: Path, ca: TestCa,
+                                                          tmp_path: Path) -> None:
+    """2.1's changes to A02 and M03/M05: SignCertificate numbers its CSRs (requestId, echoed
+    in CertificateSigned), a V2G20Certificate is refused (ISO 15118-20), OEMRootCertificate
+    is installed and listed; SecurityCtrlr.AllowSecurityProfileDowngrade reads false."""
+    async with version_rig("2.1", short_dir, defaults={"CpoName": ORG}) as (csms, make):
+        sent: list[dict] = []
+        csms.overrides["SignCertificate"] = lambda link, p: (sent.append(p),
+                                                             {"status": "Accepted"})[1]
+        agent = await make()
+        link = await connected(csms, agent)
+        root = {"certificateType": CSMS_ROOT, "certificate": ca.pem.decode()}
+        assert (await link.call("InstallCertificate", root))["status"] == "Accepted"
+        for count in (1, 2):
+            await link.call("TriggerMessage",
+                            {"requestedMessage": "SignChargingStationCertificate"})
+            await eventually(lambda c=count: len(sent) == c, f"CSR #{count}")
+        assert sent[1]["requestId"] == sent[0]["requestId"] + 1
+        chain = Signer.of(ca).sign_csr(sent[1]["csr"])
+        res = await link.call("CertificateSigned", {
+            "certificateChain": chain, "certificateType": "V2G20Certificate",
+            "requestId": sent[1]["requestId"]})
+        assert res["status"] == "Rejected"
+        res = await link.call("CertificateSigned", {
+            "certificateChain": chain, "certificateType": "ChargingStationCertificate",
+            "requestId": sent[1]["requestId"]})
+        assert res["status"] == "Accepted"
+        oem = TestCa.create(tmp_path / "oem", "oem")
+        res = await link.call("InstallCertificate", {"certificateType": "OEMRootCertificate",
+                                                     "certificate": oem.pem.decode()})
+        assert res["status"] == "Accepted"
+        res = await link.call("GetInstalledCertificateIds",
+                              {"certificateType": ["OEMRootCertificate"]})
+        assert [e["certificateHashData"] for e in res["certificateHashDataChain"]] == [
+            crypto.hash_data(oem.cert, oem.cert)]
+        var = {"component": {"name": "SecurityCtrlr"},
+               "variable": {"name": "AllowSecurityProfileDowngrade"}}
+        got = await link.call("GetVariables", {"getVariableData": [var]})
+        assert got["getVariableResult"][0]["attributeValue"] == "false"
+        put = await link.call("SetVariables", {"setVariableData": [
+            {**var, "attributeValue": "true"}]})
+        assert put["setVariableResult"][0]["attributeStatus"] == "Rejected"
+
+
 # ====================================================================== A03
 
 
@@ -364,6 +437,12 @@ async def test_m05_m03_m04_install_list_delete(rig: Rig, ca: TestCa, tmp_path: P
             "component": {"name": "SecurityCtrlr"},
             "variable": {"name": "CertificateEntries"}}]})
         assert entries["getVariableResult"][0]["attributeValue"] == "2"
+        # A 2.1 root type is not listed to a 2.0.1 CSMS (its schema has no such type).
+        oem = TestCa.create(tmp_path / "oem", "oem")
+        assert r.store.install_root("OEMRootCertificate", oem.pem) == "Accepted"
+        res = await r.link.call("GetInstalledCertificateIds", {})
+        assert "OEMRootCertificate" not in {e["certificateType"]
+                                            for e in res["certificateHashDataChain"]}
     target = crypto.hash_data(mfr.cert, mfr.cert)
     res = await r.link.call("DeleteCertificate", {"certificateHashData": target})
     assert res["status"] == "Accepted"

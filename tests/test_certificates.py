@@ -165,7 +165,6 @@ BAD_CHAINS = {
     "wrong common name": "InvalidCertificate",
     "key mismatch": "KeyMismatch",
     "expired": "Expired",
-    "not yet valid": "Expired",
     "not PEM": "InvalidFormat",
 }
 
@@ -188,8 +187,6 @@ def test_a_bad_chain_is_rejected_with_a_security_event(rig, ca: TestCa, tmp_path
             ec.SECP256R1()).public_key())
     elif bad == "expired":
         chain = signer.sign_csr(csr, not_before=now - 10 * DAY, not_after=now - DAY)
-    elif bad == "not yet valid":
-        chain = signer.sign_csr(csr, not_before=now + DAY)
     else:
         chain = "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
     verdict = store.install_station_chain(chain, common_name=SID)
@@ -238,6 +235,46 @@ def test_renewal_is_due_a_month_before_expiry_and_the_old_identity_is_kept(
     assert second is not None and second.serial_number != first.serial_number
     identities = [p for p in (store.directory / "station").iterdir() if p.is_dir()]
     assert len(identities) == 2  # current + previous (A02.FR.10 fallback)
+
+
+def test_a_chain_valid_later_is_kept_and_switched_to_when_valid_a02_fr_08(
+        rig, ca: TestCa) -> None:
+    store, events = rig
+    store.install_station_chain(Signer.of(ca).sign_csr(store.new_csr(SID)), common_name=SID)
+    first = store.station_certificate()
+    start = datetime.datetime.now(datetime.UTC) + DAY
+    later = Signer.of(ca).sign_csr(store.new_csr(SID), not_before=start)
+    verdict = store.install_station_chain(later, common_name=SID)
+    assert verdict.status == "Accepted" and events.kinds == []
+    assert store.station_certificate() == first, "not used before its 'not valid before'"
+    assert store.next_identity_at() == start.replace(microsecond=0)
+    assert store.renewal_due() is not None and store.renewal_due() > store.clock.now() + 7 * DAY
+    assert store.activate_due() is False
+    # The kept one survives a restart, and the switch happens on the station clock.
+    again = CertificateStore(store.directory, store.clock, events)
+    store.clock.jump(DAY.total_seconds() + 1)  # type: ignore[attr-defined]
+    identity = again.client_identity()  # asking for it switches (as after a reboot)
+    assert identity is not None
+    assert again.station_certificate() != first and again.next_identity_at() is None
+    assert again.identity_on_trial()
+
+
+def test_a_renewed_identity_on_trial_goes_back_to_the_previous_one_when_refused(
+        rig, ca: TestCa) -> None:
+    store, events = rig
+    store.install_station_chain(Signer.of(ca).sign_csr(store.new_csr(SID)), common_name=SID)
+    first = store.station_certificate()
+    assert not store.identity_on_trial(), "a first certificate has nothing to go back to"
+    store.install_station_chain(Signer.of(ca).sign_csr(store.new_csr(SID)), common_name=SID)
+    assert store.identity_on_trial()
+    assert store.discard_identity("refused by the CSMS") is True
+    assert store.station_certificate() == first and not store.identity_on_trial()
+    assert [k for k, _ in events.kinds] == ["DiscardedRenewedClientCertificate"]
+    assert len([p for p in (store.directory / "station").iterdir() if p.is_dir()]) == 1
+    store.install_station_chain(Signer.of(ca).sign_csr(store.new_csr(SID)), common_name=SID)
+    store.confirm_identity()  # a connection with it worked: it stays
+    assert store.discard_identity("later refusal") is False
+    assert store.station_certificate() != first
 
 
 def test_factory_provisioning_takes_a_matching_pair_only(tmp_path: Path, ca: TestCa) -> None:
@@ -356,7 +393,11 @@ def test_additional_root_check_replaces_the_root_only_with_one_it_signed(
     assert [(i.certificate.subject, i.fallback) for i in store.installed([CSMS_ROOT])] == [
         (new.cert.subject, False), (ca.cert.subject, True)]
     assert store.current_roots() == [store.installed([CSMS_ROOT])[0].certificate]
+    assert store.has_fallback_root()
+    new_only = store.ca_bundle_path(CSMS_ROOT, fallback=False)
+    assert new_only is not None and new_only.read_bytes().count(b"BEGIN CERTIFICATE") == 1
     store.drop_fallback()  # connected with the new root (M05.FR.12)
+    assert not store.has_fallback_root()
     assert [i.certificate.subject for i in store.installed()] == [new.cert.subject]
 
 

@@ -22,8 +22,10 @@ from agent.core.security_events import SecurityEvent, SecurityEvents
 from agent.ocpp.security_delivery import ONCE_WHILE_WAITING
 from agent.ocpp.v16.security import CRITICAL as CRITICAL_16
 from agent.ocpp.v16.security import Security as Security16
+from agent.ocpp.v21.security import CRITICAL_21
 from agent.ocpp.v201.security import CRITICAL as CRITICAL_201
 from agent.redaction import MASK, SECRETS, RedactingFilter, Secrets, leaks, redact_record
+from agent.redaction import install as install_redaction
 from agent.security.security_log import SecurityLog
 from agent.storage import OutboxItem, StorageError
 from agent.testing.csms import CsmsCallError
@@ -84,9 +86,9 @@ async def test_critical_events_reach_the_csms_in_order_through_an_outage_and_a_r
             await again.stop()
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", (*VERSIONS, "2.1"))
 async def test_only_critical_events_are_pushed_all_are_logged(version, short_dir):
-    critical = CRITICAL_16 if version == "1.6" else CRITICAL_201
+    critical = {"1.6": CRITICAL_16, "2.0.1": CRITICAL_201, "2.1": CRITICAL_21}[version]
     async with strict_csms((version,)) as csms:
         agent = Agent(agent_config(csms.url, short_dir, versions=(version,)))
         await agent.start()
@@ -94,7 +96,8 @@ async def test_only_critical_events_are_pushed_all_are_logged(version, short_dir
             await online(agent)
             kinds = ["FailedToAuthenticateAtCsms", "InvalidCsmsCertificate",
                      "InvalidFirmwareSignature", "ReconfigurationOfSecurityParameters",
-                     "AttemptedReplayAttacks", "MemoryExhaustion"]
+                     "AttemptedReplayAttacks", "MemoryExhaustion",
+                     "DiscardedRenewedClientCertificate", "CsmsFailedToAuthenticate"]
             for kind in kinds:
                 agent.station.security_events.record(kind, f"test {kind}")
             pushed = [k for k in kinds if k in critical]
@@ -107,8 +110,10 @@ async def test_only_critical_events_are_pushed_all_are_logged(version, short_dir
             assert all(f"{k} test {k}" in log_text for k in kinds)
         finally:
             await agent.stop()
-    # The tables differ where the spec's do: a bad CSMS certificate is critical in 2.0.1 only.
-    assert ("InvalidCsmsCertificate" in critical) == (version == "2.0.1")
+    # The tables differ where the spec's do: a bad CSMS certificate is critical from 2.0.1 on,
+    # a renewed certificate given up for the previous one in 2.1 only.
+    assert ("InvalidCsmsCertificate" in critical) == (version != "1.6")
+    assert ("DiscardedRenewedClientCertificate" in critical) == (version == "2.1")
     assert {"InvalidFirmwareSignature", "InvalidFirmwareSigningCertificate"} <= critical
 
 
@@ -440,6 +445,26 @@ def test_the_suite_wide_check_catches_a_leaked_secret_or_key():
     collector = LeakCollector()
     collector.handle(made_elsewhere)
     assert len(collector.take()) == 1 and collector.take() == []
+
+
+def test_the_suite_guard_sees_debug_records_and_secrets_learnt_later(caplog):
+    """The guard scans the agent's DEBUG records though nobody emits them (the root is at
+    WARNING), without handing them to pytest's capture, and checks a test's records again for
+    a secret registered after they were made (the record factory could not mask it then)."""
+    from tests import secret_guard
+
+    install_redaction()
+    logger = logging.getLogger("cp_agent.test_guard")
+    assert not logging.getLogger().isEnabledFor(logging.DEBUG)
+    secret_guard._collector.take()
+    logger.debug("token %s", "late-secret-9876")  # not a known secret yet
+    SECRETS.add("late-secret-9876")
+    logger.debug("again %s", "late-secret-9876")  # masked by the factory: no leak
+    logger.info("key %s", KEY_PEM)  # masked too
+    found = secret_guard._collector.take()
+    assert len(found) == 1 and "registered after it was logged" in found[0]
+    assert "late-secret-9876" not in found[0] and "cp_agent.test_guard DEBUG" in found[0]
+    assert [r for r in caplog.records if r.name == logger.name] == []
 
 
 def test_stored_passwords_are_registered_when_written(short_dir):

@@ -42,6 +42,7 @@ EVENT_TYPES = frozenset({
     "InvalidFirmwareSigningCertificate", "InvalidCsmsCertificate",
     "InvalidChargingStationCertificate", "InvalidTLSVersion", "InvalidTLSCipherSuite",
     "MaintenanceLoginAccepted", "MaintenanceLoginFailed",
+    "DiscardedRenewedClientCertificate",  # 2.1 appendix 1 (v2.0)
 })
 # 1.6 spellings (whitepaper section 8) of the same events.
 ALIASES_16 = {

@@ -31,6 +31,7 @@ from agent.clock import Clock
 from agent.config import OcppConfig
 from agent.link.profiles import (
     CREDENTIALS_REFUSED,
+    STATION_CERTIFICATE_REFUSED,
     ConfigProfile,
     ConnectionProfile,
     ProfileProvider,
@@ -114,6 +115,7 @@ class Link:
         self.connects = 0
         self._ws: ClientConnection | None = None
         self._attempt = 0
+        self._fallback_used = False  # the latest handshake verified with the fallback root
 
     @property
     def url(self) -> str:
@@ -180,6 +182,8 @@ class Link:
         self.last_error = None
         log.info("connected to %s with OCPP %s", profile.url, version)
         self._tell(self.profiles.connected, profile)
+        if profile.tls_verified is not None:
+            self._tell(profile.tls_verified, self._fallback_used)
         if self.on_version is not None:
             self.on_version(adapter)
         rpc = RpcSession(version, ws.send, adapter.handlers,
@@ -240,7 +244,7 @@ class Link:
         if profile.ssl is not None:
             kwargs["ssl"] = profile.ssl
         try:
-            ws = await connect(url, **kwargs)
+            ws = await self._handshake(url, kwargs, profile)
         except ssl.SSLCertVerificationError as exc:
             why = ": ".join(x for x in (exc.reason, exc.verify_message) if x) or str(exc)
             self._security_event("InvalidCsmsCertificate", f"{url}: {why}")
@@ -270,9 +274,9 @@ class Link:
                 raise await self._tls_failure(profile, cause) from None
             if profile.security_profile == 3 and profile.ssl is not None:
                 raise LinkError(f"CSMS at {url} closed the connection during the handshake "
-                                f"({exc}); with security profile 3 it most likely refused the "
-                                f"station certificate: check that the CSMS trusts its "
-                                f"issuer") from None
+                                f"({exc}); with security profile 3 it "
+                                f"{STATION_CERTIFICATE_REFUSED}: check that the CSMS trusts "
+                                f"its issuer") from None
             raise LinkError(f"websocket handshake with {url} failed: {exc}") from None
         except InvalidURI as exc:
             raise LinkError(f"connection profile {profile.name!r}: {exc}") from None
@@ -285,6 +289,22 @@ class Link:
                 f"({', '.join(offered)}); it answered {agreed!r}. "
                 f"Check {_hint(profile, 'versions')}.")
         return ws, version, self.adapters[version]
+
+    async def _handshake(self, url: str, kwargs: dict[str, Any],
+                         profile: ConnectionProfile) -> ClientConnection:
+        """The websocket handshake; with a fallback root (M05.FR.13/14 of 2.0.1, 12/13 of the
+        1.6 whitepaper) the new CSMS root alone first, then the bundle with the old one."""
+        self._fallback_used = False
+        try:
+            return await connect(url, **kwargs)
+        except ssl.SSLCertVerificationError as exc:
+            if profile.ssl_fallback is None:
+                raise
+            log.warning("the CSMS certificate at %s does not verify with the new CSMS root "
+                        "(%s); trying the fallback root", url, exc.verify_message or exc)
+        ws = await connect(url, **{**kwargs, "ssl": profile.ssl_fallback})
+        self._fallback_used = True
+        return ws
 
     def _security_event(self, kind: str, info: str) -> None:
         if self.on_security_event is None:
@@ -318,12 +338,16 @@ class Link:
                                                           f"{legacy}")
                 return LinkError(f"CSMS at {url} only speaks {legacy}; this station needs "
                                  f"TLS 1.2 or newer; not connected")
+            if profile.security_profile == 3:
+                return LinkError(f"TLS handshake with {url} failed: the CSMS closed the "
+                                 f"connection ({type(exc).__name__}); with security profile 3 "
+                                 f"it {STATION_CERTIFICATE_REFUSED}")
             return LinkError(f"TLS handshake with {url} failed: the CSMS closed the "
                              f"connection ({type(exc).__name__})")
         if profile.security_profile == 3 and ("CERTIFICATE" in reason or "ALERT" in reason):
             return LinkError(f"CSMS at {url} refused the TLS handshake ({reason}); with "
-                             f"security profile 3 check that it trusts the station "
-                             f"certificate's issuer")
+                             f"security profile 3 it {STATION_CERTIFICATE_REFUSED}: check "
+                             f"that it trusts the station certificate's issuer")
         return LinkError(f"TLS handshake with {url} failed: {reason}")
 
     async def reconnect(self, reason: str) -> None:

@@ -21,7 +21,16 @@ It keeps, version-neutrally and persisted in the state file:
 
 The TLS material (CSMS root certificates, the station certificate of security profile 3) is
 asked for at every attempt from a :class:`TlsMaterial`, so a certificate installed by the CSMS
-applies from the next connection.  The link layer knows no OCPP version and no core module:
+applies from the next connection.  Two certificate changes are on trial until a connection
+proves them:
+
+- a new CSMS root that replaced the old one under AdditionalRootCertificateCheck: each
+  attempt verifies the CSMS with the new root alone first and, only if that fails, with the
+  old (fallback) one too; the first connection the new root verified drops the fallback
+  (2.0.1 M05.FR.13/14, TC_M_30/31_CS; the 1.6 whitepaper's M05.FR.12/13);
+- a renewed station certificate (security profile 3): when the CSMS refuses it
+  NetworkProfileConnectionAttempts times, the previous certificate is used again
+  (DiscardedRenewedClientCertificate).  The link layer knows no OCPP version and no core module:
 the composition root hands in the storage, the priority / attempts getters and the security
 event callback.
 """
@@ -39,6 +48,7 @@ from typing import Protocol
 from agent.config import OcppConfig
 from agent.link.profiles import (
     CREDENTIALS_REFUSED,
+    STATION_CERTIFICATE_REFUSED,
     ConfigProfile,
     ConnectionProfile,
     basic_auth_header,
@@ -73,6 +83,27 @@ class TlsMaterial(Protocol):
 
     def identity(self) -> tuple[str, str] | None:
         """The station certificate (chain PEM, key PEM) for security profile 3, or None."""
+        ...
+
+    def new_root_ca_files(self) -> list[str] | None:
+        """While a replaced CSMS root is kept as a fallback (M05.FR.11): the PEM files of the
+        new root(s) alone, tried first; None when there is no fallback."""
+        ...
+
+    def new_root_verified(self) -> None:
+        """A connection verified the CSMS with the new root alone: drop the fallback."""
+        ...
+
+    def identity_on_trial(self) -> bool:
+        """Whether the station certificate is a renewed one not yet proven by a connection."""
+        ...
+
+    def identity_worked(self) -> None:
+        """A security profile 3 connection with the station certificate succeeded."""
+        ...
+
+    def discard_identity(self, why: str) -> bool:
+        """The CSMS refused the renewed station certificate: back to the previous one (True)."""
         ...
 
 
@@ -147,6 +178,7 @@ class NetworkPlan:
         self._fails = 0
         self._served: dict[int, ProfileSpec] = {}
         self._skipped: set[ProfileSpec] = set()
+        self._certificate_refusals = 0  # of a renewed station certificate on trial
         self.active: ProfileSpec | None = None  # of the connection up now
 
     # ------------------------------------------------------------------ state
@@ -309,7 +341,7 @@ class NetworkPlan:
             else:
                 problem = problem or (f"security profile {level} needs a basic-auth password: "
                                       f"set ocpp.password")
-        context = None
+        context = fallback = None
         if url.startswith("wss://"):
             identity = self.tls.identity() if level == 3 else None
             if level == 3 and identity is None:
@@ -317,13 +349,26 @@ class NetworkPlan:
                                       "none is installed: set ocpp.client_cert_file and "
                                       "ocpp.client_key_file, or let the CSMS install one")
             try:
-                context = client_tls_context(self.tls.ca_files(), identity)
+                everything = self.tls.ca_files()
+                new_only = self.tls.new_root_ca_files() if everything else None
+                context = client_tls_context(new_only or everything, identity)
+                if new_only:  # M05: the new CSMS root first, then with the replaced one
+                    fallback = client_tls_context(everything, identity)
             except (ssl.SSLError, OSError, ValueError) as exc:
                 problem = problem or f"the TLS certificates cannot be used: {exc}"
                 context = client_tls_context(None)  # never used: the attempt is refused
+                fallback = None
         return ConnectionProfile(name=name, url=url, versions=spec.versions,
                                  security_profile=level, headers=headers, ssl=context,
-                                 problem=problem)
+                                 problem=problem, ssl_fallback=fallback,
+                                 tls_verified=self._tls_verified if fallback else None)
+
+    def _tls_verified(self, used_fallback: bool) -> None:
+        if used_fallback:
+            log.warning("connected with the fallback CSMS root: the CSMS certificate is not "
+                        "issued under the new root yet; the fallback stays")
+        else:  # M05.FR.12 (1.6) / M05.FR.13 (2.0.1)
+            self.tls.new_root_verified()
 
     def connected(self, profile: ConnectionProfile) -> None:
         spec = self._served.get(id(profile))
@@ -344,6 +389,9 @@ class NetworkPlan:
             log.info("the CSMS accepted the new basic-auth password")
         if spec.security_profile > self.security_profile:
             self._raise_floor(spec.security_profile)
+        if spec.security_profile == 3:
+            self._certificate_refusals = 0
+            self.tls.identity_worked()
 
     def _raise_floor(self, level: int) -> None:
         """Connected at a higher security profile: it becomes the station's, and the slots
@@ -372,6 +420,16 @@ class NetworkPlan:
             return  # the same profile again, with the previous password
         if spec is None:
             return
+        if (spec.security_profile == 3 and STATION_CERTIFICATE_REFUSED in error
+                and self.tls.identity_on_trial()):
+            # A renewed certificate the CSMS refuses, NetworkProfileConnectionAttempts times:
+            # the previous one again (DiscardedRenewedClientCertificate), same profile.
+            self._certificate_refusals += 1
+            if self._certificate_refusals >= max(1, self._attempts()):
+                self._certificate_refusals = 0
+                if self.tls.discard_identity(error[:200]):
+                    self._fails = 0
+                    return
         self._fails += 1
         if self._fails < max(1, self._attempts()):
             return
@@ -402,8 +460,10 @@ class StoreTls:
     """:class:`TlsMaterial` from the certificate store (``store()``: the station's
     ``certificates``, duck-typed so the link imports nothing of it) and the YAML files.
 
-    CSMS roots: the installed CSMSRootCertificate bundle and ``ocpp.ca_file`` (both trusted);
-    station certificate: the store's (the CSMS may have renewed it), else the factory files.
+    CSMS roots: the installed CSMSRootCertificate bundle and ``ocpp.ca_file`` (both trusted;
+    while a fallback root is kept, the store's new roots alone are tried first, without the
+    YAML file); station certificate: the store's (the CSMS may have renewed it), else the
+    factory files.
     """
 
     def __init__(self, cfg: OcppConfig, store: Callable[[], object | None]) -> None:
@@ -421,6 +481,32 @@ class StoreTls:
         if self.cfg.ca_file:
             out.append(self.cfg.ca_file)
         return out
+
+    def new_root_ca_files(self) -> list[str] | None:
+        store = self._store()
+        if store is None or not getattr(store, "has_fallback_root", lambda: False)():
+            return None
+        path = store.ca_bundle_path("CSMSRootCertificate",  # type: ignore[attr-defined]
+                                    fallback=False)
+        return [str(path)] if path is not None else None
+
+    def new_root_verified(self) -> None:
+        drop = getattr(self._store(), "drop_fallback", None)
+        if drop is not None:
+            drop()
+
+    def identity_on_trial(self) -> bool:
+        check = getattr(self._store(), "identity_on_trial", None)
+        return bool(check()) if check is not None else False
+
+    def identity_worked(self) -> None:
+        confirm = getattr(self._store(), "confirm_identity", None)
+        if confirm is not None:
+            confirm()
+
+    def discard_identity(self, why: str) -> bool:
+        discard = getattr(self._store(), "discard_identity", None)
+        return bool(discard(why)) if discard is not None else False
 
     def identity(self) -> tuple[str, str] | None:
         store = self._store()

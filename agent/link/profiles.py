@@ -28,6 +28,9 @@ from agent.config import OcppConfig
 # How the link words a CSMS's refusal of the basic-auth credentials (HTTP 401/403), so that a
 # provider trying a new password can tell that refusal from an unreachable CSMS.
 CREDENTIALS_REFUSED = "refused the credentials"
+# How it words a TLS handshake a CSMS broke off while security profile 3 offered the station
+# certificate, so that a provider trying a renewed certificate can go back to the previous one.
+STATION_CERTIFICATE_REFUSED = "most likely refused the station certificate"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,13 @@ class ConnectionProfile:
     # certificate, ...): the link refuses the attempt with this text instead of connecting
     # with less security than the profile asks for.
     problem: str | None = None
+    # M05 fallback root (AdditionalRootCertificateCheck): ``ssl`` trusts the new CSMS root
+    # only; when the CSMS certificate does not verify with it, the same attempt is made again
+    # with this context, which also trusts the replaced root.
+    ssl_fallback: SSLContext | None = None
+    # Told, once the session runs, whether the CSMS certificate verified with ``ssl`` (False)
+    # or only with ``ssl_fallback`` (True).
+    tls_verified: Callable[[bool], None] | None = None
 
 
 class ProfileProvider(Protocol):
@@ -100,6 +110,10 @@ def client_tls_context(ca_files: str | Sequence[str] | None,
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(CIPHERS_TLS12)
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # An installed CSMS root is a trust anchor even when it is not self-signed: the new root
+    # of AdditionalRootCertificateCheck is issued by the old one (M05.FR.09), which goes
+    # once the new one connected (M05.FR.12/13).
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     files = [ca_files] if isinstance(ca_files, str) else list(ca_files or ())
     if files:
         for path in files:
@@ -207,6 +221,7 @@ class ConfigProfile:
         """Nothing to fall back to: the link retries the same profile after its backoff."""
 
 
-__all__ = ["CIPHERS_TLS12", "CIPHERS_TLS13", "CREDENTIALS_REFUSED", "ConfigProfile",
+__all__ = ["CIPHERS_TLS12", "CIPHERS_TLS13", "CREDENTIALS_REFUSED",
+           "STATION_CERTIFICATE_REFUSED", "ConfigProfile",
            "ConnectionProfile", "ProfileProvider", "basic_auth_header", "check_key_pair",
            "client_tls_context", "legacy_tls_version"]

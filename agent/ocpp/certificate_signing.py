@@ -10,6 +10,13 @@ recommends not to retry, so its schedule is empty).
 A03: a certificate that expires within a month is renewed by the station itself, checked on
 the injectable clock at least once an hour (a clock the CSMS corrected is noticed by the next
 check), and tried again a day later if a round brought no certificate.
+
+A02.FR.08: the station switches to a new certificate as soon as it is valid.  One valid now
+is used at once; one whose validity starts later is kept by the store and switched to when
+the station clock gets there (the same loop wakes for it).  With security profile 3 the
+connection proves the station with its certificate, so switching means reconnecting, after
+the CertificateSignedResponse went out; if the CSMS refuses the renewed certificate the link's
+network plan goes back to the previous one (DiscardedRenewedClientCertificate, 2.1).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from agent.link.rpc import CallFailed, ConnectionLost
 
 if TYPE_CHECKING:
     from agent.ocpp.adapter import Adapter
-    from agent.security.store import CertificateStore
+    from agent.security.store import CertificateStore, Verdict
 
 log = logging.getLogger("cp_agent.certificates")
 
@@ -71,6 +78,32 @@ class CertificateSigning:
         self._answered.set()
         self._changed.set()
 
+    def certificate_signed(self, chain: str) -> Verdict:
+        """CertificateSigned of the station certificate: the store's verdict, and the switch
+        to the new certificate (a reconnect on security profile 3) when it is valid now."""
+        store = self.store
+        assert store is not None
+        before = store.identity_fingerprint()
+        verdict = store.install_station_chain(chain, common_name=self.adapter.ctx.station_id)
+        self.answered()
+        if verdict.status == "Accepted" and store.identity_fingerprint() != before:
+            self.switched("a new station certificate")
+        return verdict
+
+    def switched(self, why: str) -> None:
+        """The station certificate in use changed: a profile-3 connection still proves the
+        station with the old one, so reconnect (after the answer that caused it)."""
+        network = getattr(self.adapter.ctx, "network", None)
+        active = getattr(network, "active", None)
+        if active is None or active.security_profile != 3:
+            return
+        self.adapter.spawn(self._reconnect(why), f"{self.adapter.version}-cert-reconnect")
+
+    async def _reconnect(self, why: str) -> None:
+        await self.adapter.after_answer()
+        log.info("%s is in use; reconnecting so that the connection uses it", why)
+        await self.adapter.ctx.network.reconnect(why)
+
     async def _run(self, why: str) -> None:
         await self.adapter.after_answer()  # a trigger's answer goes out before the CSR
         waits = [0.0, *self.resend_waits()]
@@ -98,11 +131,22 @@ class CertificateSigning:
         log.info("SignCertificate (%s) accepted; waiting for CertificateSigned", why)
 
     async def renewal(self) -> None:
-        """A03, for the lifetime of one connection: renew before the certificate expires."""
+        """A03, for the lifetime of one connection: renew before the certificate expires;
+        and A02.FR.08: switch to a certificate kept for later once it is valid."""
         while True:
             store = self.store
             due = store.renewal_due(RENEW_BEFORE) if store is not None else None
+            later = store.next_identity_at() if store is not None else None
             self._changed.clear()
+            if later is not None:
+                if store is not None and store.activate_due():
+                    self.switched("the station certificate kept for later")
+                    continue
+                until = (later - self.adapter.clock.now()).total_seconds()
+                if due is None or until < (due - self.adapter.clock.now()).total_seconds():
+                    await self.adapter.sleep_or(min(max(until, 0.0), CHECK_EVERY_S),
+                                                self._changed)
+                    continue
             if due is None:
                 await self.adapter.sleep_or(CHECK_EVERY_S, self._changed)
                 continue

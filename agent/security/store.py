@@ -7,8 +7,11 @@ provisions and a backup protects:
 
 ``station/<fingerprint>/key.pem`` (0600) and ``chain.pem``
     the station's private key and its certificate chain (leaf first, then sub-CAs); the
-    pointer file ``station/current.json`` names the one in use (and the previous one, kept as
-    a fallback, A02.FR.10), and is replaced atomically, so key and chain change together.
+    pointer file ``station/current.json`` names the one in use, the previous one (kept as a
+    fallback, A02.FR.10: a renewed certificate is "on trial" until a connection with it
+    worked, and discarded if the CSMS refuses it) and one whose validity starts later
+    (switched to then, A02.FR.08); it is replaced atomically, so key and chain change
+    together.
 ``pending/<n>.key`` (0600)
     the keys of CSRs sent in the current signing round, until a CertificateSigned matches one
     (a late answer to an earlier CSR of the round is still accepted).
@@ -63,10 +66,12 @@ KEY_TYPES = ("ec", "rsa")  # as crypto.KEY_TYPES, without importing it at start-
 log = logging.getLogger("cp_agent.certificates")
 
 CSMS_ROOT = "CSMSRootCertificate"
-USES = (CSMS_ROOT, "ManufacturerRootCertificate", "V2GRootCertificate", "MORootCertificate")
+USES = (CSMS_ROOT, "ManufacturerRootCertificate", "V2GRootCertificate", "MORootCertificate",
+        "OEMRootCertificate")  # the last one is 2.1's (ISO 15118-20: stored and listed only)
 FALLBACK_DIR = CSMS_ROOT + ".fallback"
-# A02.FR.08 switches to a new certificate once it is valid; a chain whose validity starts
-# within this allowance (clock skew between the CA and the station) is accepted now.
+# A02.FR.08 switches to a new certificate once it is valid: a chain whose validity starts
+# later is kept and switched to then, one that starts within this allowance (clock skew
+# between the CA and the station) is used at once.
 NOT_BEFORE_SKEW = timedelta(minutes=5)
 INVALID_STATION_CERTIFICATE = "InvalidChargingStationCertificate"
 PENDING_MAX = 8  # CSR keys kept per signing round (a round re-sends a few times at most)
@@ -146,8 +151,12 @@ class CertificateStore:
     """Keys, CSRs, the station chain and the roots by use, in ``directory``."""
 
     def __init__(self, directory: Path, clock: ClockLike, events: EventSink | None = None, *,
-                 settings: Settings | None = None, key_type: str = "ec") -> None:
+                 settings: Settings | None = None, key_type: str = "ec",
+                 trusted_files: Iterable[str | Path] = ()) -> None:
         self.directory = Path(directory)
+        # CSMS roots from outside the store (``ocpp.ca_file``): trusted for the station chain
+        # too, else a station provisioned with a CA file could never take a new certificate.
+        self.trusted_files = [Path(f) for f in trusted_files]
         self.clock = clock
         self.events = events
         self.settings = settings
@@ -216,17 +225,19 @@ class CertificateStore:
 
     # ------------------------------------------------------------------ roots
 
-    @staticmethod
-    def _read_certs(folder: Path) -> list[tuple[Path, Certificate]]:
-        out = []
+    @classmethod
+    def _read_certs(cls, folder: Path) -> list[tuple[Path, Certificate]]:
         if not folder.is_dir():
-            return out
-        for path in sorted(folder.glob("*.pem")):
-            try:
-                out.extend((path, c) for c in crypto.load_certificates(path.read_bytes()))
-            except (OSError, crypto.CertificateFormatError) as exc:
-                log.warning("ignoring unreadable certificate file %s: %s", path, exc)
-        return out
+            return []
+        return [item for path in sorted(folder.glob("*.pem")) for item in cls._read_file(path)]
+
+    @staticmethod
+    def _read_file(path: Path) -> list[tuple[Path, Certificate]]:
+        try:
+            return [(path, c) for c in crypto.load_certificates(path.read_bytes())]
+        except (OSError, crypto.CertificateFormatError) as exc:
+            log.warning("ignoring unreadable certificate file %s: %s", path, exc)
+            return []
 
     def installed(self, uses: Iterable[str] | None = None) -> list[Installed]:
         """The installed roots of ``uses`` (all when None), the CSMS fallback included."""
@@ -254,13 +265,15 @@ class CertificateStore:
         """How many CA certificates are installed (2.0.1 SecurityCtrlr.CertificateEntries)."""
         return len(self.installed())
 
-    def ca_bundle_path(self, use: str = CSMS_ROOT) -> Path | None:
-        """A PEM bundle of the roots of ``use`` for ``ssl`` (None when there is none)."""
-        certs = self.roots(use)
+    def ca_bundle_path(self, use: str = CSMS_ROOT, *, fallback: bool = True) -> Path | None:
+        """A PEM bundle of the roots of ``use`` for ``ssl`` (None when there is none);
+        ``fallback=False`` leaves the replaced CSMS root out (the new root alone, tried
+        first: M05.FR.13/14 of 2.0.1, 12/13 of the 1.6 whitepaper)."""
+        certs = self.roots(use) if fallback else self.current_roots(use)
         if not certs:
             return None
         text = "".join(crypto.to_pem(c) for c in certs).encode("ascii")
-        path = self._sub("bundles") / f"{use}.pem"
+        path = self._sub("bundles") / (f"{use}.pem" if fallback else f"{use}.new.pem")
         try:
             if not path.is_file() or path.read_bytes() != text:
                 self._write(path, text)
@@ -342,6 +355,10 @@ class CertificateStore:
             path.unlink(missing_ok=True)
             log.info("removed the fallback CSMS root %s", crypto.describe(cert))
 
+    def has_fallback_root(self) -> bool:
+        """Whether a replaced CSMS root waits for the new one to prove itself (M05.FR.11)."""
+        return bool(self._read_certs(self.directory / "roots" / FALLBACK_DIR))
+
     def current_roots(self, use: str = CSMS_ROOT) -> list[Certificate]:
         """The roots of ``use`` without the fallback (to verify with the new root first)."""
         return [i.certificate for i in self.installed([use]) if not i.fallback]
@@ -401,8 +418,8 @@ class CertificateStore:
         return folder if (folder / "key.pem").is_file() and (folder / "chain.pem").is_file() \
             else None
 
-    def _station_chain(self) -> list[Certificate]:
-        folder = self._identity_dir(self._pointer().get("current"))
+    def _chain_of(self, name: str | None) -> list[Certificate]:
+        folder = self._identity_dir(name)
         if folder is None:
             return []
         try:
@@ -411,22 +428,100 @@ class CertificateStore:
             log.error("the station certificate chain is unreadable: %s", exc)
             return []
 
+    def _station_chain(self) -> list[Certificate]:
+        return self._chain_of(self._pointer().get("current"))
+
+    def identity_fingerprint(self) -> str | None:
+        """The SHA-256 fingerprint naming the station identity in use (None: no certificate),
+        so a caller can tell whether a CertificateSigned changed it."""
+        return self._pointer().get("current") or None
+
     def station_certificate(self) -> Certificate | None:
         chain = self._station_chain()
         return chain[0] if chain else None
 
     def client_identity(self) -> tuple[Path, Path] | None:
         """(chain PEM, private key PEM) for TLS client authentication (security profile 3),
-        or None when the station has no certificate yet."""
+        or None when the station has no certificate yet.  A certificate kept for later whose
+        time has come is switched to first (A02.FR.08, also right after a restart)."""
+        try:
+            self.activate_due()
+        except OSError as exc:
+            log.error("cannot switch to the new station certificate: %s", exc)
         folder = self._identity_dir(self._pointer().get("current"))
         if folder is None:
             return None
         return folder / "chain.pem", folder / "key.pem"
 
     def renewal_due(self, before: timedelta = timedelta(days=30)) -> datetime | None:
-        """When A03 should renew the station certificate (``before`` its expiry), or None."""
-        cert = self.station_certificate()
-        return None if cert is None else cert.not_valid_after_utc - before
+        """When A03 should renew the station certificate (``before`` its expiry), or None.
+        A certificate kept for later counts: it is the renewal already."""
+        chain = self._chain_of(self._pointer().get("next")) or self._station_chain()
+        return None if not chain else chain[0].not_valid_after_utc - before
+
+    # ------------------------------------------------------------------ later / trial
+
+    def next_identity_at(self) -> datetime | None:
+        """When the station certificate kept for later becomes valid, or None (A02.FR.08)."""
+        chain = self._chain_of(self._pointer().get("next"))
+        return max(c.not_valid_before_utc for c in chain) if chain else None
+
+    def activate_due(self) -> bool:
+        """Switch to the certificate kept for later once the station clock is past its 'not
+        valid before' (A02.FR.08: as soon as it is valid); True when it switched now.
+        The switch is on trial like any renewal (:meth:`discard_identity`)."""
+        pointer = self._pointer()
+        name = pointer.get("next")
+        if not name:
+            return False
+        chain = self._chain_of(name)
+        now = self.clock.now()
+        if not chain or now > chain[0].not_valid_after_utc:
+            log.warning("the station certificate kept for later is unreadable or expired; "
+                        "dropped")
+            self._set_pointer(next=None)
+            return False
+        if now < max(c.not_valid_before_utc for c in chain):
+            return False
+        current = pointer.get("current")
+        self._set_pointer(current=name, previous=current, next=None, trial=bool(current))
+        log.info("station certificate %s is valid now; switched to it (A02.FR.08)",
+                 crypto.describe(chain[0]))
+        return True
+
+    def identity_on_trial(self) -> bool:
+        """Whether the station certificate in use is a renewed one that has not yet got the
+        station connected (the previous one is kept to go back to, A02.FR.10)."""
+        return bool(self._pointer().get("trial"))
+
+    def confirm_identity(self) -> None:
+        """A connection with the renewed station certificate worked: it stays."""
+        if self.identity_on_trial():
+            self._set_pointer(trial=False)
+            log.info("the renewed station certificate works; the previous one stays as a "
+                     "fallback only")
+
+    def discard_identity(self, why: str) -> bool:
+        """The renewed station certificate does not get the station connected: go back to
+        the previous one, if it is still valid, and raise the security event
+        DiscardedRenewedClientCertificate (2.1 appendix 1).  True when it went back."""
+        pointer = self._pointer()
+        if not pointer.get("trial"):
+            return False
+        previous = self._chain_of(pointer.get("previous"))
+        if not previous or crypto.validity_problem(previous[0], self.clock.now()) is not None:
+            log.warning("the renewed station certificate was refused (%s) and the previous "
+                        "one cannot be used any more; the renewed one stays", why)
+            self._set_pointer(trial=False)
+            return False
+        discarded = self._station_chain()
+        what = crypto.describe(discarded[0]) if discarded else "the renewed certificate"
+        self._set_pointer(current=pointer["previous"], previous=None, trial=False)
+        log.warning("discarded the renewed station certificate %s (%s); back to %s", what,
+                    why, crypto.describe(previous[0]))
+        if self.events is not None:
+            self.events.record("DiscardedRenewedClientCertificate", f"{what}: {why}"[:255])
+        return True
 
     def _current_key(self) -> crypto.PrivateKey | None:
         folder = self._identity_dir(self._pointer().get("current"))
@@ -481,11 +576,13 @@ class CertificateStore:
 
         Refused ("Rejected"): a chain longer than CertificateSignedMaxChainSize, unreadable
         PEM, a leaf whose key is none of the pending CSRs' (nor the current key), a weak key,
-        a CA leaf, a certificate expired or not yet valid on the station clock, a subject
+        a CA leaf, a certificate expired on the station clock, a subject
         whose O is not CpoName or whose CN is not the station identity, a chain that does not
         lead to an installed CSMS root.  Each but the length is an invalid certificate and
         raises the security event InvalidChargingStationCertificate (A02.FR.07; the bus
-        speaks 2.0.1 names, 1.6 delivers it as InvalidChargePointCertificate).
+        speaks 2.0.1 names, 1.6 delivers it as InvalidChargePointCertificate).  A chain
+        whose validity starts later is Accepted and kept until then (A02.FR.08,
+        :meth:`activate_due`); one valid now replaces the current identity at once.
         """
         limit = int(self._setting("CertificateSignedMaxChainSize"))
         if len(pem) > limit:
@@ -519,10 +616,12 @@ class CertificateStore:
         for cert in chain:
             if problem is not None:
                 break
-            if now + NOT_BEFORE_SKEW < cert.not_valid_before_utc or now > cert.not_valid_after_utc:
-                reason = "Expired"  # or not yet valid: outside its validity on this clock
+            if now > cert.not_valid_after_utc:
+                reason = "Expired"
                 problem = f"{crypto.describe(cert)} is {crypto.validity_problem(cert, now)}"
             latest_start = max(latest_start, cert.not_valid_before_utc)
+        # A02.FR.08: a chain whose validity starts later is kept and switched to then.
+        later = latest_start > now + NOT_BEFORE_SKEW
         if problem is None:
             organization = str(self._setting("CpoName"))
             if crypto.organization(leaf) != organization:
@@ -532,20 +631,30 @@ class CertificateStore:
                 problem = (f"subject CN={crypto.common_name(leaf)!r} is not the station "
                            f"identity {common_name!r}")
         if problem is None:
+            anchors = self.roots(CSMS_ROOT) + [c for f in self.trusted_files
+                                               for _, c in self._read_file(f)]
             try:
-                crypto.verify_chain(leaf, intermediates, self.roots(CSMS_ROOT), latest_start,
+                crypto.verify_chain(leaf, intermediates, anchors, latest_start,
                                     max_depth=max(2, len(chain) + 1))
             except crypto.ChainError as exc:
                 problem = f"not issued under an installed CSMS root: {exc}"
         if problem is not None:
             return self._invalid(reason, f"{what}: {problem}")
         try:
-            self._make_current(chain, key)
+            if later:
+                self._make_next(chain, key)
+            else:
+                self._make_current(chain, key, trial=True)
         except OSError as exc:
             log.error("cannot store the station certificate: %s", exc)
             return Verdict("Rejected", "WriteFailed", str(exc))
         for path, _ in pending:
             path.unlink(missing_ok=True)
+        if later:
+            detail = f"valid from {latest_start.isoformat()}"
+            log.info("station certificate %s kept: %s, the station switches to it then "
+                     "(A02.FR.08)", what, detail)
+            return Verdict("Accepted", detail=detail)
         log.info("station certificate installed: %s, valid until %s", what,
                  leaf.not_valid_after_utc.isoformat())
         return Verdict("Accepted")
@@ -554,22 +663,40 @@ class CertificateStore:
         self._event(INVALID_STATION_CERTIFICATE, detail)
         return Verdict("Rejected", reason, detail)
 
-    def _make_current(self, chain: list[Certificate], key: crypto.PrivateKey) -> None:
+    def _store_identity(self, chain: list[Certificate], key: crypto.PrivateKey) -> str:
         name = crypto.fingerprint(chain[0])
         folder = self._sub("station", name)
         self._write(folder / "key.pem", crypto.key_to_pem(key), mode=0o600)
         self._write(folder / "chain.pem", "".join(crypto.to_pem(c) for c in chain).encode())
-        old = self._pointer()
-        previous = old.get("current") if old.get("current") != name else old.get("previous")
-        pointer = {"current": name, "previous": previous}
+        return name
+
+    def _set_pointer(self, **changes: Any) -> None:
+        """Change ``station/current.json`` (current, previous, next, trial) in one atomic
+        write; identities it no longer names are removed.  Kept: the current one, the
+        previous one (A02.FR.10 fallback) and one waiting for its validity (A02.FR.08)."""
+        pointer = {k: v for k, v in {**self._pointer(), **changes}.items() if v}
         self._write(self.directory / "station" / "current.json",
                     json.dumps(pointer).encode(), mode=0o600)
-        # Keep the current and the previous identity (A02.FR.10 fallback); older ones go.
+        keep = {pointer.get(k) for k in ("current", "previous", "next")}
         for entry in (self.directory / "station").iterdir():
-            if entry.is_dir() and entry.name not in (name, previous):
+            if entry.is_dir() and entry.name not in keep:
                 for f in entry.iterdir():
                     f.unlink(missing_ok=True)
                 entry.rmdir()
+
+    def _make_current(self, chain: list[Certificate], key: crypto.PrivateKey, *,
+                      trial: bool = False) -> None:
+        """``trial``: a renewal, to go back from if it does not connect (discard_identity)."""
+        name = self._store_identity(chain, key)
+        old = self._pointer()
+        previous = old.get("current") if old.get("current") != name else old.get("previous")
+        self._set_pointer(current=name, previous=previous, trial=bool(trial and previous),
+                          next=None if old.get("next") == name else old.get("next"))
+
+    def _make_next(self, chain: list[Certificate], key: crypto.PrivateKey) -> None:
+        """A chain valid later: kept beside the current one until then (a newer one sent
+        before that replaces it, A02.FR.09)."""
+        self._set_pointer(next=self._store_identity(chain, key))
 
     def provision_identity(self, chain_pem: str, key_pem: bytes) -> None:
         """Factory provisioning of a key pair made elsewhere (a default key, A02.FR.01:

@@ -54,10 +54,7 @@ class Certificates(Block):
         store = self.store
         if store is None:
             return {"status": "Rejected"}
-        verdict = store.install_station_chain(p["certificateChain"],
-                                              common_name=self.adapter.ctx.station_id)
-        self.signing.answered()
-        return {"status": verdict.status}
+        return {"status": self.signing.certificate_signed(p["certificateChain"]).status}
 
     # ------------------------------------------------------------------ M03 / M04 / M05
 

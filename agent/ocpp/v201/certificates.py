@@ -32,6 +32,8 @@ def _answer(verdict: Verdict) -> dict[str, Any]:
 
 
 class Certificates(VariableBlock):
+    # The root types of this version's messages (2.1 adds OEMRootCertificate).
+    ROOT_TYPES: ClassVar[tuple[str, ...]] = tuple(u for u in USES if u != "OEMRootCertificate")
     TRIGGERS: ClassVar[dict[str, str]] = {
         "SignChargingStationCertificate": "send_sign_certificate"}
     SETTINGS = STORE_SETTINGS
@@ -90,21 +92,18 @@ class Certificates(VariableBlock):
             log.warning("CertificateSigned of %s refused: %s", kind,
                         "no certificate store" if store is None else "ISO 15118 not supported")
             return {"status": "Rejected", "statusInfo": {"reasonCode": "NotSupported"}}
-        verdict = store.install_station_chain(p["certificateChain"],
-                                              common_name=self.adapter.ctx.station_id)
-        self.signing.answered()
-        return _answer(verdict)
+        return _answer(self.signing.certificate_signed(p["certificateChain"]))
 
     # ------------------------------------------------------------------ M03 / M04 / M05
 
     @handles("GetInstalledCertificateIds")
     async def get_installed_certificate_ids(self, p: dict) -> dict:
         store = self.store
-        wanted = p.get("certificateType") or [*USES, "V2GCertificateChain"]
+        wanted = p.get("certificateType") or [*self.ROOT_TYPES, "V2GCertificateChain"]
         chain = []
         if store is not None:
             # V2GCertificateChain: this station has no V2G certificate (ISO 15118 out of scope).
-            for item in store.installed([u for u in wanted if u in USES]):
+            for item in store.installed([u for u in wanted if u in self.ROOT_TYPES]):
                 chain.append({"certificateType": item.use,
                               "certificateHashData": item.hash_data()})
         if not chain:
