@@ -313,7 +313,7 @@ async def test_upload_outcomes_name_the_failure(tmp_path):
 # ====================================================================== GetLog, both versions
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", [*VERSIONS, "2.1"])
 async def test_get_log_diagnostics_over_http_TC_N_25_CS(version, short_dir):
     async with http_sink() as sink, station(version, short_dir) as (csms, agent, link):
         logging.getLogger("cp_agent.test").warning("a line for the archive")

@@ -25,28 +25,44 @@ One job at a time: a new request cancels the running one (2.0.1 / 1.6 GetLog ans
 out, before the new job's first status.  Each job reports each state once (Uploading, then
 the outcome after the last attempt: the 2.0.1 errata's recommendation for N01.FR.10), never a
 status per retry.
+
+A job survives a restart: it is persisted (``diagnostics.job`` in the state file: requestId,
+kind, location, window, retries, the archive's name, the attempts made, whether Uploading was
+reported) when accepted, and each status is queued in the same commit as the job's new state.
+The next start resumes it (:meth:`Diagnostics.resume`): the archive is collected again under
+the name the CSMS was given, and uploaded with the attempts that are left (an attempt a
+restart cut counts as made), without a second Uploading; when none is left the job ends at
+once with its failure status.  So an upload is never left "Uploading" for the CSMS, and a
+station that dies in every attempt still ends it.  A job whose owner (its version's block) is
+not there after the restart is dropped with an error in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import io
 import json
 import logging
 import re
 import tarfile
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock, iso, parse_iso
 from agent.logfiles import AGENT_LOG, SECURITY_LOG, log_dir, rotated_files
 from agent.transfer.upload import Outcome, UploadError, parse_location, safe_url, upload
 
+if TYPE_CHECKING:
+    from agent.storage import Storage
+
 log = logging.getLogger("cp_agent.diagnostics")
+
+JOB_SETTING = "diagnostics.job"
 
 # Without retries / retryInterval in the request the station decides (1.6 6.25, 2.0.1 N01).
 DEFAULT_RETRIES = 2
@@ -159,6 +175,7 @@ class UploadRequest:
     retry_interval_s: float | None = None
     request_id: int | None = None  # GetLog's requestId (None: 1.6 GetDiagnostics)
     tag: str = ""  # which request type asked (the owning block tells its jobs apart)
+    owner: str = ""  # who reports its states after a restart (see Diagnostics.register)
 
     @property
     def attempts(self) -> int:
@@ -173,6 +190,9 @@ class UploadRequest:
 
 
 Report = Callable[["UploadJob", JobState], None]
+Spawn = Callable[[Coroutine[Any, Any, Any], str], asyncio.Task]
+FINAL_STATES = frozenset({JobState.UPLOADED, JobState.FAILED, JobState.PERMISSION_DENIED,
+                          JobState.NOT_SUPPORTED, JobState.BAD_MESSAGE})
 
 
 class UploadJob:
@@ -190,17 +210,24 @@ class UploadJob:
         self.cancelled = False
         self.attempts_made = 0
         self.last_error = ""
+        self.last_reason = ""  # a 2.1 reasonCode for the failure (InvalidURL, ...), or empty
 
     @property
     def running(self) -> bool:
         return self.task is not None and not self.task.done() and not self.cancelled
 
     def report(self, state: JobState) -> None:
+        """Queue the status for ``state`` and persist the job's new state in one commit."""
         if state is self.state:
             return  # one status per state change
         self.state = state
         try:
-            self._report(self, state)
+            with self.service.atomic():
+                self._report(self, state)
+                if state is JobState.UPLOADING:
+                    self.service.persist(self)
+                elif state in FINAL_STATES:
+                    self.service.forget(self)
         except Exception:  # a reporting bug must not leave the job half-done silently
             log.exception("reporting %s of %s failed", state.value, self.name)
 
@@ -231,7 +258,13 @@ class UploadJob:
         try:
             parse_location(req.location)
         except UploadError as exc:
+            self.last_reason = exc.reason
             return self._end(JobState.BAD_MESSAGE, str(exc))
+        first = self.attempts_made + 1  # after a restart: the attempts that are left
+        if first > req.attempts:
+            self.last_reason = self.last_reason or "Unspecified"
+            return self._end(JobState.FAILED, f"the upload was cut by a restart in each of its "
+                                              f"{req.attempts} attempt(s)")
         try:
             archive = await self.service.collect(req.kind, req.window, self.name,
                                                  extra_secrets=_url_secrets(req.location))
@@ -239,13 +272,15 @@ class UploadJob:
             log.exception("%s: collecting failed", self.name)
             return self._end(JobState.FAILED, f"collecting: {exc}")
         state = JobState.FAILED
-        for attempt in range(1, req.attempts + 1):
+        for attempt in range(first, req.attempts + 1):
             self.attempts_made = attempt
+            self.service.persist(self)  # a restart during this attempt: it counts as made
             try:
                 where = await self.service.uploader(req.location, archive.name, archive.data)
             except UploadError as exc:
                 state = _FROM_OUTCOME[exc.outcome]
                 self.last_error = str(exc)
+                self.last_reason = exc.reason
                 log.warning("%s: upload attempt %d of %d to %s failed (%s): %s", self.name,
                             attempt, req.attempts, safe_url(req.location), state.value, exc)
                 if exc.final:
@@ -260,6 +295,7 @@ class UploadJob:
 
     def _end(self, state: JobState, detail: str) -> JobState:
         if detail and state is not JobState.UPLOADED:
+            self.last_error = detail
             log.warning("%s: %s: %s", self.name, state.value, detail)
         self.report(state)
         return state
@@ -280,13 +316,93 @@ class Diagnostics:
     """The station's log collector and its one upload slot (shared by the versions)."""
 
     def __init__(self, station_id: str, clock: Clock, state_dir: Path, sources: Sources, *,
-                 uploader: Uploader | None = None) -> None:
+                 uploader: Uploader | None = None, storage: Storage | None = None) -> None:
         self.station_id = station_id
         self.clock = clock
         self.logs = log_dir(state_dir)
         self.sources = sources
         self.uploader: Uploader = uploader or upload
+        self.storage = storage
         self.current: UploadJob | None = None
+        # owner -> how its jobs report and run (the blocks register at their start).
+        self.owners: dict[str, tuple[Report, Spawn]] = {}
+
+    # ------------------------------------------------------------------ persistence
+
+    def register(self, owner: str, report: Report, spawn: Spawn) -> None:
+        """A block that starts jobs: a job it started before a restart is resumed through
+        ``report`` and ``spawn`` (its adapter's)."""
+        self.owners[owner] = (report, spawn)
+
+    def atomic(self) -> contextlib.AbstractContextManager[Any]:
+        return self.storage.atomic() if self.storage is not None else contextlib.nullcontext()
+
+    def persist(self, job: UploadJob) -> None:
+        if self.storage is None or not job.request.owner:
+            return
+        req = job.request
+        record = {"name": job.name, "owner": req.owner, "tag": req.tag, "kind": req.kind.value,
+                  "location": req.location, "window": req.window.as_dict(),
+                  "retries": req.retries, "retry_interval_s": req.retry_interval_s,
+                  "request_id": req.request_id, "attempts": job.attempts_made,
+                  "uploading": job.state is JobState.UPLOADING}
+        self.storage.set_setting(JOB_SETTING, json.dumps(record, separators=(",", ":")))
+
+    def forget(self, job: UploadJob) -> None:
+        """The job ended: its record goes (unless a newer job's record replaced it)."""
+        if self.storage is None:
+            return
+        stored = self._stored()
+        if stored is not None and stored.get("name") == job.name:
+            self.storage.delete_setting(JOB_SETTING)
+
+    def _stored(self) -> dict[str, Any] | None:
+        text = self.storage.get_setting(JOB_SETTING) if self.storage is not None else None
+        if not text:
+            return None
+        try:
+            record = json.loads(text)
+            return record if isinstance(record, dict) else None
+        except ValueError:
+            return None
+
+    def resume(self) -> UploadJob | None:
+        """Agent start-up: carry on with the upload a restart cut (see the module's text)."""
+        record = self._stored()
+        if record is None:
+            if self.storage is not None and self.storage.get_setting(JOB_SETTING):
+                log.error("the upload job in the state file is unreadable; forgetting it")
+                self.storage.delete_setting(JOB_SETTING)
+            return None
+        try:
+            window = record.get("window") or {}
+            request = UploadRequest(
+                LogKind(record["kind"]), str(record["location"]),
+                Window(parse_time(window.get("oldest")), parse_time(window.get("latest"))),
+                retries=record.get("retries"), retry_interval_s=record.get("retry_interval_s"),
+                request_id=record.get("request_id"), tag=str(record.get("tag", "")),
+                owner=str(record["owner"]))
+            name, attempts = str(record["name"]), int(record.get("attempts", 0))
+        except (KeyError, ValueError, TypeError) as exc:
+            log.error("the upload job in the state file is unusable (%s); forgetting it", exc)
+            self.storage.delete_setting(JOB_SETTING)  # type: ignore[union-attr]
+            return None
+        owner = self.owners.get(request.owner)
+        if owner is None:
+            log.error("%s: cut by a restart, and %s is not offered any more: its status "
+                      "cannot be reported; dropped", name, request.owner)
+            self.storage.delete_setting(JOB_SETTING)  # type: ignore[union-attr]
+            return None
+        report, spawn = owner
+        job = UploadJob(self, request, name, report, None)
+        job.attempts_made = attempts
+        if record.get("uploading"):
+            job.state = JobState.UPLOADING  # the CSMS has it: not again
+        log.warning("%s: cut by a restart after %d of %d attempt(s); resuming", name, attempts,
+                    request.attempts)
+        self.current = job
+        job.task = spawn(job.run(), f"resumed-{name}")
+        return job
 
     def archive_name(self, kind: LogKind) -> str:
         stamp = self.clock.now().strftime("%Y%m%dT%H%M%SZ")
@@ -303,6 +419,7 @@ class Diagnostics:
             previous.cancel()
         job = UploadJob(self, request, self.archive_name(request.kind), report, previous)
         self.current = job
+        self.persist(job)  # before the answer: a restart right after it still finds the job
         return job
 
     def _finished(self, job: UploadJob) -> None:
@@ -398,5 +515,5 @@ def parse_time(value: str | None) -> datetime | None:
     return parse_iso(value)
 
 
-__all__ = ["Archive", "Diagnostics", "JobState", "LogKind", "Sources", "UploadJob",
+__all__ = ["JOB_SETTING", "Archive", "Diagnostics", "JobState", "LogKind", "Sources", "UploadJob",
            "UploadRequest", "Window", "cut", "line_time", "parse_time"]

@@ -13,12 +13,18 @@ The job's phases, persisted as JSON in the state file (``firmware.job``)::
 
 - ``scheduled``: waits for retrieveDateTime (DownloadScheduled when that is in the future).
 - ``downloading``: the download (:mod:`agent.transfer.download`) with ``retries`` more attempts
-  ``retryInterval`` apart on the injectable clock; a restart continues the partial file.
+  ``retryInterval`` apart on the injectable clock; a restart continues the partial file.  An
+  attempt that stopped part-way (the connection dropped after some bytes) is DownloadPaused
+  while it waits for the next attempt, which continues the partial file (Downloading again).
 - ``downloaded``: the signature over the file is checked (:mod:`agent.security.signing`);
   InvalidSignature (and the security event InvalidFirmwareSignature) ends the job, the file
   is deleted, nothing is installed.  The signing certificate was checked against the
   ManufacturerRootCertificates before the request was accepted (InvalidCertificate answer and
-  the security event InvalidFirmwareSigningCertificate).
+  the security event InvalidFirmwareSigningCertificate).  The SHA-256 of the verified file is
+  kept in the job: right before the installer gets the file it is hashed again, and a file
+  that changed since (a damaged disk, a tampered file, a cut during the wait) is
+  InstallVerificationFailed, never installed.  An installer can report the same for its own
+  check of the image (the command installer's exit status 65).
 - ``verified``: waits for installDateTime (InstallScheduled), then until no transaction runs
   (InstallScheduled; EVSEs not in use are made Unavailable through the core's availability
   command, and each that becomes free follows, L01.FR.06/07, unless 2.0.1
@@ -32,6 +38,11 @@ The job's phases, persisted as JSON in the state file (``firmware.job``)::
 
 A new request supersedes a job that has not begun installing (2.0.1 / whitepaper L01.FR.26:
 AcceptedCanceled); one that has is not interrupted (Rejected, L01.FR.27).
+
+Each status is reported once per job (a restart that resumes a download or an installation
+does not repeat Downloading / Installing).  After each persisted phase the installer's
+:meth:`~agent.platform.installer.Installer.checkpoint` runs (the mock installer can hold the
+update there, for power-cut tests and demonstrations).
 """
 
 from __future__ import annotations
@@ -39,9 +50,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import shutil
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -143,6 +156,10 @@ class FirmwareJob:
     detail: str = ""
     bytes: int = 0
     total: int | None = None
+    # SHA-256 (hex) of the image as verified; checked again right before installing.
+    digest: str | None = None
+    # Why the job failed, as a reasonCode (2.1 statusInfo): InvalidURL, OutOfStorage, ...
+    reason: str = ""
 
     @property
     def active(self) -> bool:
@@ -176,7 +193,8 @@ class FirmwareService:
                  installer: Installer | None, state_dir: Path, *, allow_unsigned: bool = False,
                  confirm_timeout_s: float = 600.0, default_retries: int = 3,
                  default_retry_interval_s: float = 60.0, download_timeout_s: float = 60.0,
-                 roots: Callable[[], list[Certificate]] | None = None) -> None:
+                 roots: Callable[[], list[Certificate]] | None = None,
+                 ssl_context: Callable[[], ssl.SSLContext | None] | None = None) -> None:
         self.station = station
         self.storage = storage
         self.clock = clock
@@ -188,6 +206,8 @@ class FirmwareService:
         self.default_retry_interval_s = default_retry_interval_s
         self.download_timeout_s = download_timeout_s
         self._roots = roots
+        # How https / ftps servers are verified (agent/transfer/tls.py; None: system CAs).
+        self._ssl_context = ssl_context or (lambda: None)
         self.listeners: list[Listener] = []
         # 2.0.1 ChargingStation.AllowNewSessionsPendingFirmwareUpdate (the 2.0.1 block sets it).
         self.allow_new_sessions: Callable[[], bool] = lambda: False
@@ -220,6 +240,15 @@ class FirmwareService:
         if job is None or job.status is None or job.status == FwStatus.INSTALLED:
             return FwStatus.IDLE.value, None
         return job.status, job.request_id
+
+    def busy(self) -> bool:
+        """An update is at work (downloading, verifying, installing, rebooting): a 2.0.1
+        Reset is then Rejected with FwUpdateInProgress.  One that only waits (DownloadScheduled,
+        InstallScheduled) is not busy: it carries on after the restart."""
+        job = self.job
+        if job is None or not job.active:
+            return False
+        return job.status not in (FwStatus.DOWNLOAD_SCHEDULED, FwStatus.INSTALL_SCHEDULED)
 
     def status(self) -> dict[str, Any] | None:
         """For ``ctl status`` and the status page."""
@@ -401,8 +430,10 @@ class FirmwareService:
             if job.phase in ("scheduled", "downloading"):
                 await self._download(job)
             if job.phase == "downloaded":
+                await self._checkpoint("downloaded")
                 await self._verify(job)
             if job.phase == "verified":
+                await self._checkpoint("verified")
                 await self._install(job)
         except asyncio.CancelledError:
             raise
@@ -411,6 +442,10 @@ class FirmwareService:
             failed = (FwStatus.DOWNLOAD_FAILED if job.phase in ("scheduled", "downloading")
                       else FwStatus.INSTALLATION_FAILED)
             await self._fail(job, failed, f"internal error: {exc}")
+
+    async def _checkpoint(self, phase: str) -> None:
+        if self.installer is not None:
+            await self.installer.checkpoint(phase)
 
     async def _sleep_until(self, when: datetime) -> None:
         delay = (when - self.clock.now()).total_seconds()
@@ -435,20 +470,30 @@ class FirmwareService:
             self._report(job, FwStatus.DOWNLOADING, phase="downloading")
         dest = self._path(job)
         while True:
+            if job.status != FwStatus.DOWNLOADING:  # continuing after DownloadPaused
+                self._report(job, FwStatus.DOWNLOADING)
             self._update(job, attempts=job.attempts + 1)
             self._logged_step = -1
+            part = dl.part_path(dest)
+            before = part.stat().st_size if part.exists() else 0
             try:
                 size = await dl.download(job.location, dest, timeout_s=self.download_timeout_s,
-                                         progress=lambda d, t: self._progress(job, d, t))
+                                         progress=lambda d, t: self._progress(job, d, t),
+                                         ssl_context=self._ssl_context())
             except dl.DownloadError as exc:
                 left = job.retries + 1 - job.attempts
                 if exc.permanent or left <= 0:
                     await self._fail(job, FwStatus.DOWNLOAD_FAILED,
-                                     f"{exc} (attempt {job.attempts})")
+                                     f"{exc} (attempt {job.attempts})", reason=exc.reason)
                     return
                 log.warning("firmware download attempt %d failed: %s; %d more in %g s",
                             job.attempts, exc, left, job.retry_interval_s)
-                self._update(job, detail=str(exc))
+                kept = part.stat().st_size if part.exists() else 0
+                if kept > before and job.retry_interval_s > 0:
+                    # Stopped part-way: the bytes are kept and the next attempt continues.
+                    self._report(job, FwStatus.DOWNLOAD_PAUSED, detail=str(exc))
+                else:
+                    self._update(job, detail=str(exc))
                 await self.clock.sleep(job.retry_interval_s)
                 continue
             break
@@ -456,10 +501,17 @@ class FirmwareService:
                      detail="")
 
     async def _verify(self, job: FirmwareJob) -> None:
-        if not job.signature and not job.signing_certificate:
-            self._update(job, phase="verified")  # accepted unsigned (firmware.allow_unsigned)
-            return
         path = self._path(job)
+        try:
+            digest = await asyncio.to_thread(_file_digest, path)
+        except OSError as exc:  # gone or unreadable since Downloaded: it cannot be verified
+            await self._fail(job, FwStatus.INSTALL_VERIFICATION_FAILED,
+                             f"the downloaded image cannot be read: {exc.strerror or exc}")
+            return
+        if not job.signature and not job.signing_certificate:
+            # Accepted unsigned (firmware.allow_unsigned): only the digest guards the file.
+            self._update(job, phase="verified", digest=digest)
+            return
         from agent.security import signing
 
         try:
@@ -470,7 +522,7 @@ class FirmwareService:
             await self._fail(job, FwStatus.INVALID_SIGNATURE, str(exc))
             return
         log.info("firmware %s: %s signature verified", path.name, scheme)
-        self._report(job, FwStatus.SIGNATURE_VERIFIED, phase="verified")
+        self._report(job, FwStatus.SIGNATURE_VERIFIED, phase="verified", digest=digest)
 
     async def _install(self, job: FirmwareJob) -> None:
         assert self.installer is not None
@@ -497,17 +549,29 @@ class FirmwareService:
             await self._hold(job)  # nothing may start while installing
             if not self.station.any_transaction:
                 break
-        self._report(job, FwStatus.INSTALLING, phase="installing",
-                     install_attempts=job.install_attempts + 1)
+        if job.status == FwStatus.INSTALLING:  # a restart cut the installation: once more
+            self._update(job, phase="installing", install_attempts=job.install_attempts + 1)
+        else:
+            self._report(job, FwStatus.INSTALLING, phase="installing",
+                         install_attempts=job.install_attempts + 1)
+        await self._checkpoint("installing")
         path = self._path(job)
+        problem = await asyncio.to_thread(_changed_since_verified, path, job.digest)
+        if problem is not None:
+            log.error("firmware update %s: %s; not installed", job.request_id, problem)
+            await self._fail(job, FwStatus.INSTALL_VERIFICATION_FAILED, problem)
+            return
         try:
             await self.installer.stage(path)
             version = await self.installer.install(path)
         except InstallError as exc:
-            await self._fail(job, FwStatus.INSTALLATION_FAILED, str(exc))
+            failed = (FwStatus.INSTALL_VERIFICATION_FAILED if exc.verification
+                      else FwStatus.INSTALLATION_FAILED)
+            await self._fail(job, failed, str(exc))
             return
         self._report(job, FwStatus.INSTALL_REBOOTING, phase="rebooting", version=version)
         await asyncio.to_thread(self._discard_files, job)
+        await self._checkpoint("rebooting")
         log.warning("firmware update %s installed (%s); rebooting", job.request_id,
                     version or "version unknown")
         await self.installer.reboot()
@@ -536,9 +600,10 @@ class FirmwareService:
                 await self.station.set_operative(evse_id, True)
         self._update(job, held=[])
 
-    async def _fail(self, job: FirmwareJob, status: FwStatus, why: str) -> None:
+    async def _fail(self, job: FirmwareJob, status: FwStatus, why: str,
+                    reason: str = "") -> None:
         await self._release(job)
-        self._report(job, status, phase="done", detail=why)
+        self._report(job, status, phase="done", detail=why, reason=reason)
         await asyncio.to_thread(self._discard_files, job)
 
     # ------------------------------------------------------------------ after the reboot
@@ -583,6 +648,27 @@ class FirmwareService:
             reboot = False
         await self._fail(job, FwStatus.INSTALLATION_FAILED, why)
         return reboot
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 16):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _changed_since_verified(path: Path, digest: str | None) -> str | None:
+    """Why ``path`` is no longer the image that was verified, or None if it still is."""
+    if digest is None:  # a job persisted before digests were kept: verified, not hashed
+        return None
+    try:
+        now = _file_digest(path)
+    except OSError as exc:
+        return f"the verified image cannot be read any more: {exc.strerror or exc}"
+    if now != digest:
+        return "the image changed on disk after its verification (SHA-256 differs)"
+    return None
 
 
 __all__ = ["PLAIN_STATUSES", "Answer", "FirmwareJob", "FirmwareRequest", "FirmwareService",

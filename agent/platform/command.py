@@ -3,12 +3,14 @@ or a vendor script), judged by its exit status.
 
 ``firmware.command.install`` is run with the image path appended (``["rauc", "install"]`` runs
 ``rauc install /var/lib/cp-agent/firmware/7/image.raucb``); exit status 0 means installed
-(for the next start), anything else InstallationFailed with the last lines of its output in
-the log.  The optional ``confirm`` (``rauc status mark-good``), ``roll_back``
-(``rauc status mark-bad other``), ``version`` (prints the running version on stdout) and
-``reboot`` (``systemctl reboot``; without it only the agent restarts) commands are run
-without arguments.  Each runs without a shell, with a time limit, and its output goes to the
-log, never to the CSMS.
+(for the next start), 65 (``EX_DATAERR`` of sysexits.h: the input data was incorrect) that the
+command's own check of the image failed (a bundle signature, a checksum, a wrong board):
+InstallVerificationFailed; anything else InstallationFailed, with the last lines of its output
+in the log.  A wrapper script maps its tool's exit codes onto these.  The optional
+``confirm`` (``rauc status mark-good``), ``roll_back`` (``rauc status mark-bad other``),
+``version`` (prints the running version on stdout) and ``reboot`` (``systemctl reboot``;
+without it only the agent restarts) commands are run without arguments.  Each runs without
+a shell, with a time limit, and its output goes to the log, never to the CSMS.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from agent.platform.installer import Installer, InstallError, InstallerState, Re
 log = logging.getLogger("cp_agent.platform")
 
 TAIL = 400  # characters of a failed command's output kept in the message
+VERIFICATION_FAILED_EXIT = 65  # sysexits.h EX_DATAERR: the image did not pass the check
 
 
 class CommandInstaller(Installer):
@@ -36,7 +39,8 @@ class CommandInstaller(Installer):
         super().__init__(state, restart_agent)
         self.options = options
 
-    async def _run(self, argv: list[str], what: str) -> str:
+    async def _run(self, argv: list[str], what: str, *,
+                   verification_exit: int | None = None) -> str:
         timeout = float(self.options.timeout_s)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -60,8 +64,12 @@ class CommandInstaller(Installer):
         if text:
             log.info("%s (%s): %s", what, argv[0], text[-2000:])
         if proc.returncode != 0:
+            verification = proc.returncode == verification_exit
             raise InstallError(f"{what}: {argv[0]} exited with status {proc.returncode}"
-                               + (f": {text[-TAIL:]}" if text else ""))
+                               + (" (the image failed its verification)" if verification
+                                  else "")
+                               + (f": {text[-TAIL:]}" if text else ""),
+                               verification=verification)
         return text
 
     def current_version(self) -> str | None:
@@ -82,7 +90,8 @@ class CommandInstaller(Installer):
         return version[:50]
 
     async def install(self, image: Path) -> str | None:
-        await self._run([*self.options.install, str(image)], "firmware install")
+        await self._run([*self.options.install, str(image)], "firmware install",
+                        verification_exit=VERIFICATION_FAILED_EXIT)
         # Without a version command, the image's name stands for the version it brings.
         self.state.set("previous", self.state.get("version") or "")
         self.state.set("version", image.stem[:50])

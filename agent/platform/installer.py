@@ -12,7 +12,10 @@ the platform.  Its life cycle for one update:
 ``roll_back()``     it did not: the previous firmware is the one of the next start (True if a
                     reboot is needed for that to take effect);
 ``current_version()``  the version running now, for BootNotification (None: the configured
-                    ``station.firmware_version``).
+                    ``station.firmware_version``);
+``checkpoint(phase)``  the update reached a phase (``downloaded``, ``verified``, ``installing``,
+                    ``rebooting``), already persisted: nothing by default; the mock installer
+                    can hold the update there (power-cut tests, demonstrations).
 
 Installers keep what they must remember across the reboot in an :class:`InstallerState`
 (the agent's state file), never in memory.
@@ -31,7 +34,13 @@ log = logging.getLogger("cp_agent.platform")
 
 
 class InstallError(Exception):
-    """Installing failed; the text says why (for the log and the status page)."""
+    """Installing failed; the text says why (for the log and the status page).
+    ``verification``: the installer's own check of the image failed (a checksum, a bundle
+    signature): InstallVerificationFailed rather than InstallationFailed."""
+
+    def __init__(self, text: str, *, verification: bool = False) -> None:
+        super().__init__(text)
+        self.verification = verification
 
 
 class KeyValue(Protocol):
@@ -89,6 +98,10 @@ class Installer(abc.ABC):
     async def reboot(self) -> None:
         """Start what was installed: by default the agent's own process restarts (Reset)."""
         await self._restart_agent()
+
+    async def checkpoint(self, phase: str) -> None:
+        """The update reached ``phase`` (persisted); by default nothing happens."""
+        return None
 
     @abc.abstractmethod
     async def confirm(self) -> None:

@@ -10,8 +10,12 @@ target file system is compared with what the server announces (Content-Length, F
 This is the one module that uses aiohttp's client (imported at the first HTTP download, so an
 agent that never downloads never loads it) and ftplib; ftplib is blocking and runs in a worker
 thread.  Every failure leaves as :class:`DownloadError`, whose text names the URL's
-host and what went wrong (never its credentials), and whose ``permanent`` says whether a retry
-could help.
+host and what went wrong (never its credentials), whose ``permanent`` says whether a retry
+could help, and whose ``reason`` is a reasonCode of the 2.1 appendix for the CSMS (InvalidURL,
+OutOfStorage, InvalidCertificate for a server certificate that does not verify, else empty).
+
+HTTPS and FTPS servers are verified with ``ssl_context`` (:func:`agent.transfer.tls.context`:
+the system CAs plus the station's CSMS roots), their host name checked.
 """
 
 from __future__ import annotations
@@ -42,9 +46,10 @@ Progress = Callable[[int, int | None], None]  # (bytes on disk, total size or No
 class DownloadError(Exception):
     """A download failed; ``permanent``: retrying the same request cannot help."""
 
-    def __init__(self, text: str, *, permanent: bool = False) -> None:
+    def __init__(self, text: str, *, permanent: bool = False, reason: str = "") -> None:
         super().__init__(text)
         self.permanent = permanent
+        self.reason = reason
 
 
 def part_path(dest: Path) -> Path:
@@ -79,7 +84,8 @@ def check_space(directory: Path, needed: int | None) -> None:
     free = shutil.disk_usage(directory).free
     if needed + RESERVE_BYTES > free:
         raise DownloadError(f"not enough space in {directory}: {needed} bytes to download, "
-                            f"{free} free (keeping {RESERVE_BYTES} in reserve)", permanent=True)
+                            f"{free} free (keeping {RESERVE_BYTES} in reserve)", permanent=True,
+                            reason="OutOfStorage")
 
 
 async def download(url: str, dest: Path, *, progress: Progress | None = None,
@@ -88,10 +94,11 @@ async def download(url: str, dest: Path, *, progress: Progress | None = None,
     try:
         scheme = urlsplit(url).scheme.lower()
     except ValueError:
-        raise DownloadError("location is not a URL", permanent=True) from None
+        raise DownloadError("location is not a URL", permanent=True,
+                            reason="InvalidURL") from None
     if scheme not in SCHEMES:
         raise DownloadError(f"location scheme {scheme!r} is not supported; use one of "
-                            f"{', '.join(SCHEMES)}", permanent=True)
+                            f"{', '.join(SCHEMES)}", permanent=True, reason="InvalidURL")
     dest.parent.mkdir(parents=True, exist_ok=True)
     if scheme in ("http", "https"):
         size = await _http(url, dest, progress, timeout_s, ssl_context)
@@ -163,9 +170,22 @@ async def _http(url: str, dest: Path, progress: Progress | None, timeout_s: floa
                 return done
     except DownloadError:
         raise
+    except aiohttp.ClientSSLError as exc:
+        raise DownloadError(f"{where}: TLS: {_tls_text(exc)}",
+                            reason=_tls_reason(exc)) from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         text = str(exc) or type(exc).__name__
         raise DownloadError(f"{where}: {text}") from None
+
+
+def _tls_text(exc: BaseException) -> str:
+    inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None) or exc
+    return str(getattr(inner, "verify_message", "") or inner) or type(exc).__name__
+
+
+def _tls_reason(exc: BaseException) -> str:
+    inner = getattr(exc, "certificate_error", None) or exc
+    return "InvalidCertificate" if isinstance(inner, ssl.SSLCertVerificationError) else ""
 
 
 # ---------------------------------------------------------------------- FTP(S)
@@ -199,7 +219,8 @@ def _ftp_fetch(url: str, dest: Path, report: Progress, cancel: threading.Event,
     # RFC 1738: the path is relative to the login directory ("/%2F..." for an absolute one).
     remote = unquote(parts.path[1:] if parts.path.startswith("/") else parts.path)
     if not remote:
-        raise DownloadError(f"{where}: no file name in the location", permanent=True)
+        raise DownloadError(f"{where}: no file name in the location", permanent=True,
+                            reason="InvalidURL")
     part = part_path(dest)
     offset = part.stat().st_size if part.exists() else 0
     ftp: ftplib.FTP
@@ -258,6 +279,9 @@ def _ftp_fetch(url: str, dest: Path, report: Progress, cancel: threading.Event,
         raise DownloadError(f"{where}: cancelled") from None
     except DownloadError:
         raise
+    except ssl.SSLCertVerificationError as exc:
+        raise DownloadError(f"{where}: TLS: {exc.verify_message or exc}",
+                            reason="InvalidCertificate") from None
     except (TimeoutError, ftplib.Error, OSError, EOFError) as exc:
         raise DownloadError(f"{where}: {str(exc) or type(exc).__name__}") from None
     finally:

@@ -22,7 +22,9 @@ incompatibility", NotSupportedOperation "the server does not support the operati
 PermissionDenied "insufficient permissions"): an unknown scheme, an unparsable URL, HTTP 400
 and FTP syntax errors are BAD_MESSAGE; HTTP 401 / 403, FTP 530 / 550 / 553 PERMISSION_DENIED;
 a method or command the server lacks NOT_SUPPORTED; anything else (unreachable, timeouts,
-5xx, full disk) FAILED.
+5xx, full disk, a server certificate that does not verify) FAILED.  ``reason`` adds a reasonCode
+of the 2.1 appendix where one fits (InvalidURL, RedirectNotAllowed, InvalidCertificate).
+HTTPS and FTPS servers are verified with ``ssl_context`` (:func:`agent.transfer.tls.context`).
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class Outcome(enum.Enum):
 class UploadError(Exception):
     """An attempt failed; ``outcome`` says how, the message is for the log (no password)."""
 
-    def __init__(self, outcome: Outcome, detail: str, *, final: bool = False) -> None:
+    def __init__(self, outcome: Outcome, detail: str, *, final: bool = False,
+                 reason: str = "") -> None:
         super().__init__(detail)
         self.outcome = outcome
         self.final = final  # another attempt cannot help (the URL itself is unusable)
+        self.reason = reason  # a 2.1 reasonCode, or empty
 
 
 def safe_url(url: str) -> str:
@@ -90,15 +94,16 @@ def parse_location(url: str) -> Target:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError as exc:
-        raise UploadError(Outcome.BAD_MESSAGE, f"unreadable location: {exc}", final=True) \
-            from None
+        raise UploadError(Outcome.BAD_MESSAGE, f"unreadable location: {exc}", final=True,
+                          reason="InvalidURL") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise UploadError(Outcome.BAD_MESSAGE,
                           f"location scheme {scheme or '(none)'!r} not supported "
-                          f"(supported: {', '.join(SCHEMES)})", final=True)
+                          f"(supported: {', '.join(SCHEMES)})", final=True, reason="InvalidURL")
     if not parts.hostname:
-        raise UploadError(Outcome.BAD_MESSAGE, "location names no host", final=True)
+        raise UploadError(Outcome.BAD_MESSAGE, "location names no host", final=True,
+                          reason="InvalidURL")
     netloc = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if port is not None:
         netloc += f":{port}"
@@ -173,6 +178,11 @@ async def _http(target: Target, name: str, data: bytes, ssl_context: ssl.SSLCont
             raise _redirect_or(status, "PUT", put_url)
     except UploadError:
         raise
+    except aiohttp.ClientConnectorCertificateError as exc:
+        cert_error = exc.certificate_error
+        text = getattr(cert_error, "verify_message", "") or str(cert_error)
+        raise UploadError(Outcome.FAILED, f"{target.url}: TLS: {text}",
+                          reason="InvalidCertificate") from None
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
         raise UploadError(Outcome.FAILED,
                           f"{target.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
@@ -181,7 +191,8 @@ async def _http(target: Target, name: str, data: bytes, ssl_context: ssl.SSLCont
 def _redirect_or(status: int, method: str, where: str) -> UploadError:
     if 300 <= status < 400:
         return UploadError(Outcome.FAILED, f"{method} {where}: HTTP {status} (redirects are "
-                                           "not followed for uploads)")
+                                           "not followed for uploads)",
+                           reason="RedirectNotAllowed")
     return _http_error(status, method, where)
 
 
@@ -240,6 +251,9 @@ class _FtpSession:
             ftp.storbinary(f"STOR {name}", io.BytesIO(data))
             with contextlib.suppress(ftplib.all_errors):
                 ftp.quit()
+        except ssl.SSLCertVerificationError as exc:
+            raise UploadError(Outcome.FAILED, f"{step}: TLS: {exc.verify_message or exc}",
+                              reason="InvalidCertificate") from None
         except ftplib.all_errors as exc:
             if self.aborted:
                 raise UploadError(Outcome.FAILED, "cancelled") from None

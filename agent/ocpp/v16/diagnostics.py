@@ -14,7 +14,8 @@ GetDiagnostics ends with UploadFailed (its CSMS waits for a final status and 1.6
 "cancelled"); a cancelled GetLog ends with the AcceptedCanceled answer to the new request (the
 whitepaper's UploadLogStatusEnumType has no such status to send).  Status messages go through
 the durable outbox: one per state, in order, delivered after a reconnect.  Idle is only ever
-sent when triggered (1.6 7.24, whitepaper N01.FR.12).
+sent when triggered (1.6 7.24, whitepaper N01.FR.12).  A job a restart cut is resumed by the
+core under the same fileName and requestId, or ends with its failure status.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ class Diagnostics(Block):
     @property
     def service(self) -> DiagnosticsService | None:
         return getattr(self.station, "diagnostics", None)
+
+    def start(self) -> None:
+        """Own the jobs this version's requests started, also across a restart."""
+        service = self.service
+        if service is not None:
+            for tag in (DIAGNOSTICS, GET_LOG):
+                service.register(self._owner(tag), self._report, self.adapter.spawn)
+
+    def _owner(self, tag: str) -> str:
+        return f"{self.adapter.version}/{tag}"
 
     # ------------------------------------------------------------------ GetDiagnostics
 
@@ -94,6 +105,7 @@ class Diagnostics(Block):
         return {"status": status, "filename": job.name}
 
     def _start(self, service: DiagnosticsService, request: UploadRequest) -> UploadJob:
+        request.owner = self._owner(request.tag)
         job = service.begin(request, self._report)
         job.task = self.adapter.spawn(job.run(self.adapter.after_answer),
                                       f"v16-{request.tag}-{job.name}")

@@ -13,7 +13,13 @@ back.  This block maps the requests in and the job's statuses out, through the d
   answers it with CALLERROR NotSupported (L01.FR.20): so it does here unless
   ``firmware.allow_unsigned`` is true (the default only with the mock installer).
 - SignedUpdateFirmware answers Accepted / AcceptedCanceled / Rejected / InvalidCertificate
-  and reports every status of the signed set with its requestId (L01.FR.10/21).
+  and reports every status of the signed set with its requestId (L01.FR.10/21), DownloadPaused
+  (L01.FR.14) and InstallVerificationFailed included.  The plain flow has neither: a pause is
+  not reported (nor the Downloading that follows it), a failed verification is
+  InstallationFailed.
+
+SupportedFileTransferProtocols (the whitepaper's "required configuration key", read-only): what
+:mod:`agent.transfer` speaks.
 
 TriggerMessage(FirmwareStatusNotification) answers the job in progress or Idle (1.6 4.5);
 ExtendedTriggerMessage(FirmwareStatusNotification) the last signed status sent, Idle after
@@ -27,9 +33,11 @@ from typing import Any, ClassVar
 
 from agent.clock import parse_iso
 from agent.core.firmware import PLAIN_STATUSES, FirmwareJob, FirmwareRequest, FirmwareService
+from agent.core.settings import SettingDef
 from agent.link.rpc import OcppCallError
 from agent.ocpp.blocks import Block, handles
 from agent.storage import OutboxItem
+from agent.transfer.protocols import PROTOCOLS
 
 log = logging.getLogger("cp_agent.v16")
 
@@ -45,6 +53,8 @@ class Firmware(Block):
         PLAIN: "send_firmware_status",  # TriggerMessage
         SIGNED: "send_signed_firmware_status",  # ExtendedTriggerMessage
     }
+    SETTINGS = (SettingDef("SupportedFileTransferProtocols", "csl", list(PROTOCOLS),
+                           readonly=True, profile=PROFILE),)
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
@@ -109,8 +119,12 @@ class Firmware(Block):
             if job.request_id is not None:
                 payload["requestId"] = job.request_id
             self.adapter.enqueue(SIGNED, payload)
-        elif status in PLAIN_STATUSES:
-            self.adapter.enqueue(PLAIN, {"status": status})
+        else:
+            status = _PLAIN_FOR.get(status, status)
+            if status == "Downloading" and job.attempts > 0:
+                return  # continuing after a pause the plain flow never reported
+            if status in PLAIN_STATUSES:
+                self.adapter.enqueue(PLAIN, {"status": status})
 
     def prepare_outbox(self, item: OutboxItem, payload: dict) -> dict | None:
         """A status queued by the 2.0.1 adapter before the CSMS agreed 1.6: plain form."""
@@ -150,5 +164,8 @@ class Firmware(Block):
         if self.service is not None:
             self.service.kick()
 
+
+# Signed-flow statuses that the plain FirmwareStatusNotification says otherwise.
+_PLAIN_FOR = {"InstallVerificationFailed": "InstallationFailed"}
 
 __all__ = ["PROFILE", "Firmware"]

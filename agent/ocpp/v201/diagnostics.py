@@ -17,6 +17,8 @@ the request in and the job's states out (TC_N_25_CS, TC_N_26_CS, TC_N_35_CS, TC_
   Idle without a requestId (the schema: requestId is optional only then).
 
 Statuses go through the durable outbox: one per state, in order, delivered after a reconnect.
+An upload a restart cut is resumed by the core (same filename and requestId, no second
+Uploading) or, with no attempt left, ends with UploadFailure: never left Uploading.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ class Diagnostics(Block):
     def service(self) -> DiagnosticsService | None:
         return getattr(self.station, "diagnostics", None)
 
+    def start(self) -> None:
+        """Own this version's GetLog jobs, also across a restart."""
+        service = self.service
+        if service is not None:
+            service.register(self._owner, self._report, self.adapter.spawn)
+
+    @property
+    def _owner(self) -> str:
+        return f"{self.adapter.version}/GetLog"
+
     @handles("GetLog")
     async def get_log(self, p: dict) -> dict:
         service = self.service
@@ -57,7 +69,7 @@ class Diagnostics(Block):
         request = UploadRequest(_LOG_KINDS[p["logType"]], params["remoteLocation"], window,
                                 retries=p.get("retries"),
                                 retry_interval_s=p.get("retryInterval"),
-                                request_id=p["requestId"], tag="GetLog")
+                                request_id=p["requestId"], tag="GetLog", owner=self._owner)
         job = service.begin(request, self._report)
         job.task = self.adapter.spawn(job.run(self.adapter.after_answer),
                                       f"v201-GetLog-{job.name}")

@@ -21,7 +21,12 @@ and the job's statuses out, through the durable outbox, each with the request's 
 - TC_L_12_CS..TC_L_15_CS: installation waits for the transactions to end; meanwhile free
   EVSEs are Unavailable unless ChargingStation.AllowNewSessionsPendingFirmwareUpdate is true;
 - TC_L_18_CS: a request without signature and certificate is Rejected, unless
-  ``firmware.allow_unsigned`` (the mock installer's default) accepts it as L02 does.
+  ``firmware.allow_unsigned`` (the mock installer's default) accepts it as L02 does;
+- TC_L_08_CS: an image that changed on disk after SignatureVerified, or that the installer's
+  own check refuses, is InstallVerificationFailed; a download that stopped part-way and waits
+  for its next attempt is DownloadPaused (then Downloading again);
+- a Reset while the update downloads or installs is Rejected, reasonCode FwUpdateInProgress
+  (provisioning).
 
 TriggerMessage(FirmwareStatusNotification): the last status sent with its requestId, Idle
 without one after Installed or when there was no update.
@@ -60,6 +65,15 @@ class Firmware(VariableBlock):
     @property
     def service(self) -> FirmwareService | None:
         return getattr(self.station, "firmware", None)
+
+    def start(self) -> None:
+        """Agent start-up: a job that asked for its reboot runs the new firmware now, whose
+        BootNotification says FirmwareUpdate (also when the reason set with InstallRebooting
+        went with an earlier boot, or the reboot was a power cut)."""
+        service = self.service
+        job = service.job if service is not None else None
+        if job is not None and job.active and job.phase == "rebooting":
+            self.storage.set_setting(BOOT_REASON, "FirmwareUpdate")
 
     def activate(self) -> None:
         """The 2.0.1 adapter is in charge: its variable decides about new sessions."""
@@ -104,10 +118,13 @@ class Firmware(VariableBlock):
         if status == "InstallRebooting":
             # The BootNotification after the reboot says why (TC_L_01_CS step 13).
             self.storage.set_setting(BOOT_REASON, "FirmwareUpdate")
+        self.adapter.enqueue(STATUS, self._status_payload(job, status))
+
+    def _status_payload(self, job: FirmwareJob, status: str) -> dict:
         payload: dict = {"status": status}
         if job.request_id is not None:
             payload["requestId"] = job.request_id
-        self.adapter.enqueue(STATUS, payload)
+        return payload
 
     async def send_firmware_status(self, evse_id: int | None) -> None:
         service = self.service
