@@ -537,3 +537,69 @@ async def test_no_cost_lines_on_16(short_dir):
         await shows(agent, "Finished")
         assert not any("Total" in line for line in screen(agent))
         assert not agent.costs.cost_enabled
+
+
+# ====================================================================== 2.1
+
+
+async def test_21_message_extra_format_state_and_clear(short_dir, monkeypatch):
+    """2.1 MessageInfo: messageExtra (the station's language is shown and the extras are
+    reported back), QRCODE and the new states refused as the display cannot do them, and
+    ClearDisplayMessage Rejected for a message that could not be removed."""
+    from agent.storage import StorageError
+
+    async with version_rig("2.1", short_dir,
+                           defaults={"DisplayMessageCtrlr.Language": "de"}) as (csms, make):
+        agent = await make()
+        link = await online201(agent, csms)
+        request = message(7, "Welcome", "AlwaysFront")
+        request["message"]["message"]["language"] = "en"
+        request["message"]["messageExtra"] = [
+            {"format": "UTF8", "language": "de", "content": "Willkommen"},
+            {"format": "UTF8", "language": "fr", "content": "Bienvenue"}]
+        assert (await link.call("SetDisplayMessage", request))["status"] == "Accepted"
+        await shows(agent, "Willkommen")
+        assert (await link.call("GetDisplayMessages", {"requestId": 3}))["status"] == \
+            "Accepted"
+        told = await csms.wait_for("NotifyDisplayMessages", station_id="CP1")
+        assert [x["content"] for x in told["messageInfo"][0]["messageExtra"]] == [
+            "Willkommen", "Bienvenue"]
+        qr = message(8, "https://pay.example/qr", format="QRCODE")
+        assert (await link.call("SetDisplayMessage", qr))["status"] == \
+            "NotSupportedMessageFormat"
+        suspended = message(9, "Paused", state="Suspended")
+        assert (await link.call("SetDisplayMessage", suspended))["status"] == \
+            "NotSupportedState"
+
+        def broken(ids: Any) -> None:
+            raise StorageError("disk full")
+
+        monkeypatch.setattr(agent.storage, "display_message_delete", broken)
+        cleared = await link.call("ClearDisplayMessage", {"id": 7})
+        assert cleared["status"] == "Rejected"
+        assert cleared["statusInfo"]["reasonCode"] == "InternalError"
+
+
+def test_a_message_set_over_21_is_reported_the_201_way():
+    info = {"id": 1, "priority": "InFront",
+            "message": {"format": "UTF8", "content": "x" * 1024},
+            "messageExtra": [{"format": "UTF8", "content": "y"}]}
+    out = display_block.DisplayMessages.reported(None, info)  # type: ignore[arg-type]
+    assert "messageExtra" not in out and len(out["message"]["content"]) == 512
+    assert len(info["message"]["content"]) == 1024, "the stored message is left as it was"
+
+
+async def test_21_updated_personal_message_in_the_drivers_language(short_dir):
+    async with version_rig("2.1", short_dir) as (csms, make):
+        personal(csms, "Day rate 0.39", language1="de")
+        agent = await make()
+        await online201(agent, csms)
+        agent.hal.tap("TAG1")
+        await shows(agent, "Freigegeben", "Kabel einstecken", "Day rate 0.39")
+        total_on_end(csms, None, updatedPersonalMessage={
+            "format": "UTF8", "language": "en", "content": "Night rate 0.29"},
+            updatedPersonalMessageExtra=[
+                {"format": "UTF8", "language": "de", "content": "Nachttarif 0,29"}])
+        agent.hal.plug(1)
+        await eventually(lambda: screen(agent)[0] == "Lädt"
+                         and "Nachttarif 0,29" in screen(agent), "the German tariff text")

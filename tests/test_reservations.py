@@ -273,12 +273,18 @@ class Kit201(Kit):
             "evseId": evse}
 
 
+class Kit21(Kit201):
+    version = "2.1"
+
+
 KITS = {"1.6": Kit16(), "2.0.1": Kit201()}
+# 2.1 carries the 2.0.1 block over: only the tests of what its schemas changed run on it.
+LATER_KITS = {"2.1": Kit21()}
 
 
 @pytest.fixture(params=list(KITS))
 def kit(request: pytest.FixtureRequest) -> Kit:
-    return KITS[request.param]
+    return {**KITS, **LATER_KITS}[request.param]
 
 
 class Rig:
@@ -656,3 +662,108 @@ async def test_reservation_id_on_the_authorization_of_a_transaction_started_at_t
         "TransactionEvent", station_id=SID,
         predicate=lambda p: p["triggerReason"] == "Authorized")
     assert event["reservationId"] == 2
+
+
+# ====================================================================== clock corrections
+
+
+async def test_expiry_timer_follows_a_clock_correction_by_a_heartbeat(rig):
+    """The expiry is a wall-clock time: when a Heartbeat answer moves the clock 500 s on, a
+    reservation due in 540 s expires 40 s later, not 540 s later."""
+    clock = FakeClock(start_wall=datetime.now(UTC).timestamp())
+    base_wall, base_mono, skew = clock.wall(), clock.monotonic(), [0.0]
+    rig.csms.now = lambda: datetime.fromtimestamp(
+        base_wall + clock.monotonic() - base_mono + skew[0], UTC)
+    rig.csms.heartbeat_interval = 60
+    agent = await rig.start(clock=clock)
+    assert await rig.reserve(agent, 31, 1, "TAG1", seconds=600) == "Accepted"
+    await rig.shows("Reserved")
+    await eventually(lambda: any(599 < d <= 601 for d in clock.pending()),
+                     "the expiry timer sleeps until the expiry")
+    skew[0] = 500.0  # the CSMS's clock is 500 s ahead of the station's
+    beats = len(rig.csms.messages(SID, "Heartbeat"))
+    await clock.advance(60)
+    await rig.csms.wait_for("Heartbeat", station_id=SID, count=beats + 1)
+    await eventually(lambda: any(39 < d <= 41 for d in clock.pending()),
+                     f"the timer re-armed to the corrected time (pending: {clock.pending()})")
+    assert len(agent.station.reservations.all()) == 1
+    await clock.advance(41)
+    await rig.shows("Available")
+    assert agent.station.reservations.all() == []
+
+
+# ====================================================================== one EVSE, no EVSE named
+
+
+@pytest.mark.parametrize("kit", ["1.6"], indirect=True)
+async def test_v16_connector_0_on_a_station_with_one_connector(rig):
+    """1.6 5.13 connectorId 0 with a single connector: that connector is the one kept for
+    the idTag, so it shows Reserved at once; another idTag is refused by card and by
+    RemoteStart, a second reservation of connector 0 or of connector 1 is Occupied, and the
+    reserving idTag starts with the reservationId."""
+    agent = await rig.start()
+    assert await rig.reserve(agent, 41, None, "TAG1") == "Accepted"
+    await rig.shows("Reserved")
+    assert await rig.reserve(agent, 42, None, "TAG2") == "Occupied"
+    assert await rig.reserve(agent, 43, 1, "TAG2") == "Occupied"
+    action, payload = rig.kit.remote_start("TAG2", 1)
+    assert (await rig.link.call(action, payload))["status"] == "Rejected"
+    assert await rig.tap(agent, "TAG2") == "rejected"
+    agent.hal.plug(1)
+    await agent.station.quiet()
+    assert rig.statuses()[-1] == "Reserved"
+    assert await rig.tap(agent, "TAG1") == "authorized"
+    start = await rig.started()
+    assert start["reservationId"] == 41 and start["connectorId"] == 1
+    assert agent.station.reservations.all() == []
+
+
+@pytest.mark.parametrize("kit", ["2.0.1"], indirect=True)
+@pytest.mark.parametrize("evse", [1, None], ids=["evse", "no-evse"])
+async def test_reserved_evse_reported_by_notify_event_too(rig, evse):
+    """Errata 2.8.1 (H01.FR.20 / H01.FR.23): the connectors of the reserved EVSE, and the
+    EVSE, report AvailabilityState Reserved by NotifyEvent too; with one EVSE a reservation
+    of no EVSE holds it. Its end reports Available."""
+    await rig.start()
+
+    def reserved_events() -> list[tuple[str, str]]:
+        return [(e["component"]["name"], e["actualValue"])
+                for p in rig.csms.messages(SID, "NotifyEvent") for e in p["eventData"]
+                if e["variable"]["name"] == "AvailabilityState"
+                and e["component"].get("evse", {}).get("id") == 1]
+
+    assert await rig.reserve(rig.agents[-1], 51, evse, "TAG1") == "Accepted"
+    await rig.shows("Reserved")
+    await eventually(lambda: reserved_events()[-2:] == [
+        ("Connector", "Reserved"), ("EVSE", "Reserved")], "Reserved by NotifyEvent")
+    assert await rig.cancel(51) == "Accepted"
+    await eventually(lambda: reserved_events()[-2:] == [
+        ("Connector", "Available"), ("EVSE", "Available")], "Available again")
+
+
+# ====================================================================== 2.1
+
+
+@pytest.mark.parametrize("kit", ["2.1"], indirect=True)
+async def test_21_reservation_with_the_wider_idtoken_and_connector_type(rig):
+    """2.1 ReserveNow: idToken up to 255 characters of any type, connectorType a free
+    string (one this station has not is Rejected); the expiry reported with the 2.1
+    ReservationStatusUpdate."""
+    clock = FakeClock(start_wall=datetime.now(UTC).timestamp())
+    rig.csms.now = lambda: datetime.fromtimestamp(clock.wall(), UTC)
+    agent = await rig.start(clock=clock)
+    token = "E" * 200
+    payload = {"id": 61, "expiryDateTime": rig.expiry(agent, 600),
+               "idToken": {"idToken": token, "type": "EVCCID"}, "evseId": 1}
+    assert (await rig.link.call("ReserveNow", payload))["status"] == "Accepted"
+    await rig.shows("Reserved")
+    other = {"id": 62, "expiryDateTime": rig.expiry(agent, 600), "connectorType": "cChaoJi",
+             "idToken": {"idToken": "TAG2", "type": "ISO14443"}}
+    assert (await rig.link.call("ReserveNow", other))["status"] == "Rejected"
+    assert agent.station.reservations.get(61).token == token
+    await eventually(lambda: any(599 < d <= 601 for d in clock.pending()),
+                     "the expiry timer sleeps until the expiry")
+    await clock.advance(601)
+    update = await rig.csms.wait_for("ReservationStatusUpdate", station_id=SID)
+    assert update == {"reservationId": 61, "reservationUpdateStatus": "Expired"}
+    await rig.shows("Available")

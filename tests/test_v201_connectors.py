@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agent.testing.csms import TestCsms
 from tests.conftest import charging201, eventually, online, online201
 
@@ -197,3 +199,18 @@ async def test_16_connector_0_is_the_station_level_and_operative_lifts_every_lev
     await eventually(lambda: any(p["connectorId"] == 2 and p["status"] == "Available"
                                  for p in csms.messages("CP1", "StatusNotification")[-3:]),
                      "connector 2 Available again")
+
+
+async def test_ctl_plug_into_a_chosen_connector(csms201, make_agent201):
+    """``cp-agent ctl plug 1 --connector 2``: the EV is at connector 2, which the transaction
+    names; a connector the EVSE has not is refused with the ones it has."""
+    agent = await make_agent201(extra=TWO_CONNECTORS)
+    await online201(agent, csms201)
+    with pytest.raises(ValueError, match=r"EVSE 1 has no connector 3; its connectors are \[1, 2\]"):
+        await agent.handle_control({"cmd": "plug", "args": {"evse": 1, "connector": 3}})
+    assert not agent.station.evses[1].ev_connected
+    await agent.handle_control({"cmd": "plug", "args": {"evse": 1, "connector": 2}})
+    agent.hal.tap("TAG1")
+    started = await csms201.wait_for("TransactionEvent", station_id="CP1",
+                                     predicate=lambda p: p["eventType"] == "Started")
+    assert started["evse"] == {"id": 1, "connectorId": 2}
