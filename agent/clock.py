@@ -112,6 +112,9 @@ class Clock:
         self.anchors: dict[str, tuple[float, float]] = {}
         self._store: SettingsStore | None = None
         self._saved: tuple[float, float] | None = None
+        # The anchor an earlier process of this same kernel boot saved (kill -9, restart):
+        # the monotonic clock went on, so it still tells the time (see elapsed_since).
+        self._own_anchor: tuple[float, float] | None = None
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -201,6 +204,45 @@ class Clock:
         """Wall time at which this boot's monotonic clock read zero (when power came back)."""
         return self.wall() - self.monotonic()
 
+    def elapsed_since(self, stamp: str | None) -> float | None:
+        """Seconds from the instant ``stamp`` (from :meth:`stamp`, maybe of an earlier process
+        or boot) until now, or None when that cannot be known honestly.
+
+        Within one kernel boot (a crash, kill -9, a restart of the service) the monotonic
+        clock went on: a marker of this boot gives the exact figure, and so does an anchor an
+        earlier process of this boot saved, even before this process heard the CSMS time.
+        Across a reboot (a power cut) only wall times compare: the stamp's own, or a marker of
+        a boot that later synced (its anchor), against a trustworthy clock now. A board
+        without a real-time clock that has not heard the CSMS yet cannot tell how long it was
+        off (None); nor can a clock that reads earlier than the stamp (a stale clock file).
+        """
+        if not stamp:
+            return None
+        if is_deferred(stamp):
+            parts = _split_marker(stamp)
+            if parts is None:
+                return None
+            boot, mono = parts
+            if boot == self.boot_id:
+                return max(0.0, self.monotonic() - mono)
+            resolved = self.resolve(stamp)
+            if resolved is None:
+                return None
+            stamp = resolved
+        try:
+            then = parse_iso(stamp).timestamp()
+        except ValueError:
+            return None
+        if self.trustworthy:
+            now = self.wall()
+        elif self._own_anchor is not None:
+            mono0, wall0 = self._own_anchor
+            now = wall0 + (self.monotonic() - mono0)
+        else:
+            return None
+        elapsed = now - then
+        return elapsed if elapsed >= 0 else None
+
     def resolve_payload(self, payload: Any) -> tuple[Any, bool]:
         """Replace every marker in a message; returns (payload, held).
 
@@ -245,6 +287,8 @@ class Clock:
                 continue
             if boot != self.boot_id:
                 self.anchors[boot] = (mono, wall)
+            else:
+                self._own_anchor = (mono, wall)
         if self._synced:
             self._save_anchor()
 

@@ -300,6 +300,8 @@ async def test_ocpp_2_1_station_is_served(csms):
             "transactionInfo": {"transactionId": "t21"},
         }
         assert (await client.call("TransactionEvent", event))[2] == {}
+        opened = {"constantStreamData": {"id": 1, "variableMonitoringId": 7, "params": {}}}
+        assert (await client.call("OpenPeriodicEventStream", opened))[2] == {"status": "Accepted"}
         stream = {"id": 1, "pending": 0, "basetime": NOW, "data": [{"t": 0, "v": "1.5"}]}
         await client.ws.send(json.dumps([6, "s1", "NotifyPeriodicEventStream", stream]))
         assert await csms.wait_for("NotifyPeriodicEventStream") == stream
@@ -307,6 +309,51 @@ async def test_ocpp_2_1_station_is_served(csms):
         assert csms.violations == []
     finally:
         await client.close()
+
+
+async def test_ocpp_2_1_stream_data_needs_an_open_stream_within_its_values(csms):
+    client = await RawStation.connect(csms.url, "CP21", "2.1")
+    try:
+        await boot(client, "2.1")
+        link = await csms.wait_station("CP21")
+
+        sent = itertools.count()
+
+        def data(stream_id: int, n: int) -> dict:
+            tag = str(next(sent))  # each payload differs, so each wait finds its own
+            return {"id": stream_id, "pending": 0, "basetime": NOW,
+                    "data": [{"t": i, "v": tag} for i in range(n)]}
+
+        async def send(payload: dict) -> None:
+            await client.ws.send(json.dumps([6, "s", "NotifyPeriodicEventStream", payload]))
+            await csms.wait_for("NotifyPeriodicEventStream", predicate=lambda p: p == payload)
+
+        await send(data(5, 1))  # never opened
+        opened = {"id": 5, "variableMonitoringId": 1, "params": {"values": 2}}
+        await client.call("OpenPeriodicEventStream", {"constantStreamData": opened})
+        assert csms.streams["CP21"] == {5: opened}
+        await send(data(5, 2))
+        await send(data(5, 3))  # more than values
+        # The CSMS adjusts the stream; the station answers Accepted.
+        adjusting = asyncio.create_task(
+            link.call("AdjustPeriodicEventStream", {"id": 5, "params": {"values": 3}}))
+        frame = await client.next_csms_call()
+        await client.ws.send(json.dumps([3, frame[1], {"status": "Accepted"}]))
+        await adjusting
+        assert csms.streams["CP21"][5]["params"] == {"values": 3}
+        await send(data(5, 3))
+        await client.call("ClosePeriodicEventStream", {"id": 5})
+        await client.call("ClosePeriodicEventStream", {"id": 5})  # not open any more
+        await send(data(5, 1))  # closed
+    finally:
+        await client.close()
+    assert csms.violations == [
+        "CP21: sent NotifyPeriodicEventStream for stream 5, which is not open (open: [])",
+        "CP21: sent 3 elements of stream 5 at once; its values parameter is 2",
+        "CP21: closed periodic event stream 5, which is not open (open: [])",
+        "CP21: sent NotifyPeriodicEventStream for stream 5, which is not open (open: [])",
+    ]
+    csms.violations.clear()
 
 
 # -- handshake -----------------------------------------------------------------------------

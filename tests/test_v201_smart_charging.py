@@ -19,9 +19,10 @@ import pytest
 
 from agent.ocpp.v201 import smart_charging as block
 from agent.ocpp.v201.smart_charging import from_profile, reason_code, to_profile
-from tests.conftest import charging201, eventually, online201
+from tests.conftest import charging201, eventually, on_versions_201_plus, online201
 
 pytestmark = pytest.mark.asyncio
+v2 = on_versions_201_plus()  # 2.1's K block is 2.0.1's plus tests/test_v21_smart_charging.py
 
 TOKEN = {"idToken": "REMOTE1", "type": "Central"}
 

@@ -117,7 +117,9 @@ class StationLink(ocpp.charge_point.ChargePoint):
                 self._record(CSMS_TO_CS, "CALL", action, payload, unique_id)
                 try:
                     await self._connection.send(frame)
-                    return await future
+                    result = await future
+                    self._result_received(action, payload, result)
+                    return result
                 finally:
                     self._pending.pop(unique_id, None)
         except TimeoutError:
@@ -331,6 +333,33 @@ class StationLink(ocpp.charge_point.ChargePoint):
         problem = _schema_problem(self.version, action, False, payload)
         if problem is not None:
             self._violation(f"{action} SEND violates the schema: {problem[1]}")
+            return
+        self.csms._registration_check(self, action)
+        self._check_stream_data(payload)
+
+    def _check_stream_data(self, payload: dict) -> None:
+        """Stream data only for a stream this CSMS accepted and no one closed since, never
+        more elements in one message than the stream's ``values``."""
+        streams = self.csms.streams.get(self.station_id, {})
+        stream = streams.get(payload["id"])
+        if stream is None:
+            self._violation(
+                f"sent NotifyPeriodicEventStream for stream {payload['id']}, which is not open "
+                f"(open: {sorted(streams)})"
+            )
+            return
+        most = stream["params"].get("values", 0)
+        if most and len(payload["data"]) > most:
+            self._violation(
+                f"sent {len(payload['data'])} elements of stream {payload['id']} at once; "
+                f"its values parameter is {most}"
+            )
+
+    def _answered(self, action: str, payload: dict, result: Any) -> None:
+        """The CSMS is about to answer the station's CALL ``action`` with ``result``."""
+
+    def _result_received(self, action: str, payload: dict, result: dict) -> None:
+        """The station answered the CSMS's CALL ``action`` with ``result``."""
 
     def _on_result_error_frame(self, frame: list, t: float) -> None:
         unique_id = frame[1]
@@ -440,6 +469,7 @@ class StationLink(ocpp.charge_point.ChargePoint):
                 return
             # An override answering garbage on purpose (tests of the station's robustness).
             self._invalid_results.add(unique_id)
+        self._answered(action, payload, result)
         self._settle()
         self._record(CSMS_TO_CS, "CALLRESULT", action, result, unique_id)
         await self._send_frame([3, unique_id, result])
@@ -618,6 +648,29 @@ _install_constant_handlers(_Link201, _V2_CONSTANT_ANSWERS)
 
 class _Link21(_V2Handlers, StationLink, ocpp.v21.ChargePoint):
     """OCPP 2.1: the 2.0.1 set plus the station-initiated messages 2.1 added."""
+
+    def _answered(self, action: str, payload: dict, result: Any) -> None:
+        # Periodic event streams: open from the station's accepted OpenPeriodicEventStream
+        # until its ClosePeriodicEventStream (kept per station across reconnections).
+        streams = self.csms.streams.setdefault(self.station_id, {})
+        if action == "OpenPeriodicEventStream" and isinstance(result, dict):
+            if result.get("status") == "Accepted":
+                data = payload["constantStreamData"]
+                streams[data["id"]] = json.loads(json.dumps(data))
+        elif action == "ClosePeriodicEventStream":
+            if streams.pop(payload["id"], None) is None:
+                self._violation(
+                    f"closed periodic event stream {payload['id']}, which is not open "
+                    f"(open: {sorted(streams)})"
+                )
+
+    def _result_received(self, action: str, payload: dict, result: dict) -> None:
+        if action == "AdjustPeriodicEventStream" and result.get("status") == "Accepted":
+            stream = self.csms.streams.get(self.station_id, {}).get(payload["id"])
+            if stream is None:
+                self._violation(f"accepted adjusting stream {payload['id']}, which is not open")
+            else:
+                stream["params"] = json.loads(json.dumps(payload["params"]))
 
     @on("VatNumberValidation")
     def _on_vat_number_validation(self, payload: dict) -> dict:

@@ -105,6 +105,11 @@ class TestCsms:
         self.internal_errors: list[str] = []
         self.transactions: dict[int | str, dict] = {}
         self.registration: dict[str, str] = {}
+        #: 2.1 periodic event streams open per station: stream id -> its constantStreamData,
+        #: from the station's accepted OpenPeriodicEventStream until its
+        #: ClosePeriodicEventStream (an accepted AdjustPeriodicEventStream updates the params).
+        #: Stream data for any other id is a violation.
+        self.streams: dict[str, dict[int, dict]] = {}
         #: (monotonic time, station id, event) for connects, disconnects and refused handshakes.
         self.connection_log: list[tuple[float, str, str]] = []
 
