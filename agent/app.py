@@ -47,6 +47,7 @@ from agent.storage import MEMORY, Storage
 from agent.storage.settings import SECRET_KEY
 from hal.interfaces import FaultKind, Hal, PilotState
 from hal.mock import MockHal
+from hal.mock_v2x import EV_SETTINGS
 
 log = logging.getLogger("cp_agent")
 
@@ -143,7 +144,8 @@ class Agent:
         # blocks and the link's TLS reach it as station.certificates).
         self.certificates = CertificateStore(self.state_dir / "certs", self.clock,
                                              self.station.security_events,
-                                             settings=self.settings)
+                                             settings=self.settings,
+                                             trusted_files=[f for f in (cfg.ocpp.ca_file,) if f])
         self.station.certificates = self.certificates  # type: ignore[attr-defined]
         # Where and how the link connects: network profiles, security profile, password,
         # the TLS material from the certificate store (agent/link/network.py).
@@ -172,7 +174,7 @@ class Agent:
             allow_unsigned=fw.unsigned_ok(cfg.hal.get("driver")),
             confirm_timeout_s=fw.confirm_timeout_s, default_retries=fw.retries,
             default_retry_interval_s=fw.retry_interval_s,
-            download_timeout_s=fw.download_timeout_s)
+            download_timeout_s=fw.download_timeout_s, ssl_context=self._transfer_tls)
         self.station.firmware = self.firmware  # type: ignore[attr-defined]
         # What the driver sees (agent/core/display.py) and what a session costs
         # (agent/core/cost.py); both versions' blocks reach them as station.display / .cost.
@@ -226,12 +228,29 @@ class Agent:
 
             self.mqtt = MqttBridge(cfg.mqtt, cfg.station.id, self.station, clock=self.clock,
                                    link_state=lambda: (self.link.state, self.link.version))
+            # 2.1 ExternalLimits: the energy manager's MQTT limit is the external source.
+            self.station.v2x_modes.external_limits = True
         # GetDiagnostics / GetLog: the blocks reach the collector as station.diagnostics.
         self.diagnostics = Diagnostics(cfg.station.id, self.clock, self.state_dir, Sources(
             config=self._public_config, status=self.status,
             frames=lambda: [f.line() for f in self.frames.recent()],
-            settings=self._public_settings, secrets=self._secrets))
+            settings=self._public_settings, secrets=self._secrets),
+            uploader=self._upload, storage=self.storage)
         self.station.diagnostics = self.diagnostics  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ file transfers
+
+    def _transfer_tls(self) -> Any:
+        """How HTTPS / FTPS file servers are verified: the system CAs plus the CSMS roots
+        (agent/transfer/tls.py); built per transfer, so a newly installed root counts."""
+        from agent.transfer.tls import context
+
+        return context(self.tls.ca_files())
+
+    async def _upload(self, location: str, name: str, data: bytes) -> str:
+        from agent.transfer.upload import upload
+
+        return await upload(location, name, data, ssl_context=self._transfer_tls())
 
     # ------------------------------------------------------------------ diagnostics sources
 
@@ -407,6 +426,7 @@ class Agent:
             await adapter.start()
         # An update a restart interrupted carries on; a rolled-back one reports the version
         # that runs again (before the link's first BootNotification).
+        self.diagnostics.resume()  # an upload a restart cut: resumed or ended, never left
         if await self.firmware.start():
             await self._restart_for_firmware()
         self._ctx.firmware_version = (self.firmware.current_version()
@@ -519,6 +539,10 @@ class Agent:
                 "max_current_a": snap.limit_a, "limit_source": snap.limit_source,
                 "operative": snap.operative,
                 "faults": [str(f) for f in snap.faults],
+                # A bidirectional power stage (agent/core/v2x.py): its EV, setpoint, bounds.
+                "v2x": snap.power_stage.as_dict() if snap.power_stage else None,
+                "export_wh": round(snap.reading.energy_export_wh, 1) if snap.reading
+                and snap.power_stage else None,
             })
         return {"station": self.cfg.station.id, "link": self.link.state,
                 "ocpp_version": self.link.version, "registration": self.adapter.registration,
@@ -541,17 +565,30 @@ class Agent:
                              f"{sorted(self.station.evses)}")
         return evse
 
+    def _connector_id(self, evse: int, args: dict) -> int:
+        """The connector an EV is plugged into (``ctl plug EVSE --connector N``; default 1)."""
+        connector = args.get("connector", 1)
+        ids = self.station.evses[evse].connector_ids
+        if isinstance(connector, bool) or not isinstance(connector, int) \
+                or connector not in ids:
+            raise ValueError(f"EVSE {evse} has no connector {connector!r}; its connectors "
+                             f"are {sorted(ids)}")
+        return connector
+
     async def handle_control(self, request: dict) -> Any:
         cmd = request.get("cmd")
         args = request.get("args") or {}
         if cmd == "status":
             return self.status()
         if cmd == "plug":
-            self._mock().plug(self._evse_id(args))
+            evse = self._evse_id(args)
+            self._mock().plug(evse, connector=self._connector_id(evse, args))
         elif cmd == "unplug":
             self._mock().unplug(self._evse_id(args))
         elif cmd == "ev":
             return await self._ev(args)
+        elif cmd == "setpoint":
+            return await self._setpoint(args)
         elif cmd == "tap":
             return await self._tap(args)
         elif cmd == "house-load":
@@ -561,6 +598,15 @@ class Agent:
             self._mock().set_house_load(amps)
             if self.load is not None:  # the offer follows at once, not at the next sample
                 await self.load.step()
+        elif cmd in ("grid-frequency", "grid-voltage"):  # V2X frequency modes, DER alarms
+            key, name = ("hz", "frequency_hz") if cmd == "grid-frequency" else ("volts",
+                                                                              "voltage_v")
+            value = args.get(key)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"{cmd} needs {key} (a number)")
+            self._mock().set_grid(**{name: float(value)})
+        elif cmd == "priority":
+            return await self._priority(args)
         elif cmd == "frames":
             return self._frames(args)
         elif cmd in ("fault", "clear-fault"):
@@ -584,17 +630,56 @@ class Agent:
             raise ValueError(f"unknown command {cmd!r}")
         return await self._settled_status()
 
+    async def _priority(self, args: dict) -> dict[str, Any]:
+        """The EV driver asks at the station for priority charging, or ends it (OCPP 2.1 K22;
+        on hardware a button or the station's app would call this).  ``priority`` in the
+        answer: Accepted, NoProfile (no PriorityCharging profile can serve it: the driver is
+        told it is not possible) or Rejected (no transaction on the EVSE)."""
+        evse = self._evse_id(args)
+        on = args.get("on")
+        if not isinstance(on, bool):
+            raise ValueError("priority needs on: true (ask for it) or false (end it)")
+        result = self.station.charging_profiles.use_priority(evse, on, by="the EV driver")
+        return {**await self._settled_status(), "priority": result}
+
     async def _ev(self, args: dict) -> dict[str, Any]:
         """What the EV does; asking for energy that is not offered is a valid bench step (the
         EV waits in B), answered with a warning."""
         evse = self._evse_id(args)
-        state = PilotState(args.get("state"))
-        self._mock().set_ev_state(evse, state)
+        battery = {k: args[k] for k in EV_SETTINGS if args.get(k) is not None}
+        if args.get("state") is None and not battery:
+            raise ValueError("ev needs a pilot STATE or an EV setting (--soc, --max-soc, ...)")
+        if battery:  # a bidirectional mock EV's battery and limits (hal/mock_v2x.py)
+            self._mock().set_ev(evse, **battery)
+        state = PilotState(args["state"]) if args.get("state") is not None else None
+        if state is not None:
+            self._mock().set_ev_state(evse, state)
         status = await self._settled_status()
         controller = self.station.evses[evse]
-        if state.wants_energy and controller.offered_a < controller.min_current_a:
+        if state is not None and state.wants_energy \
+                and controller.offered_a < controller.min_current_a:
             status["warning"] = (f"EVSE {evse} offers no current (no session authorized): "
                                  "the EV cannot charge without an offer; tap a card first")
+        return status
+
+    async def _setpoint(self, args: dict) -> dict[str, Any]:
+        """A signed power setpoint for the session on an EVSE (``ctl setpoint EVSE W|off``),
+        held to every bound (agent/core/v2x.py); the answer says what the stage follows."""
+        evse = self._evse_id(args)
+        watts = args.get("watts")
+        if watts is not None and (isinstance(watts, bool) or not isinstance(watts, int | float)):
+            raise ValueError("setpoint needs watts (a signed number) or null (off)")
+        controller = self.station.evses[evse]
+        if controller.session is None and watts is not None:
+            raise ValueError(f"EVSE {evse} has no session: a setpoint belongs to one "
+                             "(plug and authorize first)")
+        applied = await controller.set_power_setpoint(watts)
+        status = await self._settled_status()
+        snap = controller.snapshot().power_stage
+        if watts is not None and applied != watts and snap is not None:
+            why = f": {snap.no_discharge}" if watts < 0 and snap.no_discharge else ""
+            status["warning"] = (f"EVSE {evse} follows {applied if applied is not None else 0:g}"
+                                 f" W, not {watts:g} W (held to its bounds{why})")
         return status
 
     async def _tap(self, args: dict) -> dict[str, Any]:

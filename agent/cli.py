@@ -106,6 +106,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
+    if getattr(ns, "v2x", False):  # a discharge session with a DER control (2.1 only)
+        if ns.ocpp != "2.1":
+            print("cp-agent demo: --v2x needs --ocpp 2.1 (V2X and DER control are 2.1's)",
+                  file=sys.stderr)
+            return 2
+        from agent.demo_v2x import run_v2x_demo
+
+        return asyncio.run(run_v2x_demo())
     from agent.demo import run_demo
 
     return asyncio.run(run_demo(version=ns.ocpp, verbose=ns.verbose))
@@ -231,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ocpp", default=versions[0], choices=versions,
                    help=f"OCPP version to speak (default {versions[0]})")
     d.add_argument("-v", "--verbose", action="store_true", help="also print agent logs")
+    d.add_argument("--v2x", action="store_true",
+                   help="with --ocpp 2.1: a discharge session (bidirectional mock EV) with a "
+                        "DER control")
     d.set_defaults(func=cmd_demo)
     sub.add_parser("ctl", help="drive a running agent (bench tool); see `cp-agent ctl -h`",
                    add_help=False)

@@ -587,6 +587,8 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  power {_num(e.get('power_w'), 'W', '.0f')}, energy "
                      f"{_num(e.get('energy_wh'), 'Wh', '.1f')}, meter "
                      f"{_num(e.get('meter_wh'), 'Wh', '.1f')}")
+        if isinstance(e.get("v2x"), dict):
+            lines += render_v2x(e["v2x"], e.get("export_wh"))
         tx = e.get("transaction_id")
         local = e.get("local_transaction_id")
         if tx is None and local is None:
@@ -603,6 +605,35 @@ def render_status(status: dict[str, Any]) -> str:
     if status.get("settled") is False:
         lines.append("(the agent was still reacting when it answered)")
     return "\n".join(lines)
+
+
+def render_v2x(v: dict[str, Any], export_wh: Any = None) -> list[str]:
+    """The power stage of a bidirectional EVSE: the EV's battery, the setpoint, the bounds."""
+    out = []
+    ev = v.get("ev")
+    if isinstance(ev, dict):
+        levels = ", ".join(f"{word} {ev[key]:g} %" for word, key in (
+            ("min", "min_soc_percent"), ("target", "target_soc_percent"),
+            ("max", "max_soc_percent")) if isinstance(ev.get(key), int | float))
+        out.append(f"  EV battery: SoC {_num(ev.get('soc_percent'), '%', '.1f')}"
+                   + (f" ({levels})" if levels else "")
+                   + (f" of {_num(ev.get('capacity_wh'), 'Wh', '.0f')}"
+                      if ev.get("capacity_wh") else ""))
+    asked, now = v.get("setpoint_requested_w"), v.get("setpoint_w")
+    setpoint = "none" if now is None else _num(now, "W", "+.0f")
+    if asked is not None and asked != now:
+        setpoint += f" (asked {_num(asked, 'W', '+.0f')})"
+    modes = ",".join(v.get("modes") or []) or "-"
+    out.append(f"  setpoint {setpoint}, bounds +{_num(v.get('max_charge_w'), 'W', '.0f')} / "
+               f"-{_num(v.get('max_discharge_w'), 'W', '.0f')}, modes {modes}")
+    if v.get("bidirectional"):
+        text = "  discharge: possible"
+    else:
+        text = f"  discharge: no ({v.get('no_discharge') or '-'})"
+    if isinstance(export_wh, int | float):
+        text += f", export register {export_wh:.1f} Wh"
+    out.append(text)
+    return out
 
 
 def render_frame(frame: dict[str, Any]) -> str:
@@ -641,6 +672,16 @@ def _evse(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"EVSE must be a positive integer, got {text!r}")
+    return value
+
+
+def _connector(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"connector must be a positive integer, got {text!r}")
     return value
 
 
@@ -715,6 +756,71 @@ def _amps(text: str) -> float:
     return value
 
 
+def _grid(low: float, high: float, what: str):  # noqa: ANN202 - an argparse type
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be a number in [{low:g}, {high:g}], "
+                                             f"got {text!r}")
+        return value
+    return parse
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {text!r}")
+    return value
+
+
+def _positive_w(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected watts (watt-hours) >= 0, got {text!r}")
+    return value
+
+
+def _on_off(text: str) -> bool:
+    if text.strip().lower() not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text.strip().lower() == "on"
+
+
+def _watts(text: str) -> float | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -1_000_000 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"WATTS must be a signed number of watts or off, "
+                                         f"got {text!r}")
+    return value
+
+
+# ``ctl ev`` options for a bidirectional mock EV: flag -> (request key, parser, help).
+EV_OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "soc": ("soc", _percent, "its state of charge now, %%"),
+    "min-soc": ("min_soc", _percent, "the least state of charge it lets be discharged to, %%"),
+    "max-soc": ("max_soc", _percent, "the most it charges to, %%"),
+    "target-soc": ("target_soc", _percent, "what it wants at departure, %%"),
+    "battery-wh": ("battery_wh", _positive_w, "its battery capacity, Wh"),
+    "max-charge-w": ("max_charge_w", _positive_w, "the most it takes, W"),
+    "max-discharge-w": ("max_discharge_w", _positive_w, "the most it gives, W"),
+    "bidirectional": ("bidirectional", _on_off, "whether it offers a bidirectional mode"),
+}
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits the process on errors; ctl_main must return its code instead."""
 
@@ -766,11 +872,23 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, text in (("plug", "connect a (simulated) EV"), ("unplug", "disconnect the EV")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("evse", type=_evse, metavar="EVSE")
+        if name == "plug":
+            sp.add_argument("--connector", type=_connector, metavar="N",
+                            help="into this connector of an EVSE with several (default 1)")
         _json_flag(sp)
-    sp = sub.add_parser("ev", help="set the EV's pilot state (A-F)")
+    sp = sub.add_parser("ev", help="set the EV's pilot state (A-F) and, on a bidirectional "
+                                   "mock EVSE (hal.v2x), its battery and limits")
     sp.add_argument("evse", type=_evse, metavar="EVSE")
     sp.add_argument("state", type=_pilot_state, choices=_PILOT_STATES, metavar="STATE",
-                    help=f"one of {', '.join(_PILOT_STATES)}: {_PILOT_MEANINGS}")
+                    nargs="?", help=f"one of {', '.join(_PILOT_STATES)}: {_PILOT_MEANINGS}")
+    for flag, (_, kind, text) in EV_OPTIONS.items():
+        sp.add_argument(f"--{flag}", type=kind, metavar="X" if kind is not _on_off else "on|off",
+                        help=text)
+    _json_flag(sp)
+    sp = sub.add_parser("setpoint", help="ask the EVSE's power stage for a signed power "
+                                         "(W; negative discharges the EV), or 'off'")
+    sp.add_argument("evse", type=_evse, metavar="EVSE")
+    sp.add_argument("watts", type=_watts, metavar="WATTS|off")
     _json_flag(sp)
     sp = sub.add_parser("tap", help="present an RFID token and say what became of it")
     sp.add_argument("token", type=_token, metavar="TOKEN")
@@ -779,6 +897,19 @@ def _build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("house-load", help="set the other loads on the site's connection "
                                            "(mock HAL's grid meter), amps per phase")
     sp.add_argument("amps", type=_amps, metavar="AMPS")
+    _json_flag(sp)
+    sp = sub.add_parser("grid-frequency", help="set the grid frequency the mock HAL's meters "
+                                               "measure (V2X frequency modes, DER controls)")
+    sp.add_argument("hz", type=_grid(40, 70, "HZ"), metavar="HZ")
+    _json_flag(sp)
+    sp = sub.add_parser("grid-voltage", help="set the grid voltage the mock HAL's meters "
+                                             "measure, per phase (DER alarms)")
+    sp.add_argument("volts", type=_grid(50, 500, "VOLTS"), metavar="VOLTS")
+    _json_flag(sp)
+    sp = sub.add_parser("priority", help="the EV driver asks for priority charging on an "
+                                         "EVSE, or ends it (OCPP 2.1)")
+    sp.add_argument("evse", type=_evse, metavar="EVSE")
+    sp.add_argument("switch", choices=("on", "off"), metavar="on|off")
     _json_flag(sp)
     for name, text in (("fault", "raise a hardware fault"), ("clear-fault", "clear a fault")):
         sp = sub.add_parser(name, help=text)
@@ -792,10 +923,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
     args: dict[str, Any] = {}
-    for key in ("evse", "state", "token", "kind", "amps"):
+    for flag, (key, _, _) in EV_OPTIONS.items():  # ctl ev EVSE --soc 80 ...
+        value = getattr(ns, flag.replace("-", "_"), None)
+        if value is not None:
+            args[key] = value
+    if getattr(ns, "command", None) == "setpoint":
+        args["watts"] = ns.watts  # None: off
+    for key in ("evse", "connector", "state", "token", "kind", "amps", "hz", "volts"):
         value = getattr(ns, key, None)
         if value is not None:
             args[key] = value
+    if getattr(ns, "switch", None) is not None:  # ctl priority EVSE on|off
+        args["on"] = ns.switch == "on"
     return args
 
 
@@ -833,6 +972,10 @@ def ctl_main(argv: list[str], default_socket: str | None) -> int:
     parser = _build_parser()
     try:
         ns = parser.parse_args(argv)
+        if ns.command == "ev" and ns.state is None and not any(
+                getattr(ns, flag.replace("-", "_")) is not None for flag in EV_OPTIONS):
+            parser.error("ev: a pilot STATE or an EV setting (--soc, --max-soc, ...) is "
+                         "required")
     except _ParserExit as exc:
         return exc.status
 
@@ -874,6 +1017,10 @@ def _print_result(ns: argparse.Namespace, result: Any) -> int:
         text, done = describe_tap(result["tap"])
         lines.append(text)
         code = EXIT_OK if done else EXIT_AGENT_ERROR
+    if isinstance(result, dict) and isinstance(result.get("priority"), str):
+        lines.append(f"priority charging: {result['priority']}")
+        if result["priority"] != "Accepted":
+            code = EXIT_AGENT_ERROR
     if ns.json:
         if ns.command == "status" or result not in (None, {}, [], ""):
             print(json.dumps(result, indent=2, sort_keys=True))

@@ -17,6 +17,7 @@ config.example.yaml for a complete bench rig.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from hal.config_kit import ConfigMap, HalConfigError, bad, choice, number, yaml_
 from hal.display_config import DEFAULT_MOCK_SIZE, DisplayConfig, parse_display
 from hal.interfaces import Hal, PowerMeter
 from hal.mock import MockHal
+from hal.mock_v2x import V2xParams, parse_v2x
 
 if TYPE_CHECKING:
     from hal.hardware_factory import HardwareConfig
@@ -40,6 +42,11 @@ class MockConfig:
     max_current_a: float = 32.0
     ev_max_current_a: float = 16.0
     display: DisplayConfig | None = DisplayConfig("mock", *DEFAULT_MOCK_SIZE)
+    # Where the simulated world (EVs plugged, meter registers) outlives the agent process, as
+    # real EVs and meters outlive a restart of their controller (power-cut benches and tests).
+    world_file: str | None = None
+    # The EVSEs with a bidirectional EV and power stage (hal/mock_v2x.py), with their EV.
+    v2x: tuple[tuple[int, V2xParams], ...] = ()
 
 
 
@@ -70,7 +77,7 @@ def parse_hal_config(raw: dict, evse_ids: list[int], path: str = "hal") -> HalCo
         raise HalConfigError(path, "the station declares no EVSEs")
     if driver == "mock":
         m = ConfigMap(raw, path, ("driver", "phases", "max_current_a", "ev_max_current_a",
-                                  "display"))
+                                  "display", "world_file", "v2x"))
         if list(ids) != list(range(1, len(ids) + 1)):
             raise HalConfigError(f"{path}.driver", f"mock numbers EVSEs 1..{len(ids)}, "
                                                    f"but the station declares {list(ids)}")
@@ -79,11 +86,19 @@ def parse_hal_config(raw: dict, evse_ids: list[int], path: str = "hal") -> HalCo
             max_current_a=m.get("max_current_a", number(6, 80), 32.0),
             ev_max_current_a=m.get("ev_max_current_a", number(0, 80, lo_open=True), 16.0),
             display=parse_display(raw.get("display"), m.at("display"), "mock"),
+            world_file=m.get("world_file", _absolute_path, None),
+            v2x=parse_v2x(raw.get("v2x"), m.at("v2x"), ids),
         )
         return HalConfig("mock", ids, mock=mock, path=path)
     from hal.hardware_factory import parse_hardware
 
     return HalConfig("hardware", ids, hardware=parse_hardware(raw, ids, path), path=path)
+
+
+def _absolute_path(v: Any, path: str) -> str:
+    if not isinstance(v, str) or not os.path.isabs(v):
+        raise bad(path, v, "an absolute file path (e.g. /var/lib/cp-agent/mock-world.json)")
+    return v
 
 
 def build_hal(cfg: HalConfig, monotonic: Callable[[], float] = time.monotonic, *,
@@ -99,6 +114,7 @@ def build_hal(cfg: HalConfig, monotonic: Callable[[], float] = time.monotonic, *
         return MockHal(evse_count=len(cfg.evse_ids), phases=mock.phases,
                        max_current_a=mock.max_current_a,
                        ev_max_current_a=mock.ev_max_current_a, monotonic=monotonic,
+                       world_file=mock.world_file, v2x=dict(mock.v2x),
                        display=(mock.display.columns, mock.display.rows) if mock.display
                        else None)
     from hal.hardware_factory import build_hardware

@@ -92,6 +92,109 @@ class MeterReading:
     temperature_c: float | None = None
 
 
+# ---------------------------------------------------------------- bidirectional power
+
+
+class EnergyTransferMode(enum.StrEnum):
+    """How energy can move between the EVSE and the EV: the energy transfer services of
+    ISO 15118-20 (-2 for the plain AC and DC ones), spelled as OCPP 2.1 spells them. BPT is
+    bidirectional power transfer; DER and ACDP variants are bidirectional too where BPT is in
+    the name."""
+
+    AC_SINGLE_PHASE = "AC_single_phase"
+    AC_TWO_PHASE = "AC_two_phase"
+    AC_THREE_PHASE = "AC_three_phase"
+    DC = "DC"
+    AC_BPT = "AC_BPT"
+    AC_BPT_DER = "AC_BPT_DER"
+    AC_DER = "AC_DER"
+    DC_BPT = "DC_BPT"
+    DC_ACDP = "DC_ACDP"
+    DC_ACDP_BPT = "DC_ACDP_BPT"
+    WPT = "WPT"
+
+    @property
+    def bidirectional(self) -> bool:
+        return "BPT" in self.value
+
+    @property
+    def dc(self) -> bool:
+        return self.value.startswith("DC")
+
+
+@dataclass(frozen=True, slots=True)
+class PowerLimits:
+    """What may flow, as magnitudes (>= 0) in W and A: the EV's or the power stage's.
+
+    Charge is into the EV, discharge out of it. A ``max_*_a`` of None means the power alone
+    bounds it; a ``min_*_w`` is the least the side can follow (below it: nothing flows).
+    """
+
+    max_charge_w: float
+    max_discharge_w: float = 0.0
+    max_charge_a: float | None = None
+    max_discharge_a: float | None = None
+    min_charge_w: float = 0.0
+    min_discharge_w: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_charge_w", "max_discharge_w", "max_charge_a", "max_discharge_a",
+                     "min_charge_w", "min_discharge_w"):
+            value = getattr(self, name)
+            if value is not None and not (value >= 0 and value < float("inf")):
+                raise ValueError(f"power limit {name} = {value!r}: expected a finite "
+                                 "magnitude >= 0")
+        if self.min_charge_w > self.max_charge_w or self.min_discharge_w > self.max_discharge_w:
+            raise ValueError("power limits: a minimum above its maximum")
+
+    @property
+    def can_discharge(self) -> bool:
+        return self.max_discharge_w > 0 and (self.max_discharge_a is None
+                                             or self.max_discharge_a > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class EvEnergyState:
+    """The EV's battery as ISO 15118-20 (or a DC stage) reports it: where it is and the
+    levels it wants. Percentages of ``capacity_wh``; a level the EV does not tell is None.
+
+    ``min_soc_percent`` is the floor below which the EV does not let itself be discharged
+    (its V2X minimum), ``max_soc_percent`` the ceiling it charges to at most, and the target
+    what it wants at departure. The ``*_energy_wh`` properties are the energy requests of
+    OCPP 2.1 (V2XChargingParameters): energy to reach that level from now, negative when the
+    battery is already above it.
+    """
+
+    soc_percent: float
+    capacity_wh: float | None = None
+    min_soc_percent: float | None = None
+    target_soc_percent: float | None = None
+    max_soc_percent: float | None = None
+
+    def _to(self, level: float | None) -> float | None:
+        if level is None or self.capacity_wh is None:
+            return None
+        return round((level - self.soc_percent) / 100.0 * self.capacity_wh, 3)
+
+    @property
+    def stored_wh(self) -> float | None:
+        if self.capacity_wh is None:
+            return None
+        return round(self.soc_percent / 100.0 * self.capacity_wh, 3)
+
+    @property
+    def target_energy_wh(self) -> float | None:
+        return self._to(self.target_soc_percent)
+
+    @property
+    def min_energy_wh(self) -> float | None:
+        return self._to(self.min_soc_percent)
+
+    @property
+    def max_energy_wh(self) -> float | None:
+        return self._to(self.max_soc_percent)
+
+
 # ---------------------------------------------------------------- events (up)
 
 
@@ -124,7 +227,16 @@ class FaultCleared:
     kind: FaultKind
 
 
-HalEvent = PilotChanged | TokenPresented | FaultRaised | FaultCleared
+@dataclass(frozen=True, slots=True)
+class EvChanged:
+    """What the EV side tells beyond the pilot changed: the EV's limits, its energy transfer
+    modes or its battery levels (an ISO 15118-20 renegotiation, a DC stage's new rating).
+    The core holds a setpoint to the new limits at once rather than at the next sample."""
+
+    evse_id: int
+
+
+HalEvent = PilotChanged | TokenPresented | FaultRaised | FaultCleared | EvChanged
 Listener = Callable[[HalEvent], None]
 
 
@@ -203,11 +315,41 @@ class EvConnection(abc.ABC):
         return False
 
     async def set_power_setpoint(self, watts: float | None) -> None:
-        """Follow ``watts`` (signed; None: no setpoint, plain current-limited charging)."""
+        """Follow ``watts`` (signed; None: no setpoint, plain current-limited charging).
+
+        The core never asks beyond :attr:`ev_limits` / :attr:`stage_limits`, nor for a
+        negative value unless a bidirectional mode is in :attr:`energy_transfer_modes`; a
+        driver still clamps to what its hardware can do (a setpoint is a wish, not a bypass).
+        """
         raise NotImplementedError("this EV connection has no power setpoint (not bidirectional)")
 
     @property
     def power_setpoint(self) -> float | None:
+        return None
+
+    # What bidirectional charging needs to know of the EV and of the power stage (ISO 15118-20
+    # tells the EV's part, the stage's driver its own rating). Every default is the answer of
+    # a pilot-only, charge-only EVSE: nothing known, no discharge.
+    @property
+    def energy_transfer_modes(self) -> frozenset[EnergyTransferMode]:
+        """The modes the EV and the power stage can both do now (empty: unknown, which the
+        core takes as charging only). A discharge needs a bidirectional one in here."""
+        return frozenset()
+
+    @property
+    def ev_limits(self) -> PowerLimits | None:
+        """The connected EV's own limits (None: no EV, or it does not say)."""
+        return None
+
+    @property
+    def stage_limits(self) -> PowerLimits | None:
+        """The power stage's rating (None: the EVSE's current rating on its phases, no
+        discharge)."""
+        return None
+
+    @property
+    def energy_state(self) -> EvEnergyState | None:
+        """The connected EV's battery as it reports it (None: no EV, or it does not say)."""
         return None
 
     # What the EV side reports besides the pilot (names from MEASURES): "soc" where the EV

@@ -9,13 +9,25 @@ Faults are injected by name (:class:`FaultKind`) from tests or from ``cp-agent c
 What it measures: the meter gives energy, power, current and voltage per phase and frequency
 (no temperature sensor); the EV tells its state of charge while plugged in (from
 ``ev_soc_percent`` at the plug, rising with the energy into a 40 kWh battery), unless
-``ev_soc_percent=None`` makes it an EV that says nothing.
+``ev_soc_percent=None`` makes it an EV that says nothing. This EV charges only and takes no
+power setpoint; ``v2x`` makes chosen EVSEs bidirectional instead (hal/mock_v2x.py).
+
+With ``world_file`` the simulated world outlives the agent: which EVs are plugged (and
+paused) and each meter's register are written to that JSON file on every change and meter
+read, and read back at the next start, as a real station's EVs and billing meters outlive a
+power cut or a crash of its controller (what the power-cut tests and benches need). The
+contactor and the offer are not kept: every start begins with them off.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from hal.interfaces import (
     ConnectorLock,
@@ -48,6 +60,11 @@ MOCK_METER_MEASURES = frozenset({"energy_import", "energy_export", "power", "cur
 
 Monotonic = Callable[[], float]
 
+if TYPE_CHECKING:
+    from hal.mock_v2x import V2xParams
+
+log = logging.getLogger("cp_agent.hal.mock")
+
 
 class _Sim:
     """Physics of one EVSE + EV pair, shared by its mock devices."""
@@ -71,12 +88,17 @@ class _Sim:
         self.forced: PilotState | None = None  # `ctl ev EVSE STATE` / pilot fault
         self.offered = 0.0
         self.setpoint_w: float | None = None  # signed power setpoint (negative: discharge)
+        # The grid as this EVSE's meter sees it (``MockHal.set_grid``; V2X frequency modes,
+        # DER alarms).
+        self.grid_hz = 50.0
+        self.grid_v = NOMINAL_VOLTAGE
         self.coil_closed = False
         self.welded = False
         self.meter_fault = False
         self.energy_wh = 0.0
         self._last_t = now()
         self._state = PilotState.A
+        self.persist: Callable[[], None] | None = None  # the world file, if any
 
     # -- physics
     def pilot(self) -> PilotState:
@@ -125,6 +147,25 @@ class _Sim:
         if new != self._state:
             self._state = new
             self.emit(PilotChanged(self.evse_id, new))
+        if self.persist is not None:
+            self.persist()
+
+    def world(self) -> dict:
+        """What outlives the agent process (see the module's ``world_file``)."""
+        self.integrate()
+        return {"plugged": self.plugged, "paused": self.paused, "connector": self.connector,
+                "energy_wh": self.energy_wh, "wh_at_plug": self.wh_at_plug,
+                "soc_at_plug": self.soc_at_plug}
+
+    def restore(self, world: dict) -> None:
+        self.plugged = bool(world.get("plugged", False))
+        self.paused = bool(world.get("paused", False))
+        self.connector = int(world.get("connector", 1))
+        self.energy_wh = float(world.get("energy_wh", 0.0))
+        self.wh_at_plug = float(world.get("wh_at_plug", 0.0))
+        soc = world.get("soc_at_plug")
+        self.soc_at_plug = float(soc) if soc is not None else None
+        self._state = self.pilot()
 
 
 class MockContactor(Contactor):
@@ -166,14 +207,16 @@ class MockMeter(PowerMeter):
         if self._sim.meter_fault:
             raise HalError(FaultKind.METER, f"evse {self._sim.evse_id}: meter does not answer")
         self._sim.integrate()
+        if self._sim.persist is not None:
+            self._sim.persist()
         amps = self._sim.current()
         n = self._sim.phases
         return MeterReading(
             energy_import_wh=round(self._sim.energy_wh, 3),
             power_w=round(self._sim.power(), 1),
-            voltage_v=(NOMINAL_VOLTAGE,) * n,
+            voltage_v=(self._sim.grid_v,) * n,
             current_a=(round(amps, 2),) * n,
-            frequency_hz=50.0,
+            frequency_hz=self._sim.grid_hz,
         )
 
 
@@ -226,15 +269,9 @@ class MockEv(EvConnection):
     def soc_percent(self) -> float | None:
         return self._sim.soc()
 
-    # The simulated power stage takes a setpoint (the bidirectional EV that follows it is the
-    # 2.1 energy work); it is recorded so that the core's seam can be exercised.
-    @property
-    def supports_setpoint(self) -> bool:
-        return True
-
-    async def set_power_setpoint(self, watts: float | None) -> None:
-        self._sim.setpoint_w = None if watts is None else float(watts)
-
+    # The plain mock EV is a pilot-only AC car: it takes no setpoint (the default of the
+    # interface). A bidirectional EV and power stage are hal/mock_v2x.py (``v2x`` option),
+    # whose EV side overrides these.
     @property
     def power_setpoint(self) -> float | None:
         return self._sim.setpoint_w
@@ -338,7 +375,11 @@ class MockHal(Hal):
     def __init__(self, evse_count: int = 1, *, phases: int = 3, max_current_a: float = 32.0,
                  ev_max_current_a: float = 16.0, ev_soc_percent: float | None = 30.0,
                  monotonic: Monotonic = time.monotonic,
-                 display: tuple[int, int] | None = (20, 4)) -> None:
+                 display: tuple[int, int] | None = (20, 4),
+                 world_file: str | None = None,
+                 v2x: Mapping[int, V2xParams] | None = None) -> None:
+        """``v2x``: the EVSEs whose EV and power stage are bidirectional, each with its EV's
+        battery and limits (hal/mock_v2x.py); the others keep the plain charge-only EV."""
         super().__init__()
         # A bench rig's 20x4 character LCD unless told otherwise (columns, rows; None: none).
         self.display: MockDisplay | None = MockDisplay(*display) if display else None
@@ -364,6 +405,44 @@ class MockHal(Hal):
                 max_current_a=max_current_a,
                 phases=phases,
             )
+        if v2x:
+            from hal.mock_v2x import make_bidirectional
+
+            for evse_id, params in v2x.items():
+                make_bidirectional(self, self._sim(evse_id).evse_id, params)
+        self.world_file = world_file
+        if world_file is not None:
+            self._load_world(world_file)
+            for sim in self.sims.values():
+                sim.persist = self._save_world
+
+    def _load_world(self, path: str) -> None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                world = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning("mock world file %s not read, starting afresh: %s", path, exc)
+            return
+        for key, state in (world.get("evses") or {}).items():
+            sim = self.sims.get(int(key))
+            if sim is not None and isinstance(state, dict):
+                sim.restore(state)
+
+    def _save_world(self) -> None:
+        path = self.world_file
+        if path is None:
+            return
+        tmp = f"{path}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"evses": {str(i): sim.world() for i, sim in self.sims.items()}}, f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("mock world file %s not written: %s", path, exc)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def _emit(self, event: HalEvent) -> None:
         if self._listener is None:
@@ -407,12 +486,38 @@ class MockHal(Hal):
 
     # ------------------------------------------------------------ bench controls
 
+    def set_grid(self, *, frequency_hz: float | None = None,
+                 voltage_v: float | None = None) -> dict:
+        """The grid every EVSE's meter measures (``ctl grid-frequency``, ``ctl grid-voltage``):
+        what the V2X frequency modes and the DER controls read."""
+        for name, value, low, high in (("frequency", frequency_hz, 40.0, 70.0),
+                                       ("voltage", voltage_v, 50.0, 500.0)):
+            if value is not None and not low <= float(value) <= high:
+                raise ValueError(f"grid {name} {value!r}: expected a number in [{low:g}, "
+                                 f"{high:g}]")
+        for sim in self.sims.values():
+            sim.integrate()
+            if frequency_hz is not None:
+                sim.grid_hz = float(frequency_hz)
+            if voltage_v is not None:
+                sim.grid_v = float(voltage_v)
+        first = next(iter(self.sims.values()), None)
+        return {"frequency_hz": first.grid_hz if first else None,
+                "voltage_v": first.grid_v if first else None}
+
     def set_house_load(self, amps: float) -> None:
         """The other loads on the connection (house, depot), in amps per phase."""
         amps = float(amps)
         if not 0 <= amps <= 10_000:
             raise ValueError(f"house load {amps:g} A: expected amps in [0, 10000]")
         self.house_load_a = amps
+
+    def set_ev(self, evse_id: int, **changes: object) -> dict:
+        """Change the bidirectional EV of ``evse_id`` (battery, state of charge, limits:
+        hal/mock_v2x.py ``EV_SETTINGS``); the EV as it is afterwards."""
+        from hal.mock_v2x import set_ev
+
+        return set_ev(self, evse_id, **changes)
 
     def _sim(self, evse_id: int) -> _Sim:
         try:

@@ -136,6 +136,7 @@ async def raw_exchange(path: str, data: bytes) -> list[dict[str, Any]]:
     [
         (["status"], {"cmd": "status", "args": {}}),
         (["plug", "1"], {"cmd": "plug", "args": {"evse": 1}}),
+        (["plug", "1", "--connector", "2"], {"cmd": "plug", "args": {"evse": 1, "connector": 2}}),
         (["unplug", "2"], {"cmd": "unplug", "args": {"evse": 2}}),
         (["ev", "1", "C"], {"cmd": "ev", "args": {"evse": 1, "state": "C"}}),
         (["ev", "3", "f"], {"cmd": "ev", "args": {"evse": 3, "state": "F"}}),
@@ -255,6 +256,7 @@ async def test_config_problems_are_clear_usage_errors(
     ("argv", "message"),
     [
         (["plug", "0"], "EVSE must be a positive integer"),
+        (["plug", "1", "--connector", "0"], "connector must be a positive integer"),
         (["plug", "-1"], "EVSE must be a positive integer"),
         (["plug", "one"], "EVSE must be a positive integer"),
         (["plug", "1.5"], "EVSE must be a positive integer"),

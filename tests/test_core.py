@@ -423,19 +423,17 @@ async def test_limit_sources_cap_the_offer_and_the_lowest_names_the_source(rig):
         await evse.set_limit("csms", 1.0, unit="kW")
 
 
-async def test_power_setpoint_reaches_the_hal_only_while_energy_may_flow(rig):
+async def test_power_setpoint_is_refused_by_a_charge_only_evse(rig):
+    """The plain mock EV is pilot-only: no setpoint, no power stage in the snapshot (the
+    bidirectional mock and the setpoint seam: tests/test_v2x_power.py)."""
     station, hal, rec, _ = rig
     evse = station.evses[1]
-    await evse.set_power_setpoint(-3000.0)  # no session: nothing may flow
-    assert hal.evses[1].ev.power_setpoint is None
     hal.plug(1)
     await station.present_token(Token("GOOD"))
     await settle(station)
-    await evse.set_power_setpoint(-3000.0)
-    assert hal.evses[1].ev.power_setpoint == -3000.0
-    hal.unplug(1)  # the session ends: the setpoint goes with the offer
-    await settle(station)
-    assert hal.evses[1].ev.power_setpoint is None
+    with pytest.raises(ValueError, match="no setpoint"):
+        await evse.set_power_setpoint(-3000.0)
+    assert hal.evses[1].ev.power_setpoint is None and evse.snapshot().power_stage is None
 
 
 async def test_session_start_reports_the_settled_status_not_the_step_before(rig):
@@ -460,3 +458,31 @@ async def test_ev_that_does_not_take_the_offer_is_suspended_ev_after_the_grace(r
     await clock.advance(EV_ANSWER_GRACE_S)
     await settle(station)
     assert rec.last_status == "SuspendedEV"
+
+
+@pytest.mark.parametrize("plug_at", [1, 2])
+async def test_a_card_tapped_at_a_shared_reader_follows_the_ev(plug_at):
+    """One reader, two sockets: the card is tapped first, the driver then plugs in at either
+    socket, and the session starts where the EV is (the authorization moves to it)."""
+    clock = FakeClock()
+    storage = Storage(":memory:")
+    hal = MockHal(2, monotonic=clock.monotonic, ev_max_current_a=16)
+    station = Station(hal, storage, clock, meter_poll_s=1.0)
+    rec = Recorder(storage)
+    station.observer = rec
+    station.authorizer = rec
+    await station.start()
+    try:
+        await settle(station)
+        assert await station.present_token(Token("GOOD")) == "authorized"
+        await settle(station)
+        hal.plug(plug_at)
+        await settle(station)
+        other = 3 - plug_at
+        assert contactor(hal, plug_at), f"charging at EVSE {plug_at}, where the EV is"
+        assert not contactor(hal, other)
+        assert [tx.evse_id for tx in rec.started] == [plug_at]
+        assert station.evses[other].session is None, "nothing left waiting at the other one"
+    finally:
+        await station.stop()
+        storage.close()

@@ -118,7 +118,7 @@ async def test_refused_cards_are_counted_as_the_csms_answered_them(csms, short_d
 
 async def test_ramp_spaces_out_the_connections(csms, short_dir):
     options = SwarmOptions(csms=csms.url, count=4, id_prefix="R-", charging_ratio=0.0,
-                           ramp=4, duration=1.2, state_dir=str(short_dir), drain_s=2)
+                           ramp=4, duration=3.0, state_dir=str(short_dir), drain_s=2)
     summary = await run_swarm(options, io.StringIO())
     assert summary.booted == 4
     connects = sorted(t for t, sid, what in csms.connection_log

@@ -391,7 +391,8 @@ async def test_get_report_with_component_variables_and_criteria(csms201, make_ag
     res = await link.call("GetReport", {"requestId": 9, "componentCriteria": ["Problem"]})
     assert res["status"] == "EmptyResultSet"
     agent.hal.inject_fault(2, "welded")
-    await csms201.wait_for("NotifyEvent", station_id="CP1")
+    await csms201.wait_for("NotifyEvent", station_id="CP1", predicate=lambda p: p[
+        "eventData"][0]["variable"]["name"] != "AvailabilityState")
     found = entries(await report(csms201, link, {"requestId": 10,
                                                  "componentCriteria": ["Problem"]},
                                  action="GetReport"))

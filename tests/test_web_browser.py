@@ -79,6 +79,9 @@ def drive(url: str, artifacts: Path) -> dict:
                    "EVSE 1 to show Available")
         wait.until(lambda d: text("link-state") == "connected", "the link to show connected")
         seen["title"] = driver.title
+        # The driver's display, as the mock HAL's 20x4 screen shows it.
+        wait.until(lambda d: "Present your card" in text("screen-lines"), "the idle screen")
+        seen["screen_note"] = text("screen-note")
         assert points() == 0
         # Smart charging and the site: the composite as a step chart, the installed profile,
         # the binding limit source, the load-management panel.
@@ -95,6 +98,7 @@ def drive(url: str, artifacts: Path) -> dict:
         wait.until(lambda d: status() == "Preparing", "Preparing after the plug")
         click("btn-tap-1")
         wait.until(lambda d: status() == "Charging", "Charging after the tap")
+        wait.until(lambda d: text("screen-lines").startswith("Charging"), "the screen charging")
         wait.until(lambda d: driver.find_element(
             By.CSS_SELECTOR, "#evse-1 [data-role=power]").text.endswith(" kW"),
             "the meter's power in kW")
@@ -152,6 +156,7 @@ async def test_the_page_plays_a_session_with_its_bench_controls(short_dir, tmp_p
         start = await csms.wait_for("StartTransaction", station_id="BENCH-CP1")
         await csms.wait_for("StopTransaction", station_id="BENCH-CP1")
     assert seen["title"] == "cp-agent \u00b7 BENCH-CP1"
+    assert seen["screen_note"].startswith("20 \u00d7 4 characters"), seen["screen_note"]
     assert seen["token"] == start["idTag"] == "04A2B3C4D5E680"
     growth = seen["growth"]
     assert growth == sorted(growth) and growth[0] < growth[-1], growth

@@ -23,7 +23,11 @@ EVSE's ``"csms"`` limit source equal to the engine's answer:
   ``site`` and ``mqtt``) are kept here too, in memory only, as ExternalConstraints profiles
   with chargingLimitSource EMS (:meth:`ChargingProfiles.set_external`), so that a composite
   schedule and a profile report can show them; they live as long as their source says so,
-  never in the state file, and the scheduler never applies them (their sources do).
+  never in the state file, and the scheduler never applies them (their sources do);
+- 2.1 V2X: for every EVSE whose stage takes setpoints the scheduler asks ``self.v2x``
+  (:mod:`agent.core.v2x_modes`) for a plan (setpoint, discharge caps) from the period in
+  force and the DER controls, and drives it around the limits (a setpoint before an offer
+  rises, "none" after it fell); its next change counts among the boundaries.
 
 Version-neutral: the adapters map their JSON to :class:`ChargingProfile` and back.
 """
@@ -34,7 +38,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
@@ -54,6 +59,7 @@ from agent.core.smart_charging import (
     next_change,
     profile_in_force,
     station_composite,
+    v2x_at,
 )
 from agent.storage import Storage, StorageError
 
@@ -93,14 +99,42 @@ def profile_to_json(p: ChargingProfile) -> str:
         "kind": str(p.kind), "recurrency": _plain(p.recurrency),
         "valid_from": _plain(p.valid_from), "valid_to": _plain(p.valid_to),
         "transaction_id": p.transaction_id, "evse_id": p.evse_id,
+        "dyn_update_interval": p.dyn_update_interval,
+        "dyn_update_time": _plain(p.dyn_update_time),
         "schedules": [{
             "rate_unit": str(s.rate_unit), "duration_s": s.duration_s,
             "start": _plain(s.start), "min_rate": _plain(s.min_rate), "id": s.id,
-            "periods": [{"start_s": q.start_s, "limit": _plain(q.limit),
-                         "number_phases": q.number_phases, "phase_to_use": q.phase_to_use}
-                        for q in s.periods],
+            "periods": [_period_json(q) for q in s.periods],
         } for s in p.schedules],
     }, separators=(",", ":"))
+
+
+def _period_json(q: ChargingSchedulePeriod) -> dict:
+    out = {"start_s": q.start_s, "limit": _plain(q.limit), "number_phases": q.number_phases,
+           "phase_to_use": q.phase_to_use}
+    # 2.1 V2X: only what is set, so that the state files of 1.6 / 2.0.1 stay as they were.
+    for name in ("operation_mode", "setpoint", "discharge_limit", "v2x_baseline"):
+        value = getattr(q, name)
+        if value is not None:
+            out[name] = _plain(value)
+    for name in ("freq_watt", "signal_watt"):
+        value = getattr(q, name)
+        if value is not None:
+            out[name] = [[_plain(x), _plain(y)] for x, y in value]
+    return out
+
+
+def _period_from(q: dict) -> ChargingSchedulePeriod:
+    def curve(name: str) -> tuple | None:
+        points = q.get(name)
+        return None if points is None else tuple((_num(x), _num(y)) for x, y in points)
+
+    return ChargingSchedulePeriod(
+        q["start_s"], _num(q["limit"]), q.get("number_phases"), q.get("phase_to_use"),
+        operation_mode=q.get("operation_mode"), setpoint=_num(q.get("setpoint")),
+        discharge_limit=_num(q.get("discharge_limit")),
+        v2x_baseline=_num(q.get("v2x_baseline")), freq_watt=curve("freq_watt"),
+        signal_watt=curve("signal_watt"))
 
 
 def _when(text: str | None) -> datetime | None:
@@ -117,13 +151,12 @@ def profile_from_json(text: str) -> ChargingProfile:
         id=d["id"], stack_level=d["stack_level"], purpose=d["purpose"], kind=d["kind"],
         recurrency=d.get("recurrency"), valid_from=_when(d.get("valid_from")),
         valid_to=_when(d.get("valid_to")), transaction_id=d.get("transaction_id"),
-        evse_id=d.get("evse_id", 0),
+        evse_id=d.get("evse_id", 0), dyn_update_interval=d.get("dyn_update_interval"),
+        dyn_update_time=_when(d.get("dyn_update_time")),
         schedules=[ChargingSchedule(
             rate_unit=s["rate_unit"], duration_s=s.get("duration_s"), start=_when(s.get("start")),
             min_rate=_num(s.get("min_rate")), id=s.get("id"),
-            periods=[ChargingSchedulePeriod(q["start_s"], _num(q["limit"]),
-                                            q.get("number_phases"), q.get("phase_to_use"))
-                     for q in s["periods"]],
+            periods=[_period_from(q) for q in s["periods"]],
         ) for s in d["schedules"]])
 
 
@@ -175,6 +208,15 @@ class ChargingProfiles:
         self._external: dict[int, dict[str, tuple[Decimal, datetime]]] = {}
         # Called with the EVSE id (0: the station) whose external limit changed (2.0.1 K11-K13)
         self.external_listeners: list[Callable[[int], None]] = []
+        # 2.1 priority charging (K21 / K22): EVSE -> local id of the transaction using it
+        self._priority: dict[int, str] = {}
+        # Called with (EVSE id, local transaction id, activated) when that changes
+        self.priority_listeners: list[Callable[[int, str, bool], None]] = []
+        # Called after a dynamic profile was installed, updated or removed (2.1 K28 pulls)
+        self.dynamic_listeners: list[Callable[[], None]] = []
+        # 2.1 V2X operation modes (agent/core/v2x_modes.py): the setpoints and discharge
+        # caps of the EVSEs whose power stage takes setpoints, planned at every evaluation.
+        self.v2x: Any = None
         for evse in evses.values():
             listeners = getattr(evse, "tx_listeners", None)
             if listeners is not None:
@@ -243,7 +285,8 @@ class ChargingProfiles:
         return composite(profiles, evse_id=evse_id, window_start=start,
                          window_s=duration_s, tx_start=self.tx_start(evse),
                          evse_max_a=evse.max_current_a, phases=evse.phases, unit=unit,
-                         transaction_id=tx.remote_id if tx is not None else None)
+                         transaction_id=tx.remote_id if tx is not None else None,
+                         priority=self.priority_active(evse_id))
 
     # ------------------------------------------------------------------ commands
 
@@ -252,7 +295,10 @@ class ChargingProfiles:
         also same purpose, stack level and EVSE: 1.6 3.13.2), and re-evaluate the limits.
         2.0.1 passes ``replace_level=False``: there an equal purpose and stack level is
         refused beforehand when the validity periods overlap (K01.FR.06) and may coexist when
-        they do not.  Validation is the caller's (``validate``)."""
+        they do not.  Validation is the caller's (``validate``).  A Dynamic profile (2.1 K28)
+        counts from now: its dyn_update_time is the station's clock at installation."""
+        if profile.kind == Kind.DYNAMIC:
+            profile = replace(profile, dyn_update_time=self.clock.now())
         replaced = [pid for pid, p in self._profiles.items()
                     if replace_level and pid != profile.id
                     and str(p.purpose) == str(profile.purpose)
@@ -267,6 +313,7 @@ class ChargingProfiles:
         log.info("charging profile %s installed (%s, stack level %s, EVSE %s)%s", profile.id,
                  profile.purpose, profile.stack_level, profile.evse_id,
                  f", replacing {replaced}" if replaced else "")
+        self._profiles_changed()
         self.wake()
 
     def would_replace(self, profile: ChargingProfile) -> int:
@@ -308,11 +355,120 @@ class ChargingProfiles:
         for pid in ids:
             self._profiles.pop(pid, None)
         log.info("charging profile(s) %s %s", ids, why)
+        self._profiles_changed()
         self.wake()
 
     def wake(self) -> None:
         """Re-evaluate the limits now (a profile or a transaction changed)."""
         self._wake.set()
+
+    def _profiles_changed(self) -> None:
+        """Tell the listeners what installing / removing may have changed: a priority profile
+        gone under a transaction using it, the dynamic profiles to pull."""
+        for evse_id, tx_id in list(self._priority.items()):
+            if not self.priority_profiles(evse_id):
+                self._set_priority(evse_id, tx_id, False, "its priority profile was removed")
+        for listener in list(self.dynamic_listeners):
+            try:
+                listener()
+            except Exception:  # noqa: BLE001 - a listener never breaks an install
+                log.exception("dynamic profile listener failed")
+
+    # ------------------------------------------------------------------ 2.1 K28 dynamic
+
+    def dynamic_profiles(self) -> list[ChargingProfile]:
+        return [p for p in self._profiles.values() if p.kind == Kind.DYNAMIC]
+
+    def update_dynamic(self, profile_id: int, limit: Decimal | float | int) -> str | None:
+        """A new limit for Dynamic profile ``profile_id`` (UpdateDynamicSchedule, the answer
+        to a PullDynamicScheduleUpdate, or an external system: 2.1 K28.FR.06-.08), applied at
+        once and counted from now (K28.FR.09: dyn_update_time; also what revives a profile
+        whose duration had run out, K28.FR.14).  None when applied, else why not."""
+        profile = self._profiles.get(profile_id)
+        if profile is None:
+            return f"no charging profile {profile_id} is installed"
+        if profile.kind != Kind.DYNAMIC:
+            return (f"charging profile {profile_id} is {profile.kind}, not Dynamic: only a "
+                    f"dynamic profile takes schedule updates")
+        try:
+            value = Decimal(str(limit))
+        except ArithmeticError:
+            value = Decimal("NaN")
+        if isinstance(limit, bool) or not value.is_finite() or value < 0:
+            return f"limit {limit!r} is not a number >= 0"
+        schedule = profile.schedules[0]
+        first = schedule.periods[0]
+        updated = replace(profile, dyn_update_time=self.clock.now(), schedules=[
+            replace(schedule, periods=[replace(first, limit=value)]), *profile.schedules[1:]])
+        self.storage.profiles_put(updated.id, updated.evse_id, str(updated.purpose),
+                                  updated.stack_level, profile_to_json(updated), replace=[])
+        self._profiles[profile_id] = updated
+        log.info("dynamic charging profile %s: limit %s %s", profile_id, value,
+                 schedule.rate_unit)
+        self._profiles_changed()
+        self.wake()
+        return None
+
+    def pull_due(self) -> dict[int, datetime]:
+        """Dynamic profile id -> when it is due for a pull (dyn_update_time plus
+        dynUpdateInterval, K28.FR.10); profiles without an interval are pushed, not pulled."""
+        out: dict[int, datetime] = {}
+        for p in self.dynamic_profiles():
+            interval = p.dyn_update_interval
+            if isinstance(interval, int) and interval > 0 and p.dyn_update_time is not None:
+                out[p.id] = p.dyn_update_time + timedelta(seconds=interval)
+        return out
+
+    # ------------------------------------------------------------------ 2.1 K21 / K22 priority
+
+    def priority_profiles(self, evse_id: int) -> list[ChargingProfile]:
+        """The PriorityCharging profiles that can serve a transaction on ``evse_id``: its own
+        and the station's (EVSE 0), not yet past their validTo."""
+        now = self.clock.now()
+        return [p for p in self._profiles.values()
+                if p.purpose == Purpose.PRIORITY and p.evse_id in (0, evse_id)
+                and (p.valid_to is None or p.valid_to > now)]
+
+    def priority_active(self, evse_id: int) -> bool:
+        """Whether the transaction running on ``evse_id`` charges with priority now."""
+        evse = self.evses.get(evse_id)
+        tx_id = self._priority.get(evse_id)
+        return tx_id is not None and evse is not None and evse.tx is not None \
+            and evse.tx.local_id == tx_id
+
+    def use_priority(self, evse_id: int, activate: bool, *, by: str = "the CSMS") -> str:
+        """Priority charging on or off for the transaction on ``evse_id`` (2.1 K21: the CSMS's
+        UsePriorityCharging; K22: the EV driver at the station, ``by`` says who).
+
+        "Accepted"; "Rejected" when no transaction runs there; "NoProfile" when priority is
+        asked for but no PriorityCharging profile can serve it.  Turning it off is always
+        Accepted (the profile may have gone meanwhile).  While on, the transaction's limit
+        comes from the priority profile instead of its TxProfile / TxDefault; it ends with
+        the transaction, and with the last priority profile that could serve it."""
+        evse = self.evses.get(evse_id)
+        if evse is None or evse.tx is None:
+            return "Rejected"
+        tx_id = evse.tx.local_id
+        if activate and not self.priority_profiles(evse_id):
+            return "NoProfile"
+        self._set_priority(evse_id, tx_id, activate, f"asked by {by}")
+        return "Accepted"
+
+    def _set_priority(self, evse_id: int, tx_id: str, on: bool, why: str) -> None:
+        was = self.priority_active(evse_id)
+        if on:
+            self._priority[evse_id] = tx_id
+        else:
+            self._priority.pop(evse_id, None)
+        if was == on:
+            return
+        log.info("evse %s: priority charging %s (%s)", evse_id, "on" if on else "off", why)
+        self.wake()
+        for listener in list(self.priority_listeners):
+            try:
+                listener(evse_id, tx_id, on)
+            except Exception:  # noqa: BLE001 - a reporter never breaks the switch
+                log.exception("priority charging listener failed")
 
     # ------------------------------------------------------------------ the scheduler
 
@@ -325,6 +481,8 @@ class ChargingProfiles:
             first = evse_id not in self._tx_seen
             seen = self._tx_seen.get(evse_id)
             self._tx_seen[evse_id] = current
+            if self._priority.get(evse_id) not in (None, current):
+                del self._priority[evse_id]  # priority charging ends with its transaction
             if first and current is not None:
                 continue
             if not first and (seen is None or seen == current):
@@ -352,18 +510,33 @@ class ChargingProfiles:
             tx = evse.tx
             tx_id = tx.remote_id if tx is not None else None
             tx_start = self.tx_start(evse)
+            priority = self.priority_active(evse_id)
             own[evse_id] = limit_at(profiles, now, evse_id=evse_id, tx_start=tx_start,
                                     evse_max_a=evse.max_current_a, phases=evse.phases,
-                                    transaction_id=tx_id)
+                                    transaction_id=tx_id, priority=priority)
             change = next_change(profiles, now, evse_id=evse_id, tx_start=tx_start,
-                                 transaction_id=tx_id)
+                                 transaction_id=tx_id, priority=priority)
+            if change is not None and (soonest is None or change < soonest):
+                soonest = change
+        plans = self._v2x_plans(profiles, now, own)
+        if self.v2x is not None:
+            change = self.v2x.next_change(now)
             if change is not None and (soonest is None or change < soonest):
                 soonest = change
         shares = self._shares(profiles, now, own)
         targets: dict[int, float | None] = {}
         for evse_id, evse in self.evses.items():
             amps: float | None = shares[evse_id]
+            plan = plans.get(evse_id)
+            if plan is not None and plan.hold_offer and amps is not None \
+                    and amps < evse.min_current_a:
+                amps = evse.min_current_a  # a discharge needs the power path (v2x_modes)
             targets[evse_id] = None if amps is not None and amps >= evse.max_current_a else amps
+        # A setpoint goes to the stage before the offer rises, and "no setpoint" only after
+        # the offer fell, so the power path held up for a discharge never charges.
+        for evse_id, plan in plans.items():
+            if plan.setpoint_w is not None:
+                await self.v2x.drive(self.evses[evse_id], plan)
         # Lowered limits first, then the phase switches, raised limits last: a share moving
         # from one EVSE to another never adds up to more than the station maximum, not even
         # between two set_limit, and an EVSE switches phases at the lower of its two limits.
@@ -380,7 +553,28 @@ class ChargingProfiles:
                 await evse.set_limit(SOURCE, amps)
         if not switched:
             await self._switch_all(own)
+        for evse_id, plan in plans.items():
+            if plan.setpoint_w is None:
+                await self.v2x.drive(self.evses[evse_id], plan)
         return soonest
+
+    def _v2x_plans(self, profiles: list[ChargingProfile], now: datetime,
+                   own: Mapping[int, CompositePeriod | None]) -> dict[int, Any]:
+        """The V2X plan of every EVSE whose stage takes setpoints (2.1 operation modes, DER
+        controls); none without the V2X service."""
+        v2x = self.v2x
+        if v2x is None:
+            return {}
+        plans = {}
+        for evse_id, evse in self.evses.items():
+            if not evse.hw.ev.supports_setpoint:
+                continue
+            tx = evse.tx
+            period = v2x_at(profiles, now, evse_id=evse_id, tx_start=self.tx_start(evse),
+                            transaction_id=tx.remote_id if tx is not None else None,
+                            priority=self.priority_active(evse_id)) if profiles else None
+            plans[evse_id] = v2x.plan(evse, period, own.get(evse_id), now)
+        return plans
 
     async def _switch_all(self, own: Mapping[int, CompositePeriod | None]) -> None:
         for evse_id, evse in self.evses.items():
@@ -451,7 +645,8 @@ class ChargingProfiles:
         tx = evse.tx
         profile = profile_in_force(self.profiles, at or self.clock.now(), evse_id=evse_id,
                                    tx_start=self.tx_start(evse),
-                                   transaction_id=tx.remote_id if tx is not None else None)
+                                   transaction_id=tx.remote_id if tx is not None else None,
+                                   priority=self.priority_active(evse_id))
         if profile is None or not profile.schedules:
             return None
         schedule = profile.schedules[0]

@@ -138,6 +138,27 @@ class DisplayMessage:
     transaction_id: str | None
     info: dict[str, Any]
     seq: int = 0  # order of arrival: the newest AlwaysFront wins
+    # The same message in other languages (2.1 messageExtra): (content, format, language).
+    extra: tuple[tuple[str, str, str | None], ...] = ()
+
+    def variants(self) -> list[tuple[str, str, str | None]]:
+        """Every text of the message that the display can show: (content, format, language),
+        the main one first."""
+        return [v for v in [(self.content, self.format, self.language), *self.extra]
+                if v[1] in SHOWN_FORMATS]
+
+    def languages(self) -> set[str]:
+        """The primary language subtags it is given in (empty: for everyone)."""
+        return {p for _, _, lang in self.variants() if (p := primary(lang))}
+
+    def text_for(self, preferred: list[str]) -> str:
+        """The text in the first of the ``preferred`` languages it has, else its main one."""
+        shown = self.variants()
+        for lang in preferred:
+            for content, _, language in shown:
+                if primary(language) == lang:
+                    return content
+        return shown[0][0] if shown else self.content
 
     @classmethod
     def parse(cls, info: dict[str, Any], seq: int = 0) -> DisplayMessage:
@@ -167,9 +188,13 @@ class DisplayMessage:
         if start is not None and end is not None and end <= start:
             raise MessageError("InvalidValue", "endDateTime is not after startDateTime")
         tx = info.get("transactionId")
+        extra = tuple(
+            (x["content"], str(x.get("format") or "UTF8"), x.get("language"))
+            for x in info.get("messageExtra") or ()
+            if isinstance(x, dict) and isinstance(x.get("content"), str))
         return cls(message_id, priority, text, str(content.get("format") or "UTF8"),
                    content.get("language"), state, start, end,
-                   str(tx) if tx is not None else None, dict(info), seq)
+                   str(tx) if tx is not None else None, dict(info), seq, extra)
 
     def active(self, now: datetime, state: str, running: set[str]) -> bool:
         return ((self.start is None or self.start <= now)
@@ -494,17 +519,20 @@ class DisplayService:
         running = self._running()
         self.board.purge(now, running)
         active = [m for m in self.board.active(now, self._station_state(snaps), running)
-                  if m.format in SHOWN_FORMATS]
+                  if m.variants()]
         preferred = self._preferred_languages(snaps)
-        if any(primary(m.language) in preferred for m in active if m.language):
+        if any(m.languages() & set(preferred) for m in active):
             # "The Charging Station selects the correct language": where the CSMS gave a
             # message in a language the driver (or the station) prefers, other-language
             # messages step back; messages without a language are for everyone.
-            active = [m for m in active if not m.language or primary(m.language) in preferred]
+            active = [m for m in active
+                      if not m.languages() or m.languages() & set(preferred)]
         return active
 
-    def _message_pages(self, message: DisplayMessage) -> list[list[str]]:
-        return _pages(_wrap(message.content, self.columns), self.rows)
+    def _message_pages(self, message: DisplayMessage,
+                       preferred: list[str] | None = None) -> list[list[str]]:
+        text = message.text_for(preferred or [])
+        return _pages(_wrap(text, self.columns), self.rows)
 
     def _tariff_lines(self, cost: TxCost | None, token: str | None) -> list[str]:
         if not self.costs.tariff_enabled:
@@ -587,15 +615,16 @@ class DisplayService:
         """The lines to show now (at most ``rows``, each at most ``columns``)."""
         snaps = self.station.snapshots()
         messages = self._messages(snaps)
+        preferred = self._preferred_languages(snaps)
         front = [m for m in messages if m.priority == "AlwaysFront"]
         in_front = [m for m in messages if m.priority == "InFront"]
         if front:
-            pages = self._message_pages(max(front, key=lambda m: m.seq))
+            pages = self._message_pages(max(front, key=lambda m: m.seq), preferred)
         elif in_front:
-            pages = [p for m in in_front for p in self._message_pages(m)]
+            pages = [p for m in in_front for p in self._message_pages(m, preferred)]
         else:
             pages = self._station_pages(snaps)
             pages += [p for m in messages if m.priority == "NormalCycle"
-                      for p in self._message_pages(m)]
+                      for p in self._message_pages(m, preferred)]
         index = int(self.clock.monotonic() // self.cycle_s) % len(pages)
         return [line[:self.columns] for line in pages[index][:self.rows]]

@@ -31,9 +31,18 @@ from agent.core.model import (
     TxPoint,
     TxRecord,
 )
+from agent.core.resumption import session_token
 from agent.core.settings import Settings
+from agent.core.v2x import (
+    PowerStageSnapshot,
+    SetpointBounds,
+    bounds,
+    parse_modes,
+    stage_limits,
+)
 from agent.storage import Storage, StorageError
 from hal.interfaces import (
+    EnergyTransferMode,
     EvseHardware,
     FaultKind,
     HalError,
@@ -117,6 +126,15 @@ class EvseController:
         self.resetting = False  # an EVSE reset (2.0.1 B11/B12) is under way: Unavailable
         self._settings = settings
         self.limits: dict[str, float] = {}  # amps per limit source (smart charging, load mgmt)
+        # Bidirectional power (agent/core/v2x.py): the signed setpoint asked for the session
+        # (W, None: plain current-limited charging), caps on discharge per source (W), and the
+        # energy transfer modes the protocol allows the session (None: not restricted). The
+        # setpoint and the allowed modes belong to one session and go with it.
+        self.setpoint_request: float | None = None
+        self.discharge_limits: dict[str, float] = {}
+        self.allowed_transfer: frozenset[EnergyTransferMode] | None = None
+        self._v2x_session: Session | None = None
+        self._no_discharge_logged = ""
         # Whether a reservation holds this EVSE now (agent/core/reservations.py; the station
         # sets it): while idle and not authorized, the EVSE shows Reserved.
         self.reservation_hold: Callable[[int], bool] | None = None
@@ -274,7 +292,7 @@ class EvseController:
             deauth_reason=s.deauth_reason if s else None,
             max_current_a=self.max_current_a, limits=tuple(self.limits.items()),
             connectors=tuple((c, self.connector_operative(c)) for c in self.connector_ids),
-            resetting=self.resetting,
+            resetting=self.resetting, power_stage=self.power_stage_snapshot(),
         )
 
     @property
@@ -404,8 +422,7 @@ class EvseController:
                     self._raise_fault(exc.kind, str(exc))
                     offer = 0.0
                     want_closed = False
-            if offer <= 0 and self.hw.ev.power_setpoint is not None:
-                await self.hw.ev.set_power_setpoint(None)  # a setpoint ends with the offer
+            await self._drive_setpoint(offer)  # a setpoint ends with the offer
             # Energy never flows into an unlocked plug (IEC 61851-1): lock first, and unlock
             # only once the contactor is open (it was opened above when not wanted).
             await self._drive_lock(self._want_locked())
@@ -583,6 +600,7 @@ class EvseController:
             closed=False, remote_start_id=s.remote_start_id, reservation_id=s.reservation_id,
             parent=s.auth.parent if s.auth else None,
             auth_source=s.auth.source if s.auth else None,
+            auth_expires_at=s.auth.expires_at if s.auth and s.auth.accepted else None,
         )
         try:
             with self._storage.atomic():
@@ -733,6 +751,9 @@ class EvseController:
                 except (StorageError, KeyError) as exc:
                     log.error("evse %s: reservation %s not journalled with transaction %s: %s",
                               self.id, reservation_id, s.tx.local_id, exc)
+            if s.tx is not None:  # authorized into a running transaction: a restart needs it
+                self._journal_session(s.tx, auth_token=token.id, auth_token_type=token.type,
+                                      auth_expires_at=result.expires_at, deauth_reason=None)
             log.info("evse %s: token %s authorized (%s, %s)", self.id, token.id,
                      result.status, result.source)
             self._observer().session_event(self.id, "authorized",
@@ -762,6 +783,8 @@ class EvseController:
                 s.tx.stopped_by = by
             self._observer().session_event(self.id, "deauthorized", {"reason": reason.value})
             await self._reconcile()
+            if s.tx is not None and s.ended_reason is None:  # open until its stop point
+                self._journal_session(s.tx, deauth_reason=reason.value)
             if s.tx is None:
                 s.token, s.auth = None, None  # back to waiting for an authorization
                 s.reservation_id = None
@@ -775,6 +798,8 @@ class EvseController:
         async with self.mutex:
             if self.session is not None:
                 self.session.energy_allowed = allowed
+                if self.session.tx is not None and self.session.ended_reason is None:
+                    self._journal_session(self.session.tx, energy_suspended=not allowed)
             await self._reconcile()
 
     async def set_limit(self, source: str, value: float | None, unit: str = "A") -> None:
@@ -831,17 +856,128 @@ class EvseController:
             await self._reconcile()
             return ok and self.phases_in_use == n
 
-    async def set_power_setpoint(self, watts: float | None) -> None:
-        """A signed power setpoint for a bidirectional power stage (negative: discharge).
+    async def set_power_setpoint(self, value: float | None, unit: str = "W") -> float | None:
+        """A signed power setpoint for a bidirectional power stage (negative: discharge) for
+        the session now on this EVSE; returns what the stage follows now (None: none).
 
         The contactor invariants do not change: a setpoint moves energy only while the
-        session may, and the pilot's offer stays the bound of what flows into the EV.
+        session may (the contactor closes by the same rules as for charging), the pilot's
+        offer stays the bound of what flows into the EV, and the EV's and the stage's limits
+        and the discharge limit sources bound it either way (agent/core/v2x.py). Without a
+        session there is nothing to set: the request is dropped (a stale discharge never
+        meets the next EV). A value in A is per phase at the nominal voltage, as limits are.
         """
         ev = self.hw.ev
         if not ev.supports_setpoint:
             raise ValueError(f"EVSE {self.id}: its power stage takes no setpoint")
+        if value is not None:
+            if unit == "A":
+                value = value * NOMINAL_VOLTAGE * self.phases_in_use
+            elif unit != "W":
+                raise ValueError(f"setpoint unit {unit!r}: expected 'W' or 'A'")
+            value = float(value)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(f"setpoint {value!r}: expected a finite number of watts")
         async with self.mutex:
-            await ev.set_power_setpoint(watts if self._offer() > 0 else None)
+            if self._own_v2x_session() is None:
+                value = None
+            self.setpoint_request = value
+            await self._reconcile()
+            return ev.power_setpoint
+
+    async def set_discharge_limit(self, source: str, watts: float | None) -> None:
+        """A source (a V2X profile's dischargeLimit, a DER LimitMaxDischarge) caps what may
+        flow out of the EV, in W (None removes it). Kept across sessions, as limits are."""
+        if watts is not None:
+            watts = max(0.0, float(watts))
+        async with self.mutex:
+            if watts is None:
+                self.discharge_limits.pop(source, None)
+            else:
+                self.discharge_limits[source] = watts
+            await self._reconcile()
+
+    async def set_allowed_transfer(self, modes: Sequence[str] | None) -> bool:
+        """The energy transfer modes the protocol allows this session (2.1: the CSMS's
+        AuthorizeResponse / NotifyAllowedEnergyTransfer; None lifts the restriction); False
+        when no session is there to take them (they belong to one session)."""
+        allowed = parse_modes(modes) if modes is not None else None
+        async with self.mutex:
+            if self._own_v2x_session() is None:
+                return False
+            self.allowed_transfer = allowed
+            await self._reconcile()
+            return True
+
+    def _own_v2x_session(self) -> Session | None:
+        """The session the setpoint and the allowed modes belong to (forgetting both when it
+        has ended or another one took its place)."""
+        s = self.session if self.session is not None and self.session.ended_reason is None \
+            else None
+        if s is not self._v2x_session:
+            self._v2x_session = s
+            self.setpoint_request = None
+            self.allowed_transfer = None
+        return s
+
+    def _setpoint_bounds(self, offer: float) -> SetpointBounds:
+        return bounds(self.hw.ev, offer_a=offer, phases=self.phases_in_use,
+                      max_current_a=self.max_current_a, allowed_modes=self.allowed_transfer,
+                      discharge_limits=self.discharge_limits)
+
+    async def _drive_setpoint(self, offer: float) -> None:
+        """Give the power stage the requested setpoint within every bound now (mutex held)."""
+        ev = self.hw.ev
+        if not ev.supports_setpoint:
+            return
+        self._own_v2x_session()
+        want: float | None = None
+        if offer > 0 and self.setpoint_request is not None:
+            b = self._setpoint_bounds(offer)
+            want = round(b.clamp(self.setpoint_request), 3)
+            if self.setpoint_request < 0 and b.no_discharge \
+                    and b.no_discharge != self._no_discharge_logged:
+                log.warning("evse %s: discharge of %.0f W refused: %s", self.id,
+                            -self.setpoint_request, b.no_discharge)
+            self._no_discharge_logged = b.no_discharge if self.setpoint_request < 0 else ""
+        if ev.power_setpoint == want:
+            return
+        try:
+            self._trace("setpoint", watts=want)
+            await ev.set_power_setpoint(want)
+        except HalError as exc:
+            self._raise_fault(exc.kind, str(exc))
+        except NotImplementedError as exc:
+            log.error("evse %s: power stage refused a setpoint: %s", self.id, exc)
+
+    def power_stage_snapshot(self) -> PowerStageSnapshot | None:
+        """The power stage as the adapters and the page read it (None: it takes no
+        setpoint: a charge-only EVSE)."""
+        ev = self.hw.ev
+        if not ev.supports_setpoint:
+            return None
+        s = self.session
+        request = self.setpoint_request if s is not None and s is self._v2x_session \
+            and s.ended_reason is None else None
+        b = self._setpoint_bounds(self._offer())
+        # The bounds with an offer, so that "could it discharge" is answered while idle too.
+        could = self._setpoint_bounds(max(self._offer(), self.min_current_a))
+        try:
+            modes = tuple(sorted(m.value for m in ev.energy_transfer_modes))
+            ev_limits, energy = ev.ev_limits, ev.energy_state
+        except Exception:  # noqa: BLE001 - a snapshot never fails on a driver's bug
+            modes, ev_limits, energy = (), None, None
+        return PowerStageSnapshot(
+            bidirectional=not could.no_discharge, modes=modes,
+            allowed_modes=tuple(sorted(m.value for m in self.allowed_transfer))
+            if self.allowed_transfer is not None else None,
+            setpoint_requested_w=request, setpoint_w=ev.power_setpoint,
+            max_charge_w=b.max_charge_w, max_discharge_w=b.max_discharge_w,
+            ev_limits=ev_limits, energy=energy,
+            stage_limits=stage_limits(ev, max_current_a=self.max_current_a,
+                                      phases=self.phases_in_use),
+            discharge_limits=tuple(self.discharge_limits.items()),
+            no_discharge=could.no_discharge)
 
     async def raise_fault(self, kind: FaultKind, detail: str = "") -> None:
         async with self.mutex:
@@ -998,6 +1134,66 @@ class EvseController:
         """A transaction found open after a restart is already closed by the adapter."""
         self.session = None
 
+    def _journal_session(self, tx: TxRecord, **fields: object) -> None:
+        """Keep the session state a resumption after a restart needs (TX_EXTRAS) in the
+        journal; a storage failure costs that, never the session."""
+        for name, value in fields.items():
+            setattr(tx, name, value)
+        try:
+            self._storage.tx_update(tx.local_id, **fields)
+        except (StorageError, KeyError) as exc:
+            log.error("evse %s: session state of transaction %s not journalled: %s",
+                      self.id, tx.local_id, exc)
+
+    async def adopt_resumed(self, tx: TxRecord, *, allow_energy: bool) -> None:
+        """Take back a transaction a restart interrupted (agent/core/resumption.py decided it
+        may go on): its session as the journal has it, before the pilot is adopted.
+
+        Nothing is driven here: the next input (the pilot at start-up) reconciles, so energy
+        flows again only through the invariants, and not at all unless ``allow_energy`` (and
+        the session had not been suspended or deauthorized before the cut). Availability
+        changes that were scheduled for the end of this transaction (persisted as wanted
+        states) wait for its end again.
+        """
+        async with self.mutex:
+            token = session_token(tx)
+            s = Session(token=token, tx=tx, remote_start_id=tx.remote_start_id,
+                        reservation_id=tx.reservation_id)
+            if token is not None:
+                if tx.deauth_reason:
+                    s.auth = AuthResult("Invalid", source="deauthorized")
+                    try:
+                        s.deauth_reason = StopReason(tx.deauth_reason)
+                    except ValueError:
+                        s.deauth_reason = StopReason.OTHER
+                else:
+                    s.auth = AuthResult("Accepted", parent=tx.parent,
+                                        source=tx.auth_source or "resumed",
+                                        expires_at=tx.auth_expires_at)
+                    s.authorized_at = self._clock.monotonic()
+            s.energy_allowed = allow_energy and not tx.energy_suspended
+            self.session = s
+            # Energy has not flowed since the restart: a stop point EnergyTransfer counts from
+            # when it flows again, not from before the cut.
+            s.tx_points_seen = self._points_reached() - {TxPoint.ENERGY_TRANSFER}
+            self._ev_was_connected = self.ev_connected  # the same plug, not a new one
+            for key in [(STATION, 0), (EVSE, 0), (CONNECTOR, tx.connector_id)]:
+                if key in self._levels and not self._levels[key]:
+                    self._pending[key] = False
+                    self._levels[key] = True
+            log.info("evse %s: transaction %s resumed (token %s, energy %s)", self.id,
+                     tx.local_id, token.id if token else "none",
+                     "allowed" if s.energy_allowed else "suspended")
+        self.tx_changed.set()
+        for listener in self.tx_listeners:
+            listener()
+
+    async def on_ev_changed(self) -> None:
+        """The EV side's limits, modes or battery changed (HAL ``EvChanged``): the outputs,
+        the setpoint among them, follow at once."""
+        async with self.mutex:
+            await self._reconcile()
+
     async def on_meter(self, reading: MeterReading | None, error: str | None) -> None:
         """Called by the station's sampler; the meter is the ground truth for energy."""
         if reading is not None:
@@ -1006,6 +1202,11 @@ class EvseController:
                 await self.clear_fault(FaultKind.METER)
         elif error is not None and FaultKind.METER not in self.faults:
             await self.raise_fault(FaultKind.METER, error)
+        if self.setpoint_request is not None:
+            # The EV's limits move without telling (its battery fills, it lowers what it
+            # gives): a setpoint is held to them again every sample, not only on inputs.
+            async with self.mutex:
+                await self._drive_setpoint(self._offer())
 
     # ------------------------------------------------------------------ ConnectionTimeOut
 

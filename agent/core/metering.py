@@ -23,6 +23,11 @@ What can be sampled is the hardware's to say: each EVSE's meter and EV side decl
 measurands the station supports, and the measurand lists of the settings store accept only
 those (registered as the store's measurand capability), so every version refuses the same
 way.  The EV side's state of charge joins the meter's reading when a sample asks for SoC.
+
+Energy out of the EV (a bidirectional power stage, agent/core/v2x.py) is the meter's export
+register (Energy.Active.Export.Register); the HAL's power is signed (negative: out of the
+EV), which the measurands split into Power.Active.Import and Power.Active.Export, and the
+per-phase current magnitudes into Current.Import or Current.Export by the same sign.
 """
 
 from __future__ import annotations
@@ -58,7 +63,9 @@ NEEDS: dict[str, str | None] = {
     "Energy.Active.Import.Register": "energy_import",
     "Energy.Active.Export.Register": "energy_export",
     "Power.Active.Import": "power",
+    "Power.Active.Export": "power",
     "Current.Import": "current",
+    "Current.Export": "current",
     "Current.Offered": None,
     "Voltage": "voltage",
     "Frequency": "frequency",
@@ -113,9 +120,14 @@ def build_samples(reading: MeterReading, measurands: list[str], context: str,
             out.append(Sample(m, reading.energy_export_wh, "Wh", context, location="Outlet"))
         elif m == "Power.Active.Import":
             out.append(Sample(m, max(0.0, reading.power_w), "W", context, location="Outlet"))
-        elif m == "Current.Import":
+        elif m == "Power.Active.Export":  # the signed power's other half (discharge)
+            out.append(Sample(m, max(0.0, -reading.power_w), "W", context, location="Outlet"))
+        elif m in ("Current.Import", "Current.Export"):
+            # The per-phase currents are magnitudes; the power's sign says which way they flow.
+            flowing = (reading.power_w < 0) == (m == "Current.Export")
             for i, amps in enumerate(reading.current_a):
-                out.append(Sample(m, amps, "A", context, f"L{i + 1}", "Outlet"))
+                out.append(Sample(m, abs(amps) if flowing else 0.0, "A", context,
+                                  f"L{i + 1}", "Outlet"))
         elif m == "Voltage":
             for i, volts in enumerate(reading.voltage_v):
                 out.append(Sample(m, volts, "V", context, f"L{i + 1}-N", "Outlet"))

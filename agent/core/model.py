@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hal.interfaces import FaultKind, MeterReading, PilotState
+
+if TYPE_CHECKING:
+    from agent.core.v2x import PowerStageSnapshot
 
 
 class ConnectorStatus(enum.StrEnum):
@@ -39,6 +42,9 @@ class StopReason(enum.StrEnum):
     TIMEOUT = "Timeout"
     STOPPED_BY_EV = "StoppedByEV"
     OTHER = "Other"
+    # A limit the CSMS set for the transaction was reached (2.1 E16; 1.6 reports Other).
+    ENERGY_LIMIT = "EnergyLimitReached"
+    TIME_LIMIT = "TimeLimitReached"
 
 
 class TxPoint(enum.StrEnum):
@@ -100,6 +106,12 @@ class TxRecord:
     reservation_id: int | None = None
     reported_as: str | None = None  # OCPP version whose adapter reported its start
     start_requeued: bool = False  # its start message, refused for good once, went again
+    # What a resumption after a restart needs of the session (agent/core/resumption.py):
+    auth_token: str | None = None  # the token authorized after the start (id_token empty)
+    auth_token_type: str | None = None
+    auth_expires_at: str | None = None  # the authorization's own expiry (CSMS / list / cache)
+    deauth_reason: str | None = None  # authorization withdrawn, transaction still open
+    energy_suspended: bool = False  # energy stopped without ending it (late invalid id)
 
 
 _CORE_FIELDS = 15  # the journal's own columns; the fields after them are the extras
@@ -185,6 +197,8 @@ class EvseSnapshot:
     # Operative); connector_id is the one in use. Empty: one connector, ``operative``.
     connectors: tuple[tuple[int, bool], ...] = ()
     resetting: bool = False  # the EVSE is being reset on its own (Unavailable meanwhile)
+    # A power stage that takes setpoints (bidirectional / V2X, agent/core/v2x.py); None: none.
+    power_stage: PowerStageSnapshot | None = None
 
     @property
     def ev_connected(self) -> bool:
@@ -212,3 +226,18 @@ class CoreObserver(Protocol):
     def transaction_recovered(self, tx: TxRecord) -> None:
         """A transaction left open by a power cut was closed at start-up (reason PowerLoss);
         runs inside the storage transaction that closed it."""
+    def transaction_resumed(self, tx: TxRecord, snap: EvseSnapshot) -> None:
+        """A transaction left open by a power cut or restart goes on (the active version's
+        :class:`ResumptionRules` allowed it): same record, its EVSE's session restored. Called
+        at start-up before the EVSE adopts its pilot state; the EVSE reports its settled
+        status afterwards as usual."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumptionRules:
+    """Whether transactions survive a restart: the active version's say (2.1 E17:
+    TxCtrlr.ResumptionTimeout, AllowEnergyTransferResumption). 1.6 and 2.0.1 have none: every
+    open transaction ends with PowerLoss."""
+
+    timeout_s: float  # the longest interruption after which a transaction resumes (0: never)
+    allow_energy: bool = True  # energy may flow again (else it resumes suspended)

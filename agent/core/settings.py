@@ -42,7 +42,9 @@ MEASURANDS = (
     "Energy.Active.Import.Register",
     "Energy.Active.Export.Register",
     "Power.Active.Import",
+    "Power.Active.Export",  # out of the EV (a bidirectional stage; 0 on a charge-only one)
     "Current.Import",
+    "Current.Export",
     "Current.Offered",
     "Voltage",
     "Frequency",

@@ -31,6 +31,15 @@ How a composite is made, and where each rule comes from:
   EVSE's own rating (3.13.3: "calculated by taking the minimum value for each time interval").
   Where nothing applies the EVSE's rating fills the gap (3.13.6: no profiles, no constraints).
   A limit of 0 is a limit like any other.
+- 2.1 adds three things (the adapters of 1.6 and 2.0.1 never produce them): PriorityCharging
+  profiles come before TxProfile and TxDefault while the transaction uses priority charging
+  (``priority``: a per-call fact the scheduler keeps, K21 / K22); a LocalGeneration profile
+  adds its capacity on top of the capped result, up to the rating (K27); a Dynamic profile
+  is one period counted from its last update (``dyn_update_time``), its duration the time an
+  update stays good (K28.FR.13).  A period's V2X fields (``operation_mode``, ``setpoint``,
+  ``discharge_limit``, the curves) do not change the composite, except that an Idle period
+  is 0 and a period without a limit (allowed in some modes) is bounded by the rating only;
+  :func:`v2x_at` names the period in force for :mod:`agent.core.v2x_modes`.
 - W and A meet through ``A = W / (voltage * phases)`` (1.6 7.12), with the phases that are in
   use at that instant: the fewest that the EVSE has and any applying period allows (a period
   without numberPhases allows all of the EVSE's; 7.12's "3 SHALL be assumed" on a three-phase
@@ -56,9 +65,10 @@ from enum import StrEnum
 from typing import NamedTuple
 
 __all__ = [
-    "ChargingProfile", "ChargingSchedule", "ChargingSchedulePeriod", "CompositePeriod", "Kind",
-    "Purpose", "RateUnit", "Recurrency", "composite", "limit_at", "next_change",
-    "profile_in_force", "station_composite", "validate",
+    "BASE_KINDS", "BASE_PURPOSES", "ChargingProfile", "ChargingSchedule",
+    "ChargingSchedulePeriod", "CompositePeriod", "Kind", "LIMIT_OPTIONAL", "OperationMode",
+    "Purpose", "RateUnit", "Recurrency", "V2xPeriod", "composite", "curve_power", "limit_at",
+    "next_change", "profile_in_force", "station_composite", "v2x_at", "validate",
 ]
 
 
@@ -70,6 +80,13 @@ class Purpose(StrEnum):
     TX_DEFAULT = "TxDefault"
     TX = "Tx"
     EXTERNAL = "ExternalConstraints"
+    # 2.1 (the values are 2.1's names, so that the 2.x adapters pass them through):
+    PRIORITY = "PriorityCharging"  # replaces Tx / TxDefault while the transaction asks (K21)
+    LOCAL_GENERATION = "LocalGeneration"  # local capacity added on top of the composite (K27)
+
+
+# What 1.6 and 2.0.1 know; 2.1 adds PRIORITY and LOCAL_GENERATION (validate's allowed_purposes).
+BASE_PURPOSES = frozenset({Purpose.STATION_MAX, Purpose.TX_DEFAULT, Purpose.TX, Purpose.EXTERNAL})
 
 
 class Kind(StrEnum):
@@ -78,6 +95,12 @@ class Kind(StrEnum):
     ABSOLUTE = "Absolute"
     RECURRING = "Recurring"
     RELATIVE = "Relative"
+    # 2.1 K28: one period whose limit the CSMS replaces as it goes; it counts from its last
+    # update (dyn_update_time), and ``duration`` is how long an update stays good.
+    DYNAMIC = "Dynamic"
+
+
+BASE_KINDS = frozenset({Kind.ABSOLUTE, Kind.RECURRING, Kind.RELATIVE})  # 2.1 adds DYNAMIC
 
 
 class Recurrency(StrEnum):
@@ -90,14 +113,46 @@ class RateUnit(StrEnum):
     W = "W"  # total watts
 
 
+class OperationMode(StrEnum):
+    """2.1 OperationModeEnumType: what a period asks of a bidirectional power stage (V2X,
+    block Q).  ChargingOnly is every 1.6 / 2.0.1 period; the others are applied by the
+    scheduler through :mod:`agent.core.v2x_modes`."""
+
+    IDLE = "Idle"  # no energy either way: the composite shows 0
+    CHARGING_ONLY = "ChargingOnly"
+    CENTRAL_SETPOINT = "CentralSetpoint"  # the period's setpoint, within its limits
+    EXTERNAL_SETPOINT = "ExternalSetpoint"  # a local energy manager's setpoint, within them
+    EXTERNAL_LIMITS = "ExternalLimits"  # a local energy manager's limits, within them
+    CENTRAL_FREQUENCY = "CentralFrequency"  # aFRR: AFRRSignal through v2xSignalWattCurve
+    LOCAL_FREQUENCY = "LocalFrequency"  # FCR: the measured frequency through v2xFreqWattCurve
+    LOCAL_LOAD_BALANCING = "LocalLoadBalancing"  # the site's load manager, within them
+
+
+# Modes whose periods may leave out ``limit`` (2.1 ChargingSchedulePeriodType.limit: "optional
+# only when not required by the operationMode"): the stage is then bound by its own rating.
+LIMIT_OPTIONAL = frozenset({OperationMode.CENTRAL_SETPOINT, OperationMode.EXTERNAL_SETPOINT,
+                            OperationMode.EXTERNAL_LIMITS, OperationMode.LOCAL_FREQUENCY,
+                            OperationMode.LOCAL_LOAD_BALANCING})
+_SETPOINT_MODES = frozenset({OperationMode.CENTRAL_SETPOINT, OperationMode.EXTERNAL_SETPOINT})
+
+
 @dataclass(frozen=True, slots=True)
 class ChargingSchedulePeriod:
     """From ``start_s`` seconds after the schedule's start until the next period's start."""
 
     start_s: int
-    limit: Decimal | float | int
+    limit: Decimal | float | int | None  # None only in the LIMIT_OPTIONAL modes (2.1)
     number_phases: int | None = None
     phase_to_use: int | None = None
+    # 2.1 V2X (the adapters of 1.6 and 2.0.1 leave them None).  Values in the schedule's
+    # rate unit with 2.1's signs: setpoint negative to discharge, discharge_limit <= 0; the
+    # curves' power is in W, positive charging; None mode is ChargingOnly.
+    operation_mode: str | None = None
+    setpoint: Decimal | float | int | None = None
+    discharge_limit: Decimal | float | int | None = None
+    v2x_baseline: Decimal | float | int | None = None  # W, added to a curve's power
+    freq_watt: tuple[tuple[Decimal, Decimal], ...] | None = None  # (Hz, W) points
+    signal_watt: tuple[tuple[int, Decimal], ...] | None = None  # (aFRR signal, W) points
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +190,10 @@ class ChargingProfile:
     # Who set it (2.0.1 ChargingLimitSourceEnumType): "CSO" for what the CSMS installs;
     # an ExternalConstraints profile names the external system ("EMS", "SO", "Other").
     charging_limit_source: str = "CSO"
+    # 2.1 K28, Dynamic profiles only: pull an update this many seconds after the last one
+    # (None / 0: the CSMS pushes), and when the limit was last set (the schedule's start).
+    dyn_update_interval: int | None = None
+    dyn_update_time: datetime | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "schedules", tuple(self.schedules))
@@ -165,6 +224,9 @@ def validate(
     require_transaction_id: bool = False,
     external_allowed: bool = False,
     phase_switching: bool = False,
+    allowed_purposes: Collection[str] = BASE_PURPOSES,
+    allowed_kinds: Collection[str] = BASE_KINDS,
+    operation_modes: Collection[str] = (OperationMode.CHARGING_ONLY,),
 ) -> list[str]:
     """Every reason to reject ``profile``, each in words a CSMS operator can act on; [] = fine.
 
@@ -180,7 +242,10 @@ def validate(
     it has none yet; an EVSE that is absent has no transaction), ``remote_start`` (the profile
     came inside RemoteStartTransaction / RequestStartTransaction, before its transaction
     exists), ``require_transaction_id`` (2.0.1 K01.FR.03), ``external_allowed`` (False for
-    anything a CSMS sends: K01.FR.22), ``phase_switching`` (ACPhaseSwitchingSupported).
+    anything a CSMS sends: K01.FR.22), ``phase_switching`` (ACPhaseSwitchingSupported),
+    ``allowed_purposes`` / ``allowed_kinds`` (what the version knows: 2.1 adds PriorityCharging,
+    LocalGeneration and Dynamic), ``operation_modes`` (the V2X modes the station can apply:
+    V2XChargingCtrlr.SupportedOperationModes; 1.6 and 2.0.1 only ChargingOnly).
     """
     problems: list[str] = []
     try:
@@ -188,7 +253,10 @@ def validate(
                   max_schedules=max_schedules, allowed_units=allowed_units, evse_ids=evse_ids,
                   transactions=transactions or {}, remote_start=remote_start,
                   require_transaction_id=require_transaction_id,
-                  external_allowed=external_allowed, phase_switching=phase_switching)
+                  external_allowed=external_allowed, phase_switching=phase_switching,
+                  allowed_purposes={str(p) for p in allowed_purposes},
+                  allowed_kinds={str(k) for k in allowed_kinds},
+                  operation_modes={str(m) for m in operation_modes})
     except Exception as exc:  # a malformed object is a problem to report, not a crash
         problems.append(f"malformed profile: {type(exc).__name__}: {exc}")
     return problems
@@ -198,17 +266,23 @@ def _validate(profile: ChargingProfile, problems: list[str], *, max_stack_level:
               max_periods: int | None, max_schedules: int, allowed_units: Collection[str],
               evse_ids: Collection[int] | None, transactions: Mapping[int, object],
               remote_start: bool, require_transaction_id: bool, external_allowed: bool,
-              phase_switching: bool) -> None:
+              phase_switching: bool, allowed_purposes: Collection[str],
+              allowed_kinds: Collection[str], operation_modes: Collection[str]) -> None:
     add = problems.append
     purpose = _enum(Purpose, profile.purpose)
     kind = _enum(Kind, profile.kind)
+    if purpose is not None and purpose.value not in allowed_purposes:
+        purpose = None
+    if kind is not None and kind.value not in allowed_kinds:
+        kind = None
     if not _is_int(profile.id):
         add(f"profile id {profile.id!r} is not an integer")
     if purpose is None:
         add(f"unknown purpose {profile.purpose!r}: expected one of "
-            f"{', '.join(p.value for p in Purpose)}")
+            f"{', '.join(p.value for p in Purpose if p.value in allowed_purposes)}")
     if kind is None:
-        add(f"unknown kind {profile.kind!r}: expected Absolute, Recurring or Relative")
+        add(f"unknown kind {profile.kind!r}: expected "
+            f"{', '.join(k.value for k in Kind if k.value in allowed_kinds)}")
 
     level = profile.stack_level
     if not _is_int(level) or level < 0:
@@ -241,6 +315,7 @@ def _validate(profile: ChargingProfile, problems: list[str], *, max_stack_level:
         add(f"transactionId {profile.transaction_id!r} belongs only on a transaction profile "
             f"(1.6 7.8: only valid if the purpose is TxProfile)")
 
+    _validate_dynamic(profile, kind, add)
     recurrency = profile.recurrency
     if recurrency is not None and _enum(Recurrency, recurrency) is None:
         add(f"unknown recurrency {recurrency!r}: expected Daily or Weekly")
@@ -266,6 +341,107 @@ def _validate(profile: ChargingProfile, problems: list[str], *, max_stack_level:
         where = f"schedule {index + 1}: " if len(schedules) > 1 else ""
         _validate_schedule(schedule, kind, where, add, max_periods=max_periods,
                            allowed_units=allowed_units, phase_switching=phase_switching)
+        _validate_v2x(schedule, purpose, where, add, operation_modes)
+        if purpose is Purpose.PRIORITY and schedule.duration_s is not None:
+            add(f"{where}a priority charging schedule has no duration: it lasts as long as "
+                f"its transaction (2.1 K01.FR.70)")
+    if kind is Kind.DYNAMIC and (len(schedules) != 1 or len(schedules[0].periods) != 1):
+        add("a dynamic profile has one charging schedule with one period, whose limit the "
+            "updates replace (2.1 K28)")
+
+
+def _validate_v2x(schedule: ChargingSchedule, purpose: Purpose | None, where: str, add,
+                  operation_modes: Collection[str]) -> None:
+    """2.1 V2X fields of each period: the mode is one the station applies, and the fields
+    the mode needs are there and agree with one another."""
+    for number, period in enumerate(schedule.periods, start=1):
+        at = f"{where}period {number}: "
+        raw = period.operation_mode
+        mode = OperationMode.CHARGING_ONLY if raw is None else _enum(OperationMode, raw)
+        if mode is None:
+            add(f"{at}unknown operationMode {raw!r}")
+            continue
+        if mode.value not in operation_modes:
+            add(f"{at}operationMode {mode.value} is not supported here "
+                f"(V2XChargingCtrlr.SupportedOperationModes: {', '.join(sorted(operation_modes))})")
+            continue
+        if mode not in (OperationMode.CHARGING_ONLY, OperationMode.IDLE) \
+                and purpose not in (Purpose.TX, Purpose.TX_DEFAULT, None):
+            add(f"{at}operationMode {mode.value} belongs on a transaction profile (TxProfile or "
+                f"TxDefaultProfile), not {purpose.value} (2.1 K01.FR.71 for PriorityCharging)")
+        if period.limit is None and mode not in LIMIT_OPTIONAL:
+            add(f"{at}a period without a limit needs an operationMode that does not require one "
+                f"({', '.join(sorted(m.value for m in LIMIT_OPTIONAL))}), not {mode.value}")
+        values: dict[str, Decimal] = {}
+        for name, value in (("setpoint", period.setpoint), ("dischargeLimit",
+                                                           period.discharge_limit),
+                            ("v2xBaseline", period.v2x_baseline)):
+            if value is None:
+                continue
+            number_ = _dec(value)
+            if number_ is None:
+                add(f"{at}{name} {value!r} is not a number")
+            else:
+                values[name] = number_
+        if values.get("dischargeLimit", _ZERO) > 0:
+            add(f"{at}dischargeLimit {values['dischargeLimit']} is positive: a discharge limit "
+                f"is <= 0, as a discharging setpoint is")
+        if mode is OperationMode.CENTRAL_SETPOINT and period.setpoint is None:
+            add(f"{at}a CentralSetpoint period needs a setpoint")
+        if period.setpoint is not None and mode not in _SETPOINT_MODES:
+            add(f"{at}a setpoint belongs to a CentralSetpoint or ExternalSetpoint period, not "
+                f"{mode.value}")
+        sp, low, high = values.get("setpoint"), values.get("dischargeLimit"), _dec(period.limit)
+        if sp is not None and low is not None and sp < low:
+            add(f"{at}setpoint {sp} is below dischargeLimit {low}")
+        if sp is not None and high is not None and sp > high:
+            add(f"{at}setpoint {sp} is above the limit {high}")
+        if mode is OperationMode.LOCAL_FREQUENCY and not period.freq_watt:
+            add(f"{at}v2xFreqWattCurve is missing in a LocalFrequency period")
+        for name, curve in (("v2xFreqWattCurve", period.freq_watt),
+                            ("v2xSignalWattCurve", period.signal_watt)):
+            if curve is None:
+                continue
+            xs = [_dec(x) for x, _ in curve]
+            ys = [_dec(y) for _, y in curve]
+            if not curve or any(v is None for v in (*xs, *ys)):
+                add(f"{at}{name} has points that are not numbers")
+            elif any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
+                add(f"{at}{name}: its points must be in increasing order of "
+                    f"{'frequency' if name == 'v2xFreqWattCurve' else 'signal'}")
+
+
+def curve_power(points: Sequence[tuple[object, object]], x: float | Decimal) -> Decimal:
+    """The power of a V2X curve at ``x`` (frequency or aFRR signal): linear between its
+    points, flat beyond its ends (a grid code's droop curve saturates there)."""
+    pts = [(_dec(a), _dec(b)) for a, b in points]
+    pts = [(a, b) for a, b in pts if a is not None and b is not None]
+    if not pts:
+        return _ZERO
+    at = _dec(x) if not isinstance(x, Decimal) else x
+    if at is None:
+        return _ZERO
+    if at <= pts[0][0]:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if at <= x1:
+            return y0 + (y1 - y0) * (at - x0) / (x1 - x0) if x1 != x0 else y1
+    return pts[-1][1]
+
+
+def _validate_dynamic(profile: ChargingProfile, kind: Kind | None, add) -> None:
+    """2.1 K28: dynUpdateInterval / dynUpdateTime belong to Dynamic profiles only."""
+    interval, stamp = profile.dyn_update_interval, profile.dyn_update_time
+    if kind is not Kind.DYNAMIC:
+        for name, value in (("dynUpdateInterval", interval), ("dynUpdateTime", stamp)):
+            if value is not None:
+                add(f"{name} is only for a Dynamic profile, not {profile.kind} "
+                    f"(2.1 K01.FR.122)")
+        return
+    if interval is not None and (not _is_int(interval) or interval < 0):
+        add(f"dynUpdateInterval {interval!r} is not a whole number of seconds >= 0")
+    if stamp is not None and not isinstance(stamp, datetime):
+        add(f"dynUpdateTime {stamp!r} is not a date and time")
 
 
 def _validate_tx(profile: ChargingProfile, evse: int | None, add, *,
@@ -348,7 +524,9 @@ def _validate_schedule(schedule: ChargingSchedule, kind: Kind | None, where: str
                     f"starts must increase (2.0.1 K01.FR.35)")
             previous = start_s
         limit = _dec(period.limit)
-        if limit is None:
+        if period.limit is None:
+            pass  # 2.1: a V2X mode may leave it out (_validate_v2x judges)
+        elif limit is None:
             add(f"{at}limit {period.limit!r} is not a number")
         elif limit < 0:
             add(f"{at}limit {limit} is negative")
@@ -374,6 +552,7 @@ _INF = 1 << 62
 _RECURRENCE_US = {Recurrency.DAILY: 86_400 * _US, Recurrency.WEEKLY: 7 * 86_400 * _US}
 _TENTH = Decimal("0.1")
 _ZERO = Decimal(0)
+_NO_LIMIT = Decimal(10) ** 9  # far above any rating, which caps it in _combine
 
 # A value on the timeline: (limit, unit "A"/"W", number of phases or None).
 _Value = tuple[Decimal, str, int | None]
@@ -392,6 +571,7 @@ def composite(
     voltage: float = 230.0,
     unit: str = "A",
     transaction_id: str | int | None = None,
+    priority: bool = False,
 ) -> list[CompositePeriod]:
     """The limit of EVSE ``evse_id`` over ``[window_start, window_start + window_s)``.
 
@@ -403,6 +583,14 @@ def composite(
     name none, as a remote start's).  ``evse_max_a`` is the EVSE's rating in amps per phase,
     ``phases`` its phases; the result is in ``unit``.  ``evse_id`` 0 gives
     :func:`station_composite` with ``evse_max_a`` as the station's rating.
+
+    2.1: with ``priority`` (the transaction uses priority charging, K21 / K22) the
+    PriorityCharging profiles of the EVSE or the station come before its TxProfile and
+    TxDefault (where they apply; their gaps fall through to those), still capped by the
+    station maximum and the external constraints.  A LocalGeneration profile (the EVSE's own,
+    else the station's, by stack level) adds its capacity on top of the capped result (2.1
+    K27: locally generated power is not drawn through the grid connection the caps protect),
+    never beyond the EVSE's rating.
     """
     if evse_id == 0:
         return station_composite(profiles, window_start=window_start, window_s=window_s,
@@ -416,6 +604,10 @@ def composite(
     anchor = tx_at if tx_at is not None else 0
     ranked = _ranked(profiles, evse_id)
 
+    priority_layers = (
+        _segments(p, origin, window, anchor, floor=tx_at) for p in ranked
+        if priority and tx_at is not None and p.purpose == Purpose.PRIORITY
+        and p.evse_id in (0, evse_id))
     tx_layers = (
         _segments(p, origin, window, anchor, floor=tx_at) for p in ranked
         if tx_at is not None and p.purpose == Purpose.TX and p.evse_id == evse_id
@@ -429,12 +621,16 @@ def composite(
                        if p.purpose == purpose and p.evse_id == evse), window)
 
     groups = [
-        _paint(_chain(tx_layers, default_layers), window),
+        _paint(_chain(priority_layers, tx_layers, default_layers), window),
         caps(Purpose.STATION_MAX, 0, 0),
         caps(Purpose.EXTERNAL, 0, 0),
         caps(Purpose.EXTERNAL, evse_id, anchor),
     ]
-    return _to_seconds(_combine(groups, window, evse_max_a, phases, voltage, unit), window)
+    adds = _paint((_segments(p, origin, window, anchor) for p in ranked
+                   if p.purpose == Purpose.LOCAL_GENERATION and p.evse_id in (0, evse_id)),
+                  window)
+    return _to_seconds(_combine(groups, window, evse_max_a, phases, voltage, unit, adds),
+                       window)
 
 
 def station_composite(
@@ -460,7 +656,8 @@ def station_composite(
 
     Sharing the station maximum between EVSEs that charge at the same time (1.6 3.13.3: "the
     combined energy flow of all connectors SHALL NOT be greater") is the load balancer's
-    business; this says how much there is to share.
+    business; this says how much there is to share.  The station's LocalGeneration (2.1)
+    adds to it, up to ``station_max_a``.
     """
     origin = _utc(window_start)
     window = _span_us(window_s)
@@ -475,7 +672,8 @@ def station_composite(
     groups = [group(Purpose.STATION_MAX), group(Purpose.EXTERNAL)]
     if tx_default:
         groups.append(group(Purpose.TX_DEFAULT))
-    return _to_seconds(_combine(groups, window, station_max_a, phases, voltage, unit), window)
+    return _to_seconds(_combine(groups, window, station_max_a, phases, voltage, unit,
+                                group(Purpose.LOCAL_GENERATION)), window)
 
 
 def limit_at(
@@ -489,11 +687,13 @@ def limit_at(
     voltage: float = 230.0,
     unit: str = "A",
     transaction_id: str | int | None = None,
+    priority: bool = False,
 ) -> CompositePeriod:
     """The limit at one instant: what the scheduler hands the EVSE at each boundary."""
     (first, *_) = composite(profiles, evse_id=evse_id, window_start=at, window_s=1,
                             tx_start=tx_start, evse_max_a=evse_max_a, phases=phases,
-                            voltage=voltage, unit=unit, transaction_id=transaction_id)
+                            voltage=voltage, unit=unit, transaction_id=transaction_id,
+                            priority=priority)
     return first
 
 
@@ -504,8 +704,10 @@ def profile_in_force(
     evse_id: int,
     tx_start: datetime | None = None,
     transaction_id: str | int | None = None,
+    priority: bool = False,
 ) -> ChargingProfile | None:
-    """The transaction-level profile (TxProfile, else TxDefault) that sets the EVSE's
+    """The transaction-level profile (PriorityCharging while ``priority``, else TxProfile,
+    else TxDefault) that sets the EVSE's
     transaction limit at ``at``, by the precedence :func:`composite` paints with; None when
     none applies then.  Its first schedule's ``min_rate`` is the EV's minChargingRate, which
     a local balancing algorithm heeds (1.6 3.13 Load Balancing)."""
@@ -515,6 +717,11 @@ def profile_in_force(
     tx_at = _offset_us(tx_start, origin) if tx_start is not None else None
     anchor = tx_at if tx_at is not None else 0
     ranked = _ranked(profiles, evse_id)
+    if tx_at is not None and priority:
+        for p in ranked:
+            if (p.purpose == Purpose.PRIORITY and p.evse_id in (0, evse_id)
+                    and _segments(p, origin, 1, anchor, floor=tx_at)):
+                return p
     if tx_at is not None:
         for p in ranked:
             if (p.purpose == Purpose.TX and p.evse_id == evse_id and _tx_matches(p, transaction_id)
@@ -527,6 +734,84 @@ def profile_in_force(
     return None
 
 
+class V2xPeriod(NamedTuple):
+    """The period that sets an EVSE's V2X behaviour at an instant (2.1), of the
+    transaction-level profile in force then."""
+
+    profile: ChargingProfile
+    period: ChargingSchedulePeriod
+    rate_unit: str  # "A" or "W": the unit of the period's limit, setpoint, dischargeLimit
+    mode: OperationMode
+
+
+def v2x_at(
+    profiles: Iterable[ChargingProfile],
+    at: datetime,
+    *,
+    evse_id: int,
+    tx_start: datetime | None = None,
+    transaction_id: str | int | None = None,
+    priority: bool = False,
+) -> V2xPeriod | None:
+    """The V2X period in force on the EVSE at ``at``: the period of the profile that
+    :func:`profile_in_force` names (PriorityCharging, TxProfile or TxDefault, by the same
+    precedence as the composite), or None when none applies.  The caps (station maximum,
+    external constraints) bound its charge side through the composite; its mode, setpoint,
+    discharge limit and curves come from here."""
+    listed = list(profiles)
+    profile = profile_in_force(listed, at, evse_id=evse_id, tx_start=tx_start,
+                               transaction_id=transaction_id, priority=priority)
+    if profile is None or not profile.schedules:
+        return None
+    origin = _utc(at)
+    anchor = _offset_us(tx_start, origin) if tx_start is not None else 0
+    period = _period_at(profile, origin, anchor)
+    if period is None:
+        return None
+    mode = _enum(OperationMode, period.operation_mode or OperationMode.CHARGING_ONLY)
+    unit = "W" if str(profile.schedules[0].rate_unit) == "W" else "A"
+    return V2xPeriod(profile, period, unit,
+                     mode if isinstance(mode, OperationMode) else OperationMode.CHARGING_ONLY)
+
+
+def _period_at(profile: ChargingProfile, origin: datetime,
+               rel_anchor: int) -> ChargingSchedulePeriod | None:
+    """The period of the profile's first schedule in force at ``origin`` (None: none), by the
+    anchors :func:`_segments` uses."""
+    schedule = profile.schedules[0]
+    rows: dict[int, ChargingSchedulePeriod] = {}
+    for q in schedule.periods:
+        start = _span_us(q.start_s)
+        if start is not None:
+            rows[start] = q
+    table = sorted(rows.items(), key=lambda kv: kv[0])
+    if not table:
+        return None
+    length = _schedule_length(schedule)
+    recurrence = _RECURRENCE_US.get(_enum(Recurrency, profile.recurrency))  # type: ignore[arg-type]
+    if profile.kind == Kind.RECURRING and schedule.start is not None and recurrence:
+        first = _offset_us(schedule.start, origin)
+        length = min(length, recurrence)
+        k = -first // recurrence
+        if k < 0:
+            return None
+        a = first + k * recurrence
+    elif profile.kind == Kind.DYNAMIC and isinstance(profile.dyn_update_time, datetime):
+        a = _offset_us(profile.dyn_update_time, origin)
+    elif profile.kind not in (Kind.RELATIVE, Kind.DYNAMIC) and schedule.start is not None:
+        a = _offset_us(schedule.start, origin)
+    else:
+        a = rel_anchor
+    if not a <= 0 < a + length:
+        return None
+    found: ChargingSchedulePeriod | None = None
+    for start, q in table:
+        if a + start > 0:
+            break
+        found = q
+    return found
+
+
 def next_change(
     profiles: Iterable[ChargingProfile],
     now: datetime,
@@ -534,6 +819,7 @@ def next_change(
     evse_id: int,
     tx_start: datetime | None = None,
     transaction_id: str | int | None = None,
+    priority: bool = False,
 ) -> datetime | None:
     """The first instant after ``now`` at which :func:`limit_at` may give another answer.
 
@@ -547,9 +833,9 @@ def next_change(
     origin = _utc(now)
     tx = _utc(tx_start) if tx_start is not None else None
     best = _INF
-    for profile, anchor in _relevant(list(profiles), evse_id, tx, transaction_id):
+    for profile, anchor in _relevant(list(profiles), evse_id, tx, transaction_id, priority):
         best = min(best, _first_boundary(profile, origin, anchor))
-        if profile.purpose == Purpose.TX and tx is not None and tx > origin:
+        if profile.purpose in (Purpose.TX, Purpose.PRIORITY) and tx is not None and tx > origin:
             best = min(best, _offset_us(tx, origin))
     return origin + timedelta(microseconds=best) if best < _INF else None
 
@@ -593,7 +879,11 @@ def _table(schedule: ChargingSchedule) -> list[tuple[int, _Value]]:
         if start is None:
             continue
         limit = _dec(period.limit)
-        if limit is None or limit < 0:
+        if period.operation_mode == OperationMode.IDLE:
+            limit = _ZERO  # 2.1 Idle: no energy transfer, whatever the limit says
+        elif period.limit is None:
+            limit = _NO_LIMIT  # 2.1 V2X without a limit: the rating bounds it
+        elif limit is None or limit < 0:
             limit = _ZERO
         phases = period.number_phases
         rows[start] = (limit, unit, phases if phases in (1, 2, 3) else None)
@@ -629,7 +919,9 @@ def _segments(profile: ChargingProfile, origin: datetime, window: int, rel_ancho
         length = min(length, recurrence)
         k = max(0, (lo - first) // recurrence)
         anchors = range(first + k * recurrence, hi, recurrence)
-    elif profile.kind != Kind.RELATIVE and schedule.start is not None:
+    elif profile.kind == Kind.DYNAMIC and isinstance(profile.dyn_update_time, datetime):
+        anchors = (_offset_us(profile.dyn_update_time, origin),)  # 2.1 K28.FR.13: from it
+    elif profile.kind not in (Kind.RELATIVE, Kind.DYNAMIC) and schedule.start is not None:
         anchors = (_offset_us(schedule.start, origin),)
     else:  # Relative, or Absolute without startSchedule: 1.6 7.13 "relative to start of charging"
         anchors = (rel_anchor,)
@@ -692,20 +984,24 @@ def _paint(layers: Iterable[list[_Segment]], window: int) -> list[_Segment]:
 
 
 def _combine(groups: list[list[_Segment]], window: int, cap_a: float, phases: int,
-             voltage: float, unit: str) -> list[tuple[int, Decimal, int]]:
-    """The minimum of the groups and the rating at every instant, in ``unit``."""
+             voltage: float, unit: str, adds: list[_Segment] | None = None
+             ) -> list[tuple[int, Decimal, int]]:
+    """The minimum of the groups and the rating at every instant, in ``unit``; plus ``adds``
+    (2.1 LocalGeneration) where they apply, never above the rating."""
     out_unit = "W" if str(unit) == "W" else "A"
     volts = _dec(voltage) or Decimal(230)
     cap = _dec(cap_a)
     cap = cap if cap is not None and cap > 0 else _ZERO
     n_max = phases if phases in (1, 2, 3) else 3
     bounds = {0}
-    for group in groups:
+    extra = adds or []
+    for group in (*groups, extra):
         for s, e, _ in group:
             bounds.add(s)
             if e < window:
                 bounds.add(e)
     pointers = [0] * len(groups)
+    add_at = 0
     out: list[tuple[int, Decimal, int]] = []
     active: list[_Value] = []
     for at in sorted(bounds):
@@ -721,18 +1017,29 @@ def _combine(groups: list[list[_Segment]], window: int, cap_a: float, phases: in
                 active.append(value)
                 if value[2] is not None and value[2] < n:
                     n = value[2]
-        limit = cap if out_unit == "A" else cap * volts * n
+        rating = cap if out_unit == "A" else cap * volts * n
+        limit = rating
         for value_limit, value_unit, _ in active:
-            if value_unit != out_unit:
-                if out_unit == "A":
-                    value_limit = (value_limit / (volts * n)).quantize(_TENTH, ROUND_FLOOR)
-                else:
-                    value_limit = value_limit * volts * n
+            value_limit = _in_unit(value_limit, value_unit, out_unit, volts, n)
             if value_limit < limit:
                 limit = value_limit
+        while add_at < len(extra) and extra[add_at][1] <= at:
+            add_at += 1
+        if add_at < len(extra) and extra[add_at][0] <= at and limit < rating:
+            value_limit, value_unit, _ = extra[add_at][2]
+            limit = min(rating, limit + _in_unit(value_limit, value_unit, out_unit, volts, n))
         if not out or out[-1][1] != limit or out[-1][2] != n:
             out.append((at, limit, n))
     return out
+
+
+def _in_unit(limit: Decimal, unit: str, out_unit: str, volts: Decimal, n: int) -> Decimal:
+    """A limit in ``out_unit`` with ``n`` phases in use (amps rounded down to 0.1 A)."""
+    if unit == out_unit:
+        return limit
+    if out_unit == "A":
+        return (limit / (volts * n)).quantize(_TENTH, ROUND_FLOOR)
+    return limit * volts * n
 
 
 def _to_seconds(periods: list[tuple[int, Decimal, int]], window: int) -> list[CompositePeriod]:
@@ -768,7 +1075,7 @@ def _to_seconds(periods: list[tuple[int, Decimal, int]], window: int) -> list[Co
 
 
 def _relevant(profiles: list[ChargingProfile], evse_id: int, tx: datetime | None,
-              transaction_id: str | int | None
+              transaction_id: str | int | None, priority: bool = False
               ) -> Iterator[tuple[ChargingProfile, datetime | None]]:
     """The profiles that can shape the EVSE's composite, each with the fixed instant a Relative
     schedule counts from there (None: it counts from whenever it is asked)."""
@@ -776,9 +1083,13 @@ def _relevant(profiles: list[ChargingProfile], evse_id: int, tx: datetime | None
         if p.purpose in (Purpose.STATION_MAX, Purpose.EXTERNAL) and p.evse_id == 0:
             yield p, None
         elif evse_id == 0:
-            if p.purpose == Purpose.TX_DEFAULT and p.evse_id == 0:
+            if p.purpose in (Purpose.TX_DEFAULT, Purpose.LOCAL_GENERATION) and p.evse_id == 0:
                 yield p, None
-        elif p.purpose == Purpose.TX_DEFAULT and p.evse_id in (0, evse_id):
+        elif p.purpose in (Purpose.TX_DEFAULT, Purpose.LOCAL_GENERATION) \
+                and p.evse_id in (0, evse_id):
+            yield p, tx
+        elif (p.purpose == Purpose.PRIORITY and priority and tx is not None
+              and p.evse_id in (0, evse_id)):
             yield p, tx
         elif p.purpose == Purpose.EXTERNAL and p.evse_id == evse_id:
             yield p, tx
@@ -809,7 +1120,9 @@ def _first_boundary(profile: ChargingProfile, origin: datetime,
         length = min(length, recurrence)
         k = max(0, -first // recurrence)
         bases = (first + k * recurrence, first + (k + 1) * recurrence)
-    elif profile.kind != Kind.RELATIVE and schedule.start is not None:
+    elif profile.kind == Kind.DYNAMIC and isinstance(profile.dyn_update_time, datetime):
+        bases = (_offset_us(profile.dyn_update_time, origin),)
+    elif profile.kind not in (Kind.RELATIVE, Kind.DYNAMIC) and schedule.start is not None:
         bases = (_offset_us(schedule.start, origin),)
     elif anchor is not None:
         bases = (_offset_us(anchor, origin),)

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from agent.clock import Clock
 from agent.core.authorization import AuthorizationPolicy
 from agent.core.charging_profiles import ChargingProfiles
+from agent.core.der import DerControls
 from agent.core.evse import CONNECTOR, EVSE, NOMINAL_VOLTAGE, STATION, EvseController, TxRules
 from agent.core.metering import Metering
 from agent.core.model import (
@@ -20,15 +21,19 @@ from agent.core.model import (
     AuthResult,
     CoreObserver,
     EvseSnapshot,
+    ResumptionRules,
     StopReason,
     Token,
     TxRecord,
 )
 from agent.core.reservations import Reservation, Reservations
+from agent.core.resumption import why_not_resumed
 from agent.core.security_events import SecurityEvents
 from agent.core.settings import Settings
+from agent.core.v2x_modes import OperationModes
 from agent.storage import Storage, StorageError
 from hal.interfaces import (
+    EvChanged,
     FaultCleared,
     FaultKind,
     FaultRaised,
@@ -74,6 +79,9 @@ class _NullObserver:
     def transaction_recovered(self, tx) -> None:  # noqa: ANN001
         pass
 
+    def transaction_resumed(self, tx, snap) -> None:  # noqa: ANN001
+        pass
+
 
 class Station:
     """Composition of EVSE controllers over one HAL, plus station-wide concerns."""
@@ -103,15 +111,27 @@ class Station:
                 connectors=(evse_connectors or {}).get(evse_id))
         self.metering = Metering(self.evses, self.settings, clock)
         self.charging_profiles = ChargingProfiles(self.evses, storage, clock)
+        # 2.1 V2X and DER (agent/core/v2x_modes.py, der.py): planned by the scheduler.
+        self.der = DerControls(storage, clock)
+        self.v2x_modes = OperationModes(self.evses, self.settings, clock, der=self.der,
+                                        poll_s=meter_poll_s)
+        self.v2x_modes.wake = self.charging_profiles.wake
+        self.der.listeners.append(self.charging_profiles.wake)
+        self.charging_profiles.v2x = self.v2x_modes
         self.reservations = Reservations(self.evses, storage, clock, self.settings,
                                          spawn=self.spawn)
         for evse in self.evses.values():
             evse.reservation_hold = self.reservations.holds
             evse.state_listeners.append(self.reservations.evse_changed)
         self.security_events = SecurityEvents(clock)
+        # Whether transactions survive a restart (the active version's, see use_resumption).
+        self.resumption: Callable[[], ResumptionRules] | None = None
+        self.resumed: list[TxRecord] = []  # the transactions resumed at start-up
+        self.not_resumed: dict[str, str] = {}  # local id -> why it was not (for the log)
         self._tasks: set[asyncio.Task] = set()
         self._token_tasks: set[asyncio.Task] = set()
         self.taps: dict[str, asyncio.Task[str]] = {}  # the last present_token per card
+        self._shared_taps: dict[int, str] = {}  # EVSE -> card tapped at a shared reader
         self._event_queue: asyncio.Queue[HalEvent] = asyncio.Queue()
         self._stopping = False
         self.hal_events: list[Callable[[HalEvent], None]] = []  # taps for timelines / tests
@@ -149,12 +169,15 @@ class Station:
                 evse.reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
             except (HalError, TimeoutError) as exc:
                 await evse.raise_fault(FaultKind.METER, str(exc) or "meter read timed out")
+        await self._resume()  # before the pilot: a resumed session meets the EV as its own
+        for evse in self.evses.values():
             await evse.on_pilot()  # adopt the pilot state the hardware has now
         self.spawn(self._event_pump(), "hal-events")
         for evse in self.evses.values():
             self.spawn(self._sampler(evse), f"meter-{evse.id}")
         self.metering.start()
         self.spawn(self.charging_profiles.run(), "smart-charging")
+        self.spawn(self.v2x_modes.run(), "v2x-grid")
         self.spawn(self.reservations.run(), "reservations")
 
     async def stop(self) -> None:
@@ -208,15 +231,23 @@ class Station:
     # ------------------------------------------------------------------ the version's rules
 
     def use_rules(self, rules: TxRules) -> None:
-        """When transactions start and stop, as the active OCPP version says."""
+        """When transactions start and stop, as the active OCPP version says. A version's
+        rules replace the previous version's, resumption included (none until it says)."""
         for evse in self.evses.values():
             evse.rules = rules
+        self.resumption = None
+
+    def use_resumption(self, rules: Callable[[], ResumptionRules] | None) -> None:
+        """Whether (and when) transactions a restart interrupted go on instead of ending with
+        PowerLoss (2.1 E17); read at start-up. Call after :meth:`use_rules`."""
+        self.resumption = rules
 
     async def _handle(self, event: HalEvent) -> None:
         if isinstance(event, PilotChanged):
             evse = self.evses.get(event.evse_id)
             if evse is not None:
                 await evse.on_pilot()
+                await self._follow_the_ev(evse)
         elif isinstance(event, TokenPresented):
             # Authorization may take a network round trip: never hold up pilot events for it.
             task = self.spawn(self.present_token(Token(event.uid, event.token_type),
@@ -245,8 +276,37 @@ class Station:
                     self.observer.fault_changed(0, event.kind, False, "")
             elif event.evse_id in self.evses:
                 await self.evses[event.evse_id].clear_fault(event.kind)
+        elif isinstance(event, EvChanged):  # the EV's limits / modes / battery moved
+            evse = self.evses.get(event.evse_id)
+            if evse is not None:
+                await evse.on_ev_changed()
 
     # ------------------------------------------------------------------ tokens
+
+    async def _follow_the_ev(self, evse: EvseController) -> None:
+        """A card tapped at a shared reader before any EV was plugged in went to the first
+        free EVSE; the driver then plugs in wherever they like. When an EV arrives at an EVSE
+        with nobody authorized while such a card waits on another EVSE (no transaction, no EV
+        there yet), the authorization moves to the EV: one reader, several sockets."""
+        if not self._waits_for_authorization(evse) or (evse.session and evse.session.token):
+            return
+        for other in self.evses.values():
+            s = other.session
+            if (other is evse or s is None or not s.authorized or s.token is None
+                    or other.tx is not None or other.ev_connected
+                    or s.remote_start_id is not None or s.reservation_id is not None
+                    or self._shared_taps.get(other.id) != s.token.id or s.auth is None):
+                continue
+            token, result = s.token, s.auth
+            admitted, reservation = self._reservation_for(token, evse, result.parent)
+            if not admitted:
+                return
+            log.info("token %s: the EV was plugged in at EVSE %s, not %s: the authorization "
+                     "follows it", token.id, evse.id, other.id)
+            del self._shared_taps[other.id]
+            await other.deauthorize(StopReason.LOCAL)
+            await self._take(evse, token, result, reservation)
+            return
 
     @staticmethod
     def _waits_for_authorization(evse: EvseController) -> bool:
@@ -359,6 +419,8 @@ class Station:
         if not ok:
             return "rejected"
         ok = await self._take(target, token, result, reservation)
+        if ok and evse_id is None and not target.ev_connected:
+            self._shared_taps[target.id] = token.id  # may follow the EV (_follow_the_ev)
         return "authorized" if ok else "rejected"
 
     def remote_start_target(self, evse_id: int | None,
@@ -494,8 +556,39 @@ class Station:
 
     # ------------------------------------------------------------------ power-loss recovery
 
+    async def _resume(self) -> None:
+        """Resume the open transactions the active version's rules let go on (see
+        agent/core/resumption.py); :meth:`recover` closes the others."""
+        if self.resumption is None:
+            return
+        try:
+            rules = self.resumption()
+            open_txs = self.storage.tx_open()
+        except Exception as exc:  # noqa: BLE001 - resumption is optional, closing is not
+            log.error("transactions cannot be resumed: %s", exc)
+            return
+        for tx in open_txs:
+            evse = self.evses.get(tx.evse_id)
+            try:
+                why = why_not_resumed(tx, evse, rules, self.clock, self.authorization)
+            except StorageError as exc:
+                why = f"its authorization cannot be checked ({exc})"
+            if why is not None:
+                self.not_resumed[tx.local_id] = why
+                continue
+            assert evse is not None
+            await evse.adopt_resumed(tx, allow_energy=rules.allow_energy)
+            self.resumed.append(tx)
+            log.warning("transaction %s (EVSE %s, token %s) was open at start-up: it goes on "
+                        "(interrupted at most %.0f s, meter %.1f Wh now)", tx.local_id,
+                        tx.evse_id, tx.id_token or tx.auth_token,
+                        self.clock.elapsed_since(tx.last_meter_at or tx.started_at) or 0.0,
+                        evse.reading.energy_import_wh if evse.reading else tx.last_meter_wh)
+            self.observer.transaction_resumed(tx, evse.snapshot())
+
     def recover(self) -> list[TxRecord]:
-        """Close, exactly once, every transaction a power cut or crash left open.
+        """Close, exactly once, every transaction a power cut or crash left open (and
+        :meth:`start` did not resume, see agent/core/resumption.py).
 
         Run at start-up, after the meters were read and before any connection. Each
         transaction ends with reason PowerLoss, stamped with the time of its last journalled
@@ -506,12 +599,17 @@ class Station:
         so a second crash during recovery can neither lose it nor queue it twice.
         """
         closed = []
+        resumed = {tx.local_id for tx in self.resumed}
+        not_resumed = self.not_resumed
         for tx in self.storage.tx_open():
+            if tx.local_id in resumed:
+                continue  # it goes on (resumed at start-up)
             meter, source = self.recovered_meter(tx)
             when = tx.last_meter_at or tx.started_at
+            why = not_resumed.get(tx.local_id)
             log.warning("transaction %s (EVSE %s, token %s) was open at start-up: closing it "
-                        "with PowerLoss, meterStop %.1f Wh (%s)", tx.local_id, tx.evse_id,
-                        tx.id_token, meter, source)
+                        "with PowerLoss, meterStop %.1f Wh (%s)%s", tx.local_id, tx.evse_id,
+                        tx.id_token, meter, source, f"; not resumed: {why}" if why else "")
             with self.storage.atomic():
                 self.storage.tx_close(tx.local_id, when, StopReason.POWER_LOSS.value, meter)
                 tx.meter_stop_wh, tx.stopped_at = meter, when

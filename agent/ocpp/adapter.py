@@ -303,6 +303,7 @@ class Adapter:
             log.warning("CSMS sent an unreadable currentTime %r", current_time)
             return
         self.spec.clock_corrected(self, delta)
+        self._each("clock_synced", delta)  # e.g. timers on the wall clock re-arm
         self.outbox.wake()  # messages held for want of a trustworthy time may go now
 
     def _setting_changed(self, name: str, value: Any) -> None:
@@ -457,6 +458,9 @@ class Adapter:
 
     def transaction_recovered(self, tx: TxRecord) -> None:
         self._each("transaction_recovered", tx)
+
+    def transaction_resumed(self, tx: TxRecord, snap: EvseSnapshot) -> None:
+        self._each("transaction_resumed", tx, snap)
 
     def session_event(self, evse_id: int, event: str, detail: dict) -> None:
         self._each("session_event", evse_id, event, detail)

@@ -104,3 +104,7 @@ class Block:
 
     def session_ended(self) -> None:
         """The connection dropped."""
+
+    def clock_synced(self, delta: float) -> None:
+        """The clock adopted the CSMS time (a boot answer or a Heartbeat), moved by ``delta``
+        seconds: timers set on the wall clock re-arm."""

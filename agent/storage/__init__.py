@@ -36,6 +36,7 @@ from agent.storage.migrations import MIGRATIONS
 from agent.storage.outbox import OutboxItem, OutboxRepository
 from agent.storage.reservations import ReservationRepository
 from agent.storage.settings import SettingsRepository
+from agent.storage.tariffs import TariffRepository
 
 __all__ = [
     "APPLICATION_ID",
@@ -51,7 +52,7 @@ __all__ = [
 
 class Storage(
     Engine, SettingsRepository, OutboxRepository, JournalRepository, AuthorizationRepository,
-    ChargingProfileRepository, ReservationRepository, DisplayRepository,
+    ChargingProfileRepository, ReservationRepository, DisplayRepository, TariffRepository,
 ):
     """The agent's durable state; open one per state file, for the life of the process."""
 

@@ -128,4 +128,25 @@ MIGRATIONS: list[str] = [
         seq      INTEGER NOT NULL
     );
     """,
+    # 6: tariffs for the station's own cost calculation (2.1 local cost, agent.storage.tariffs)
+    """
+    CREATE TABLE tariffs (
+        tariff_id    TEXT    PRIMARY KEY,
+        data         TEXT    NOT NULL,
+        evses        TEXT    NOT NULL,
+        installed_at TEXT    NOT NULL,
+        seq          INTEGER NOT NULL
+    );
+    CREATE TABLE tx_tariffs (
+        local_id TEXT    PRIMARY KEY,
+        evse_id  INTEGER NOT NULL,
+        data     TEXT    NOT NULL
+    );
+    CREATE TABLE tx_cost_samples (
+        local_id TEXT    NOT NULL,
+        seq      INTEGER NOT NULL,
+        data     TEXT    NOT NULL,
+        PRIMARY KEY (local_id, seq)
+    ) WITHOUT ROWID;
+    """,
 ]

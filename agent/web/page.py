@@ -129,6 +129,9 @@ ul.limits .tag { font-size:11px; color:#0550ae; text-transform:uppercase; letter
 table.profiles td { white-space:normal; }
 .muted { color:var(--muted); font-size:13px; margin:4px 0 0; }
 .hidden { display:none !important; }
+pre.lcd { display:inline-block; margin:0; padding:10px 14px; border-radius:6px;
+  background:#23331f; color:#c6f7a8; font:15px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace;
+  white-space:pre; border:3px solid #3c4a38; }
 """
 
 SCRIPT = r"""
@@ -453,6 +456,20 @@ SCRIPT = r"""
     c.profEmpty.classList.toggle("hidden", !!profiles.length);
   }
 
+  // ------------------------------------------------------------------ the driver's display
+  function renderScreen(v) {
+    const card = document.getElementById("screen");
+    const d = v.display;
+    card.classList.toggle("hidden", !d);
+    if (!d) return;
+    const lines = d.lines.map((l) => String(l).padEnd(d.columns, " ").slice(0, d.columns));
+    setText(document.getElementById("screen-lines"), lines.join("\n"));
+    setText(document.getElementById("screen-note"), d.columns + " \u00d7 " + d.rows +
+      " characters" + (d.messages ? " \u00b7 " + d.messages + " CSMS message" +
+        (d.messages === 1 ? "" : "s") : "") + (d.ok ? "" : " \u00b7 not answering: " +
+        (d.error || "?")));
+  }
+
   function renderSite(v) {
     const card = document.getElementById("site");
     const site = v.site;
@@ -499,7 +516,12 @@ SCRIPT = r"""
       : dash);
     setText(f.token, e.token || (sess && !running && sess.token ? sess.token + " (last)" :
       dash));
-    setText(f.meter, fmtEnergy(e.meter_wh));
+    // A bidirectional power stage (V2X): the export register, the EV's battery, the setpoint.
+    const x = e.v2x, soc = x && x.ev ? x.ev.soc_percent : null;
+    setText(f.meter, fmtEnergy(e.meter_wh) + (x ? " in \u00b7 " + fmtEnergy(e.export_wh) +
+      " out \u00b7 EV " + (soc !== null ? soc.toFixed(1) + " %" : dash) + " \u00b7 setpoint " +
+      (x.setpoint_w !== null ? fmtPower(x.setpoint_w) : "none") +
+      (x.bidirectional ? "" : " (no discharge)") : ""));
     setText(f.tx, e.transaction_id !== null && e.transaction_id !== undefined ?
       String(e.transaction_id) : dash);
     setText(f.faults, e.faults.length ? e.faults.join(", ") : "none");
@@ -609,6 +631,7 @@ SCRIPT = r"""
   function render(v) {
     view = v;
     renderLink(v);
+    renderScreen(v);
     renderSite(v);
     for (const e of v.evses) renderEvse(e, v);
   }
@@ -659,6 +682,11 @@ BODY = r"""
       <div><dt>Last error</dt><dd class="small" id="link-error">&ndash;</dd></div>
       <div><dt>Station faults</dt><dd id="station-faults">&ndash;</dd></div>
     </dl>
+  </section>
+  <section class="card hidden" id="screen">
+    <div class="card-head"><h2>Driver's display</h2><span class="sub" id="screen-note"></span>
+    </div>
+    <pre class="lcd" id="screen-lines" aria-label="what the driver's display shows"></pre>
   </section>
   <section class="card hidden" id="site">
     <div class="card-head"><h2>Site load management</h2>

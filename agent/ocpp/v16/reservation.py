@@ -31,8 +31,9 @@ class Reservations(Block):
     def service(self) -> Any:
         return self.station.reservations
 
-    def session_started(self) -> None:
-        # The boot answer set the clock: the expiry timer measures from the right time now.
+    def clock_synced(self, delta: float) -> None:
+        """The CSMS time was adopted (boot answer, Heartbeat): expiries are wall-clock times,
+        so the timer measures from the corrected time."""
         self.service.rearm()
 
     @handles("ReserveNow")

@@ -6,7 +6,9 @@ connector states (Available, Occupied, Reserved, Unavailable, Faulted) and queue
 change of those on the shared status queue.  After a boot, and after an outage longer than
 OfflineThreshold, every connector is reported; after a short outage only what changed (B01,
 B04: the CSMS's picture is still right).  ChangeAvailability (G03/G04) reports the state of
-every connector concerned, even when it did not change.
+every connector concerned, even when it did not change.  Each change of the AvailabilityState of
+a Connector, an EVSE or the ChargingStation also goes out as a NotifyEvent (trigger Delta,
+:mod:`agent.ocpp.v201.availability_events`), with the same rules for what is reported when.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from typing import Any, ClassVar
 from agent.core.model import ConnectorStatus, EvseSnapshot
 from agent.ocpp.adapter import EvseInfo
 from agent.ocpp.blocks import handles
+from agent.ocpp.v201.availability_events import (
+    STATION_KEY,
+    AvailabilityEvents,
+    connector_key,
+    evse_key,
+)
 from agent.ocpp.v201.device_model import (
     AVAILABILITY_STATES,
     Attr,
@@ -63,6 +71,13 @@ def connector_ids(snap: EvseSnapshot) -> list[int]:
     return [c for c, _ in snap.connectors] or [snap.connector_id]
 
 
+def evse_state(snap: EvseSnapshot) -> str:
+    """The AvailabilityState of an EVSE: its connector in use, or the best of its
+    connectors (Available when one of them is)."""
+    states = [connector_status(snap, c) for c in connector_ids(snap)]
+    return next((st for st in AVAILABILITY_STATES if st in states), "Unavailable")
+
+
 class Availability(VariableBlock):
     VARIABLES: ClassVar[tuple[VarDef, ...]] = (
         rw("OCPPCommCtrlr", "OfflineThreshold", "integer", "60", unit="s", min_limit=0,
@@ -78,6 +93,8 @@ class Availability(VariableBlock):
         # (EVSE, connector)
         self._connected_once = False
         self._offline_since: float | None = None
+        # AvailabilityState changes as NotifyEvent, delivered by a task of each session.
+        self.events = AvailabilityEvents(self.clock, self.storage)
 
     def _evse_infos(self) -> list[EvseInfo]:
         infos = self.adapter.ctx.evses
@@ -167,8 +184,7 @@ class Availability(VariableBlock):
         snap = evse.snapshot()
         if connector_id is not None:
             return connector_status(snap, connector_id)
-        states = [connector_status(snap, c) for c in connector_ids(snap)]
-        return next((st for st in AVAILABILITY_STATES if st in states), "Unavailable")
+        return evse_state(snap)
 
     def _power_w(self, evse_id: int) -> float:
         evse = self.station.evses.get(evse_id)
@@ -182,23 +198,33 @@ class Availability(VariableBlock):
                 "evseId": snap.evse_id, "connectorId": connector_id}
 
     def queue(self, evse_id: int, *, force: bool = False,
-              snap: EvseSnapshot | None = None, connector_id: int | None = None) -> None:
+              snap: EvseSnapshot | None = None, connector_id: int | None = None,
+              events: bool = True, station: bool = False) -> None:
         """Queue the state of each connector of the EVSE (or only ``connector_id``) that
-        changed (or ``force``: report it anyway)."""
+        changed (or ``force``: report it anyway), and the AvailabilityState events of the
+        connectors, the EVSE and the station that changed (``force`` with ``events``: of the
+        connectors and, without ``connector_id``, the EVSE; ``station``: the station's too).
+        ``events`` false: a forced StatusNotification only (TriggerMessage), no forced
+        NotifyEvent."""
         if snap is None:
             evse = self.station.evses.get(evse_id)
             if evse is None:
                 return
             snap = evse.snapshot()
+        force_events = force and events
         for cid in connector_ids(snap):
             if connector_id is not None and cid != connector_id:
                 continue
             status = connector_status(snap, cid)
+            self.events.observe(connector_key(evse_id, cid), status, force=force_events)
             key = (evse_id, cid)
             if not force and self._queued.get(key) == status:
                 continue
             self._queued[key] = status
             self.adapter.queue_status(key, self._payload(snap, cid, status))
+        self.events.observe(evse_key(evse_id), evse_state(snap),
+                            force=force_events and connector_id is None)
+        self.events.observe(STATION_KEY, self.availability(None), force=station and events)
 
     async def delivered(self, evse_id: int, timeout: float = 5.0) -> None:
         """Wait (at most ``timeout`` s) until the queued states of the EVSE's connectors went
@@ -225,7 +251,9 @@ class Availability(VariableBlock):
         force = not self._connected_once or long_outage
         self._connected_once = True
         for evse_id in self.station.evses:
-            self.queue(evse_id, force=force)
+            self.queue(evse_id, force=force, station=force)
+        self.adapter.spawn(self.events.run(self.adapter.call), f"{self.adapter.version}-events",
+                           session=True)
 
     def session_ended(self) -> None:
         self._offline_since = self.clock.monotonic()
@@ -238,7 +266,7 @@ class Availability(VariableBlock):
         every connector of the EVSEs (or of ``connector_id``); while the boot is Pending,
         sent at once (the status sender waits for Accepted)."""
         for evse_id in evse_ids:
-            self.queue(evse_id, force=True, connector_id=connector_id)
+            self.queue(evse_id, force=True, connector_id=connector_id, events=False)
         if not self.adapter.accepted.is_set():
             for evse_id in evse_ids:
                 for cid in self.station.evses[evse_id].connector_ids:
@@ -272,6 +300,7 @@ class Availability(VariableBlock):
                         "statusInfo": {"reasonCode": "UnknownConnector"}}
             status = await self.station.set_availability(operative, evse.id, connector_id)
             targets = [evse.id]
+        station_level = evse_p is None or evse_p["id"] == 0
         for evse_id in targets:  # G03/G04: every connector concerned, even unchanged
-            self.queue(evse_id, force=True, connector_id=connector_id)
+            self.queue(evse_id, force=True, connector_id=connector_id, station=station_level)
         return {"status": status}

@@ -243,6 +243,10 @@ def check_password(text: str) -> str | None:
 class DeviceModel:
     """Typed, persisted access to the variables; GetVariables/SetVariables/report logic."""
 
+    # The OCPP version whose reports this builds (2.1 reports a list's item limit as
+    # maxElements, keeping maxLimit for string lengths; set by the 2.1 provisioning block).
+    version = "2.0.1"
+
     def __init__(self, settings: Settings, storage: Storage, defs: Iterable[VarDef],
                  defaults: dict[str, Any] | None = None) -> None:
         self._settings = settings
@@ -544,9 +548,16 @@ class DeviceModel:
             if a.mutability != "WriteOnly":
                 entry["value"] = self._read(d, a.type)[:2500]
             attributes.append(entry)
+        characteristics = d.characteristics(self.values_list(d))
+        if self.version == "2.1" and d.data_type in ("MemberList", "SequenceList") and \
+                "maxLimit" in characteristics:
+            # The declared maxLimit of a list is its item count (see validate).
+            items = int(characteristics.pop("maxLimit"))
+            if items >= 1:
+                characteristics["maxElements"] = items
         return {"component": d.component_json(), "variable": d.variable_json(),
                 "variableAttribute": attributes,
-                "variableCharacteristics": d.characteristics(self.values_list(d))}
+                "variableCharacteristics": characteristics}
 
     def base_report(self, base: str) -> list[dict]:
         if base == "ConfigurationInventory":

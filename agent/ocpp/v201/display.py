@@ -45,6 +45,8 @@ FORMATS = ("ASCII", "HTML", "URI", "UTF8")
 NOTIFY_ITEMS = 8
 # Characters of an idTokenInfo.personalMessage the station keeps and shows (as pages).
 PERSONAL_MESSAGE_SIZE = 512
+# MessageContentType.content in 2.0.1 (2.1 allows 1024).
+CONTENT_MAX = 512
 
 
 def _refused(status: str, reason: str | None = None, info: str = "") -> dict[str, Any]:
@@ -58,6 +60,8 @@ def _refused(status: str, reason: str | None = None, info: str = "") -> dict[str
 
 class DisplayMessages(VariableBlock):
     SETTINGS = DISPLAY_SETTINGS
+    # ClearDisplayMessage when the message could not be removed (2.1 has Rejected for it).
+    CLEAR_FAILED = "Unknown"
     VARIABLES: ClassVar[tuple[VarDef, ...]] = (
         rw("DisplayMessageCtrlr", "Enabled", "boolean", "true"),
         ro("DisplayMessageCtrlr", "SupportedFormats", "MemberList", ",".join(SHOWN_FORMATS),
@@ -148,9 +152,18 @@ class DisplayMessages(VariableBlock):
                  and (p.get("state") is None or m.state == p["state"])]
         if not found:
             return _refused("Unknown", "NotFound")
-        self.adapter.spawn(self._notify(p["requestId"], [m.info for m in found]),
+        self.adapter.spawn(self._notify(p["requestId"], [self.reported(m.info) for m in found]),
                            "v201-display-messages")
         return {"status": "Accepted"}
+
+    def reported(self, info: dict[str, Any]) -> dict[str, Any]:
+        """A stored MessageInfo as this version may report it: one set over 2.1 loses what
+        2.0.1 has not (messageExtra, content beyond 512 characters)."""
+        out = {k: v for k, v in info.items() if k != "messageExtra"}
+        content = out.get("message")
+        if isinstance(content, dict) and len(str(content.get("content", ""))) > CONTENT_MAX:
+            out["message"] = {**content, "content": str(content["content"])[:CONTENT_MAX]}
+        return out
 
     async def _notify(self, request_id: int, infos: list[dict]) -> None:
         await self.adapter.after_answer()
@@ -177,5 +190,6 @@ class DisplayMessages(VariableBlock):
             service.board.remove([p["id"]])
         except StorageError as exc:
             log.error("display message %s not removed: %s", p["id"], exc)
-            return _refused("Unknown", "InternalError", "the message could not be removed")
+            return _refused(self.CLEAR_FAILED, "InternalError",
+                            "the message could not be removed")
         return {"status": "Accepted"}

@@ -25,6 +25,7 @@ from agent.ocpp.v201.device_model import (
     rw,
     split_report,
 )
+from agent.transfer.protocols import PROTOCOLS
 
 log = logging.getLogger("cp_agent.v201")
 
@@ -41,8 +42,8 @@ class Provisioning(VariableBlock):
         rw("OCPPCommCtrlr", "ResetRetries", "integer", min_limit=0, max_limit=10,
            setting="ResetRetries"),
         # What agent/transfer (firmware downloads, log uploads) speaks.
-        ro("OCPPCommCtrlr", "FileTransferProtocols", "MemberList", "FTP,FTPS,HTTP,HTTPS",
-           values_list=("FTP", "FTPS", "HTTP", "HTTPS")),
+        ro("OCPPCommCtrlr", "FileTransferProtocols", "MemberList", ",".join(PROTOCOLS),
+           values_list=PROTOCOLS),
         # NetworkConfigurationPriority, NetworkProfileConnectionAttempts: network.py.
         ro("OCPPCommCtrlr", "QueueAllMessages", "boolean", "false"),
         rw("OCPPCommCtrlr", "RetryBackOffRepeatTimes", "integer", "5", min_limit=0,
@@ -121,14 +122,18 @@ class Provisioning(VariableBlock):
         return {**self.boot_elements(), "reason": reason or "PowerUp"}
 
     def boot_reason(self) -> str:
-        return self.storage.get_setting(BOOT_REASON) or "PowerUp"
+        self._reason_sent = self.storage.get_setting(BOOT_REASON)
+        return self._reason_sent or "PowerUp"
 
     def registration_answered(self, status: str) -> None:
         pass  # while Rejected, CSMS requests get SecurityError (SPEC.refuse_call)
 
     def boot_accepted(self) -> None:
         # StartupOfTheDevice / ResetOrReboot: recorded by the composition root at start-up.
-        self.storage.delete_setting(BOOT_REASON)
+        # Only the reason this boot carried is used up: one set while it was on its way (a
+        # firmware update resumed at start-up reboots for FirmwareUpdate) is for the next.
+        if self.storage.get_setting(BOOT_REASON) == getattr(self, "_reason_sent", None):
+            self.storage.delete_setting(BOOT_REASON)
 
     # ------------------------------------------------------------------ B05/B06 variables
 
@@ -211,6 +216,13 @@ class Provisioning(VariableBlock):
             return self._reset_evse(evse_id, p["type"])
         if self.adapter.ctx.request_reset is None:
             return {"status": "Rejected"}
+        firmware = getattr(self.station, "firmware", None)
+        if firmware is not None and firmware.busy():
+            # Appendix reason code FwUpdateInProgress: the update must not be cut (it would
+            # resume, but the CSMS asked for a reset now, which cannot happen now).
+            return {"status": "Rejected", "statusInfo": {
+                "reasonCode": "FwUpdateInProgress",
+                "additionalInfo": "a firmware update is downloading or installing"}}
         if p["type"] == "OnIdle" and self.station.any_transaction:
             self._reset_scheduled = True
             self.storage.set_setting(BOOT_REASON, "ScheduledReset")

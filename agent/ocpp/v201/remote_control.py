@@ -55,16 +55,18 @@ class RemoteControl(Block):
         tx = target.snapshot().tx
         if tx is not None:
             answer["transactionId"] = tx.local_id  # F01: it runs already (TxStartPoint)
-        self.adapter.spawn(self._start(token, target.id, p["remoteStartId"], profile),
+        self.adapter.spawn(self._start(token, target.id, p["remoteStartId"], profile,
+                                       p["idToken"].get("additionalInfo")),
                            "v201-remote-start")
         return answer
 
     async def _start(self, token: Token, evse_id: int, remote_start_id: int,
-                     profile: ChargingProfile | None = None) -> None:
+                     profile: ChargingProfile | None = None,
+                     additional: list[dict] | None = None) -> None:
         await self.adapter.after_answer()
         if profile is not None:  # before the session: its transaction starts with the limit
             self.adapter.block(SmartCharging).service.install(profile, replace_level=False)
-        self.adapter.block(Transactions).expect_token(evse_id, token)
+        self.adapter.block(Transactions).expect_token(evse_id, token, additional)
         started = await self.station.remote_start(token, evse_id, remote_start_id)
         if started is None and profile is not None:
             self.adapter.block(SmartCharging).forget_remote_start(profile.id)

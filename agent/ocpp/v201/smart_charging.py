@@ -33,6 +33,8 @@ from typing import Any, ClassVar
 from agent.clock import iso
 from agent.core.model import EvseSnapshot, TxRecord
 from agent.core.smart_charging import (
+    BASE_KINDS,
+    BASE_PURPOSES,
     ChargingProfile,
     ChargingSchedule,
     ChargingSchedulePeriod,
@@ -66,6 +68,9 @@ _NAMES_201 = {
 # The reason code of a problem, by a mark in its text (first match wins; Appendix 5).
 _REASONS = (
     ("internal error", "InternalError"),
+    ("v2xFreqWattCurve is missing", "NoFreqWattCurve"),  # 2.1 V2X
+    ("SupportedOperationModes", "UnsupportedParam"),  # 2.1 V2X
+    ("K01.FR.122", "InvalidProfile"),  # 2.1: dynUpdateInterval on a profile not Dynamic
     ("K01.FR.05", "DuplicateProfile"),
     ("K01.FR.06", "DuplicateProfile"),
     ("K01.FR.52", "DuplicateProfile"),
@@ -150,7 +155,9 @@ def from_profile(p: ChargingProfile) -> dict:
 
 
 def _period(q: ChargingSchedulePeriod) -> dict:
-    out: dict[str, Any] = {"startPeriod": q.start_s, "limit": number(q.limit)}
+    out: dict[str, Any] = {"startPeriod": q.start_s}
+    if q.limit is not None:  # 2.1 V2X periods may have none
+        out["limit"] = number(q.limit)
     if q.number_phases is not None:
         out["numberPhases"] = q.number_phases
     if q.phase_to_use is not None:
@@ -257,6 +264,26 @@ class SmartCharging(VariableBlock):
             log.exception("charging profile %r could not be checked", profile.id)
             return [f"internal error while checking the profile: {type(exc).__name__}"]
 
+    # Hooks a later version's block overrides (2.1: more fields, purposes and kinds).
+
+    def parse_profile(self, cp: dict, evse_id: int) -> ChargingProfile:
+        """This version's ChargingProfileType -> the engine's model."""
+        return to_profile(cp, evse_id)
+
+    def render_profile(self, p: ChargingProfile) -> dict:
+        """The engine's model -> this version's ChargingProfileType (reports)."""
+        return from_profile(p)
+
+    def validation_options(self) -> dict[str, Any]:
+        """More arguments for the engine's ``validate`` (2.1: its purposes and kinds)."""
+        return {}
+
+    def expressible(self, p: ChargingProfile) -> bool:
+        """Whether this version's messages can carry ``p``: a 2.1 profile (PriorityCharging,
+        Dynamic, ...) installed over 2.1 on the same state file still applies, but is left out
+        of a 2.0.1 report, whose schema has no words for it."""
+        return str(p.purpose) in BASE_PURPOSES and str(p.kind) in BASE_KINDS
+
     def _check(self, profile: ChargingProfile, *, remote_start: bool) -> list[str]:
         transactions = self.service.local_transactions()
         problems = [_in_201_terms(text) for text in validate(
@@ -265,7 +292,8 @@ class SmartCharging(VariableBlock):
             max_schedules=MAX_SCHEDULES, allowed_units=self._units(),
             evse_ids=list(self.station.evses), transactions=transactions,
             remote_start=remote_start, require_transaction_id=True,
-            phase_switching=self.dm.flag("SmartChargingCtrlr", "ACPhaseSwitchingSupported"))]
+            phase_switching=self.dm.flag("SmartChargingCtrlr", "ACPhaseSwitchingSupported"),
+            **self.validation_options())]
         problems += self._phases(profile)
         if not problems:
             problems += self._duplicates(profile)
@@ -322,7 +350,7 @@ class SmartCharging(VariableBlock):
     @handles("SetChargingProfile")
     async def set_charging_profile(self, p: dict) -> dict:
         cp = p.get("chargingProfile") or {}
-        profile = to_profile(cp, p.get("evseId"))
+        profile = self.parse_profile(cp, p.get("evseId"))
         problems = self.check(profile)
         if problems:
             log.warning("SetChargingProfile: charging profile %r rejected: %s", cp.get("id"),
@@ -343,7 +371,7 @@ class SmartCharging(VariableBlock):
         """The TxProfile a RequestStartTransaction carries, checked (F01.FR.09/.11): the
         profile to install, or the Rejected answer saying why not.  A transaction already
         running on the EVSE (TxStartPoint EVConnected) is the one it is for."""
-        profile = to_profile(cp, evse_id)
+        profile = self.parse_profile(cp, evse_id)
         if profile.purpose != Purpose.TX:
             problems = [f"purpose {cp.get('chargingProfilePurpose')!r}: a remote start "
                         f"takes a TxProfile only (F01.FR.09)"]
@@ -412,9 +440,9 @@ class SmartCharging(VariableBlock):
         level = criteria.get("stackLevel")
         sources = criteria.get("chargingLimitSource")
         return [p for p in self._everything()
-                if (evse_id is None or p.evse_id == evse_id)
+                if self.expressible(p) and (evse_id is None or p.evse_id == evse_id)
                 and (not ids or p.id in ids)
-                and (purpose is None or p.purpose == PURPOSES.get(purpose))
+                and (purpose is None or p.purpose == PURPOSES.get(purpose, purpose))
                 and (level is None or p.stack_level == level)
                 and (not sources or limit_source(p) in sources)]
 
@@ -438,7 +466,7 @@ class SmartCharging(VariableBlock):
         out: list[dict] = []
         for (evse_id, source), profiles in sorted(groups.items()):
             header = {"requestId": request_id, "chargingLimitSource": source, "evseId": evse_id}
-            entries = [from_profile(q) for q in sorted(profiles,
+            entries = [self.render_profile(q) for q in sorted(profiles,
                                                        key=lambda q: (q.stack_level, q.id))]
             for chunk in split_report(entries, header, items, size):
                 out.append({**header, "chargingProfile": chunk, "tbc": True})
@@ -468,7 +496,7 @@ class SmartCharging(VariableBlock):
             purpose = criteria.get("chargingProfilePurpose")
             chosen = [q for q in self._everything()
                       if (criteria.get("evseId") is None or q.evse_id == criteria["evseId"])
-                      and (purpose is None or q.purpose == PURPOSES.get(purpose))
+                      and (purpose is None or q.purpose == PURPOSES.get(purpose, purpose))
                       and (criteria.get("stackLevel") is None
                            or q.stack_level == criteria["stackLevel"])]
         external = [q.id for q in chosen if q.purpose == Purpose.EXTERNAL]

@@ -17,7 +17,10 @@ The CSMS calculates; the station shows (:mod:`agent.core.cost` keeps it, the dis
   answer replaces the tariff text during the transaction.
 
 Amounts are in the TariffCostCtrlr.Currency (ISO 4217). The 2.1 local cost calculation
-(tariff structures, I07-I12) is not part of 2.0.1.
+(tariff structures, I07-I12) is not part of 2.0.1. On 2.1 the same block serves: a
+TransactionEventResponse may add ``updatedPersonalMessageExtra`` (the tariff text in more
+languages), of which the driver's language is shown; a QRCODE text is not shown (the fallback
+is), like HTML and URI.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from agent.core.cost import (
     CostError,
     Tariff,
 )
+from agent.core.display import SHOWN_FORMATS, primary
 from agent.core.model import Token
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro, rw
@@ -55,6 +59,23 @@ def tariff_of(content: Any) -> Tariff | None:
         return None
     return Tariff(content["content"], content.get("language"),
                   str(content.get("format") or "UTF8"))
+
+
+def tariff_in(main: Any, extra: Any, languages: tuple[str, ...]) -> Tariff | None:
+    """The tariff text among ``main`` and its translations (2.1 ``...Extra``, a list of
+    MessageContentType) in the first of the driver's ``languages`` that it has, else the
+    main one (None when there is no text at all)."""
+    first = tariff_of(main)
+    if first is None:
+        return None
+    others = [t for t in (tariff_of(x) for x in extra) if t is not None] \
+        if isinstance(extra, list) else []
+    wanted = [primary(lang) for lang in languages]
+    for lang in wanted:
+        for t in [first, *others]:
+            if lang and primary(t.language) == lang and t.format in SHOWN_FORMATS:
+                return t
+    return first
 
 
 def languages_of(info: Any) -> tuple[str, ...]:
@@ -117,7 +138,10 @@ class TariffCost(VariableBlock):
         evse = item.payload.get("evse")
         evse_id = int(evse["id"]) if isinstance(evse, dict) and "id" in evse else 0
         info = result.get("idTokenInfo")
-        tariff = tariff_of(result.get("updatedPersonalMessage")) or (
+        known = costs.of(local_id)
+        languages = languages_of(info) or (known.languages if known is not None else ())
+        tariff = tariff_in(result.get("updatedPersonalMessage"),
+                           result.get("updatedPersonalMessageExtra"), languages) or (
             tariff_of(info.get("personalMessage")) if isinstance(info, dict) else None)
         if tariff is not None:
             costs.tariff_update(local_id, evse_id, tariff, languages_of(info))

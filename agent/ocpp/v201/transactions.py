@@ -55,6 +55,8 @@ END_TRIGGER = {
     StopReason.TIMEOUT: "EVConnectTimeout",
     StopReason.STOPPED_BY_EV: "ChargingStateChanged",
     StopReason.OTHER: "AbnormalCondition",
+    StopReason.ENERGY_LIMIT: "EnergyLimitReached",  # 2.1 E16 transaction limits
+    StopReason.TIME_LIMIT: "TimeLimitReached",
 }
 STOPPED_REASON = {
     StopReason.LOCAL: "Local",
@@ -70,9 +72,12 @@ STOPPED_REASON = {
     StopReason.TIMEOUT: "Timeout",
     StopReason.STOPPED_BY_EV: "StoppedByEV",
     StopReason.OTHER: "Other",
+    StopReason.ENERGY_LIMIT: "EnergyLimitReached",
+    StopReason.TIME_LIMIT: "TimeLimitReached",
 }
 DEAUTH_TRIGGER = {"Local": "StopAuthorized", "Remote": "RemoteStop",
-                  "DeAuthorized": "Deauthorized"}
+                  "DeAuthorized": "Deauthorized", "EnergyLimitReached": "EnergyLimitReached",
+                  "TimeLimitReached": "TimeLimitReached"}
 # Session events that change the charging state, reported (settled) with this trigger.
 EVENT_TRIGGER = {"ev_disconnected": "EVCommunicationLost",
                  "connection_timeout": "EVConnectTimeout"}
@@ -115,6 +120,9 @@ class Transactions(VariableBlock):
         self._tokens: dict[int, Token] = {}  # the token of each EVSE's last authorization
         self._expected: dict[int, Token] = {}  # tokens of remote starts under way
         self._reservation_told: set[str] = set()  # transactions whose reservationId went
+        # idToken.additionalInfo a remote start gave its token (e.g. 2.1 ad hoc payment
+        # references), echoed wherever the transaction names that token.
+        self._additional: dict[str, list[dict]] = {}
 
     # ------------------------------------------------------------------ the core's rules
 
@@ -132,10 +140,15 @@ class Transactions(VariableBlock):
             points.add(TxPoint.EV_CONNECTED)
         return frozenset(points) or frozenset({TxPoint.POWER_PATH_CLOSED})
 
-    def expect_token(self, evse_id: int, token: Token) -> None:
+    def expect_token(self, evse_id: int, token: Token,
+                     additional: list[dict] | None = None) -> None:
         """A remote start is about to authorize ``token`` on ``evse_id`` (its type is the
-        CSMS's, e.g. Central)."""
+        CSMS's, e.g. Central; ``additional``: its idToken.additionalInfo)."""
         self._expected[evse_id] = token
+        if additional:
+            self._additional[token.id] = additional
+            while len(self._additional) > 2 * max(1, len(self.station.evses)):
+                del self._additional[next(iter(self._additional))]  # starts that never began
 
     # ------------------------------------------------------------------ core events
 
@@ -213,7 +226,8 @@ class Transactions(VariableBlock):
         stopped = STOPPED_REASON.get(reason, "Other")
         deauth = snap.deauth_reason
         if reason == StopReason.EV_DISCONNECTED and deauth in (
-                StopReason.LOCAL, StopReason.REMOTE, StopReason.DEAUTHORIZED):
+                StopReason.LOCAL, StopReason.REMOTE, StopReason.DEAUTHORIZED,
+                StopReason.ENERGY_LIMIT, StopReason.TIME_LIMIT):
             stopped = deauth.value  # stopped earlier by a card or the CSMS, ended by the unplug
         self._ensure_started(tx)
         meter = [mv for v in self.station.metering.collected(tx)
@@ -229,6 +243,7 @@ class Transactions(VariableBlock):
             token = Token(stopper, tx.token_type or "ISO14443")  # another card of the group
         self._event(tx, "Ended", trigger, charging_state=snap.charging_state,
                     stopped_reason=stopped, meter=meter, timestamp=tx.stopped_at, token=token)
+        self._additional.pop(tx.id_token, None)
         self._state_sent.pop(tx.local_id, None)
 
     def transaction_recovered(self, tx: TxRecord) -> None:
@@ -304,11 +319,12 @@ class Transactions(VariableBlock):
                charging_state: str | None = None, token: Token | None = None,
                meter: list[dict] | None = None, stopped_reason: str | None = None,
                remote_start_id: int | None = None, timestamp: str | None = None,
-               offline: bool | None = None) -> None:
-        """Queue one TransactionEvent with the next seqNo, in one commit."""
+               offline: bool | None = None, more_info: dict | None = None) -> None:
+        """Queue one TransactionEvent with the next seqNo, in one commit (``more_info``:
+        further transactionInfo fields, e.g. 2.1's transactionLimit)."""
         if event_type != "Started":
             self._ensure_started(tx)
-        info: dict[str, Any] = {"transactionId": tx.local_id}
+        info: dict[str, Any] = {"transactionId": tx.local_id, **(more_info or {})}
         if charging_state is not None:
             info["chargingState"] = charging_state
             self._state_sent[tx.local_id] = charging_state
@@ -325,6 +341,8 @@ class Transactions(VariableBlock):
             payload["offline"] = True
         if token is not None:
             payload["idToken"] = id_token(token, self.adapter.version)
+            if token.id in self._additional:
+                payload["idToken"]["additionalInfo"] = self._additional[token.id]
         if (tx.reservation_id is not None and tx.local_id not in self._reservation_told
                 and (event_type == "Started" or trigger in ("Authorized", "RemoteStart"))):
             # H03: the reservation this transaction ends; on its Started event, or on the
@@ -336,13 +354,32 @@ class Transactions(VariableBlock):
             self._reservation_told.discard(tx.local_id)
         if meter:
             payload["meterValue"] = meter
+        for block in self.adapter.blocks:  # fields other blocks add (2.1 tariffId, costDetails)
+            extend = getattr(block, "transaction_event_extra", None)
+            if extend is not None:
+                extend(tx, payload)
+        # An event of a running transaction stamped now also journals the reading now, in the
+        # same commit (as 1.6 does for its MeterValues): a power-loss Ended, stamped at the
+        # last journalled reading, then never predates an event or reports less energy than a
+        # sample the CSMS already has (found by tests/soak/power_cuts.py).
+        journal = event_type == "Updated" and timestamp is None
+        reading = self.station.evses[tx.evse_id].reading if journal else None
         with self.storage.atomic():
             payload["seqNo"] = self.storage.tx_next_seq(tx.local_id)
             self.adapter.enqueue("TransactionEvent", payload, tx_ref=tx.local_id)
+            if journal:
+                wh = reading.energy_import_wh if reading is not None else tx.last_meter_wh
+                self.storage.tx_meter(tx.local_id, wh, payload["timestamp"])
+        if journal:
+            tx.last_meter_wh, tx.last_meter_at = wh, payload["timestamp"]
 
     def updated(self, tx: TxRecord, trigger: str, *, meter: list[dict]) -> None:
         """An Updated event carrying meter values (MeterValuePeriodic, MeterValueClock)."""
         self._event(tx, "Updated", trigger, meter=meter)
+
+    def limit_set(self, tx: TxRecord, limit: dict[str, Any]) -> None:
+        """2.1 E16: the limits now in force for the transaction (Updated, LimitSet)."""
+        self._event(tx, "Updated", "LimitSet", more_info={"transactionLimit": limit})
 
     def triggered(self, evse_ids: list[int]) -> None:
         """TriggerMessage(TransactionEvent): an Updated of each running transaction (F06)."""
@@ -356,6 +393,22 @@ class Transactions(VariableBlock):
                         meter=meter)
 
     # ------------------------------------------------------------------ outbox hooks
+
+    def prepare_outbox(self, item: OutboxItem, payload: dict) -> dict:
+        """A TransactionEvent queued under 2.1 (TxResumed, E17) that a 2.0.1 CSMS gets after
+        the station changed versions says its trigger in 2.0.1 words."""
+        if self.adapter.version == VERSION and payload.get("triggerReason") == "TxResumed":
+            payload = {**payload, "triggerReason": "ChargingStateChanged"}
+        if self.adapter.version == VERSION and ("costDetails" in payload or "tariffId" in
+                                                payload["transactionInfo"]):
+            # 2.1 local cost (its trigger reasons are 2.1's too): 2.0.1 has neither field.
+            info = {k: v for k, v in payload["transactionInfo"].items() if k != "tariffId"}
+            trigger = payload["triggerReason"]
+            payload = {**{k: v for k, v in payload.items() if k != "costDetails"},
+                       "transactionInfo": info,
+                       "triggerReason": "ChargingStateChanged" if trigger in (
+                           "RunningCost", "TariffChanged") else trigger}
+        return payload
 
     def outbox_result(self, item: OutboxItem, result: dict) -> None:
         """Runs inside the SQLite transaction that acks the item (see OutboxSender)."""

@@ -21,18 +21,33 @@ from typing import Any
 from agent.ocpp import v201
 from agent.ocpp.blocks import Block
 from agent.ocpp.registry import VersionSpec
+from agent.ocpp.v21.certificates import Certificates21
+from agent.ocpp.v21.der import Der21
 from agent.ocpp.v21.diagnostics import Diagnostics21
+from agent.ocpp.v21.display import DisplayMessages21
+from agent.ocpp.v21.event_streams import EventStreams
+from agent.ocpp.v21.firmware import Firmware21
+from agent.ocpp.v21.local_cost import LocalCost21
+from agent.ocpp.v21.monitoring import Monitoring21
 from agent.ocpp.v21.network import NetworkProfiles21
 from agent.ocpp.v21.provisioning import Provisioning21
 from agent.ocpp.v21.security import Security21
 from agent.ocpp.v21.smart_charging import SmartCharging21
+from agent.ocpp.v21.transaction_limits import TransactionLimits21
+from agent.ocpp.v21.transactions import Transactions21
 from agent.ocpp.v21.unsupported import Unsupported21
+from agent.ocpp.v21.v2x import V2x21
+from agent.ocpp.v201.certificates import Certificates
 from agent.ocpp.v201.device_model import factory_names as factory_names_201
 from agent.ocpp.v201.diagnostics import Diagnostics
+from agent.ocpp.v201.display import DisplayMessages
+from agent.ocpp.v201.firmware import Firmware
+from agent.ocpp.v201.monitoring import Monitoring
 from agent.ocpp.v201.network import NetworkProfiles
 from agent.ocpp.v201.provisioning import Provisioning
 from agent.ocpp.v201.security import Security
 from agent.ocpp.v201.smart_charging import SmartCharging
+from agent.ocpp.v201.transactions import Transactions
 
 # 2.0.1 block -> its 2.1 form (only where 2.1 changed the block's messages).
 REPLACED: dict[type[Block], type[Block]] = {
@@ -41,9 +56,15 @@ REPLACED: dict[type[Block], type[Block]] = {
     NetworkProfiles: NetworkProfiles21,
     SmartCharging: SmartCharging21,
     Diagnostics: Diagnostics21,
+    DisplayMessages: DisplayMessages21,
+    Firmware: Firmware21,
+    Monitoring: Monitoring21,
+    Transactions: Transactions21,
+    Certificates: Certificates21,
 }
 # Blocks 2.1 has and 2.0.1 has not.
-ADDED: tuple[type[Block], ...] = (Unsupported21,)
+ADDED: tuple[type[Block], ...] = (TransactionLimits21, EventStreams, LocalCost21, V2x21,
+                                  Der21, Unsupported21)
 
 
 def carried_over(blocks: tuple[type[Block], ...]) -> tuple[type[Block], ...]:
@@ -58,6 +79,12 @@ def factory_names(defaults: dict[str, Any]) -> dict[str, Any]:
     return factory_names_201(defaults, BLOCKS)
 
 
+def _activate(adapter: Any) -> None:
+    """2.0.1's rules, and E17: transactions a restart interrupted may resume."""
+    v201.SPEC.activate(adapter)
+    adapter.station.use_resumption(adapter.block(Transactions21).resumption)
+
+
 SPEC: VersionSpec = replace(
     v201.SPEC,
     version="2.1",
@@ -65,4 +92,5 @@ SPEC: VersionSpec = replace(
     blocks=BLOCKS,
     # The other hooks are 2.0.1's: they find their blocks by class, and a 2.1 subclass is one.
     factory_names=factory_names,
+    activate=_activate,
 )

@@ -10,8 +10,9 @@ without treating it as an error.
 
 The 2.0.1 actions that 2.1 kept (SetDisplayMessage, CustomerInformation, ...) keep their
 2.0.1 answers (:mod:`agent.ocpp.v201.unsupported`, carried over).  A feature that gets built
-moves its actions out of this table into its own block (issue 17: V2X, DER, local cost; later:
-periodic event streams, dynamic profiles, priority charging).
+moves its actions out of this table into its own block (built: dynamic profiles and
+priority charging, smart_charging.py; periodic event streams, event_streams.py; local cost
+calculation, local_cost.py; V2X, v2x.py; DER control, der.py).
 """
 
 from __future__ import annotations
@@ -24,28 +25,6 @@ NOT_SUPPORTED = "NotSupported"
 
 # action -> the status answer, or (NOT_SUPPORTED, the missing feature in words).
 UNSUPPORTED_ANSWERS_21: dict[str, dict | tuple[str, str]] = {
-    "AFRRSignal": (NOT_SUPPORTED, "aFRR signals (V2X) are not supported by this station"),
-    "NotifyAllowedEnergyTransfer": (NOT_SUPPORTED, "bidirectional energy transfer (V2X) is "
-                                                   "not supported by this station"),
-    "SetDERControl": {"status": "NotSupported"},
-    "GetDERControl": {"status": "NotSupported"},
-    "ClearDERControl": {"status": "NotSupported"},
-    "SetDefaultTariff": (NOT_SUPPORTED, "tariffs (local cost calculation) are not supported "
-                                        "by this station"),
-    "GetTariffs": (NOT_SUPPORTED, "tariffs (local cost calculation) are not supported by "
-                                  "this station"),
-    "ClearTariffs": (NOT_SUPPORTED, "tariffs (local cost calculation) are not supported by "
-                                    "this station"),
-    "ChangeTransactionTariff": (NOT_SUPPORTED, "tariffs (local cost calculation) are not "
-                                               "supported by this station"),
-    "AdjustPeriodicEventStream": (NOT_SUPPORTED, "periodic event streams are not supported "
-                                                 "by this station"),
-    "GetPeriodicEventStream": (NOT_SUPPORTED, "periodic event streams are not supported by "
-                                              "this station"),
-    "UpdateDynamicSchedule": (NOT_SUPPORTED, "dynamic charging profiles are not supported by "
-                                             "this station"),
-    "UsePriorityCharging": (NOT_SUPPORTED, "priority charging is not supported by this "
-                                           "station"),
     "RequestBatterySwap": (NOT_SUPPORTED, "this station does not swap batteries"),
     "NotifyWebPaymentStarted": (NOT_SUPPORTED, "web payments are not supported by this "
                                                "station"),
