@@ -31,11 +31,11 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from agent.clock import parse_iso
 from agent.core.firmware import PLAIN_STATUSES, FirmwareJob, FirmwareRequest, FirmwareService
 from agent.core.settings import SettingDef
 from agent.link.rpc import OcppCallError
 from agent.ocpp.blocks import Block, handles
+from agent.ocpp.firmware_json import signed_request, when
 from agent.storage import OutboxItem
 from agent.transfer.protocols import PROTOCOLS
 
@@ -66,13 +66,7 @@ class Firmware(Block):
         return getattr(self.station, "firmware", None)
 
     def _when(self, text: str | None, field: str) -> Any:
-        if text is None:
-            return None
-        try:
-            return parse_iso(text)
-        except ValueError:
-            log.warning("%s %r is not a date-time; taken as now", field, text)
-            return self.clock.now()
+        return when(text, field, self.clock)
 
     # ------------------------------------------------------------------ requests
 
@@ -97,14 +91,7 @@ class Firmware(Block):
         service = self.service
         if service is None:
             return {"status": "Rejected"}
-        fw = p["firmware"]
-        request = FirmwareRequest(
-            location=fw["location"],
-            retrieve_at=self._when(fw["retrieveDateTime"], "retrieveDateTime"),
-            install_at=self._when(fw.get("installDateTime"), "installDateTime"),
-            retries=p.get("retries"), retry_interval_s=p.get("retryInterval"),
-            request_id=p["requestId"], signing_certificate=fw.get("signingCertificate"),
-            signature=fw.get("signature"), signed=True)
+        request = signed_request(p, self.clock)
         answer = service.request(request, after_answer=self.adapter.after_answer)
         return {"status": answer.value}
 

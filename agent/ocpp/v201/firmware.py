@@ -37,9 +37,9 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from agent.clock import parse_iso
-from agent.core.firmware import FirmwareJob, FirmwareRequest, FirmwareService
+from agent.core.firmware import FirmwareJob, FirmwareService
 from agent.ocpp.blocks import handles
+from agent.ocpp.firmware_json import signed_request
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, rw
 from agent.ocpp.v201.provisioning import BOOT_REASON
 
@@ -81,14 +81,6 @@ class Firmware(VariableBlock):
         if service is not None:
             service.allow_new_sessions = lambda: self.dm.flag(*ALLOW_NEW_SESSIONS)
 
-    def _when(self, text: str | None, field: str) -> Any:
-        if text is None:
-            return None
-        try:
-            return parse_iso(text)
-        except ValueError:
-            log.warning("%s %r is not a date-time; taken as now", field, text)
-            return self.clock.now()
 
     # ------------------------------------------------------------------ L01 / L02
 
@@ -98,14 +90,7 @@ class Firmware(VariableBlock):
         if service is None:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRequest"}}
         self.activate()
-        fw = p["firmware"]
-        request = FirmwareRequest(
-            location=fw["location"],
-            retrieve_at=self._when(fw["retrieveDateTime"], "retrieveDateTime"),
-            install_at=self._when(fw.get("installDateTime"), "installDateTime"),
-            retries=p.get("retries"), retry_interval_s=p.get("retryInterval"),
-            request_id=p["requestId"], signing_certificate=fw.get("signingCertificate"),
-            signature=fw.get("signature"), signed=True)
+        request = signed_request(p, self.clock)
         answer = service.request(request, after_answer=self.adapter.after_answer)
         return {"status": answer.value}
 

@@ -1,0 +1,37 @@
+"""The signed firmware request as both versions spell it: the 1.6 security extension's
+SignedUpdateFirmware and 2.0.1 / 2.1 UpdateFirmware carry the same ``firmware`` object, so the
+mapping to the core's :class:`FirmwareRequest` is written once here."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from agent.clock import Clock, parse_iso
+from agent.core.firmware import FirmwareRequest
+
+log = logging.getLogger("cp_agent.firmware")
+
+
+def when(text: str | None, field: str, clock: Clock) -> datetime | None:
+    """A request's date-time; one the CSMS garbled is taken as now (logged), not refused:
+    the schema already checked it is a string, and an update should not fail on it."""
+    if text is None:
+        return None
+    try:
+        return parse_iso(text)
+    except ValueError:
+        log.warning("%s %r is not a date-time; taken as now", field, text)
+        return clock.now()
+
+
+def signed_request(p: dict, clock: Clock) -> FirmwareRequest:
+    """SignedUpdateFirmware (1.6) / UpdateFirmware (2.x) -> the core's request."""
+    fw = p["firmware"]
+    return FirmwareRequest(
+        location=fw["location"],
+        retrieve_at=when(fw["retrieveDateTime"], "retrieveDateTime", clock),
+        install_at=when(fw.get("installDateTime"), "installDateTime", clock),
+        retries=p.get("retries"), retry_interval_s=p.get("retryInterval"),
+        request_id=p["requestId"], signing_certificate=fw.get("signingCertificate"),
+        signature=fw.get("signature"), signed=True)
