@@ -108,6 +108,9 @@ async def test_the_worked_example_period_by_period(version, short_dir):
     """The README's walk through the example: the limit and the offer at every period."""
     async with rig(version, short_dir) as (csms, make):
         agent = await make()
+        # The CSMS's time moves with the station's fake time: a Heartbeat answered in real
+        # time would otherwise set the station clock back in the middle of the schedule.
+        csms.now = agent.clock.now
         await online(agent)
         clock: FakeClock = agent.clock  # type: ignore[assignment]
         link = await csms.wait_station("CP1")

@@ -122,6 +122,7 @@ async def until(agent: Any, at: datetime, before: float, *, expect_before: float
 async def test_three_period_profile_moves_the_pilot_at_its_boundaries(kit, short_dir):
     async with rig(kit.version, short_dir) as (csms, make):
         agent = await make()
+        csms.now = agent.clock.now  # a Heartbeat answer must not set the fake clock back
         await timing_online(agent)
         await kit.charging(agent, csms)
         full = agent.station.evses[1].max_current_a
@@ -139,6 +140,7 @@ async def test_three_period_profile_moves_the_pilot_at_its_boundaries(kit, short
 async def test_limit_below_minimum_suspends_and_a_later_period_resumes(kit, short_dir):
     async with rig(kit.version, short_dir) as (csms, make):
         agent = await make()
+        csms.now = agent.clock.now  # a Heartbeat answer must not set the fake clock back
         await timing_online(agent)
         await kit.charging(agent, csms)
         start = await station_max(kit, csms, agent, [(0, 12), (300, 4), (900, 8)])
@@ -163,6 +165,7 @@ async def test_profiles_keep_applying_while_offline(kit, short_dir):
     """2.0.1 K06 (and 1.6 alike): the schedule is the station's once installed."""
     async with rig(kit.version, short_dir) as (csms, make):
         agent = await make()
+        csms.now = agent.clock.now  # a Heartbeat answer must not set the fake clock back
         await timing_online(agent)
         await kit.charging(agent, csms)
         # A short period: while offline the link retries every 0.05-0.2 s of fake time.
@@ -181,6 +184,7 @@ async def test_profiles_keep_applying_while_offline(kit, short_dir):
 async def test_schedule_is_resumed_after_a_restart(kit, short_dir):
     async with rig(kit.version, short_dir) as (csms, make):
         agent = await make()
+        csms.now = agent.clock.now  # a Heartbeat answer must not set the fake clock back
         await timing_online(agent)
         start = await station_max(kit, csms, agent, [(0, 12), (3600, 7)])
         await agent.stop()
