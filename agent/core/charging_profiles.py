@@ -747,7 +747,7 @@ class ChargingProfiles:
                 delay = min(MAX_SLEEP_S, max(0.0, (soonest - self.clock.now()).total_seconds()))
             if self._wake.is_set():
                 continue
-            sleeper = asyncio.ensure_future(self.clock.sleep(delay))
+            sleeper = asyncio.ensure_future(self._sleep_until(soonest, delay))
             waker = asyncio.ensure_future(self._wake.wait())
             due = None
             try:
@@ -758,6 +758,15 @@ class ChargingProfiles:
                 sleeper.cancel()
                 waker.cancel()
                 await asyncio.gather(sleeper, waker, return_exceptions=True)
+
+    async def _sleep_until(self, soonest: datetime | None, delay: float) -> None:
+        """Sleep until ``soonest``, measured when the sleep begins: a task starts on a later
+        turn of the loop than it was made on, and time may have moved in between (a clock
+        correction; a test advancing its fake clock), which a delay computed before would
+        then overshoot by."""
+        if soonest is not None and delay < MAX_SLEEP_S:
+            delay = min(delay, max(0.0, (soonest - self.clock.now()).total_seconds()))
+        await self.clock.sleep(delay)
 
     async def evaluated(self, timeout: float = 5.0) -> None:
         """Until the scheduler has run once more after now (tests, bench)."""
