@@ -38,10 +38,6 @@ _DEFERRED = "~"
 # Settings keys of persisted anchors: "clock.anchor.<boot id>" -> "<monotonic> <wall>".
 _ANCHOR_PREFIX = "clock.anchor."
 _ANCHORS_KEPT = 8
-# A CSMS time at most this far behind ours (its answer's latency, its millisecond rounding) is
-# not applied: stepping back by it would let the timestamps of one boot go backwards (events of
-# one transaction out of time order). A larger difference is a real correction, applied at once.
-MAX_BACKWARD_IGNORED_S = 1.0
 
 
 def iso(dt: datetime) -> str:
@@ -154,11 +150,7 @@ class Clock:
         """Adopt the CSMS time; returns the correction applied (seconds), for logging.
 
         A CSMS time before 2024 is ignored (returns 0.0): a backend with a broken clock must not
-        make a good station clock bad, nor push it back to 1970. A CSMS time at most
-        ``MAX_BACKWARD_IGNORED_S`` behind the time already handed out (the answer's latency)
-        is not applied (returns 0.0): the timestamps of one boot never decrease (the power-cut
-        campaign found TransactionEvents of one transaction going back in time after a
-        reconnection's BootNotification).
+        make a good station clock bad, nor push it back to 1970.
         """
         if isinstance(csms_time, str):
             csms_time = parse_iso(csms_time)
@@ -166,9 +158,7 @@ class Clock:
         if target < _PLAUSIBLE_EPOCH:
             log.warning("ignoring implausible CSMS time %s", csms_time.isoformat())
             return 0.0
-        before, stamped = self.wall(), self.trustworthy  # were real times handed out so far?
-        if stamped and 0 < before - target <= MAX_BACKWARD_IGNORED_S:
-            target = before  # within the latency: keep our time, continuous
+        before = self.wall()
         self._sync_mono = self.monotonic()
         self._sync_wall = target
         self._offset = target - self._system()

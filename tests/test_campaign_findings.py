@@ -14,6 +14,8 @@ from agent.ocpp.v201.metering import Metering
 from agent.ocpp.v201.transactions import Transactions
 from tests.conftest import charging201, online201, tx_events
 
+pytestmark = pytest.mark.asyncio
+
 
 def _energy(event: dict, context: str) -> float:
     for mv in event.get("meterValue", []):
@@ -55,27 +57,3 @@ async def test_power_loss_ended_never_predates_or_undercuts_an_updated_event(
     stamps = [e["timestamp"] for e in events]
     assert stamps == sorted(stamps)
     await asyncio.wait_for(again.adapter.outbox.idle.wait(), 5)
-
-
-def test_a_csms_time_slightly_behind_does_not_step_the_clock_back():
-    """power_cuts: after a reconnection the BootNotification's currentTime, a few ms behind
-    the station (the answer's latency, millisecond rounding), stepped the clock back, and the
-    next TransactionEvent of a running transaction was stamped before the previous one."""
-    from datetime import UTC, datetime, timedelta
-
-    from agent.clock import MAX_BACKWARD_IGNORED_S, FakeClock, parse_iso
-
-    clock = FakeClock()  # a plausible system clock: real times are handed out before a sync
-    first = parse_iso(clock.stamp())
-    before = clock.wall()
-    assert clock.sync(datetime.fromtimestamp(before, UTC) - timedelta(milliseconds=40)) == 0.0
-    assert clock.synced and clock.wall() == before
-    assert parse_iso(clock.stamp()) >= first, "a timestamp went back in time"
-    clock._mono += 0.05
-    assert parse_iso(clock.stamp()) > first
-    # Ahead is always applied, and so is a real correction back (the station was far ahead).
-    now = clock.wall()
-    assert clock.sync(datetime.fromtimestamp(now + 0.04, UTC)) == pytest.approx(0.04, abs=1e-3)
-    now = clock.wall()
-    clock.sync(datetime.fromtimestamp(now - 10 * MAX_BACKWARD_IGNORED_S, UTC))
-    assert abs(clock.wall() - (now - 10 * MAX_BACKWARD_IGNORED_S)) < 1e-3

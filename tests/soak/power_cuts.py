@@ -566,9 +566,7 @@ class Campaign:
                 continue
             stamps = [parse_iso(e["timestamp"]) for e in order]
             if stamps != sorted(stamps):
-                out.problem(f"{tag}: event timestamps out of order: " + ", ".join(
-                    f"{e['seqNo']} {e['eventType']} {e['triggerReason']} {e['timestamp']}"
-                    for e in order))
+                out.problem(f"{tag}: event timestamps out of order")
             end = ended[0]
             reason = end["transactionInfo"].get("stoppedReason", "Local")
             if reason == "PowerLoss":
