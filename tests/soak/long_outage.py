@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -181,6 +182,7 @@ async def day_offline(version: str, messages: int, hours: float,
     finally:
         await agent.stop()
         await csms.stop()
+        shutil.rmtree(state, ignore_errors=True)
     return out
 
 
@@ -328,6 +330,7 @@ async def disk_full(version: str, problems: list[str]) -> dict:
         if not agent._stopped:
             await agent.stop()
         await csms.stop()
+        shutil.rmtree(state, ignore_errors=True)
     return out
 
 

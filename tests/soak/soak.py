@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -127,6 +128,7 @@ async def soak(version: str, sessions: int, problems: list[str]) -> dict:
     finally:
         await agent.stop()
         await csms.stop()
+        shutil.rmtree(state, ignore_errors=True)
     elapsed = time.perf_counter() - t0
     tasks_after, fds_after = len(asyncio.all_tasks()), _fds()
     first, last = samples[0], samples[-1]
