@@ -358,3 +358,15 @@ class FakeClock(Clock):
         self._mono = target
         for _ in range(5):
             await asyncio.sleep(0)
+
+
+async def sleep_or(clock: Clock, seconds: float, event: asyncio.Event) -> None:
+    """Sleep ``seconds`` on the injected clock, but wake as soon as ``event`` is set: the one
+    way every loop of the agent waits for "the next due time, or something changed"."""
+    sleeper = asyncio.ensure_future(clock.sleep(seconds))
+    waker = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        waker.cancel()

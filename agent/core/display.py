@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.clock import Clock, parse_iso
+from agent.clock import Clock, parse_iso, sleep_or
 from agent.core.cost import Costs, TxCost
 from agent.core.model import ConnectorStatus, EvseSnapshot
 from agent.core.settings import SettingDef, Settings
@@ -422,13 +422,7 @@ class DisplayService:
     async def _sleep_or_dirty(self, seconds: float) -> None:
         if self._dirty.is_set():
             return
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._dirty.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_or(self.clock, seconds, self._dirty)
 
     async def redraw(self) -> bool:
         """Write the screen if what it should show changed; whether it was written."""

@@ -62,7 +62,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.clock import Clock, iso, parse_iso
+from agent.clock import Clock, iso, parse_iso, sleep_or
 from agent.platform.installer import Installer, InstallError
 from agent.transfer import download as dl
 
@@ -577,13 +577,7 @@ class FirmwareService:
         await self.installer.reboot()
 
     async def _wait_wake(self, timeout: float) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(timeout))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_or(self.clock, timeout, self._wake)
 
     async def _hold(self, job: FirmwareJob) -> None:
         """Make every operative EVSE Unavailable (at once if free, else when its transaction
@@ -611,13 +605,7 @@ class FirmwareService:
     async def _confirm_watch(self, job: FirmwareJob) -> None:
         assert job.confirm_by is not None
         remaining = min(max(job.confirm_by - self.clock.wall(), 0.0), self.confirm_timeout_s)
-        sleeper = asyncio.ensure_future(self.clock.sleep(remaining))
-        booted = asyncio.ensure_future(self._booted.wait())
-        try:
-            await asyncio.wait({sleeper, booted}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            booted.cancel()
+        await sleep_or(self.clock, remaining, self._booted)
         if self._booted.is_set():
             await self._confirm(job)
             return

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.clock import Clock, iso, parse_iso
+from agent.clock import Clock, iso, parse_iso, sleep_or
 from agent.core.settings import SettingDef, Settings
 from agent.storage import Storage, StorageError
 
@@ -408,16 +408,7 @@ class Reservations:
             if soonest is None:
                 await self._wake.wait()
                 continue
-            await self._sleep_or(max(0.0, soonest - self.clock.wall()))
-
-    async def _sleep_or(self, seconds: float) -> None:
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+            await sleep_or(self.clock, max(0.0, soonest - self.clock.wall()), self._wake)
 
 
 def _iso(epoch: float) -> str:

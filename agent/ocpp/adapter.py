@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.clock import Clock, parse_iso
+from agent.clock import Clock, parse_iso, sleep_or
 from agent.core.model import EvseSnapshot, StopReason, TxPoint, TxRecord
 from agent.core.security_events import SecurityEvent
 from agent.core.settings import Settings
@@ -208,13 +208,7 @@ class Adapter:
 
     async def sleep_or(self, seconds: float, event: asyncio.Event) -> None:
         """Sleep on the injected clock, but wake early when ``event`` is set."""
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        waker = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
+        await sleep_or(self.clock, seconds, event)
 
     # ------------------------------------------------------------------ one connection
 

@@ -8,7 +8,7 @@ import logging
 from datetime import datetime
 
 from agent.clock import Clock, parse_iso
-from agent.core.firmware import FirmwareRequest
+from agent.core.firmware import FirmwareRequest, FirmwareService
 
 log = logging.getLogger("cp_agent.firmware")
 
@@ -35,3 +35,13 @@ def signed_request(p: dict, clock: Clock) -> FirmwareRequest:
         retries=p.get("retries"), retry_interval_s=p.get("retryInterval"),
         request_id=p["requestId"], signing_certificate=fw.get("signingCertificate"),
         signature=fw.get("signature"), signed=True)
+
+
+def triggered_status(service: FirmwareService | None) -> dict:
+    """A triggered (Signed)FirmwareStatusNotification: the last status sent, with its
+    requestId, or Idle after the update ended (1.6 security extension and 2.x alike)."""
+    status, request_id = service.reported_status() if service is not None else ("Idle", None)
+    payload: dict = {"status": status}
+    if request_id is not None and status != "Idle":
+        payload["requestId"] = request_id
+    return payload

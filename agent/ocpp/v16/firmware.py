@@ -35,7 +35,7 @@ from agent.core.firmware import PLAIN_STATUSES, FirmwareJob, FirmwareRequest, Fi
 from agent.core.settings import SettingDef
 from agent.link.rpc import OcppCallError
 from agent.ocpp.blocks import Block, handles
-from agent.ocpp.firmware_json import signed_request, when
+from agent.ocpp.firmware_json import signed_request, triggered_status, when
 from agent.storage import OutboxItem
 from agent.transfer.protocols import PROTOCOLS
 
@@ -132,13 +132,7 @@ class Firmware(Block):
 
     async def send_signed_firmware_status(self, evse_id: int | None) -> None:
         """ExtendedTriggerMessage: the last status sent, Idle after Installed (L01.FR.28/29)."""
-        service = self.service
-        status, request_id = service.reported_status() if service is not None else ("Idle",
-                                                                                     None)
-        payload: dict = {"status": status}
-        if request_id is not None and status != "Idle":
-            payload["requestId"] = request_id
-        await self.adapter.send_quiet(SIGNED, payload)
+        await self.adapter.send_quiet(SIGNED, triggered_status(self.service))
 
     # ------------------------------------------------------------------ core events
 

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 
 from agent.core.firmware import FirmwareJob, FirmwareService
 from agent.ocpp.blocks import handles
-from agent.ocpp.firmware_json import signed_request
+from agent.ocpp.firmware_json import signed_request, triggered_status
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, rw
 from agent.ocpp.v201.provisioning import BOOT_REASON
 
@@ -112,13 +112,7 @@ class Firmware(VariableBlock):
         return payload
 
     async def send_firmware_status(self, evse_id: int | None) -> None:
-        service = self.service
-        status, request_id = service.reported_status() if service is not None else ("Idle",
-                                                                                     None)
-        payload: dict = {"status": status}
-        if request_id is not None and status != "Idle":
-            payload["requestId"] = request_id
-        await self.adapter.send_quiet(STATUS, payload)
+        await self.adapter.send_quiet(STATUS, triggered_status(self.service))
 
     # ------------------------------------------------------------------ core events
 
