@@ -14,8 +14,6 @@ from agent.ocpp.v201.metering import Metering
 from agent.ocpp.v201.transactions import Transactions
 from tests.conftest import charging201, online201, tx_events
 
-pytestmark = pytest.mark.asyncio
-
 
 def _energy(event: dict, context: str) -> float:
     for mv in event.get("meterValue", []):
@@ -57,3 +55,32 @@ async def test_power_loss_ended_never_predates_or_undercuts_an_updated_event(
     stamps = [e["timestamp"] for e in events]
     assert stamps == sorted(stamps)
     await asyncio.wait_for(again.adapter.outbox.idle.wait(), 5)
+
+
+def test_a_csms_time_slightly_behind_never_makes_a_timestamp_go_back():
+    """power_cuts: after a reconnection the BootNotification's currentTime, a few ms behind
+    the station (the answer's latency, millisecond rounding), stepped the clock back, and the
+    next TransactionEvent of a running transaction was stamped before the previous one. The
+    correction is adopted (the clock then runs on the CSMS's time) but held until it catches
+    up; a real correction back is applied at once."""
+    from datetime import UTC, datetime, timedelta
+
+    from agent.clock import MAX_BACKWARD_HELD_S, FakeClock, parse_iso
+
+    clock = FakeClock()  # a plausible system clock: real times are handed out before a sync
+    first = parse_iso(clock.stamp())
+    before = clock.wall()
+    correction = clock.sync(datetime.fromtimestamp(before, UTC) - timedelta(milliseconds=40))
+    assert correction == pytest.approx(-0.04, abs=1e-6)
+    assert clock.synced and clock.wall() == before, "the clock stepped back"
+    assert parse_iso(clock.stamp()) >= first
+    clock._mono += 0.03  # still behind the instant handed out: held
+    assert clock.wall() == before
+    clock._mono += 0.02  # caught up: the CSMS's time from now on, 10 ms past the hold
+    assert clock.wall() == pytest.approx(before + 0.01, abs=1e-6)
+    # Ahead is always applied at once, and so is a real correction back.
+    now = clock.wall()
+    assert clock.sync(datetime.fromtimestamp(now + 0.04, UTC)) == pytest.approx(0.04, abs=1e-3)
+    now = clock.wall()
+    clock.sync(datetime.fromtimestamp(now - 10 * MAX_BACKWARD_HELD_S, UTC))
+    assert clock.wall() == pytest.approx(now - 10 * MAX_BACKWARD_HELD_S, abs=1e-3)

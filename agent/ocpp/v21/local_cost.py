@@ -361,7 +361,9 @@ class LocalCost21(VariableBlock):
                 "TooManyTariffs", f"at most {MAX_DEFAULT_TARIFFS} default tariffs are "
                 "installed at once")}
         evses = set(self.station.evses) if evse_id == 0 else {evse_id}
-        now = self.clock.now()
+        # At the precision of the timestamps it is compared with (a transaction's start is
+        # stamped to the millisecond): a session started in the same millisecond is priced.
+        now = parse_iso(iso(self.clock.now()))
         if existing is None:
             self._seq += 1
             existing = Installed(raw, tariff, set(), now, self._seq)
