@@ -86,6 +86,9 @@ KITS = {
                "CentralSystemRootCertificate", "InvalidChargePointCertificate", False),
     "2.0.1": Kit("2.0.1", "TriggerMessage", "SignChargingStationCertificate",
                  CSMS_ROOT, "InvalidChargingStationCertificate", True),
+    # 2.1's own certificates block (GetCertificateChainStatus, the A-block changes).
+    "2.1": Kit("2.1", "TriggerMessage", "SignChargingStationCertificate",
+               CSMS_ROOT, "InvalidChargingStationCertificate", True),
 }
 
 
@@ -427,7 +430,7 @@ async def test_m05_m03_m04_install_list_delete(rig: Rig, ca: TestCa, tmp_path: P
     assert hashes == [crypto.hash_data(ca.cert, ca.cert)]
     status, hashes = await listed(r, "ManufacturerRootCertificate")
     assert hashes == [crypto.hash_data(mfr.cert, mfr.cert)]
-    if r.kit.version == "2.0.1":
+    if r.kit.version != "1.6":
         res = await r.link.call("GetInstalledCertificateIds", {})  # TC_M_18_CS: every type
         assert sorted(e["certificateType"] for e in res["certificateHashDataChain"]) == [
             CSMS_ROOT, "ManufacturerRootCertificate"]
@@ -437,12 +440,12 @@ async def test_m05_m03_m04_install_list_delete(rig: Rig, ca: TestCa, tmp_path: P
             "component": {"name": "SecurityCtrlr"},
             "variable": {"name": "CertificateEntries"}}]})
         assert entries["getVariableResult"][0]["attributeValue"] == "2"
-        # A 2.1 root type is not listed to a 2.0.1 CSMS (its schema has no such type).
+        # A 2.1 root type is listed to a 2.1 CSMS only (the 2.0.1 schema has no such type).
         oem = TestCa.create(tmp_path / "oem", "oem")
         assert r.store.install_root("OEMRootCertificate", oem.pem) == "Accepted"
         res = await r.link.call("GetInstalledCertificateIds", {})
-        assert "OEMRootCertificate" not in {e["certificateType"]
-                                            for e in res["certificateHashDataChain"]}
+        listed_types = {e["certificateType"] for e in res["certificateHashDataChain"]}
+        assert ("OEMRootCertificate" in listed_types) == (r.kit.version == "2.1")
     target = crypto.hash_data(mfr.cert, mfr.cert)
     res = await r.link.call("DeleteCertificate", {"certificateHashData": target})
     assert res["status"] == "Accepted"

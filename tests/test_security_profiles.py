@@ -25,7 +25,7 @@ from agent.testing.csms import TestCsms
 from tests.conftest import agent_config, eventually
 from tests.tls_certs import DAY, Issued, TestCa
 
-VERSIONS = ("1.6", "2.0.1")
+VERSIONS = ("1.6", "2.0.1", "2.1")  # 2.1 has its own network and security blocks
 PASSWORD = "first-password-0001"
 NEW_PASSWORD = "0123456789abcdefXYZ"
 

@@ -88,7 +88,11 @@ class Kit201(Kit):
         return p["transactionInfo"].get("chargingState") == "Charging"
 
 
-@pytest.fixture(params=[Kit16(), Kit201()], ids=["1.6", "2.0.1"])
+class Kit21(Kit201):
+    version = "2.1"  # the 2.0.1 messages carried over (2.1 adds optional fields only)
+
+
+@pytest.fixture(params=[Kit16(), Kit201(), Kit21()], ids=["1.6", "2.0.1", "2.1"])
 def kit(request: pytest.FixtureRequest) -> Kit:
     return request.param
 

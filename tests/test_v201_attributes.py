@@ -13,7 +13,10 @@ import pytest
 from agent.core.settings import Settings
 from agent.ocpp.v201.device_model import Attr, DeviceModel, VarDef
 from agent.storage import Storage
-from tests.conftest import charging201, eventually, online201
+from tests.conftest import charging201, eventually, on_versions_201_plus, online201
+
+# Every test here runs on 2.0.1 and 2.1 (2.1 carries these blocks over).
+v2 = on_versions_201_plus()
 
 EVSE1 = {"name": "EVSE", "evse": {"id": 1}}
 POWER = {"name": "Power"}

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 
 from agent.ocpp.v201.charging_limits import REPORT_INTERVAL_S, ChargingLimits, significant
-from tests.conftest import charging201, eventually, online, online201, tx_events, version_rig
+from tests.conftest import (
+    VERSIONS_201_PLUS,
+    charging201,
+    eventually,
+    online,
+    online201,
+    tx_events,
+    version_rig,
+)
 
 SID = "CP1"
 
@@ -29,7 +37,8 @@ def notifies(csms: Any) -> list[dict]:
 
 
 def block(agent: Any) -> ChargingLimits:
-    return agent.adapters["2.0.1"].block(ChargingLimits)
+    return next(agent.adapters[v] for v in ("2.0.1", "2.1") if v in agent.adapters).block(
+        ChargingLimits)
 
 
 async def looked(agent: Any) -> None:
@@ -49,8 +58,9 @@ def test_significance_is_relative_to_the_value_told():
     assert significant(0, 1, 10) and not significant(0, 0, 10)
 
 
-async def test_K11_K13_limit_notified_on_significant_changes_rate_and_clear(short_dir):
-    async with version_rig("2.0.1", short_dir, fake_clock=True) as (csms, make):
+@pytest.mark.parametrize("v2", VERSIONS_201_PLUS)
+async def test_K11_K13_limit_notified_on_significant_changes_rate_and_clear(v2, short_dir):
+    async with version_rig(v2, short_dir, fake_clock=True) as (csms, make):
         agent = await make()
         link = await online201(agent, csms)
         clock = agent.clock
@@ -104,9 +114,10 @@ async def test_K11_K13_limit_notified_on_significant_changes_rate_and_clear(shor
         assert len(notifies(csms)) == 3
 
 
-async def test_K12_load_management_limits_are_external_constraints(short_dir):
+@pytest.mark.parametrize("v2", VERSIONS_201_PLUS)
+async def test_K12_load_management_limits_are_external_constraints(v2, short_dir):
     site = "site: {max_current_a: 20}"
-    async with version_rig("2.0.1", short_dir, extra=site) as (csms, make):
+    async with version_rig(v2, short_dir, extra=site) as (csms, make):
         agent = await make()
         link = await online201(agent, csms)
         # the connection's limit for the whole station: no evseId, critical for the grid
@@ -131,8 +142,9 @@ async def test_K12_load_management_limits_are_external_constraints(short_dir):
                             predicate=lambda p: p.get("evseId") == 1)
 
 
-async def test_K11_variables_are_declared(short_dir):
-    async with version_rig("2.0.1", short_dir) as (csms, make):
+@pytest.mark.parametrize("v2", VERSIONS_201_PLUS)
+async def test_K11_variables_are_declared(v2, short_dir):
+    async with version_rig(v2, short_dir) as (csms, make):
         agent = await make()
         link = await online201(agent, csms)
         res = await link.call("GetVariables", {"getVariableData": [

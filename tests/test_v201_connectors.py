@@ -13,7 +13,10 @@ import asyncio
 import pytest
 
 from agent.testing.csms import TestCsms
-from tests.conftest import charging201, eventually, online, online201
+from tests.conftest import charging201, eventually, on_versions_201_plus, online, online201
+
+# Every test here runs on 2.0.1 and 2.1 (2.1 carries these blocks over).
+v2 = on_versions_201_plus()
 
 TWO_CONNECTORS = "evses: [{id: 1, connectors: [{id: 1, type: cType2}, {id: 2, type: cCCS2}]}]"
 TWO_EVSES = ("evses: [{id: 1, connectors: [{id: 1}, {id: 2}]}, "

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 
 from agent.testing.csms import TestCsms
-from tests.conftest import charging201, eventually, online201, tx_events
+from tests.conftest import charging201, eventually, on_versions_201_plus, online201, tx_events
+
+# Every test here runs on 2.0.1 and 2.1 (2.1 carries these blocks over).
+v2 = on_versions_201_plus()
 
 
 def statuses(csms: TestCsms, evse_id: int, since: int = 0) -> list[str]:
