@@ -24,9 +24,9 @@ from agent.core.cost import CostError, format_amount, to_decimal
 from agent.ocpp.v201 import display as display_block
 from agent.testing.csms import TestCsms
 from agent.web.view import SessionTracker, build_view
-from tests.conftest import eventually, online, online201, version_rig
+from tests.conftest import VERSIONS_201_PLUS, eventually, online, online201, version_rig
 
-VERSIONS = ("1.6", "2.0.1")
+VERSIONS = ("1.6", "2.0.1", "2.1")
 ENERGY = re.compile(r"^\d+\.\d\d kWh  \d+\.\d kW$")
 
 
@@ -81,24 +81,24 @@ def version(request: pytest.FixtureRequest) -> str:
 
 
 async def test_a_session_on_the_display(version, short_dir):
-    """Idle, authorized, charging with energy and power (and on 2.0.1 the tariff and the
-    running cost), finished with the total; the same screens on both versions, 1.6 without
+    """Idle, authorized, charging with energy and power (and on 2.x the tariff and the
+    running cost), finished with the total; the same screens on every version, 1.6 without
     cost. The content is in ``ctl status``, Agent.status() and the status page's JSON."""
     async with version_rig(version, short_dir) as (csms, make):
-        if version == "2.0.1":
+        if version != "1.6":
             personal(csms, "0.39 EUR/kWh")
             total_on_end(csms, 3.31)
         agent = await make()
         link = await up(agent, csms)
         await shows(agent, "Available", "Present your card")
         agent.hal.tap("TAG1")
-        tariff = ["0.39 EUR/kWh"] if version == "2.0.1" else []
+        tariff = ["0.39 EUR/kWh"] if version != "1.6" else []
         await shows(agent, "Authorized", "Plug in the cable", *tariff)
         agent.hal.plug(1)
         await shows(agent, "Charging")
         await eventually(lambda: ENERGY.match(screen(agent)[1]) is not None, "energy, power")
-        assert screen(agent)[2:] == ([*tariff, ""] if version == "2.0.1" else ["", ""])
-        if version == "2.0.1":
+        assert screen(agent)[2:] == ([*tariff, ""] if version != "1.6" else ["", ""])
+        if version != "1.6":
             await link.call("CostUpdated", {"totalCost": 1.1, "transactionId": tx_id(csms)})
             await eventually(lambda: screen(agent)[2:] == ["Cost 1.10 EUR", *tariff],
                              f"the running cost (screen {screen(agent)})")
@@ -107,7 +107,7 @@ async def test_a_session_on_the_display(version, short_dir):
         assert "|Charging            |" in render_status(agent.status())
         assert build_view(agent, SessionTracker(agent))["display"]["lines"] == screen(agent)
         agent.hal.tap("TAG1")  # the same card ends it; the EV is still plugged in
-        total = ["Total 3.31 EUR"] if version == "2.0.1" else []
+        total = ["Total 3.31 EUR"] if version != "1.6" else []
         await eventually(lambda: screen(agent)[0] == "Finished" and screen(agent)[2:] ==
                          [*total, "Please unplug", *([""] if version == "1.6" else [])],
                          f"the finished page (screen {screen(agent)})")
@@ -174,9 +174,10 @@ def message(mid: int, text: str, priority: str = "InFront", **more: Any) -> dict
                         "message": {"format": fmt, "content": text}, **more}}
 
 
-@pytest.fixture
-async def rig201(short_dir: Path) -> Any:
-    async with version_rig("2.0.1", short_dir) as (csms, make):
+@pytest.fixture(params=VERSIONS_201_PLUS)
+async def rig201(request: pytest.FixtureRequest, short_dir: Path) -> Any:
+    """A 2.0.1 rig, and a 2.1 one (whose display block is DisplayMessages21)."""
+    async with version_rig(request.param, short_dir) as (csms, make):
         yield csms, make
 
 
