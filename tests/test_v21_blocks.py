@@ -62,7 +62,8 @@ async def test_list_limits_are_max_elements_on_2_1_and_the_2_1_variables(short_d
         assert chars["maxElements"] == len(MEASURANDS_201) and "maxLimit" not in chars
         assert added <= set(report)
         limits = report[("TxCtrlr", "SupportedLimits")]["variableAttribute"][0]
-        assert limits["value"] == "maxEnergy,maxTime" and limits["mutability"] == "ReadOnly"
+        assert limits["value"] == "maxEnergy,maxTime,maxCost,maxSoC"
+        assert limits["mutability"] == "ReadOnly"
         types = report[("AuthCtrlr", "SupportedIdTokenTypes")]
         assert "VIN" in types["variableCharacteristics"]["valuesList"].split(",")
     else:
@@ -142,28 +143,46 @@ async def test_remote_start_with_a_2_1_only_profile_is_refused_and_starts_nothin
 # ---------------------------------------------------------------------- E16 limits
 
 
-def test_only_energy_and_time_limits_are_applied():
-    assert applicable({"maxEnergy": 5000, "maxTime": 60, "maxCost": 3.5, "maxSoC": 80}) == (
+def test_limits_are_applied_where_they_can_be_measured():
+    every = {"maxEnergy": 5000, "maxTime": 60, "maxCost": 3.5, "maxSoC": 80}
+    assert applicable(every) == (every, [])
+    measurable = {"maxEnergy", "maxTime"}  # a transaction the CSMS prices, an EV without SoC
+    assert applicable(every, lambda kind: kind in measurable) == (
         {"maxEnergy": 5000, "maxTime": 60}, ["maxCost", "maxSoC"])
     assert applicable({"maxEnergy": True, "maxTime": float("nan")}) == ({}, ["maxEnergy",
                                                                              "maxTime"])
     assert TransactionLimits21 in SPEC.blocks
 
 
-@pytest.mark.parametrize(("limit", "advance", "reason"), [
-    ({"maxEnergy": 60, "maxCost": 2.5}, 40.0, "EnergyLimitReached"),
-    ({"maxTime": 30}, 31.0, "TimeLimitReached"),
+TARIFF_25 = {"tariffId": "E25", "currency": "EUR", "energy": {"prices": [{"priceKwh": 0.25}]}}
+SOC_HAL = "hal: {driver: mock, ev_max_current_a: 16, v2x: {battery_wh: 2000, soc_percent: 50}}"
+
+
+@pytest.mark.parametrize(("limit", "advance", "reason", "stopped", "setup"), [
+    # no tariff: the CSMS prices the session, so its maxCost is not the station's to apply
+    ({"maxEnergy": 60, "maxCost": 2.5}, 40.0, "EnergyLimitReached", "EnergyLimitReached", ""),
+    ({"maxTime": 30}, 31.0, "TimeLimitReached", "TimeLimitReached", ""),
+    # 0.25 EUR/kWh: 0.02 EUR is 80 Wh (the mock EV takes 11 kW: about 26 s)
+    ({"maxCost": 0.02, "maxSoC": 99}, 60.0, "CostLimitReached", "LocalOutOfCredit", "tariff"),
+    # a 2 kWh battery at 50 %: 51 % is 20 Wh further
+    ({"maxSoC": 51}, 30.0, "SoCLimitReached", "SOCLimitReached", "soc"),
 ])
 async def test_E16_transaction_limit_is_confirmed_then_ends_the_transaction(
-        short_dir, limit, advance, reason):
+        short_dir, limit, advance, reason, stopped, setup):
     """A transactionLimit in a TransactionEventResponse: confirmed once with LimitSet (only
     the limits the station applies; repeated in every answer it changes nothing), persisted,
-    and the transaction ends when it is reached (trigger and stoppedReason say which)."""
+    and the transaction ends when it is reached (trigger and stoppedReason say which): energy
+    and time always, the cost when the station prices the session (a default tariff), the
+    state of charge when the EV reports one."""
     async with version_rig("2.1", short_dir, fake_clock=True) as (csms, make):
         csms.overrides["TransactionEvent"] = lambda lnk, p: {
             **csms._transaction_event(lnk, p), "transactionLimit": limit}
-        agent = await make()
-        await online201(agent, csms)
+        agent = await make(extra=SOC_HAL) if setup == "soc" else await make()
+        csms.now = agent.clock.now  # the CSMS's answers keep the fake clock's time
+        link = await online201(agent, csms)
+        if setup == "tariff":
+            res = await link.call("SetDefaultTariff", {"evseId": 0, "tariff": TARIFF_25})
+            assert res["status"] == "Accepted"
         started = await charging201(agent, csms)
         tx_id = started["transactionInfo"]["transactionId"]
         await csms.wait_for("TransactionEvent",
@@ -177,11 +196,17 @@ async def test_E16_transaction_limit_is_confirmed_then_ends_the_transaction(
         await asyncio.wait_for(agent.adapters["2.1"].outbox.idle.wait(), 5)
         assert agent.storage.get_setting(STORE_KEY) is None, "forgotten with its transaction"
     set_events = tx_events(csms, triggerReason="LimitSet")
-    applied = {k: v for k, v in limit.items() if k in ("maxEnergy", "maxTime")}
+    # the mock EV reports its state of charge; the cost is the station's with a tariff only
+    measurable = {"maxEnergy", "maxTime", "maxSoC"} | ({"maxCost"} if setup == "tariff"
+                                                       else set())
+    applied = {k: v for k, v in limit.items() if k in measurable}
     assert [e["transactionInfo"]["transactionLimit"] for e in set_events] == [applied]
     assert set_events[0]["transactionInfo"]["transactionId"] == tx_id
     assert ended["triggerReason"] == reason
-    assert ended["transactionInfo"]["stoppedReason"] == reason
+    assert ended["transactionInfo"]["stoppedReason"] == stopped
+    if setup == "tariff":
+        cost = ended["costDetails"]["totalCost"]
+        assert cost["total"]["inclTax"] >= limit["maxCost"] > 0, cost
     if "maxEnergy" in limit:
         energy = [s["value"] for mv in ended["meterValue"] for s in mv["sampledValue"]
                   if s.get("measurand") == "Energy.Active.Import.Register"

@@ -45,6 +45,8 @@ class StopReason(enum.StrEnum):
     # A limit the CSMS set for the transaction was reached (2.1 E16; 1.6 reports Other).
     ENERGY_LIMIT = "EnergyLimitReached"
     TIME_LIMIT = "TimeLimitReached"
+    COST_LIMIT = "CostLimitReached"  # the station's own running cost (2.1 local cost)
+    SOC_LIMIT = "SOCLimitReached"  # the EV's state of charge, where the EV reports it
 
 
 class TxPoint(enum.StrEnum):

@@ -60,6 +60,7 @@ How a session is priced (the reading this station takes where the spec leaves ro
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -742,6 +743,14 @@ class CostCalculator:
         return best, energy
 
     # ------------------------------------------------------------------ the result
+
+    def preview(self, sample: Sample) -> CostResult:
+        """The result if ``sample`` came next, leaving this calculator as it is: a limit on
+        the cost is checked at every meter reading, while samples are kept only every
+        Interval[Tariff] (each one is a row of the state file)."""
+        ahead = copy.deepcopy(self)
+        ahead.add(sample)
+        return ahead.result()
 
     def result(self) -> CostResult:
         with localcontext() as ctx:

@@ -57,6 +57,8 @@ END_TRIGGER = {
     StopReason.OTHER: "AbnormalCondition",
     StopReason.ENERGY_LIMIT: "EnergyLimitReached",  # 2.1 E16 transaction limits
     StopReason.TIME_LIMIT: "TimeLimitReached",
+    StopReason.COST_LIMIT: "CostLimitReached",  # 2.1 only (the limits block is 2.1's)
+    StopReason.SOC_LIMIT: "SoCLimitReached",  # TriggerReasonEnumType spells it so
 }
 STOPPED_REASON = {
     StopReason.LOCAL: "Local",
@@ -74,10 +76,15 @@ STOPPED_REASON = {
     StopReason.OTHER: "Other",
     StopReason.ENERGY_LIMIT: "EnergyLimitReached",
     StopReason.TIME_LIMIT: "TimeLimitReached",
+    # 2.1's ReasonEnumType has no cost limit; LocalOutOfCredit (new in 2.1 beside the limits)
+    # is the station's own credit check running out, which a maxCost on the local cost is.
+    StopReason.COST_LIMIT: "LocalOutOfCredit",
+    StopReason.SOC_LIMIT: "SOCLimitReached",
 }
 DEAUTH_TRIGGER = {"Local": "StopAuthorized", "Remote": "RemoteStop",
                   "DeAuthorized": "Deauthorized", "EnergyLimitReached": "EnergyLimitReached",
-                  "TimeLimitReached": "TimeLimitReached"}
+                  "TimeLimitReached": "TimeLimitReached", "CostLimitReached": "CostLimitReached",
+                  "SOCLimitReached": "SoCLimitReached"}
 # Session events that change the charging state, reported (settled) with this trigger.
 EVENT_TRIGGER = {"ev_disconnected": "EVCommunicationLost",
                  "connection_timeout": "EVConnectTimeout"}
@@ -115,6 +122,7 @@ class Transactions(VariableBlock):
         super().__init__(adapter)
         self._state_sent: dict[str, str] = {}  # last chargingState reported, per tx
         self._pending_trigger: dict[int, str] = {}  # trigger reason awaiting the settle
+        self._fault_told: dict[str, object] = {}  # the blocking fault last reported, per tx
         self._last_event: dict[int, str] = {}  # last session event per EVSE
         self._settling: set[int] = set()
         self._tokens: dict[int, Token] = {}  # the token of each EVSE's last authorization
@@ -191,7 +199,15 @@ class Transactions(VariableBlock):
     def status_changed(self, snap: EvseSnapshot, fault: FaultKind | None) -> None:
         # The core reports a status once the EVSE settled: its charging state can go now,
         # unless a session event's report is under way (it reads the state when it goes).
-        if snap.tx is not None and snap.evse_id not in self._settling:
+        tx = snap.tx
+        if tx is not None and self._fault_told.get(tx.local_id) != snap.blocking_fault:
+            # A fault that stops (or a clearing that resumes) the energy of a transaction is
+            # an AbnormalCondition, not a mere ChargingStateChanged (found by the
+            # hardware-faults campaign); a session event's own trigger goes first.
+            if snap.blocking_fault is not None:
+                self._pending_trigger.setdefault(snap.evse_id, "AbnormalCondition")
+            self._fault_told[tx.local_id] = snap.blocking_fault
+        if tx is not None and snap.evse_id not in self._settling:
             self._report(snap)
 
     def transaction_started(self, tx: TxRecord, snap: EvseSnapshot, trigger: TxPoint) -> None:
@@ -227,8 +243,10 @@ class Transactions(VariableBlock):
         deauth = snap.deauth_reason
         if reason == StopReason.EV_DISCONNECTED and deauth in (
                 StopReason.LOCAL, StopReason.REMOTE, StopReason.DEAUTHORIZED,
-                StopReason.ENERGY_LIMIT, StopReason.TIME_LIMIT):
-            stopped = deauth.value  # stopped earlier by a card or the CSMS, ended by the unplug
+                StopReason.ENERGY_LIMIT, StopReason.TIME_LIMIT, StopReason.COST_LIMIT,
+                StopReason.SOC_LIMIT):
+            # stopped earlier by a card, the CSMS or a limit, ended by the unplug
+            stopped = STOPPED_REASON[deauth]
         self._ensure_started(tx)
         meter = [mv for v in self.station.metering.collected(tx)
                  if (mv := meter_value(v)) is not None]
@@ -245,6 +263,7 @@ class Transactions(VariableBlock):
                     stopped_reason=stopped, meter=meter, timestamp=tx.stopped_at, token=token)
         self._additional.pop(tx.id_token, None)
         self._state_sent.pop(tx.local_id, None)
+        self._fault_told.pop(tx.local_id, None)
 
     def transaction_recovered(self, tx: TxRecord) -> None:
         """A transaction a power cut left open, closed by the core at start-up (E, PowerLoss):

@@ -588,6 +588,27 @@ class LocalCost21(VariableBlock):
         except StorageError as exc:
             log.error("transaction %s: cost sample not saved: %s", priced.local_id, exc)
 
+    def cost_so_far(self, local_id: str, snap: EvseSnapshot) -> Decimal | None:
+        """What the transaction has cost up to ``snap`` (including tax where known), when
+        this station prices it; None when its cost is the CSMS's (E16 maxCost)."""
+        self._load()
+        priced = self._priced.get(local_id)
+        if priced is None or priced.kind == CENTRAL or priced.calc is None or priced.done:
+            return None
+        wh = snap.energy_wh
+        try:
+            energy = to_decimal(wh) if wh is not None else priced.calc.result().energy_wh
+        except CostError:
+            energy = priced.calc.result().energy_wh
+        sample = Sample(self.clock.now(), energy, snap.charging_state == "Charging", None, None)
+        return priced.calc.preview(sample).total.shown
+
+    def prices(self, local_id: str) -> bool:
+        """Whether this station prices the transaction (its tariff decided, not central)."""
+        self._load()
+        priced = self._priced.get(local_id)
+        return priced is not None and priced.kind != CENTRAL and priced.calc is not None
+
     def _show(self, priced: Priced, result: CostResult, *, final: bool = False) -> None:
         costs = self._costs()
         total = result.total.shown

@@ -1,13 +1,18 @@
 """2.1 E16, transactions with limits: a TransactionEventResponse may carry a
 ``transactionLimit`` (maxEnergy, maxTime, maxCost, maxSoC) for the transaction it answers.
 
-This station applies the energy and the time limit (``TxCtrlr.SupportedLimits``): it confirms
+This station applies all four (``TxCtrlr.SupportedLimits``) where it can measure them: energy
+and time always; maxCost when the station prices the transaction itself (2.1 local cost, a
+tariff in force for it), against the running cost including tax; maxSoC when the EV reports
+its state of charge (a bidirectional / ISO 15118 EV; the meter or the EV side).  It confirms
 the limits it now enforces with an Updated event (triggerReason ``LimitSet``,
 ``transactionInfo.transactionLimit``: only the applied ones, so the CSMS sees what is in
-force), and when one is reached it ends the authorization with ``EnergyLimitReached`` /
-``TimeLimitReached`` as trigger and stopped reason; whether the transaction ends then or at
-the unplug is TxStopPoint's, as for every stop.  maxCost needs the local cost calculation and
-maxSoC an EV that reports its state of charge to the station: both are logged and ignored.
+force), and when one is reached it ends the authorization with the matching trigger
+(EnergyLimitReached, TimeLimitReached, CostLimitReached, SoCLimitReached) and stopped reason
+(the same names; for the cost, which ReasonEnumType lacks, LocalOutOfCredit); whether the
+transaction ends then or at the unplug is TxStopPoint's, as for every stop.  A maxCost on a
+transaction the CSMS prices, or a maxSoC for an EV that says nothing of its battery, is
+logged and not confirmed.
 
 A limit is the complete set in force: a new ``transactionLimit`` replaces the previous one,
 the same one repeated in a later answer changes nothing.  Limits are persisted (with the ack
@@ -20,6 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, ClassVar
 
 from agent.clock import parse_iso
@@ -31,17 +38,19 @@ from agent.storage import OutboxItem
 log = logging.getLogger("cp_agent.v21")
 
 LIMIT_KINDS = ("maxEnergy", "maxTime", "maxCost", "maxSoC")  # TransactionLimitType
-APPLIED = ("maxEnergy", "maxTime")
-STORE_KEY = "v21.tx_limits"  # JSON {transactionId: {"maxEnergy": Wh, "maxTime": s}}
+APPLIED = LIMIT_KINDS  # each where it can be measured (see the module docstring)
+STORE_KEY = "v21.tx_limits"  # JSON {transactionId: {"maxEnergy": Wh, "maxTime": s, ...}}
 
 
-def applicable(limit: dict[str, Any]) -> tuple[dict[str, float], list[str]]:
-    """The limits of a TransactionLimitType this station applies, and the ones it ignores."""
+def applicable(limit: dict[str, Any], can: Callable[[str], bool] = lambda kind: True,
+               ) -> tuple[dict[str, float], list[str]]:
+    """The limits of a TransactionLimitType this station applies (a finite number, and
+    ``can(kind)``: measurable for this transaction), and the ones it ignores."""
     applied: dict[str, float] = {}
     for kind in APPLIED:
         value = limit.get(kind)
         if isinstance(value, int | float) and not isinstance(value, bool) and \
-                math.isfinite(value):
+                math.isfinite(value) and can(kind):
             applied[kind] = value
     ignored = [k for k in LIMIT_KINDS if k in limit and k not in applied]
     return applied, ignored
@@ -112,7 +121,7 @@ class TransactionLimits21(VariableBlock):
         if tx is None or self._last.get(local_id) == limit:
             return  # it ended meanwhile, or the answer repeats the limit in force
         self._last[local_id] = dict(limit)
-        applied, ignored = applicable(limit)
+        applied, ignored = applicable(limit, lambda kind: self._measurable(kind, evse))
         if ignored:
             log.warning("transaction %s: transaction limits %s not supported (applied: %s)",
                         local_id, ", ".join(ignored), ", ".join(applied) or "none")
@@ -135,19 +144,51 @@ class TransactionLimits21(VariableBlock):
     def _poll_s(self) -> float:
         return max(0.5, float(getattr(self.station, "meter_poll_s", 1.0)))
 
+    def _measurable(self, kind: str, evse: Any) -> bool:
+        if kind == "maxCost":
+            cost = self._local_cost()
+            return cost is not None and evse.tx is not None and cost.prices(evse.tx.local_id)
+        if kind == "maxSoC":
+            return self._soc(evse) is not None
+        return True
+
+    def _local_cost(self) -> Any:
+        from agent.ocpp.v21.local_cost import LocalCost21
+
+        try:
+            return self.adapter.block(LocalCost21)
+        except (KeyError, LookupError):
+            return None
+
+    def _soc(self, evse: Any) -> float | None:
+        """The EV's state of charge now, from the meter or the EV side (the core's metering
+        decides which), or None when nothing reports it."""
+        value = self.station.metering.measure(evse, ["SoC"], "Other")
+        if value is None:
+            return None
+        return next((float(s.value) for s in value.samples if s.measurand == "SoC"), None)
+
     def _elapsed(self, tx: TxRecord) -> float | None:
         try:
             return self.clock.wall() - parse_iso(tx.started_at).timestamp()
         except (ValueError, TypeError, AttributeError):
             return None  # a stamp the clock could not resolve yet
 
-    def _reached(self, snap: EvseSnapshot, tx: TxRecord,
+    def _reached(self, evse: Any, snap: EvseSnapshot, tx: TxRecord,
                  limit: dict[str, float]) -> tuple[StopReason | None, float]:
         """The limit reached (or None) and how long to wait before looking again."""
         wait = self._poll_s()
         energy = snap.energy_wh
         if "maxEnergy" in limit and energy is not None and energy >= limit["maxEnergy"]:
             return StopReason.ENERGY_LIMIT, wait
+        if "maxCost" in limit and (cost := self._local_cost()) is not None:
+            spent = cost.cost_so_far(tx.local_id, snap)
+            if spent is not None and spent >= Decimal(str(limit["maxCost"])):
+                return StopReason.COST_LIMIT, wait
+        if "maxSoC" in limit:
+            soc = self._soc(evse)
+            if soc is not None and soc >= limit["maxSoC"]:
+                return StopReason.SOC_LIMIT, wait
         if "maxTime" in limit:
             elapsed = self._elapsed(tx)
             if elapsed is not None:
@@ -169,7 +210,7 @@ class TransactionLimits21(VariableBlock):
                         return
                     await self.clock.sleep(self._poll_s())  # not running again yet
                     continue
-                reason, wait = self._reached(evse.snapshot(), tx, limit)
+                reason, wait = self._reached(evse, evse.snapshot(), tx, limit)
                 if reason is not None:
                     log.info("transaction %s: %s (%s)", local_id, reason.value, limit)
                     if not await evse.deauthorize(reason):
