@@ -39,9 +39,10 @@ _DEFERRED = "~"
 _ANCHOR_PREFIX = "clock.anchor."
 _ANCHORS_KEPT = 8
 # A CSMS time at most this far behind ours is the answer's latency or its millisecond rounding,
-# not a correction of a wrong clock: it is adopted, but the time handed out holds still until
-# the new clock passes the last instant already handed out, so the timestamps of one boot never
-# go backwards. A larger step back is a real correction and is applied at once.
+# not a correction of a wrong clock: it is adopted (timers and intervals follow it exactly), but
+# a timestamp handed out holds at the last one until the corrected clock passes it, so the
+# timestamps of one process never go backwards. A larger step back is a real correction: the
+# timestamps follow it at once.
 MAX_BACKWARD_HELD_S = 1.0
 
 
@@ -120,9 +121,8 @@ class Clock:
         # The anchor an earlier process of this same kernel boot saved (kill -9, restart):
         # the monotonic clock went on, so it still tells the time (see elapsed_since).
         self._own_anchor: tuple[float, float] | None = None
-        # After a small step back (see MAX_BACKWARD_HELD_S): the last instant handed out before
-        # it, below which wall() does not go until the corrected clock catches up.
-        self._floor: float | None = None
+        # The wall time of the last timestamp handed out (see MAX_BACKWARD_HELD_S).
+        self._handed: float | None = None
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -136,19 +136,22 @@ class Clock:
     def wall(self) -> float:
         """Seconds since the epoch: the CSMS time carried on by the monotonic clock once synced."""
         if self._sync_mono is not None and self._sync_wall is not None:
-            value = self._sync_wall + (self.monotonic() - self._sync_mono)
-            if self._floor is not None:
-                if value < self._floor:
-                    return self._floor
-                self._floor = None
-            return value
+            return self._sync_wall + (self.monotonic() - self._sync_mono)
         return self._system()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.wall(), UTC)
 
     def now_iso(self) -> str:
-        return iso(self.now())
+        """The time for a message: never before the previous one, unless the clock was
+        corrected back by more than ``MAX_BACKWARD_HELD_S`` (then it follows at once)."""
+        value = self.wall()
+        last = self._handed
+        if last is not None and 0 < last - value <= MAX_BACKWARD_HELD_S:
+            value = last
+        else:
+            self._handed = value
+        return iso(datetime.fromtimestamp(value, UTC))
 
     @property
     def trustworthy(self) -> bool:
@@ -164,10 +167,10 @@ class Clock:
 
         A CSMS time before 2024 is ignored (returns 0.0): a backend with a broken clock must not
         make a good station clock bad, nor push it back to 1970. A CSMS time at most
-        ``MAX_BACKWARD_HELD_S`` behind the time already handed out (the answer's latency) is
-        adopted without stepping back: the time holds still until it catches up (the power-cut
-        campaign found a TransactionEvent stamped before the previous one of its transaction
-        after a reconnection's BootNotification).
+        ``MAX_BACKWARD_HELD_S`` behind ours (the answer's latency) is adopted, but timestamps
+        hold at the last one handed out until the clock passes it (the power-cut campaign found
+        a TransactionEvent stamped before the previous one of its transaction after a
+        reconnection's BootNotification); see :meth:`now_iso`.
         """
         if isinstance(csms_time, str):
             csms_time = parse_iso(csms_time)
@@ -175,8 +178,7 @@ class Clock:
         if target < _PLAUSIBLE_EPOCH:
             log.warning("ignoring implausible CSMS time %s", csms_time.isoformat())
             return 0.0
-        before, stamped = self.wall(), self.trustworthy  # were real times handed out so far?
-        self._floor = before if stamped and 0 < before - target <= MAX_BACKWARD_HELD_S else None
+        before = self.wall()
         self._sync_mono = self.monotonic()
         self._sync_wall = target
         self._offset = target - self._system()
