@@ -228,8 +228,10 @@ class Agent:
 
             self.mqtt = MqttBridge(cfg.mqtt, cfg.station.id, self.station, clock=self.clock,
                                    link_state=lambda: (self.link.state, self.link.version))
-            # 2.1 ExternalLimits: the energy manager's MQTT limit is the external source.
+            # 2.1 ExternalLimits / ExternalSetpoint: the energy manager's MQTT limits and
+            # setpoints are the external source.
             self.station.v2x_modes.external_limits = True
+            self.station.v2x_modes.external_setpoint_source = True
         # GetDiagnostics / GetLog: the blocks reach the collector as station.diagnostics.
         self.diagnostics = Diagnostics(cfg.station.id, self.clock, self.state_dir, Sources(
             config=self._public_config, status=self.status,
@@ -589,6 +591,8 @@ class Agent:
             return await self._ev(args)
         elif cmd == "setpoint":
             return await self._setpoint(args)
+        elif cmd == "external":
+            return await self._external(args)
         elif cmd == "tap":
             return await self._tap(args)
         elif cmd == "house-load":
@@ -680,6 +684,52 @@ class Agent:
             why = f": {snap.no_discharge}" if watts < 0 and snap.no_discharge else ""
             status["warning"] = (f"EVSE {evse} follows {applied if applied is not None else 0:g}"
                                  f" W, not {watts:g} W (held to its bounds{why})")
+        return status
+
+    async def _external(self, args: dict) -> dict[str, Any]:
+        """What a local energy manager would send for the 2.1 external operation modes
+        (``ctl external EVSE --setpoint W --max-charge-w W --max-discharge-w W --valid-s
+        S``), so a bench drives them without a broker; the first use makes the control
+        socket the station's external source (ExternalSetpoint / ExternalLimits offered)."""
+        evse = self._evse_id(args)
+        if not self.station.evses[evse].hw.ev.supports_setpoint:
+            raise ValueError(f"EVSE {evse} has no power stage that takes setpoints "
+                             "(hal.v2x on the mock HAL)")
+        given = [k for k in ("setpoint_w", "max_charge_w", "max_discharge_w") if k in args]
+        if not given:
+            raise ValueError("external needs a setpoint_w, max_charge_w or max_discharge_w "
+                             "(a number of watts, or null to clear it)")
+        for key in given:
+            w = args[key]
+            if w is not None and (isinstance(w, bool) or not isinstance(w, int | float)
+                                  or w != w or abs(w) > 1_000_000
+                                  or (key != "setpoint_w" and w < 0)):
+                raise ValueError(f"{key} {w!r}: expected " + (
+                    "signed watts" if key == "setpoint_w" else "watts >= 0") + " or null")
+        valid = args.get("valid_s")
+        if valid is not None and (isinstance(valid, bool) or not isinstance(valid, int | float)
+                                  or not 0 < valid <= 86400):
+            raise ValueError(f"valid_s {valid!r}: expected seconds in (0, 86400] or null")
+        modes = self.station.v2x_modes
+        modes.external_setpoint_source = modes.external_limits = True
+        if "setpoint_w" in args:
+            modes.set_external_setpoint(evse, args["setpoint_w"], valid_s=valid)
+        for key, direction in (("max_charge_w", "charge"), ("max_discharge_w", "discharge")):
+            if key in args:
+                modes.set_external_limit(evse, direction, args[key])
+        with contextlib.suppress(TimeoutError):  # the scheduler plans with the new values
+            await self.station.charging_profiles.evaluated(timeout=CONTROL_SETTLE_S)
+        status = await self._settled_status()
+        watts, stale = modes.external_setpoint(evse)
+        plan = modes.plans.get(evse)
+        status["external"] = {
+            "evse": evse, "setpoint_w": watts, "stale": stale,
+            "max_charge_w": modes.external_caps.get(evse, {}).get("charge"),
+            "max_discharge_w": modes.external_caps.get(evse, {}).get("discharge"),
+            "operation_mode": plan.mode.value if plan is not None else None}
+        if plan is None or plan.mode.value not in ("ExternalSetpoint", "ExternalLimits"):
+            status["warning"] = (f"EVSE {evse} is in no ExternalSetpoint / ExternalLimits "
+                                 "period now: the values wait for one")
         return status
 
     async def _tap(self, args: dict) -> dict[str, Any]:

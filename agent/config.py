@@ -258,6 +258,7 @@ class MqttConfig:
     topic_prefix: str | None = None  # None: cp-agent/<station.id>
     publish_interval_s: float = 10.0  # every retained topic is republished at least this often
     limit_timeout_s: float = 60.0  # a limit not renewed within this is stale (kept, warned)
+    setpoint_timeout_s: float = 30.0  # an external setpoint (set/setpoint_w) is valid this long
     reconnect: ReconnectConfig = field(
         default_factory=lambda: ReconnectConfig(min_backoff_s=1.0, max_backoff_s=60.0))
 
@@ -283,6 +284,8 @@ class MqttConfig:
                self.publish_interval_s, "seconds in [1, 3600]")
         _check(1 <= self.limit_timeout_s <= 86400, f"{path}.limit_timeout_s",
                self.limit_timeout_s, "seconds in [1, 86400]")
+        _check(1 <= self.setpoint_timeout_s <= 3600, f"{path}.setpoint_timeout_s",
+               self.setpoint_timeout_s, "seconds in [1, 3600]")
         self.reconnect.validate(f"{path}.reconnect")
 
     def prefix(self, station_id: str) -> str:

@@ -808,6 +808,38 @@ def _watts(text: str) -> float | None:
     return value
 
 
+def _power_limit(text: str) -> float | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"W must be watts >= 0 or off, got {text!r}")
+    return value
+
+
+def _validity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"S must be seconds in (0, 86400], got {text!r}")
+    return value
+
+
+# ``ctl external`` options: flag -> (request key, parser, help); absent: left as it is.
+EXTERNAL_OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
+    "setpoint": ("setpoint_w", _watts, "the setpoint, signed W (negative: discharge), or off"),
+    "max-charge-w": ("max_charge_w", _power_limit, "the charge limit, W, or off"),
+    "max-discharge-w": ("max_discharge_w", _power_limit, "the discharge limit, W, or off"),
+    "valid-s": ("valid_s", _validity, "the setpoint goes stale after S seconds (default: "
+                                      "valid until changed)"),
+}
+
+
 # ``ctl ev`` options for a bidirectional mock EV: flag -> (request key, parser, help).
 EV_OPTIONS: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "soc": ("soc", _percent, "its state of charge now, %%"),
@@ -890,6 +922,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sp.add_argument("evse", type=_evse, metavar="EVSE")
     sp.add_argument("watts", type=_watts, metavar="WATTS|off")
     _json_flag(sp)
+    sp = sub.add_parser("external", help="what a local energy manager sends for the OCPP 2.1 "
+                                         "ExternalSetpoint / ExternalLimits periods")
+    sp.add_argument("evse", type=_evse, metavar="EVSE")
+    for flag, (key, kind, text) in EXTERNAL_OPTIONS.items():
+        sp.add_argument(f"--{flag}", type=kind, dest=f"external_{key}", metavar="S"
+                        if flag == "valid-s" else "W|off", default=argparse.SUPPRESS,
+                        help=text)
+    _json_flag(sp)
     sp = sub.add_parser("tap", help="present an RFID token and say what became of it")
     sp.add_argument("token", type=_token, metavar="TOKEN")
     sp.add_argument("--evse", type=_evse, metavar="N", help="reader of this EVSE (default: shared)")
@@ -929,6 +969,10 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
             args[key] = value
     if getattr(ns, "command", None) == "setpoint":
         args["watts"] = ns.watts  # None: off
+    if getattr(ns, "command", None) == "external":  # only what was given; None: off
+        for key, _, _ in EXTERNAL_OPTIONS.values():
+            if hasattr(ns, f"external_{key}"):
+                args[key] = getattr(ns, f"external_{key}")
     for key in ("evse", "connector", "state", "token", "kind", "amps", "hz", "volts"):
         value = getattr(ns, key, None)
         if value is not None:
@@ -976,6 +1020,11 @@ def ctl_main(argv: list[str], default_socket: str | None) -> int:
                 getattr(ns, flag.replace("-", "_")) is not None for flag in EV_OPTIONS):
             parser.error("ev: a pilot STATE or an EV setting (--soc, --max-soc, ...) is "
                          "required")
+        if ns.command == "external" and not any(
+                hasattr(ns, f"external_{key}") for key, _, _ in
+                list(EXTERNAL_OPTIONS.values())[:3]):
+            parser.error("external: --setpoint, --max-charge-w or --max-discharge-w is "
+                         "required")
     except _ParserExit as exc:
         return exc.status
 
@@ -1009,6 +1058,17 @@ def ctl_main(argv: list[str], default_socket: str | None) -> int:
     return _print_result(ns, response.get("result"))
 
 
+def describe_external(ext: dict[str, Any]) -> str:
+    """One line for ``ctl external``: what the energy manager's values are now."""
+    def w(value: Any) -> str:
+        return "none" if value is None else f"{value:+.0f} W"
+
+    sp = "stale" if ext.get("stale") else w(ext.get("setpoint_w"))
+    return (f"EVSE {ext.get('evse')} external: setpoint {sp}, max charge "
+            f"{w(ext.get('max_charge_w'))}, max discharge {w(ext.get('max_discharge_w'))} "
+            f"(mode {ext.get('operation_mode') or 'none'})")
+
+
 def _print_result(ns: argparse.Namespace, result: Any) -> int:
     """The answer for a person (or as JSON with ``--json``); the exit status it means."""
     code = EXIT_OK
@@ -1021,6 +1081,8 @@ def _print_result(ns: argparse.Namespace, result: Any) -> int:
         lines.append(f"priority charging: {result['priority']}")
         if result["priority"] != "Accepted":
             code = EXIT_AGENT_ERROR
+    if isinstance(result, dict) and isinstance(result.get("external"), dict):
+        lines.append(describe_external(result["external"]))
     if ns.json:
         if ns.command == "status" or result not in (None, {}, [], ""):
             print(json.dumps(result, indent=2, sort_keys=True))

@@ -63,6 +63,8 @@ from hal.drivers.registers import (
     RegisterSpec,
 )
 from hal.drivers.serial_port import SerialPort
+from hal.drivers.sunspec_der import MODES as DER_MODES
+from hal.drivers.sunspec_der import SunSpecDer, SunSpecDerMeter, SunSpecDerStage
 from hal.drivers.tokens import ReaderDriver
 from hal.interfaces import EvConnection, EvseHardware, Hal, PowerMeter, TokenReader
 
@@ -189,13 +191,27 @@ class IndicatorConfig:
 
 
 @dataclass(frozen=True)
+class DerStageConfig:
+    """A bidirectional power stage speaking the SunSpec DER models (hal/drivers/sunspec_der.py)."""
+
+    bus: str
+    unit_id: int = 1
+    base_address: int | None = None
+    mode: str = "DC_BPT"  # the bidirectional transfer mode it offers (DC_BPT | AC_BPT)
+    reversion_s: int = 30  # the device falls back to 0 W when not refreshed within this
+    poll_interval_s: float = 1.0
+    required: bool = True
+
+
+@dataclass(frozen=True)
 class EvseConfig:
     id: int
     contactor: ContactorConfig
-    meter: MeterConfig
+    meter: MeterConfig | None  # None: the der_stage's model 701 is the meter
     ev: BoardConfig | DirectPilotConfig
     lock: LockConfig | None = None
     indicator: IndicatorConfig | None = None
+    der_stage: DerStageConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -392,7 +408,8 @@ def _bus_ref(m: ConfigMap, buses: dict[str, ModbusBusConfig]) -> ModbusBusConfig
 def _parse_evse(raw: Any, path: str, buses: dict[str, ModbusBusConfig], pins: _Pins) -> EvseConfig:
     # current limits and phase count are the station's evses[] settings; the hal section
     # only says which devices make up the EVSE
-    m = ConfigMap(raw, path, ("id", "contactor", "meter", "ev", "lock", "indicator"))
+    m = ConfigMap(raw, path, ("id", "contactor", "meter", "ev", "lock", "indicator",
+                              "der_stage"))
     evse_id = m.get("id", integer(1, 99), what="the EVSE id (1, 2, ...)")
     c = ConfigMap(m.raw.get("contactor"), m.at("contactor"),
                   ("coil", "feedback", "settle_s", "required"))
@@ -404,7 +421,10 @@ def _parse_evse(raw: Any, path: str, buses: dict[str, ModbusBusConfig], pins: _P
         settle_s=c.get("settle_s", number(0.01, 5), 0.3),
         required=c.get("required", boolean, True),
     )
-    meter = _parse_meter(m.raw.get("meter"), m.at("meter"), buses)
+    der = _parse_der_stage(m.raw["der_stage"], m.at("der_stage"), buses) \
+        if m.has("der_stage") else None
+    meter = None if der is not None and not m.has("meter") else \
+        _parse_meter(m.raw.get("meter"), m.at("meter"), buses)
     ev = _parse_ev(m.raw.get("ev"), m.at("ev"), buses, pins)
     lock = _parse_lock(m.raw["lock"], m.at("lock"), pins) if m.has("lock") else None
     indicator = None
@@ -419,7 +439,29 @@ def _parse_evse(raw: Any, path: str, buses: dict[str, ModbusBusConfig], pins: _P
         indicator = IndicatorConfig(**leds, blink_s=i.get("blink_s", number(0.05, 5), 0.5),
                                     required=i.get("required", boolean, False))
     return EvseConfig(id=evse_id, contactor=contactor, meter=meter, ev=ev, lock=lock,
-                      indicator=indicator)
+                      indicator=indicator, der_stage=der)
+
+
+def _parse_der_stage(raw: Any, path: str, buses: dict[str, ModbusBusConfig]) -> DerStageConfig:
+    if not isinstance(raw, dict):
+        raise bad(path, raw, "a mapping with bus (a Modbus bus under hal.modbus), unit_id, ...")
+    m = ConfigMap(raw, path, ("bus", "unit_id", "base_address", "mode", "reversion_s",
+                              "poll_interval_s", "required"))
+    bus = _bus_ref(m, buses)
+    cfg = DerStageConfig(
+        bus=bus.name,
+        unit_id=m.get("unit_id", _unit_id(bus), 1),
+        base_address=m.get("base_address", address(0, 65535), None),
+        mode=m.get("mode", choice(*DER_MODES), "DC_BPT"),
+        reversion_s=m.get("reversion_s", integer(0, 3600), 30),
+        poll_interval_s=m.get("poll_interval_s", number(0.1, 60), 1.0),
+        required=m.get("required", boolean, True))
+    if cfg.reversion_s and cfg.reversion_s < 3 * cfg.poll_interval_s:
+        raise HalConfigError(m.at("reversion_s"), f"{cfg.reversion_s} is not allowed; expected "
+                             f"at least 3 x poll_interval_s ({3 * cfg.poll_interval_s:g} s), so "
+                             "the setpoint is refreshed before the device reverts, or 0 (no "
+                             "reversion timer)")
+    return cfg
 
 
 def _parse_meter(raw: Any, path: str, buses: dict[str, ModbusBusConfig]) -> MeterConfig:
@@ -734,8 +776,22 @@ def build_hardware(cfg: HalConfig, monotonic: Monotonic = time.monotonic, *,
         cc = e.contactor
         contactor = GpioContactor(e.id, b.out(cc.coil), b.inp(cc.feedback) if cc.feedback else None,
                                   sink=b.sink, settle_s=cc.settle_s, required=cc.required)
-        meter = b.meter(e.id, e.meter)
         ev = b.ev(e.id, e.ev)
+        stage_parts: list[DeviceDriver] = []
+        if e.der_stage is not None:  # a SunSpec DER stage wraps the pilot's EV side
+            dc = e.der_stage
+            der = SunSpecDer(b.bus(dc.bus, dc.required), dc.unit_id,
+                             base_address=dc.base_address)
+            if isinstance(ev, DeviceDriver):
+                stage_parts.append(ev)
+            ev = SunSpecDerStage(e.id, der, ev, sink=b.sink, mode=dc.mode,
+                                 reversion_s=dc.reversion_s, poll_interval_s=dc.poll_interval_s,
+                                 required=dc.required)
+            meter = b.meter(e.id, e.meter) if e.meter is not None else \
+                SunSpecDerMeter(e.id, der, sink=b.sink, required=dc.required)
+        else:
+            assert e.meter is not None
+            meter = b.meter(e.id, e.meter)
         lock = None
         if e.lock is not None:
             lc = e.lock
@@ -753,7 +809,7 @@ def build_hardware(cfg: HalConfig, monotonic: Monotonic = time.monotonic, *,
                 blink_s=ic.blink_s, required=ic.required)
         evses[e.id] = EvseHardware(e.id, contactor, meter, ev, lock=lock, indicator=indicator,
                                    phases=meter.phases)
-        devices.extend(d for d in (contactor, meter, ev, lock, indicator)
+        devices.extend(d for d in (contactor, meter, *stage_parts, ev, lock, indicator)
                        if isinstance(d, DeviceDriver))
     readers: list[TokenReader] = [b.reader(r) for r in hw.readers]
     devices.extend(r for r in readers if isinstance(r, DeviceDriver))

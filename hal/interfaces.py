@@ -86,6 +86,9 @@ class MeterReading:
     voltage_v: tuple[float, ...] = ()
     current_a: tuple[float, ...] = ()
     frequency_hz: float | None = None
+    # Reactive power as meters count it: positive = import (the EVSE draws vars, inductive;
+    # a DER *absorbing*), negative = export (a DER *injecting*). The power factor is the
+    # displacement cos phi, 0..1 (None where nothing flows or the meter does not say).
     power_reactive_var: float | None = None
     power_factor: float | None = None
     soc_percent: float | None = None
@@ -151,6 +154,24 @@ class PowerLimits:
     def can_discharge(self) -> bool:
         return self.max_discharge_w > 0 and (self.max_discharge_a is None
                                              or self.max_discharge_a > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ReactiveLimits:
+    """What a power stage with reactive power control can do besides active power: its
+    apparent-power rating (VA: sqrt(P^2 + Q^2) never above it) and the reactive power it
+    can inject (over-excited) and absorb (under-excited), as magnitudes in var."""
+
+    max_va: float
+    max_inject_var: float
+    max_absorb_var: float
+
+    def __post_init__(self) -> None:
+        for name in ("max_va", "max_inject_var", "max_absorb_var"):
+            value = getattr(self, name)
+            if not (value >= 0 and value < float("inf")):
+                raise ValueError(f"reactive limit {name} = {value!r}: expected a finite "
+                                 "magnitude >= 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +348,49 @@ class EvConnection(abc.ABC):
     def power_setpoint(self) -> float | None:
         return None
 
+    # A stage with an inverter of its own (DC, or an AC EV's under ISO 15118-20 DER) may also
+    # follow a reactive power setpoint and limit how fast its active power changes (the DER
+    # controls of OCPP 2.1). Both are optional: a stage without them keeps the defaults, and
+    # the core then neither asks for vars nor counts on a ramp.
+    @property
+    def supports_reactive(self) -> bool:
+        return False
+
+    @property
+    def reactive_limits(self) -> ReactiveLimits | None:
+        """The stage's apparent-power rating and reactive range (None: no reactive power)."""
+        return None
+
+    async def set_reactive_setpoint(self, var: float | None) -> None:
+        """Follow ``var`` of reactive power, in the DER sign convention: positive *injects*
+        (over-excited, capacitive), negative *absorbs* (under-excited, inductive); None: unity
+        power factor. Only while the power path is up; the driver holds it within
+        :attr:`reactive_limits` and what the active power leaves of the VA rating (the core
+        leaves room itself, so that is a last resort)."""
+        raise NotImplementedError("this power stage has no reactive power control")
+
+    @property
+    def reactive_setpoint(self) -> float | None:
+        return None
+
+    @property
+    def supports_ramp_rate(self) -> bool:
+        return False
+
+    async def set_ramp_rates(self, normal_w_per_s: float | None,
+                             soft_start_w_per_s: float | None = None) -> None:
+        """Limit how fast the active power follows a new setpoint (W/s, None: as fast as it
+        can): ``soft_start`` when it starts from standstill (the power path just came up, or
+        it stood at 0 W), ``normal`` otherwise. Limits that fall (the pilot's offer, the EV's
+        limits, the state of charge, the contactor) still apply at once: a ramp never holds
+        power above a bound."""
+        raise NotImplementedError("this power stage has no ramp-rate control")
+
+    @property
+    def ramp_rates(self) -> tuple[float | None, float | None]:
+        """(normal, soft-start) W/s in force; (None, None): no ramp limit."""
+        return (None, None)
+
     # What bidirectional charging needs to know of the EV and of the power stage (ISO 15118-20
     # tells the EV's part, the stage's driver its own rating). Every default is the answer of
     # a pilot-only, charge-only EVSE: nothing known, no discharge.
@@ -378,6 +442,18 @@ class EvConnection(abc.ABC):
     def phases_in_use(self) -> int | None:
         """The phases the EV is fed on now; None: all of the EVSE's (no switching)."""
         return None
+
+    # ISO 15118 high-level communication (hal/iso15118/): the pilot offers 5 % duty cycle
+    # ("digital communication required", IEC 61851-1 / ISO 15118-3), the EV learns its limit
+    # from the HLC messages. A board that can offer it says so; the default offers nominal
+    # duty only (the EV may then charge by the pilot alone, or use HLC as well).
+    @property
+    def supports_digital_communication(self) -> bool:
+        return False
+
+    async def set_digital_communication(self, on: bool) -> None:
+        """Offer 5 % duty cycle while an EV is connected (``on``), or nominal duty again."""
+        raise NotImplementedError("this EV connection cannot offer 5 % duty cycle")
 
     # An EVSE with several connectors (a socket and a tethered cable) feeds one EV at a time
     # through one of them, on one pilot: which one the EV is plugged into, where the board

@@ -12,10 +12,19 @@ reports signed power. Physics, in order of precedence:
 - out of it: only when the EV is bidirectional (its energy transfer modes include a BPT
   one), at most the EV's and the stage's discharge limits, and never below the EV's minimum
   state of charge;
-- without a setpoint the stage charges at what the pilot offers (as the plain mock EV does).
+- without a setpoint the stage charges at what the pilot offers (as the plain mock EV does);
+- ramp rates (``set_ramp_rates``, the DER Gradients control): the active power moves toward
+  what it is asked at that many W/s, the soft-start rate when it starts from standstill;
+  a bound that falls (offer, limits, state of charge, contactor) applies at once;
+- reactive power (``set_reactive_setpoint``, DER sign: positive injects): only while the
+  power path is up, within the stage's var range and what the active power leaves of its
+  VA rating (active power first, as a last resort: the core leaves the room itself); the
+  meter shows it in the load convention (positive: import, absorbed) with the power factor,
+  and the current magnitudes carry the apparent power.
 
-The battery is lossless and the power constant between two events of the injected clock, so
-the state of charge, the registers and the integrated power agree to the float: what the
+The battery is lossless and the power constant (or, while it ramps, linear) between two
+events of the injected clock, so the state of charge, the registers and the integrated power
+agree to the float: what the
 energy-conservation tests hold it to. A state-of-charge bound reached between two samples
 stops the flow at that instant (the step is cut there), as a BMS would.
 
@@ -25,6 +34,7 @@ ISO 15118-20 stack would tell the charger, set from the configuration or ``cp-ag
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -38,6 +48,7 @@ from hal.interfaces import (
     HalEvent,
     MeterReading,
     PowerLimits,
+    ReactiveLimits,
 )
 from hal.mock import (
     MIN_PILOT_CURRENT,
@@ -52,6 +63,9 @@ if TYPE_CHECKING:
     from hal.mock import MockHal
 
 BIDI_MODES = ("AC_BPT", "DC_BPT")
+# The reactive range of a stage that states none: 44 % of its VA rating either way, what
+# IEEE 1547-2018 asks of a category B DER (EN 50549-1's cos phi 0.9 at full power is 43.6 %).
+DEFAULT_VAR_SHARE = 0.44
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,10 @@ class V2xParams:
     stage_max_discharge_w: float | None = None  # default: as much as it charges
     mode: str = "AC_BPT"  # AC_BPT (an AC stage, ISO 15118-20 BPT) or DC_BPT (a DC stage)
     ev_bidirectional: bool = True  # False: a charge-only EV on the bidirectional stage
+    stage_max_va: float | None = None  # default: the larger of its charge and discharge W
+    stage_max_var: float | None = None  # either way; default: 44 % of the VA rating
+    reactive: bool = True  # the stage follows reactive power setpoints (False: P only)
+    ramp: bool = True  # the stage takes ramp rates (False: it follows setpoints at once)
 
     def __post_init__(self) -> None:
         check_params(self)
@@ -87,7 +105,7 @@ def check_params(p: V2xParams) -> None:
         raise ValueError(f"min_soc_percent {p.min_soc_percent:g} is above max_soc_percent "
                          f"{p.max_soc_percent:g}")
     for name in ("ev_max_charge_w", "ev_max_discharge_w", "stage_max_charge_w",
-                 "stage_max_discharge_w"):
+                 "stage_max_discharge_w", "stage_max_va", "stage_max_var"):
         v = getattr(p, name)
         if v is not None and not 0 <= v <= 1_000_000:
             raise ValueError(f"{name} {v!r}: expected W in [0, 1000000]")
@@ -107,6 +125,11 @@ class BidiSim(_Sim):
         self.stage_max_current_a = stage_max_current_a
         self.export_wh = 0.0
         self.stored_wh = params.soc_percent / 100.0 * params.battery_wh
+        self.reactive_var: float | None = None  # the reactive setpoint (DER sign)
+        self.ramp_w_s: float | None = None  # normal ramp rate (None: at once)
+        self.soft_ramp_w_s: float | None = None  # from standstill
+        self._p = 0.0  # the active power now (W, signed): where a ramp has got to
+        self._standstill = True  # the last ramp started from 0 W and has not arrived
 
     # -- the limits as the HAL reports them
     def ev_limits(self) -> PowerLimits:
@@ -150,10 +173,19 @@ class BidiSim(_Sim):
         return (self.power_closed() and self.pilot().wants_energy
                 and self.offered >= MIN_PILOT_CURRENT and self.plugged)
 
-    def power(self) -> float:
-        """Signed W at this instant (positive into the EV)."""
+    def reactive_limits(self) -> ReactiveLimits:
+        p, stage = self.params, self.stage_limits()
+        va = p.stage_max_va if p.stage_max_va is not None \
+            else max(stage.max_charge_w, stage.max_discharge_w)
+        var = p.stage_max_var if p.stage_max_var is not None else DEFAULT_VAR_SHARE * va
+        return ReactiveLimits(max_va=va, max_inject_var=min(var, va),
+                              max_absorb_var=min(var, va))
+
+    def _window(self) -> tuple[float, float, float]:
+        """(lowest, highest, aimed at): the signed power that may flow now and what the
+        stage aims at (the setpoint, else the pilot's offer, held within the two)."""
         if not self._flowing():
-            return 0.0
+            return 0.0, 0.0, 0.0
         ev, stage = self.ev_limits(), self.stage_limits()
         per = NOMINAL_VOLTAGE * self.phases
         charge = min(self.offered * per, self.ev_max_current * per, ev.max_charge_w,
@@ -162,13 +194,28 @@ class BidiSim(_Sim):
         if EnergyTransferMode(self.params.mode) in self.modes():
             discharge = min(ev.max_discharge_w, stage.max_discharge_w,
                             self.stage_max_current_a * per)
+        if self.params.reactive:  # active power alone never beyond the VA rating either
+            va = self.reactive_limits().max_va
+            charge, discharge = min(charge, va), min(discharge, va)
+        hi = charge if self.stored_wh < self._ceiling_wh() else 0.0
+        lo = -discharge if self.stored_wh > self._floor_wh() else 0.0
         want = charge if self.setpoint_w is None else self.setpoint_w
-        p = max(-discharge, min(charge, want))
-        if p > 0 and self.stored_wh >= self._ceiling_wh():
+        return lo, hi, max(lo, min(hi, want))
+
+    def power(self) -> float:
+        """Signed W at this instant (positive into the EV)."""
+        self.integrate()
+        return self._p
+
+    def reactive(self) -> float:
+        """Reactive power at this instant, DER sign (positive: injected into the grid)."""
+        self.integrate()
+        if self.reactive_var is None or not self.params.reactive or not self._flowing():
             return 0.0
-        if p < 0 and self.stored_wh <= self._floor_wh():
-            return 0.0
-        return p
+        rl = self.reactive_limits()
+        q = max(-rl.max_absorb_var, min(rl.max_inject_var, self.reactive_var))
+        room = math.sqrt(max(0.0, rl.max_va ** 2 - self._p ** 2))
+        return max(-room, min(room, q))
 
     def current(self) -> float:
         """Signed amps per phase (negative: out of the EV), so the grid meter nets it."""
@@ -178,17 +225,43 @@ class BidiSim(_Sim):
         t = self.now()
         dt = max(0.0, t - self._last_t)
         self._last_t = t
-        if dt <= 0:
-            return
-        p = self.power()
-        e = p * dt / 3600.0
-        if e > 0:
-            e = min(e, max(0.0, self._ceiling_wh() - self.stored_wh))
-            self.energy_wh += e
-        elif e < 0:
-            e = max(e, min(0.0, self._floor_wh() - self.stored_wh))
-            self.export_wh += -e
-        self.stored_wh += e
+        lo, hi, target = self._window()
+        p0 = max(lo, min(hi, self._p))  # a bound that fell applies at once
+        if p0 == 0.0 and target == 0.0:
+            self._standstill = True
+        rate = self.soft_ramp_w_s if self._standstill else self.ramp_w_s
+        if rate is None:
+            p0 = target
+        # The segment: from p0 toward the target at ``rate``, then flat.
+        if p0 == target or rate is None:
+            pieces = [(p0, p0, dt)]
+            p1 = p0
+        else:
+            reach = abs(target - p0) / rate
+            if reach >= dt:
+                p1 = p0 + math.copysign(rate * dt, target - p0)
+                pieces = [(p0, p1, dt)]
+            else:
+                p1 = target
+                pieces = [(p0, target, reach), (target, target, dt - reach)]
+        e_in = e_out = 0.0
+        for a, b, d in pieces:
+            pos, neg = _areas(a, b, d)
+            e_in += pos / 3600.0
+            e_out += neg / 3600.0
+        cut = False
+        room_up = max(0.0, self._ceiling_wh() - self.stored_wh)
+        room_down = max(0.0, self.stored_wh - self._floor_wh())
+        if e_in - e_out > room_up:
+            e_in, cut = e_out + room_up, True
+        elif e_out - e_in > room_down:
+            e_out, cut = e_in + room_down, True
+        self.energy_wh += e_in
+        self.export_wh += e_out
+        self.stored_wh += e_in - e_out
+        self._p = 0.0 if cut else p1
+        if p1 == target and target != 0.0:
+            self._standstill = False
 
     def arrive(self, soc: float | None = None) -> None:
         if not self.plugged:
@@ -227,12 +300,31 @@ class BidiSim(_Sim):
             self.stored_wh = float(world["stored_wh"])
 
 
+def _areas(a: float, b: float, d: float) -> tuple[float, float]:
+    """The positive and the negative area (W s) under a power moving linearly from ``a`` to
+    ``b`` over ``d`` seconds (split where it crosses 0)."""
+    if d <= 0:
+        return 0.0, 0.0
+    if a >= 0 and b >= 0:
+        return (a + b) / 2 * d, 0.0
+    if a <= 0 and b <= 0:
+        return 0.0, -(a + b) / 2 * d
+    t0 = d * a / (a - b)  # where it crosses 0
+    first, second = a * t0 / 2, b * (d - t0) / 2
+    return (first, -second) if a > 0 else (second, -first)
+
+
 class MockBidiMeter(MockMeter):
     """Import and export registers apart, signed power, current magnitudes per phase."""
 
     def __init__(self, sim: BidiSim) -> None:
         super().__init__(sim)
         self._bidi = sim
+
+    @property
+    def measures(self) -> frozenset[str]:
+        extra = {"power_reactive", "power_factor"} if self._bidi.params.reactive else set()
+        return super().measures | extra
 
     async def read(self) -> MeterReading:
         sim = self._bidi
@@ -242,14 +334,21 @@ class MockBidiMeter(MockMeter):
         if sim.persist is not None:
             sim.persist()
         power = sim.power()
+        q = sim.reactive()
+        apparent = math.hypot(power, q)
         n = sim.phases
+        reactive = sim.params.reactive
         return MeterReading(
             energy_import_wh=round(sim.energy_wh, 6),
             energy_export_wh=round(sim.export_wh, 6),
             power_w=round(power, 3),
             voltage_v=(sim.grid_v,) * n,
-            current_a=(round(abs(power) / (NOMINAL_VOLTAGE * n), 3),) * n,
+            current_a=(round(apparent / (NOMINAL_VOLTAGE * n), 3),) * n,
             frequency_hz=sim.grid_hz,
+            # The meter counts in the load convention: vars the stage injects are exported.
+            power_reactive_var=round(-q, 3) + 0.0 if reactive else None,
+            power_factor=round(abs(power) / apparent, 4) if reactive and apparent > 1e-6
+            else None,
         )
 
 
@@ -269,6 +368,52 @@ class MockBidiEv(MockEv):
         sim.integrate()  # what flowed so far flowed at the old setpoint
         sim.setpoint_w = None if watts is None else float(watts)
         sim.changed()
+
+    # -- reactive power and ramp rates (the DER controls' part of the stage)
+    @property
+    def supports_reactive(self) -> bool:
+        return self._bidi.params.reactive
+
+    @property
+    def reactive_limits(self) -> ReactiveLimits | None:
+        return self._bidi.reactive_limits() if self._bidi.params.reactive else None
+
+    async def set_reactive_setpoint(self, var: float | None) -> None:
+        sim = self._bidi
+        if not sim.params.reactive:
+            raise NotImplementedError(f"evse {sim.evse_id}: this stage has no reactive control")
+        if var is not None and not math.isfinite(var):
+            raise HalError(FaultKind.EV_BOARD, f"evse {sim.evse_id}: reactive setpoint "
+                                               f"{var!r} is not a number of var")
+        sim.integrate()
+        sim.reactive_var = None if var is None else float(var)
+        sim.changed()
+
+    @property
+    def reactive_setpoint(self) -> float | None:
+        return self._bidi.reactive_var
+
+    @property
+    def supports_ramp_rate(self) -> bool:
+        return self._bidi.params.ramp
+
+    async def set_ramp_rates(self, normal_w_per_s: float | None,
+                             soft_start_w_per_s: float | None = None) -> None:
+        sim = self._bidi
+        if not sim.params.ramp:
+            raise NotImplementedError(f"evse {sim.evse_id}: this stage takes no ramp rate")
+        for name, rate in (("normal", normal_w_per_s), ("soft-start", soft_start_w_per_s)):
+            if rate is not None and not (math.isfinite(rate) and rate > 0):
+                raise HalError(FaultKind.EV_BOARD, f"evse {sim.evse_id}: {name} ramp rate "
+                                                   f"{rate!r} is not a number of W/s > 0")
+        sim.integrate()  # what flowed so far flowed at the old rates
+        sim.ramp_w_s = None if normal_w_per_s is None else float(normal_w_per_s)
+        sim.soft_ramp_w_s = None if soft_start_w_per_s is None else float(soft_start_w_per_s)
+        sim.changed()
+
+    @property
+    def ramp_rates(self) -> tuple[float | None, float | None]:
+        return (self._bidi.ramp_w_s, self._bidi.soft_ramp_w_s)
 
     @property
     def measures(self) -> frozenset[str]:
@@ -364,7 +509,8 @@ def ev_view(sim: BidiSim) -> dict[str, Any]:
 
 _KEYS = ("evses", "battery_wh", "soc_percent", "min_soc_percent", "max_soc_percent",
          "target_soc_percent", "ev_max_charge_w", "ev_max_discharge_w", "stage_max_charge_w",
-         "stage_max_discharge_w", "mode", "ev_bidirectional")
+         "stage_max_discharge_w", "mode", "ev_bidirectional", "stage_max_va", "stage_max_var",
+         "reactive", "ramp")
 
 
 def parse_v2x(raw: Any, path: str, evse_ids: tuple[int, ...]) -> tuple[tuple[int, V2xParams], ...]:
@@ -395,6 +541,10 @@ def parse_v2x(raw: Any, path: str, evse_ids: tuple[int, ...]) -> tuple[tuple[int
         "stage_max_discharge_w": m.get("stage_max_discharge_w", watts, None),
         "mode": m.get("mode", choice(*BIDI_MODES), None),
         "ev_bidirectional": m.get("ev_bidirectional", boolean, None),
+        "stage_max_va": m.get("stage_max_va", watts, None),
+        "stage_max_var": m.get("stage_max_var", watts, None),
+        "reactive": m.get("reactive", boolean, None),
+        "ramp": m.get("ramp", boolean, None),
     }
     try:
         params = V2xParams(**{k: v for k, v in fields.items() if v is not None})

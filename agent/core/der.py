@@ -4,28 +4,73 @@ power stage can feed energy back, kept, scheduled and applied as limit / setpoin
 A control has an id, a type (DERControlEnumType), whether it is a *default* control (in force
 whenever no scheduled control of its type is) or a *scheduled* one (in force from its
 startTime for its duration), a priority (0 highest) and its setting, kept as the CSMS wrote
-it (the field names of 2.1's DER types: ``curveData``, ``pctMaxDischargePower``, ...; the
-core reads the few it applies).  Precedence among controls of one type and kind: the lower
-priority number, then the newer; a control outranked by one whose time overlaps its own is
-*superseded* (reported so, and named in ``supersededIds`` when the newer one is set or
-starts).
+it (the field names of 2.1's schemas, SetDERControlRequest.json: ``curveData``,
+``pctMaxDischargePower``, ``displacement``, ``overDroop``, ...; not the ``ocpp`` package's
+dataclass names, several of which are wrong).  Precedence among controls of one type and
+kind: the lower priority number, then the newer; a control outranked by one whose time
+overlaps its own is *superseded* (reported so, and named in ``supersededIds`` when the newer
+one is set or starts).
 
-Applied by :mod:`agent.core.v2x_modes` to every EVSE whose stage takes setpoints:
+Applied by :mod:`agent.core.v2x_modes` to every EVSE whose stage takes setpoints (sign
+convention of the DER types: positive active power feeds the grid (discharge), positive
+reactive power is injected (over-excited); the HAL's active power is the other way round,
+positive into the EV).  Voltages on a curve's x axis or in a window: above 150 volts, else
+% of the 230 V nominal (a VoltVar curve's ``reactivePowerParams.vRef``, in %, moves its
+points); the voltage judged is the mean of the EVSE meter's phases.  Active power on a
+curve's x axis (WattPF, WattVar) is % of the stage's maximum active power (the larger of its
+charge and discharge rating), DER sign.
+
+Active power (a setpoint and discharge caps, :meth:`DerControls.effect`):
 
 - **LimitMaxDischarge**: discharge capped at ``pctMaxDischargePower`` % of the stage's rating.
 - **FreqWatt**: the setpoint from the curve at the measured frequency; ``y`` is % of the
-  stage's maximum (PctMaxW / PctWAvail), in the DER sign convention: positive feeds the grid
-  (discharge), negative draws from it (charge).
+  stage's maximum (PctMaxW / PctWAvail).
+- **FreqDroop** (where no FreqWatt is in force): inside ``underFreq`` .. ``overFreq`` nothing
+  changes; beyond, the steady state of a droop, P = P_pre - (f - overFreq) / (f_nom x
+  overDroop) x P_rated above, P_pre + (underFreq - f) / (f_nom x underDroop) x P_rated below
+  (f_nom 50 Hz, 60 Hz where the band is above 55 Hz; droop per unit, a value above 1 read as
+  %); P_pre is the profile's setpoint, else the power measured when the excursion began.
+  ``responseTime`` is not modelled (the steady state applies at the next re-plan).
+- **VoltWatt**: the curve at the voltage caps discharge at ``y`` % (PctMaxW / PctWAvail) of
+  the discharge rating; a negative ``y`` forbids discharge and makes a setpoint charge at
+  least ``-y`` % of the charge rating.
 - **EnterService**: discharge only while the grid is inside its voltage and frequency window
-  (voltages above 150 are volts, others % of the 230 V nominal).
+  (delay, randomDelay and rampRate are not applied).
 - **Ride-through curves** (HV/LV/HF/LF MustTrip, MayTrip, MomCess): the grid beyond the curve's
   threshold (the lowest ``y`` of an HV / HF curve, the highest of an LV / LF one; voltage in
   % of nominal for PctEffectiveV, else volts; frequency in Hz) is an *alarm*, reported when
   it starts and ends; MustTrip and MomCess also stop discharge while it lasts.
-- The others (FixedPFAbsorb / Inject, FixedVar, VoltVar, VoltWatt, WattPF, WattVar,
-  FreqDroop, Gradients, PowerMonitoringMustTrip) are stored, scheduled, reported and
-  notified like the rest, but not applied: the power stages this agent drives take a real
-  power setpoint only (no reactive power, no ramp rate).
+- **Gradients**: ``gradient`` and ``softGradient`` are ramp rates in % of the stage's maximum
+  active power per second (IEEE 2030.5's setGradW / setSoftGradW, where the schema's "in
+  seconds" cannot be meant; 0: no limit), given to a stage that takes ramp rates; the soft
+  one applies when the stage starts from standstill.
+
+Reactive power (:meth:`DerControls.reactive`, only on a stage with reactive control): one
+function at a time, the one of the lowest priority number (a tie: FixedPF, FixedVar,
+VoltVar, WattVar, WattPF).
+
+- **FixedPFAbsorb** while the stage absorbs active power (charges the EV), **FixedPFInject**
+  while it injects (discharges), as IEEE 2030.5's opModFixedPFAbsorbW / InjectW:
+  |Q| = |P| tan(acos(displacement)), absorbed when ``excitation`` is true, injected else.
+- **FixedVar**: ``setpoint`` % of the stage's var range (PctMaxVar), of what the active
+  power leaves of it (PctVarAvail) or of its maximum active power (PctMaxW); positive
+  injects.
+- **VoltVar**: Q from the curve at the voltage (``y`` in PctMaxVar / PctVarAvail / PctMaxW).
+- **WattVar**: Q from the curve at the active power (``y`` as VoltVar's).
+- **WattPF**: the power factor from the curve at the active power; ``y`` > 0 absorbs,
+  ``y`` < 0 injects (the schema's reading of a power-factor ``y``), |y| is cos phi.
+
+The active power a reactive function works from is the setpoint held within the EVSE's
+bounds where there is one, else the measured power.  Q and P together stay within the
+stage's ratings: Q within its var range, sqrt(P^2 + Q^2) within its VA; where a setpoint
+would leave too little room, the setpoint gives way (reactive priority, the grid code's
+function first), a power-factor function keeping its power factor; without a setpoint the
+pilot's charge comes first and Q gets what is left.  Hysteresis, response times and the
+autonomous vRef adjustment are not modelled.
+
+``APPLIED`` is every type but PowerMonitoringMustTrip, which is answered NotSupported
+(``supported_types``), as are the reactive types on a stage without reactive control and
+Gradients on one without ramp rates.
 
 Persisted in the state file with which start / stop notifications were delivered, so a
 restart neither loses a control nor announces one twice, and one that started or ended while
@@ -46,6 +91,7 @@ from typing import Any
 
 from agent.clock import Clock, parse_iso
 from agent.core.smart_charging import curve_power
+from hal.interfaces import ReactiveLimits
 
 log = logging.getLogger("cp_agent.der")
 
@@ -63,9 +109,22 @@ SETTING_FIELD = {"EnterService": "enterService", "FixedPFAbsorb": "fixedPFAbsorb
                  "FixedPFInject": "fixedPFInject", "FixedVar": "fixedVar",
                  "FreqDroop": "freqDroop", "Gradients": "gradient",
                  "LimitMaxDischarge": "limitMaxDischarge"}
-APPLIED = frozenset({"LimitMaxDischarge", "FreqWatt", "EnterService", "HVMustTrip",
-                     "HVMomCess", "HVMayTrip", "LVMustTrip", "LVMomCess", "LVMayTrip",
-                     "HFMustTrip", "HFMayTrip", "LFMustTrip"})
+# What a stage needs for a type: real-power ones need setpoints only (every stage here).
+REACTIVE_TYPES = frozenset({"FixedPFAbsorb", "FixedPFInject", "FixedVar", "VoltVar", "WattPF",
+                            "WattVar"})
+RAMP_TYPES = frozenset({"Gradients"})
+APPLIED = frozenset({"LimitMaxDischarge", "FreqWatt", "FreqDroop", "VoltWatt", "EnterService",
+                     "HVMustTrip", "HVMomCess", "HVMayTrip", "LVMustTrip", "LVMomCess",
+                     "LVMayTrip", "HFMustTrip", "HFMayTrip", "LFMustTrip"}) \
+    | REACTIVE_TYPES | RAMP_TYPES
+# The order a tie of priorities between reactive functions is broken in.
+_REACTIVE_ORDER = ("FixedPFAbsorb", "FixedPFInject", "FixedVar", "VoltVar", "WattVar",
+                   "WattPF")
+_VAR_UNITS = ("PctMaxVar", "PctVarAvail", "PctMaxW")
+_WATT_UNITS = ("PctMaxW", "PctWAvail")
+_VOLTAGE = frozenset({"EnterService", "VoltVar", "VoltWatt"})
+_FREQUENCY = frozenset({"EnterService", "FreqWatt", "FreqDroop"})
+_POWER = frozenset({"FixedPFAbsorb", "FixedPFInject", "WattPF", "WattVar", "FixedVar"})
 _UNSCHEDULED = frozenset({"EnterService", "Gradients"})  # their types have no start / duration
 _TRIP = {"HVMustTrip": "OverVoltage", "HVMomCess": "OverVoltage", "HVMayTrip": "OverVoltage",
          "LVMustTrip": "UnderVoltage", "LVMomCess": "UnderVoltage", "LVMayTrip": "UnderVoltage",
@@ -76,6 +135,29 @@ _STOPS_DISCHARGE = frozenset(t for t in _TRIP if not t.endswith("MayTrip"))
 
 def setting_field(control_type: str) -> str:
     return SETTING_FIELD.get(control_type, "curve")
+
+
+def supported_types(*, reactive: bool, ramp: bool) -> tuple[str, ...]:
+    """The control types a stage that takes setpoints can follow (DCDERCtrlr
+    SupportedControls), in the schema's order: the real-power ones always, the reactive ones
+    with reactive control, Gradients with ramp rates."""
+    return tuple(t for t in CONTROL_TYPES if t in APPLIED
+                 and (reactive or t not in REACTIVE_TYPES) and (ramp or t not in RAMP_TYPES))
+
+
+def stage_supports(ev: Any) -> tuple[str, ...]:
+    """:func:`supported_types` of a HAL EV side (a driver property that fails: not there)."""
+    if not _flag(ev, "supports_setpoint"):
+        return ()
+    return supported_types(reactive=_flag(ev, "supports_reactive"),
+                           ramp=_flag(ev, "supports_ramp_rate"))
+
+
+def _flag(obj: Any, name: str) -> bool:
+    try:
+        return getattr(obj, name, False) is True
+    except Exception:  # noqa: BLE001 - a driver's bug reads as "cannot"
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +213,27 @@ class DerControl:
 
 @dataclass(frozen=True, slots=True)
 class DerEffect:
-    """What the DER controls in force ask of one EVSE now."""
+    """What the DER controls in force ask of one EVSE's active power now (HAL sign: positive
+    into the EV).  ``charge_floor_w``: a setpoint charges at least this (VoltWatt below 0);
+    ``ramp_w_s``: (normal, soft-start) W/s of a Gradients control (None: none in force; a
+    rate of None in it: no limit); ``droop``: a FreqDroop excursion is under way."""
 
     setpoint_w: float | None = None
     discharge_cap_w: float | None = None
+    why: str = ""
+    charge_floor_w: float | None = None
+    ramp_w_s: tuple[float | None, float | None] | None = None
+    droop: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DerReactive:
+    """The reactive power the controls in force ask (DER sign: positive injects), and the
+    setpoint held so that both fit the stage's ratings (HAL sign; None: none)."""
+
+    var: float | None  # None: no reactive function in force (unity power factor)
+    setpoint_w: float | None
+    control_type: str = ""
     why: str = ""
 
 
@@ -177,15 +276,48 @@ def validate_control(control_type: object, is_default: object,
             problems.append("curveData has points that are not numbers")
         elif any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
             problems.append("curveData: its x values must increase")
-        if control_type == "FreqWatt" and setting.get("yUnit") not in ("PctMaxW", "PctWAvail"):
-            problems.append(f"a FreqWatt curve gives power: yUnit PctMaxW or PctWAvail, not "
-                            f"{setting.get('yUnit')!r}")
+        unit = setting.get("yUnit")
+        if control_type in ("FreqWatt", "VoltWatt") and unit not in _WATT_UNITS:
+            problems.append(f"a {control_type} curve gives power: yUnit PctMaxW or PctWAvail, "
+                            f"not {unit!r}")
+        if control_type in ("VoltVar", "WattVar") and unit not in _VAR_UNITS:
+            problems.append(f"a {control_type} curve gives reactive power: yUnit "
+                            f"{', '.join(_VAR_UNITS)}, not {unit!r}")
+        if control_type == "WattPF" and not problems and not all(
+                0 < abs(p["y"]) <= 1 for p in points):
+            problems.append("a WattPF curve gives power factors: every y in [-1, 0) or (0, 1]")
+        vref = (setting.get("reactivePowerParams") or {}).get("vRef") \
+            if isinstance(setting.get("reactivePowerParams"), Mapping) else None
+        if control_type == "VoltVar" and vref is not None \
+                and (not _finite(vref) or not 50 <= vref <= 150):
+            problems.append(f"reactivePowerParams.vRef {vref!r} is not a percentage of the "
+                            f"nominal voltage in [50, 150]")
     elif control_type in ("FixedPFAbsorb", "FixedPFInject"):
-        if not _finite(setting.get("displacement")) or not 0 <= setting["displacement"] <= 1:
-            problems.append("displacement (cos phi) is not between 0 and 1")
+        if not _finite(setting.get("displacement")) or not 0 < setting["displacement"] <= 1:
+            problems.append("displacement (cos phi) is not above 0 and at most 1")
+        if not isinstance(setting.get("excitation"), bool):
+            problems.append("excitation (true: absorbing, false: injecting) is not a boolean")
     elif control_type == "FixedVar":
         if not _finite(setting.get("setpoint")) or not -100 <= setting["setpoint"] <= 100:
             problems.append("setpoint is not a percentage between -100 and 100")
+        if setting.get("unit") not in _VAR_UNITS:
+            problems.append(f"unit {setting.get('unit')!r}: a var setpoint is a percentage "
+                            f"of {', '.join(_VAR_UNITS)}")
+    elif control_type == "FreqDroop":
+        keys = ("overFreq", "underFreq", "overDroop", "underDroop", "responseTime")
+        if not all(_finite(setting.get(k)) for k in keys):
+            problems.append(f"{', '.join(keys)} are not all numbers")
+        elif not setting["underFreq"] < setting["overFreq"]:
+            problems.append("underFreq is not below overFreq")
+        elif not (setting["overDroop"] > 0 and setting["underDroop"] > 0):
+            problems.append("a droop is not above 0")
+        elif setting["responseTime"] < 0:
+            problems.append("responseTime is below 0")
+    elif control_type == "Gradients":
+        if not all(_finite(setting.get(k)) and setting[k] >= 0
+                   for k in ("gradient", "softGradient")):
+            problems.append("gradient and softGradient are not numbers >= 0 (% of the rated "
+                            "power per second, 0: no limit)")
     elif control_type == "LimitMaxDischarge":
         pct = setting.get("pctMaxDischargePower")
         if pct is not None and (not _finite(pct) or not 0 <= pct <= 100):
@@ -317,35 +449,137 @@ class DerControls:
                     out[c.control_type] = c
         return out
 
+    def watches(self, at: datetime) -> frozenset[str]:
+        """What the controls in force read: "frequency", "voltage", "power" (the active
+        power a reactive function follows)."""
+        force = self.in_force(at)
+        out = set()
+        for t in force:
+            if t in _FREQUENCY or t in _TRIP and _TRIP[t].endswith("Frequency"):
+                out.add("frequency")
+            if t in _VOLTAGE or t in _TRIP and _TRIP[t].endswith("Voltage"):
+                out.add("voltage")
+            if t in _POWER:
+                out.add("power")
+        return frozenset(out)
+
     def needs_grid(self, at: datetime) -> bool:
-        """Whether a control in force reads the grid (frequency or voltage)."""
-        return any(t == "FreqWatt" or t == "EnterService" or t in _TRIP
-                   for t in self.in_force(at))
+        """Whether a control in force reads the grid (frequency, voltage, active power)."""
+        return bool(self.watches(at))
 
     def effect(self, at: datetime, *, hz: float | None, volts: tuple[float, float] | None,
-               max_charge_w: float, max_discharge_w: float) -> DerEffect:
-        """What the controls in force ask of a stage of that rating, at that grid."""
+               max_charge_w: float, max_discharge_w: float, v_avg: float | None = None,
+               setpoint_w: float | None = None, droop_pre_w: float | None = None
+               ) -> DerEffect:
+        """What the controls in force ask of a stage of that rating, at that grid, of its
+        active power; ``setpoint_w`` is the profile's (HAL sign), ``droop_pre_w`` the power
+        a FreqDroop excursion started from (used without a setpoint)."""
         force = self.in_force(at)
         setpoint: float | None = None
         cap: float | None = None
+        floor: float | None = None
         why = ""
+        droop = False
+        rated = max(max_charge_w, max_discharge_w)
         lmd = force.get("LimitMaxDischarge")
         if lmd is not None and _finite(lmd.setting.get("pctMaxDischargePower")):
             cap = max(0.0, float(lmd.setting["pctMaxDischargePower"])) / 100 * max_discharge_w
         fw = force.get("FreqWatt")
+        fd = force.get("FreqDroop")
         if fw is not None and hz is not None:
-            points = [(Decimal(str(p["x"])), Decimal(str(p["y"])))
-                      for p in fw.setting.get("curveData") or []]
-            pct = float(curve_power(points, Decimal(str(hz))))
+            pct = _curve(fw.setting, hz)
             setpoint = -pct / 100 * (max_discharge_w if pct > 0 else max_charge_w)
             why = f"DER FreqWatt {fw.control_id} at {hz:g} Hz"
+        elif fd is not None and hz is not None:
+            pre = setpoint_w if setpoint_w is not None else droop_pre_w
+            delta = freq_droop(fd.setting, hz, rated)
+            if delta is not None and pre is not None:
+                droop = True
+                setpoint = pre - delta  # delta in the DER sign: more injection, less charge
+                why = f"DER FreqDroop {fd.control_id} at {hz:g} Hz"
+        vw = force.get("VoltWatt")
+        if vw is not None and v_avg is not None:
+            pct = _curve(vw.setting, voltage_pct(vw.setting, v_avg))
+            if pct >= 0:
+                vw_cap = pct / 100 * max_discharge_w
+                cap = vw_cap if cap is None else min(cap, vw_cap)
+            else:
+                cap, floor = 0.0, -pct / 100 * max_charge_w
+            why = why or f"DER VoltWatt {vw.control_id} at {v_avg:g} V"
         es = force.get("EnterService")
         if es is not None and not _inside(es.setting, hz, volts):
             cap, why = 0.0, why or f"DER EnterService {es.control_id}: grid outside its window"
         if any(a.control_type in _STOPS_DISCHARGE and a.control_type in force
                for a in self.alarms.values()):
             cap = 0.0
-        return DerEffect(setpoint, cap, why)
+        ramp = None
+        gr = force.get("Gradients")
+        if gr is not None:
+            ramp = tuple(float(gr.setting[k]) / 100 * rated
+                         if _finite(gr.setting.get(k)) and gr.setting[k] > 0 and rated > 0
+                         else None for k in ("gradient", "softGradient"))
+        return DerEffect(setpoint, cap, why, floor, ramp, droop)  # type: ignore[arg-type]
+
+    def reactive(self, at: datetime, *, p_w: float, setpoint_w: float | None,
+                 v_avg: float | None, limits: ReactiveLimits, max_w: float) -> DerReactive:
+        """The reactive power of the function in force, at active power ``p_w`` (HAL sign:
+        what will flow: the setpoint within the EVSE's bounds, else the measured power), and
+        ``setpoint_w`` (None: none) held so that the pair fits ``limits`` (see the module
+        docstring)."""
+        force = self.in_force(at)
+        der_p = -p_w  # DER sign: positive injects
+        candidates = [c for t, c in force.items() if t in REACTIVE_TYPES
+                      and not (t == "FixedPFAbsorb" and der_p >= 0)
+                      and not (t == "FixedPFInject" and der_p <= 0)
+                      and not (t == "VoltVar" and v_avg is None)]
+        if not candidates:
+            return DerReactive(None, setpoint_w)
+        c = min(candidates, key=lambda c: (c.priority, _REACTIVE_ORDER.index(c.control_type)))
+        try:
+            return self._reactive(c, p_w, setpoint_w, v_avg, limits, max_w)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            # A setting kept by an older version that this one cannot read: unity power
+            # factor rather than a scheduler that stops.
+            log.error("DER control %s (%s) not applied: %s", c.control_id, c.control_type, exc)
+            return DerReactive(None, setpoint_w)
+
+    def _reactive(self, c: DerControl, p_w: float, setpoint_w: float | None,
+                  v_avg: float | None, limits: ReactiveLimits, max_w: float) -> DerReactive:
+        der_p = -p_w
+        t, st = c.control_type, c.setting
+        avail = math.sqrt(max(0.0, limits.max_va ** 2 - p_w ** 2))
+
+        def var_of(pct: float, unit: object) -> float:
+            side = limits.max_inject_var if pct >= 0 else limits.max_absorb_var
+            base = {"PctMaxVar": side, "PctVarAvail": min(side, avail),
+                    "PctMaxW": max_w}.get(str(unit), side)
+            return pct / 100 * base
+
+        pf: float | None = None  # tan(phi) of a power-factor function, signed as Q
+        if t in ("FixedPFAbsorb", "FixedPFInject"):
+            d = float(st["displacement"])
+            pf = _tan(d) * (-1.0 if st.get("excitation") else 1.0)
+            why = f"DER {t} {c.control_id}: cos phi {d:g}"
+        elif t == "WattPF":
+            y = _curve(st, der_p / max_w * 100 if max_w > 0 else 0.0)
+            y = max(-1.0, min(1.0, y)) or 1.0
+            pf = _tan(abs(y)) * (-1.0 if y > 0 else 1.0)
+            why = f"DER WattPF {c.control_id}: cos phi {abs(y):g} at {-p_w:g} W"
+        elif t == "FixedVar":
+            q = var_of(float(st["setpoint"]), st.get("unit"))
+            why = f"DER FixedVar {c.control_id}"
+        elif t == "VoltVar":
+            assert v_avg is not None
+            q = var_of(_curve(st, voltage_pct(st, v_avg)), st.get("yUnit"))
+            why = f"DER VoltVar {c.control_id} at {v_avg:g} V"
+        else:  # WattVar
+            q = var_of(_curve(st, der_p / max_w * 100 if max_w > 0 else 0.0), st.get("yUnit"))
+            why = f"DER WattVar {c.control_id} at {-p_w:g} W"
+        if pf is not None:
+            q, setpoint = _hold_pf(p_w, pf, setpoint_w, limits)
+        else:
+            q, setpoint = _hold_var(p_w, q, setpoint_w, limits)
+        return DerReactive(q + 0.0, setpoint, t, why)
 
     def next_change(self, now: datetime) -> datetime | None:
         """The next start or end of a scheduled control after ``now``."""
@@ -420,6 +654,80 @@ class DerControls:
         return changed
 
 
+def _curve(setting: Mapping[str, Any], x: float) -> float:
+    points = [(Decimal(str(p["x"])), Decimal(str(p["y"])))
+              for p in setting.get("curveData") or []]
+    return float(curve_power(points, Decimal(str(x))))
+
+
+def voltage_pct(setting: Mapping[str, Any], volts: float) -> float:
+    """``volts`` on a voltage curve's x axis: % of the nominal, moved by a VoltVar curve's
+    vRef; a curve whose x are above 150 is in volts and gets volts."""
+    xs = [p.get("x") for p in setting.get("curveData") or [] if isinstance(p, Mapping)]
+    if xs and all(_finite(x) and x > 150 for x in xs):
+        return volts
+    params = setting.get("reactivePowerParams")
+    vref = params.get("vRef") if isinstance(params, Mapping) else None
+    ref = float(vref) if _finite(vref) and vref > 0 else 100.0
+    return volts / NOMINAL_V * 100 * 100 / ref
+
+
+def freq_droop(setting: Mapping[str, Any], hz: float, rated_w: float) -> float | None:
+    """The steady-state change of a FreqDroop in W, DER sign (positive: more injection);
+    None inside its dead band (or a setting that says nothing)."""
+    try:
+        over, under = float(setting["overFreq"]), float(setting["underFreq"])
+        k_over, k_under = float(setting["overDroop"]), float(setting["underDroop"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    nominal = 60.0 if (over + under) / 2 > 55 else 50.0
+    k_over = k_over / 100 if k_over > 1 else k_over
+    k_under = k_under / 100 if k_under > 1 else k_under
+    if hz > over and k_over > 0:
+        return -(hz - over) / (nominal * k_over) * rated_w
+    if hz < under and k_under > 0:
+        return (under - hz) / (nominal * k_under) * rated_w
+    return None
+
+
+def _tan(cos_phi: float) -> float:
+    c = max(1e-6, min(1.0, cos_phi))
+    return math.sqrt(1.0 - c * c) / c
+
+
+def _hold_var(p_w: float, q: float, setpoint: float | None,
+              limits: ReactiveLimits) -> tuple[float, float | None]:
+    """Q within the var range; then reactive priority over a setpoint (it gives way to
+    sqrt(VA^2 - Q^2)), or, without one, Q within what the active power leaves."""
+    q = max(-limits.max_absorb_var, min(limits.max_inject_var, q))
+    q = max(-limits.max_va, min(limits.max_va, q))
+    room_p = math.sqrt(max(0.0, limits.max_va ** 2 - q * q))
+    if setpoint is not None:
+        if abs(setpoint) > room_p:
+            setpoint = math.copysign(room_p, setpoint)
+        return q, setpoint
+    room_q = math.sqrt(max(0.0, limits.max_va ** 2 - p_w * p_w))
+    return max(-room_q, min(room_q, q)), None
+
+
+def _hold_pf(p_w: float, tan_phi: float, setpoint: float | None,
+             limits: ReactiveLimits) -> tuple[float, float | None]:
+    """Q = |P| tan(phi) (signed by ``tan_phi``); with a setpoint, P gives way so that the
+    power factor holds within the var range and the VA rating; without one, Q is cut."""
+    t = abs(tan_phi)
+    q_limit = limits.max_inject_var if tan_phi >= 0 else limits.max_absorb_var
+    if setpoint is None:
+        q = math.copysign(min(abs(p_w) * t, q_limit), tan_phi)
+        return _hold_var(p_w, q, None, limits)
+    allowed = limits.max_va / math.sqrt(1.0 + t * t)
+    if t > 0:
+        allowed = min(allowed, q_limit / t)
+    p = min(abs(p_w), allowed)
+    setpoint = math.copysign(min(abs(setpoint), allowed), setpoint)
+    q = math.copysign(min(p * t, q_limit), tan_phi)
+    return q, setpoint
+
+
 def _inside(setting: Mapping[str, Any], hz: float | None,
             volts: tuple[float, float] | None) -> bool:
     try:
@@ -458,4 +766,5 @@ def _beyond(c: DerControl, fault: str, hz: float | None,
 
 
 __all__ = ["APPLIED", "CONTROL_TYPES", "DerAlarm", "DerControl", "DerControls", "DerEffect",
-           "setting_field", "validate_control"]
+           "DerReactive", "REACTIVE_TYPES", "freq_droop", "setting_field", "stage_supports",
+           "supported_types", "validate_control", "voltage_pct"]

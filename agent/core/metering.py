@@ -27,7 +27,9 @@ way.  The EV side's state of charge joins the meter's reading when a sample asks
 Energy out of the EV (a bidirectional power stage, agent/core/v2x.py) is the meter's export
 register (Energy.Active.Export.Register); the HAL's power is signed (negative: out of the
 EV), which the measurands split into Power.Active.Import and Power.Active.Export, and the
-per-phase current magnitudes into Current.Import or Current.Export by the same sign.
+per-phase current magnitudes into Current.Import or Current.Export by the same sign.  Reactive
+power is signed the same way (positive: absorbed, Power.Reactive.Import; negative: injected,
+Power.Reactive.Export); Power.Factor is the meter's cos phi, unitless.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ NEEDS: dict[str, str | None] = {
     "Frequency": "frequency",
     "SoC": "soc",
     "Temperature": "temperature",
+    "Power.Reactive.Import": "power_reactive",
+    "Power.Reactive.Export": "power_reactive",
+    "Power.Factor": "power_factor",
 }
 assert set(NEEDS) == set(MEASURANDS)
 
@@ -139,6 +144,14 @@ def build_samples(reading: MeterReading, measurands: list[str], context: str,
             out.append(Sample(m, reading.soc_percent, "Percent", context, location="EV"))
         elif m == "Temperature" and reading.temperature_c is not None:
             out.append(Sample(m, reading.temperature_c, "Celsius", context, location="Body"))
+        elif m in ("Power.Reactive.Import", "Power.Reactive.Export") \
+                and reading.power_reactive_var is not None:
+            # Signed in the load convention (positive: import, absorbed): split as P is.
+            var = reading.power_reactive_var
+            out.append(Sample(m, max(0.0, var if m.endswith("Import") else -var), "var",
+                              context, location="Outlet"))
+        elif m == "Power.Factor" and reading.power_factor is not None:
+            out.append(Sample(m, reading.power_factor, None, context, location="Outlet"))
     return out
 
 

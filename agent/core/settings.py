@@ -50,6 +50,9 @@ MEASURANDS = (
     "Frequency",
     "SoC",
     "Temperature",
+    "Power.Reactive.Import",  # vars absorbed (a stage with reactive control; meters with Q)
+    "Power.Reactive.Export",  # vars injected
+    "Power.Factor",
 )
 SAMPLED_MAX = 9
 # The capability (Settings.add_capability) of the measurand lists: what the hardware gives.

@@ -19,7 +19,13 @@ Topics, under ``<prefix>`` (``mqtt.topic_prefix``, default ``cp-agent/<station i
     <prefix>/evse/<n>/offered_a      number: what the pilot offers the EV now (0: nothing)
     <prefix>/evse/<n>/set/limit_a    written by the energy manager: amps, or empty / none
     <prefix>/set/limit_a             the same limit for every EVSE of the station
-    <...>/set/limit_a/error          retained text naming why the last value was refused
+    <prefix>/evse/<n>/set/setpoint_w written: signed W for OCPP 2.1 ExternalSetpoint periods
+                                     (negative: discharge the EV), or empty / none
+    <prefix>/evse/<n>/set/max_charge_w, max_discharge_w
+                                     written: W >= 0, the external limits of the 2.1
+                                     ExternalSetpoint / ExternalLimits periods, or empty / none
+    <prefix>/set/setpoint_w, ...     the same for every EVSE of the station
+    <...>/set/<command>/error        retained text naming why the last value was refused
 
 What the bridge reads it reads from the core's snapshots, compared every second (and sent
 whenever something changed) plus a full republish every ``publish_interval_s``: polling a
@@ -37,6 +43,12 @@ Safety choices (README, "MQTT"):
   the moment the bridge subscribes.
 - A payload that is not a non-negative number is refused with a log line and a retained
   ``.../error`` message; it never raises and never changes the limit in force.
+- An external setpoint is different: it drives energy rather than restricting it, so one
+  not renewed within ``setpoint_timeout_s`` is stale and no longer followed (the core falls
+  back to the period's setpoint, else 0 W: :mod:`agent.core.v2x_modes`); the external
+  charge / discharge limits restrict, so they are kept like ``limit_a`` (stale: flagged).
+  Each is applied by the core only in the OCPP 2.1 external operation modes, and within
+  every bound of :mod:`agent.core.v2x` (the EV's and the stage's limits, the profile's).
 """
 
 from __future__ import annotations
@@ -73,6 +85,45 @@ LinkState = Callable[[], tuple[str, str | None]]  # (link state, agreed OCPP ver
 
 class LimitError(ValueError):
     """A payload on a limit topic that cannot be a limit; the message says why."""
+
+
+# The command topics under <prefix>/evse/<n>/set/ and <prefix>/set/.
+LIMIT_A = "limit_a"
+SETPOINT_W = "setpoint_w"
+MAX_CHARGE_W = "max_charge_w"
+MAX_DISCHARGE_W = "max_discharge_w"
+COMMANDS = (LIMIT_A, SETPOINT_W, MAX_CHARGE_W, MAX_DISCHARGE_W)
+MAX_WATTS = 1_000_000.0  # beyond any charger: a typo (kW sent as W * 1000), refused
+
+
+def parse_watts(payload: bytes, *, signed: bool) -> float | None:
+    """Watts from a setpoint (``signed``: negative discharges the EV) or a power limit
+    message (>= 0); None clears it (empty payload, ``none``, ``null``).
+
+    Raises :class:`LimitError` naming the problem for anything else.
+    """
+    try:
+        text = payload.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise LimitError("the payload is not UTF-8 text; expected a number of watts, "
+                         "or an empty payload / none to clear it") from None
+    if text == "" or text.lower() in ("none", "null"):
+        return None
+    shown = text if len(text) <= ERROR_PAYLOAD_CHARS else text[:ERROR_PAYLOAD_CHARS] + "..."
+    what = "signed watts (e.g. -3000 discharges the EV at 3 kW)" if signed \
+        else "watts >= 0 (e.g. 7400)"
+    try:
+        watts = float(text)
+    except ValueError:
+        raise LimitError(f"{shown!r} is not a number; expected {what}, or an empty payload "
+                         "/ none to clear it") from None
+    if not math.isfinite(watts):
+        raise LimitError(f"{shown!r} is not a finite number of watts")
+    if not signed and watts < 0:
+        raise LimitError(f"{shown!r} is negative; expected {what}")
+    if abs(watts) > MAX_WATTS:
+        raise LimitError(f"{shown!r} is beyond {MAX_WATTS:.0f} W; expected {what}")
+    return watts
 
 
 def parse_limit(payload: bytes) -> float | None:
@@ -114,7 +165,8 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 
 def evse_state(snap: EvseSnapshot, *, mqtt_limit_a: float | None = None,
-               mqtt_limit_stale: bool = False) -> dict[str, Any]:
+               mqtt_limit_stale: bool = False,
+               external: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON state of one EVSE as published on ``<prefix>/evse/<n>/state``.
 
     Whether a session is authorized is published, the token UID is not: an energy manager
@@ -141,6 +193,7 @@ def evse_state(snap: EvseSnapshot, *, mqtt_limit_a: float | None = None,
         "transaction": snap.tx_local_id is not None,
         "operative": snap.operative,
         "faults": [str(f) for f in snap.faults],
+        **(external or {}),  # the V2X part, on an EVSE whose power stage takes setpoints
     }
 
 
@@ -176,6 +229,7 @@ class MqttBridge:
         self._rng = rng or random.Random()
         self._identifier = f"cp-agent-{station_id}"
         self._limits: dict[int, _Limit] = {}
+        self._power_limits: dict[tuple[int, str], _Limit] = {}  # (EVSE, command) -> W
         self._published: dict[str, str] = {}  # topic -> payload the broker has (this session)
         self._clean_errors: set[str] = set()  # error topics known to hold no retained error
         self._poke = asyncio.Event()  # something changed: publish now, not at the next poll
@@ -260,8 +314,8 @@ class MqttBridge:
         """One connection: subscribe, announce, then serve until it breaks or we stop."""
         self._published.clear()  # the broker may have lost everything (no persistence)
         # Subscribed before "online": an energy manager that sees online may send a limit.
-        await client.subscribe(f"{self.prefix}/evse/+/set/limit_a", qos=1)
-        await client.subscribe(f"{self.prefix}/set/limit_a", qos=1)
+        await client.subscribe(f"{self.prefix}/evse/+/set/+", qos=1)
+        await client.subscribe(f"{self.prefix}/set/+", qos=1)
         await client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
         await self._publish(client, force=True)
         tasks = [asyncio.create_task(self._listen(client), name="mqtt-listen"),
@@ -296,7 +350,8 @@ class MqttBridge:
         for snap in self._station.snapshots():
             limit = self._limits.get(snap.evse_id)
             doc = evse_state(snap, mqtt_limit_a=limit.amps if limit else None,
-                             mqtt_limit_stale=bool(limit and limit.stale))
+                             mqtt_limit_stale=bool(limit and limit.stale),
+                             external=self._external_state(snap))
             base = f"{p}/evse/{snap.evse_id}"
             out[f"{base}/state"] = json.dumps(doc, sort_keys=True, separators=(",", ":"))
             out[f"{base}/power_w"] = _num(snap.power_w)
@@ -326,8 +381,32 @@ class MqttBridge:
                 last_full = loop.time()
             await self._publish(client, force=force)
 
+    def _external_state(self, snap: EvseSnapshot) -> dict[str, Any] | None:
+        """What the energy manager set for the 2.1 external modes and what the stage does."""
+        modes = getattr(self._station, "v2x_modes", None)
+        stage = getattr(snap, "power_stage", None)
+        if modes is None or stage is None:
+            return None
+        watts, stale = modes.external_setpoint(snap.evse_id)
+        plan = modes.plans.get(snap.evse_id)
+        out: dict[str, Any] = {
+            "operation_mode": plan.mode.value if plan is not None else None,
+            "setpoint_w": _round(stage.setpoint_w),  # what the power stage follows now
+            "external_setpoint_w": _round(watts), "external_setpoint_stale": stale}
+        for command in (MAX_CHARGE_W, MAX_DISCHARGE_W):
+            limit = self._power_limits.get((snap.evse_id, command))
+            out[f"external_{command}"] = _round(limit.amps) if limit else None
+            out[f"external_{command}_stale"] = bool(limit and limit.stale)
+        return out
+
     def _check_stale(self) -> None:
         now = self._clock.monotonic()
+        for (evse_id, command), limit in self._power_limits.items():
+            if not limit.stale and now - limit.at > self.cfg.limit_timeout_s:
+                limit.stale = True
+                log.warning("MQTT: EVSE %d: the external %s of %s W was not renewed for "
+                            "%.0f s; keeping it (a limit only restricts)", evse_id,
+                            command, _num(limit.amps), self.cfg.limit_timeout_s)
         for evse_id, limit in self._limits.items():
             if not limit.stale and now - limit.at > self.cfg.limit_timeout_s:
                 limit.stale = True
@@ -347,47 +426,96 @@ class MqttBridge:
                 payload = b"" if payload is None else str(payload).encode()
             await self._on_message(client, message.topic.value, bytes(payload))
 
-    def _targets(self, topic: str) -> tuple[list[int], str | None]:
-        """The EVSEs a limit topic addresses, or a reason why it addresses none."""
+    def _targets(self, topic: str) -> tuple[list[int], str, str | None]:
+        """The EVSEs and the command a topic addresses, or a reason why it addresses none."""
         evses = sorted(self._station.evses)
-        if topic == f"{self.prefix}/set/limit_a":
-            return evses, None
-        n = topic[len(f"{self.prefix}/evse/"):-len("/set/limit_a")]
-        if n.isdigit() and int(n) in self._station.evses:
-            return [int(n)], None
-        return [], f"no EVSE {n!r}; this station has EVSEs {evses}"
+        command = topic.rsplit("/", 1)[-1]
+        if command not in COMMANDS:
+            return [], command, (f"unknown command topic {command!r}; expected one of "
+                                 f"{', '.join(COMMANDS)}")
+        if topic == f"{self.prefix}/set/{command}":
+            found = evses
+        else:
+            n = topic[len(f"{self.prefix}/evse/"):-len(f"/set/{command}")]
+            if not (n.isdigit() and int(n) in self._station.evses):
+                return [], command, f"no EVSE {n!r}; this station has EVSEs {evses}"
+            found = [int(n)]
+        if command != LIMIT_A:
+            modes = getattr(self._station, "v2x_modes", None)
+            able = [e for e in found if self._station.evses[e].hw.ev.supports_setpoint]
+            if modes is None or not able:
+                where = "this station" if len(found) > 1 else f"EVSE {found[0]}"
+                return [], command, (f"{where} has no power stage that takes setpoints "
+                                     "(bidirectional, OCPP 2.1 V2X)")
+            found = able
+        return found, command, None
 
     async def _on_message(self, client: aiomqtt.Client, topic: str, payload: bytes) -> None:
-        """Apply one limit message; a bad one is answered on ``<topic>/error``, never raised."""
+        """Apply one command message; a bad one is answered on ``<topic>/error``, never
+        raised."""
         error_topic = f"{topic}/error"
-        evses, problem = self._targets(topic)
-        amps: float | None = None
-        if problem is None:
-            try:
-                amps = parse_limit(payload)
-            except LimitError as exc:
-                problem = str(exc)
-        if problem is None:
-            try:
-                for evse_id in evses:
-                    await self._station.evses[evse_id].set_limit(LIMIT_SOURCE, amps)
-                    self._note_limit(evse_id, amps)
-                    profiles = getattr(self._station, "charging_profiles", None)
-                    if profiles is not None:  # an energy manager's limit: 2.0.1 K11-K13
-                        profiles.set_external(LIMIT_SOURCE, evse_id, amps)
-            except Exception as exc:  # the core refusing must not end the session
-                log.exception("MQTT: applying the limit from %s failed", topic)
-                problem = f"the limit could not be applied: {exc}"
+        evses, command, problem = self._targets(topic)
+        if problem is None and command != LIMIT_A:
+            problem = self._on_power(topic, evses, command, payload)
+        elif problem is None:
+            problem = await self._on_limit(topic, evses, payload)
         if problem is not None:
-            log.warning("MQTT: refused the limit on %s: %s", topic, problem)
+            log.warning("MQTT: refused the %s on %s: %s",
+                        "limit" if command == LIMIT_A else "value", topic, problem)
             self._clean_errors.discard(error_topic)
             await client.publish(error_topic, problem, qos=1, retain=True)
             return
-        log.info("MQTT: %s: limit %s", topic, "cleared" if amps is None else f"{_num(amps)} A")
         if error_topic not in self._clean_errors:
             await client.publish(error_topic, b"", qos=1, retain=True)  # drops a retained error
             self._clean_errors.add(error_topic)
         self._poke.set()
+
+    def _on_power(self, topic: str, evses: list[int], command: str,
+                  payload: bytes) -> str | None:
+        """An external setpoint or power limit (2.1 external modes) to the core; the
+        problem, or None when applied."""
+        modes = self._station.v2x_modes  # type: ignore[attr-defined]
+        try:
+            watts = parse_watts(payload, signed=command == SETPOINT_W)
+        except LimitError as exc:
+            return str(exc)
+        try:
+            for evse_id in evses:
+                if command == SETPOINT_W:
+                    modes.set_external_setpoint(evse_id, watts,
+                                                valid_s=self.cfg.setpoint_timeout_s)
+                    continue
+                direction = "charge" if command == MAX_CHARGE_W else "discharge"
+                modes.set_external_limit(evse_id, direction, watts)
+                if watts is None:
+                    self._power_limits.pop((evse_id, command), None)
+                else:
+                    self._power_limits[(evse_id, command)] = _Limit(watts,
+                                                                    self._clock.monotonic())
+        except Exception as exc:  # the core refusing must not end the session
+            log.exception("MQTT: applying %s failed", command)
+            return f"the value could not be applied: {exc}"
+        log.info("MQTT: %s: %s", topic, "cleared" if watts is None else f"{_num(watts)} W")
+        return None
+
+    async def _on_limit(self, topic: str, evses: list[int], payload: bytes) -> str | None:
+        """A current limit (``limit_a``) to the core's limit source; the problem, or None."""
+        try:
+            amps = parse_limit(payload)
+        except LimitError as exc:
+            return str(exc)
+        try:
+            for evse_id in evses:
+                await self._station.evses[evse_id].set_limit(LIMIT_SOURCE, amps)
+                self._note_limit(evse_id, amps)
+                profiles = getattr(self._station, "charging_profiles", None)
+                if profiles is not None:  # an energy manager's limit: 2.0.1 K11-K13
+                    profiles.set_external(LIMIT_SOURCE, evse_id, amps)
+        except Exception as exc:  # the core refusing must not end the session
+            log.exception("MQTT: applying the limit from %s failed", topic)
+            return f"the limit could not be applied: {exc}"
+        log.info("MQTT: %s: limit %s", topic, "cleared" if amps is None else f"{_num(amps)} A")
+        return None
 
     def _note_limit(self, evse_id: int, amps: float | None) -> None:
         if amps is None:

@@ -521,7 +521,12 @@ SCRIPT = r"""
     setText(f.meter, fmtEnergy(e.meter_wh) + (x ? " in \u00b7 " + fmtEnergy(e.export_wh) +
       " out \u00b7 EV " + (soc !== null ? soc.toFixed(1) + " %" : dash) + " \u00b7 setpoint " +
       (x.setpoint_w !== null ? fmtPower(x.setpoint_w) : "none") +
-      (x.bidirectional ? "" : " (no discharge)") : ""));
+      (x.bidirectional ? "" : " (no discharge)") +
+      // Reactive power (DER): injected / absorbed vars and cos phi, where the stage says.
+      (e.reactive_var !== null && e.reactive_var !== undefined ? " \u00b7 Q " +
+        Math.abs(e.reactive_var).toFixed(0) + " var " + (e.reactive_var > 0 ? "absorbed" :
+        e.reactive_var < 0 ? "injected" : "") + " \u00b7 PF " + (e.power_factor !== null ?
+        e.power_factor.toFixed(3) : dash) : "") : ""));
     setText(f.tx, e.transaction_id !== null && e.transaction_id !== undefined ?
       String(e.transaction_id) : dash);
     setText(f.faults, e.faults.length ? e.faults.join(", ") : "none");

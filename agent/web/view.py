@@ -197,6 +197,10 @@ def build_view(agent: Agent, tracker: SessionTracker, *, samples: bool = False
             **entry,
             "current_a": list(reading.current_a) if reading else [],
             "voltage_v": list(reading.voltage_v) if reading else [],
+            # Reactive power (load convention: positive absorbed) and cos phi, where the
+            # meter gives them (a stage with reactive control: the DER functions' effect).
+            "reactive_var": reading.power_reactive_var if reading else None,
+            "power_factor": reading.power_factor if reading else None,
             "phases": snap.phases if snap is not None else None,
             "session": _session(agent, tracker.series.get(entry["evse"]), samples),
             "sessions": tracker.sessions.get(entry["evse"], 0),

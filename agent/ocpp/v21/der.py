@@ -7,8 +7,10 @@ ClearDERControl, NotifyDERStartStop and NotifyDERAlarm over the core's DER contr
   (the setting field of another type, a missing startTime / duration on a scheduled control,
   values out of range: reason codes MissingParam / InvalidValue; OutOfStorage when the
   station keeps 64 already), NotSupported on a station none of whose EVSEs can feed energy
-  back (no power stage that takes setpoints and discharges).  Every DER type of the schema
-  is kept; which ones the power stage follows is the core's (DCDERCtrlr.SupportedControls).
+  back (no power stage that takes setpoints and discharges), and NotSupported
+  (UnsupportedParam) for a type no EVSE's stage can follow (DCDERCtrlr.SupportedControls:
+  the reactive types need a stage with reactive control, Gradients one with ramp rates;
+  PowerMonitoringMustTrip is followed by none): a control answered Accepted is followed.
 - **GetDERControl**: Accepted and the controls in ReportDERControl (every kind in one
   message, up to 24 of each; more in further messages, ``tbc`` on all but the last),
   NotFound when none matches.
@@ -29,7 +31,13 @@ import logging
 from typing import Any, ClassVar
 
 from agent.clock import iso
-from agent.core.der import APPLIED, CONTROL_TYPES, DerControl, setting_field, validate_control
+from agent.core.der import (
+    CONTROL_TYPES,
+    DerControl,
+    setting_field,
+    stage_supports,
+    validate_control,
+)
 from agent.link.rpc import CallFailed, ConnectionLost
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro
@@ -82,7 +90,7 @@ class Der21(VariableBlock):
                 ro("DCDERCtrlr", "Available", "boolean",
                    lambda evse=evse: b(bool(evse.hw.ev.supports_setpoint)), evse=eid),
                 ro("DCDERCtrlr", "SupportedControls", "MemberList",
-                   ",".join(t for t in CONTROL_TYPES if t in APPLIED), evse=eid,
+                   lambda evse=evse: ",".join(stage_supports(evse.hw.ev)), evse=eid,
                    values_list=CONTROL_TYPES),
             ]
         return out
@@ -95,6 +103,11 @@ class Der21(VariableBlock):
             return _status("NotSupported", "UnsupportedRequest",
                            "no EVSE of this station can feed energy back (charge-only stages)")
         control_type = p.get("controlType")
+        if control_type in CONTROL_TYPES and not any(
+                control_type in stage_supports(e.hw.ev) for e in self.station.evses.values()):
+            return _status("NotSupported", "UnsupportedParam",
+                           f"no power stage of this station can follow a {control_type} "
+                           f"control (DCDERCtrlr.SupportedControls)")
         name = setting_field(str(control_type))
         extra = [k for k in ("curve", "enterService", "fixedPFAbsorb", "fixedPFInject",
                              "fixedVar", "freqDroop", "gradient", "limitMaxDischarge")
