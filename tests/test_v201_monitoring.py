@@ -76,7 +76,8 @@ async def test_hardware_fault_and_its_clearing_are_notify_events(csms201, make_a
     assert event["component"] == {"name": "PowerContactor", "evse": {"id": 1}}
     assert event["variable"] == {"name": "Problem"}
     assert (event["actualValue"], event["trigger"]) == ("true", "Delta")
-    assert event["eventNotificationType"] == "HardWiredNotification"
+    assert event["eventNotificationType"] == "HardWiredMonitor"
+    assert event["variableMonitoringId"] >= 100_000  # a hard-wired monitor's id
     assert event["techCode"] == "welded" and "cleared" not in event
     faulted = await csms201.wait_for("StatusNotification", station_id="CP1",
                                      predicate=lambda p: p["connectorStatus"] == "Faulted")
@@ -135,8 +136,6 @@ UNSUPPORTED = [
     ("GetInstalledCertificateIds", {}, "NotFound"),
     ("InstallCertificate", {"certificateType": "CSMSRootCertificate",
                             "certificate": "x"}, "Rejected"),
-    ("SetMonitoringBase", {"monitoringBase": "All"}, "NotSupported"),
-    ("GetMonitoringReport", {"requestId": 1}, "NotSupported"),
     ("UnpublishFirmware", {"checksum": "0" * 32}, "NoFirmware"),
 ]
 
@@ -147,10 +146,6 @@ async def test_every_request_without_a_feature_gets_a_spec_answer(csms201, make_
     for action, payload, status in UNSUPPORTED:
         res = await link.call(action, payload)
         assert res["status"] == status, action
-    monitors = await link.call("SetVariableMonitoring", {"setMonitoringData": [{
-        "value": 1, "type": "Delta", "severity": 5,
-        "component": {"name": "EVSE", "evse": {"id": 1}}, "variable": {"name": "Power"}}]})
-    assert monitors["setMonitoringResult"][0]["status"] == "UnsupportedMonitorType"
     cleared = await link.call("ClearVariableMonitoring", {"id": [4, 5]})
     assert [r["status"] for r in cleared["clearMonitoringResult"]] == ["NotFound", "NotFound"]
     assert await link.call("CostUpdated", {"totalCost": 1.5, "transactionId": "x"}) == {}

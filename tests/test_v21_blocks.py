@@ -243,7 +243,7 @@ NEVER_SENT = {"DataTransfer": "the station only answers DataTransfer (no vendor 
 ELSEWHERE = frozenset({"NotifyEvent", "OpenPeriodicEventStream", "ClosePeriodicEventStream",
                        "NotifyPeriodicEventStream", "PullDynamicScheduleUpdate",
                        "NotifyPriorityCharging", "NotifyDERStartStop", "NotifyDERAlarm",
-                       "ReportDERControl"})
+                       "ReportDERControl", "NotifyMonitoringReport"})
 
 
 def _tested_on_21_elsewhere(action: str) -> list[str]:

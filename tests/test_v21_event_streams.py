@@ -259,7 +259,8 @@ async def test_stream_monitors_that_cannot_be_kept_are_refused(short_dir):
         )
         assert [r["status"] for r in results] == [
             "Accepted", "Duplicate", "UnknownComponent", "UnknownVariable",
-            "UnsupportedMonitorType", "Rejected", "Rejected", "UnsupportedMonitorType",
+            "UnsupportedMonitorType", "Rejected", "Rejected",
+            "Duplicate",  # an ordinary Periodic monitor, the same as the stream monitor
             "Rejected"]
         assert results[6]["statusInfo"]["reasonCode"] == "MaxStreams"
         assert results[8]["statusInfo"]["reasonCode"] == "UnknownMonitorId"

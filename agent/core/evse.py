@@ -150,6 +150,9 @@ class EvseController:
         # Called after every input has driven the outputs (the smart-charging scheduler
         # watches which EVSEs have an active session); must be cheap and must not block.
         self.state_listeners: list[Callable[[EvseController], None]] = []
+        # Called after every meter reading was taken in (2.x variable monitors look at the
+        # new figures); must be cheap and must not block.
+        self.meter_listeners: list[Callable[[EvseController], None]] = []
         self.offer_raised_at: float | None = None  # monotonic time the PWM offer last rose
         self.hold_locked = False
         self.hold_token: str | None = None
@@ -1200,6 +1203,11 @@ class EvseController:
             self.reading = reading
             if FaultKind.METER in self.faults:
                 await self.clear_fault(FaultKind.METER)
+            for listener in self.meter_listeners:
+                try:
+                    listener(self)
+                except Exception:  # noqa: BLE001 - an observer never breaks the EVSE
+                    log.exception("evse %s: meter listener failed", self.id)
         elif error is not None and FaultKind.METER not in self.faults:
             await self.raise_fault(FaultKind.METER, error)
         if self.setpoint_request is not None:

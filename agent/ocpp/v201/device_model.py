@@ -87,6 +87,9 @@ class VarDef:
     reboot: bool = False  # a change takes effect only after a restart
     check: Callable[[str], str | None] | None = None  # extra validation: reason or None
     constant: bool = False
+    # Whether variable monitors may watch it (block N, agent/ocpp/v201/monitoring.py): any
+    # variable with an Actual value, unless its block says otherwise.
+    monitoring: bool = True
 
     @property
     def comp_key(self) -> tuple:
@@ -113,6 +116,11 @@ class VarDef:
         return next((a for a in self.attrs if a.type == kind), None)
 
     @property
+    def monitorable(self) -> bool:
+        """supportsMonitoring: a monitor needs an Actual value to watch."""
+        return self.monitoring and self.attr("Actual") is not None
+
+    @property
     def writable(self) -> bool:
         return any(a.mutability != "ReadOnly" for a in self.attrs)
 
@@ -134,7 +142,8 @@ class VarDef:
 
     def characteristics(self, values_list: tuple[str, ...] | None = None) -> dict:
         """``values_list``: what this station accepts, where narrower than the declaration."""
-        out: dict[str, Any] = {"dataType": self.data_type, "supportsMonitoring": False}
+        out: dict[str, Any] = {"dataType": self.data_type,
+                               "supportsMonitoring": self.monitorable}
         if self.unit:
             out["unit"] = self.unit
         if self.min_limit is not None:
@@ -375,6 +384,19 @@ class DeviceModel:
         if d is None:
             return "UnknownVariable", None
         return "Accepted", d
+
+    def find(self, component: dict, variable: dict) -> tuple[str, VarDef | None]:
+        """The variable a ComponentType / VariableType pair names: ("Accepted", it), or
+        ("UnknownComponent" / "UnknownVariable", None)."""
+        return self._find(component, variable)
+
+    def actual(self, d: VarDef) -> str | None:
+        """The Actual value of ``d`` as a report shows it; None when it has none to read
+        (no Actual attribute, or a WriteOnly one)."""
+        attr = d.attr("Actual")
+        if attr is None or attr.mutability == "WriteOnly":
+            return None
+        return self._read(d, "Actual")
 
     # ------------------------------------------------------------------ Get/SetVariables
 

@@ -2,7 +2,8 @@
 
 A request of a feature the station lacks gets the status the spec gives for "not supported /
 nothing there" instead of a CALLERROR, so a CSMS gets a usable answer.  A feature that gets
-built moves its actions out of this table into its own block (reservations: reservation.py).
+built moves its actions out of this table into its own block (reservations: reservation.py;
+variable monitoring: monitoring.py).
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ UNSUPPORTED_ANSWERS: dict[str, dict] = {
     "PublishFirmware": {"status": "Rejected"},
     "UnpublishFirmware": {"status": "NoFirmware"},
     "CustomerInformation": {"status": "Rejected"},
-    "SetMonitoringBase": {"status": "NotSupported"},
-    "SetMonitoringLevel": {"status": "Rejected"},
-    "GetMonitoringReport": {"status": "NotSupported"},
 }
 
 

@@ -38,6 +38,7 @@ import asyncio
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -123,6 +124,9 @@ class EventStreams(VariableBlock):
         #: step the fake clock once the runner has dealt with the present instant.
         self.next_wake: dict[int, float] = {}
         self._close_lock = asyncio.Lock()
+        #: where a new monitor's id comes from (Monitoring21: one id space with the other
+        #: monitors); None: this block's own counter.
+        self.new_monitor_id: Callable[[], int] | None = None
         self._load()
 
     # ------------------------------------------------------------------ persistence
@@ -162,6 +166,9 @@ class EventStreams(VariableBlock):
 
     def monitor(self, monitor_id: int) -> StreamMonitor | None:
         return self._monitors.get(monitor_id)
+
+    def monitors(self) -> list[StreamMonitor]:
+        return list(self._monitors.values())
 
     def max_streams(self) -> int:
         return self.dm.integer("MonitoringCtrlr", "MaxPeriodicEventStreams")
@@ -214,7 +221,9 @@ class EventStreams(VariableBlock):
                           f"at most {self.max_streams()} periodic event streams "
                           "(MonitoringCtrlr.MaxPeriodicEventStreams)")
         params = data["periodicEventStream"]
-        if replacing is None:
+        if replacing is None and self.new_monitor_id is not None:
+            monitor_id = self.new_monitor_id()
+        elif replacing is None:
             monitor_id = self._next_monitor
             self._next_monitor += 1
         else:

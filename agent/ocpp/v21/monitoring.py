@@ -2,10 +2,13 @@
 
 2.1 gave SetMonitoringData a ``periodicEventStream`` element (N04, N11): a Periodic or
 PeriodicClockAligned monitor carrying it reports through a stream instead of a NotifyEvent per
-value.  Those monitors are the ones this station keeps (:mod:`agent.ocpp.v21.event_streams`);
-every other monitor request (the 2.0.1 types and 2.1's TargetDelta / TargetDeltaRelative
-without a stream) gets the 2.0.1 block's answer, so the two versions never disagree about a
-monitor both have.  ClearVariableMonitoring of a stream monitor closes its stream (N06).
+value.  Those monitors are kept by :mod:`agent.ocpp.v21.event_streams`; every other monitor
+request gets the 2.0.1 block's answer (:mod:`agent.ocpp.v201.monitoring`, which also knows
+2.1's TargetDelta / TargetDeltaRelative), so the two versions never disagree about a monitor
+both have.  The stream monitors share the other monitors' id space, count as duplicates of
+an ordinary monitor with the same component / variable / type / severity, appear in
+GetMonitoringReport, and go with the custom monitors on SetMonitoringBase FactoryDefault /
+HardWiredOnly.  ClearVariableMonitoring of a stream monitor closes its stream (N06).
 
 The 2.1 monitoring variable this needs, ``MonitoringCtrlr.MaxPeriodicEventStreams`` (how many
 streams the station keeps open, fixed; an installer may set another in ``ocpp.defaults``), is
@@ -16,10 +19,10 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from agent.ocpp.blocks import handles
 from agent.ocpp.v21.event_streams import EventStreams, StreamMonitor
 from agent.ocpp.v201.device_model import VarDef, ro
 from agent.ocpp.v201.monitoring import Monitoring
+from agent.ocpp.v201.monitors import CUSTOM, Monitor
 
 MAX_PERIODIC_EVENT_STREAMS = "4"
 
@@ -35,39 +38,30 @@ class Monitoring21(Monitoring):
     def streams(self) -> EventStreams:
         return self.adapter.block(EventStreams)
 
-    @handles("SetVariableMonitoring")
-    async def set_variable_monitoring(self, p: dict) -> dict:
-        data = p["setMonitoringData"]
-        results: list[dict | None] = [None] * len(data)
-        rest = []
-        for i, item in enumerate(data):
-            if self.streams.claims(item):
-                results[i] = self.streams.set_monitor(item)
-            else:
-                rest.append(i)
-        if rest:
-            other = await super().set_variable_monitoring(
-                {**p, "setMonitoringData": [data[i] for i in rest]})
-            for i, result in zip(rest, other["setMonitoringResult"], strict=True):
-                results[i] = result
-        return {"setMonitoringResult": results}
+    def start(self) -> None:
+        super().start()
+        self.streams.new_monitor_id = self.allocate_id
 
-    @handles("ClearVariableMonitoring")
-    async def clear_variable_monitoring(self, p: dict) -> dict:
-        ids = p["id"]
-        results: list[dict | None] = [None] * len(ids)
-        rest = []
-        for i, monitor_id in enumerate(ids):
-            if self.streams.has_monitor(monitor_id):
-                self.streams.clear_monitor(monitor_id)
-                results[i] = {"status": "Accepted", "id": monitor_id}
-            else:
-                rest.append(i)
-        if rest:
-            other = await super().clear_variable_monitoring({**p, "id": [ids[i] for i in rest]})
-            for i, result in zip(rest, other["clearMonitoringResult"], strict=True):
-                results[i] = result
-        return {"clearMonitoringResult": results}
+    def set_one(self, data: dict) -> dict:
+        if self.streams.claims(data):
+            return self.streams.set_monitor(data)
+        return super().set_one(data)
+
+    def clear_one(self, monitor_id: int) -> dict:
+        if self.streams.has_monitor(monitor_id):
+            self.streams.clear_monitor(monitor_id)
+            return {"status": "Accepted", "id": monitor_id}
+        return super().clear_one(monitor_id)
+
+    def _other_monitors(self) -> list[Monitor]:
+        return [Monitor(m.id, m.component, m.variable, m.type, m.value, m.severity,
+                        transaction=m.transaction, kind=CUSTOM)
+                for m in self.streams.monitors()]
+
+    def _drop_custom(self) -> None:
+        super()._drop_custom()
+        for m in self.streams.monitors():
+            self.streams.clear_monitor(m.id)  # its stream is closed
 
     def periodic_event(self, monitor: StreamMonitor, value: str) -> dict:
         """A NotifyEvent for one value of a monitor whose stream the CSMS rejected."""
