@@ -99,7 +99,9 @@ def build_load_manager(cfg: AgentConfig, hal: Hal, station: Station,
                         fallback_current_a=site.fallback_current_a or 0.0,
                         silent_samples=site.silent_samples)
     return LoadManager(station.evses, limits, clock, grid_meter=meter,
-                       interval_s=station.meter_poll_s, profiles=station.charging_profiles)
+                       interval_s=station.meter_poll_s, profiles=station.charging_profiles,
+                       on_fallback=lambda active, detail: station.station_fault(
+                           FaultKind.METER, active, detail))
 
 
 class Agent:

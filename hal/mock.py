@@ -94,6 +94,7 @@ class _Sim:
         self.grid_v = NOMINAL_VOLTAGE
         self.coil_closed = False
         self.welded = False
+        self.dropped = False  # the contactor does not close (or drops out) with the coil on
         self.meter_fault = False
         self.energy_wh = 0.0
         self._last_t = now()
@@ -111,7 +112,7 @@ class _Sim:
         return PilotState.B
 
     def power_closed(self) -> bool:
-        return self.coil_closed or self.welded
+        return (self.coil_closed and not self.dropped) or self.welded
 
     def current(self) -> float:
         if self.power_closed() and self.pilot().wants_energy:
@@ -592,6 +593,10 @@ class MockHal(Hal):
             sim.welded = True
             if not sim.coil_closed:
                 self._emit(FaultRaised(evse_id, kind, "feedback closed while coil open"))
+        elif kind == FaultKind.CONTACTOR_FAILED:
+            sim.dropped = True  # as the GPIO driver's feedback watch reports a drop-out
+            if sim.coil_closed:
+                self._emit(FaultRaised(evse_id, kind, "feedback opened while the coil is on"))
         elif kind == FaultKind.PILOT:
             sim.forced = PilotState.E
         elif kind == FaultKind.LOCK:
@@ -600,6 +605,17 @@ class MockHal(Hal):
             lock.fail = True
         else:
             self._emit(FaultRaised(evse_id, kind, "injected"))
+        sim.changed()
+
+    def fail_diode(self, evse_id: int) -> None:
+        """The EV's pilot diode goes missing (or CP shorts while the PWM runs): reported as
+        hal/drivers/direct_pilot.py reports its diode check, a PILOT fault and state F."""
+        sim = self._sim(evse_id)
+        sim.integrate()
+        self._emit(FaultRaised(evse_id, FaultKind.PILOT,
+                               "diode check failed: pilot low level +0.0 V, expected -12 V "
+                               "(EV diode missing or CP shorted)"))
+        sim.forced = PilotState.F
         sim.changed()
 
     def clear_fault(self, evse_id: int, kind: FaultKind | str) -> None:
@@ -614,6 +630,8 @@ class MockHal(Hal):
             sim.meter_fault = False
         elif kind == FaultKind.WELDED:
             sim.welded = False
+        elif kind == FaultKind.CONTACTOR_FAILED:
+            sim.dropped = False
         elif kind == FaultKind.PILOT:
             if sim.forced in (PilotState.E, PilotState.F):
                 sim.forced = None

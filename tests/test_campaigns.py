@@ -33,6 +33,9 @@ EXPECTED = {
     "soak": ["1.6: RSS after warm-up -> end", "2.0.1: journal / outbox / dropped rows",
              "1.6: asyncio tasks after warm-up -> end",
              "2.0.1: open file descriptors after warm-up -> end"],
+    "hardware_faults": ["fault scenarios played", "scenarios with a problem",
+                        "contactor closes while faulted",
+                        "recovered (same session or a new one charges)"],
 }
 
 

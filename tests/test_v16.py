@@ -351,7 +351,7 @@ async def test_trigger_message_bad_connector_rejected(csms, make_agent):
 async def test_status_notification_error_codes_for_faults(csms, make_agent):
     agent = await make_agent()
     await online(agent, csms)
-    for kind, code in (("pilot", "EVCommunicationError"), ("welded", "PowerSwitchFailure")):
+    for kind, code in (("pilot", "OtherError"), ("welded", "PowerSwitchFailure")):
         csms.log.clear()
         agent.hal.inject_fault(1, kind)
         await csms.wait_for("StatusNotification", station_id="CP1",

@@ -327,10 +327,20 @@ class EvseController:
         limit = self.limit_a
         return limit if limit >= self.min_current_a else 0.0
 
+    def _power_path_live(self) -> bool:
+        """Whether the socket may carry voltage: the contactor commanded closed, its feedback
+        saying closed, or a welded fault not yet cleared."""
+        return (self.hw.contactor.commanded_closed or self.hw.contactor.feedback_closed() is True
+                or FaultKind.WELDED in self.faults)
+
     def _want_locked(self) -> bool:
-        """The plug stays locked while an authorized session has the EV connected."""
+        """The plug stays locked while an authorized session has the EV connected, and
+        whatever the session does while the contacts are (or may be) welded: a plug pulled out
+        of a live socket exposes its pins (found by the hardware-faults campaign)."""
         if self.hold_locked:
             return True
+        if self._power_path_live() and (self.ev_connected or self._lock_engaged_now()):
+            return True  # an empty socket is not locked for it, a plug in it stays locked
         s = self.session
         return (s is not None and s.authorized and s.ended_reason is None
                 and self.ev_connected)
@@ -351,6 +361,9 @@ class EvseController:
         else:
             self._raise_fault(FaultKind.LOCK,
                               f"connector lock did not {'lock' if locked else 'unlock'}")
+
+    def _lock_engaged_now(self) -> bool:
+        return self.hw.lock is not None and self.hw.lock.locked
 
     def _lock_engaged(self) -> bool:
         return self.hw.lock is None or self.hw.lock.locked
@@ -1057,6 +1070,10 @@ class EvseController:
                 self._update_status()
             if self.hw.lock is None:
                 return "NotSupported"
+            if self._power_path_live():
+                log.warning("evse %s: unlock refused: the power path may be live (%s)", self.id,
+                            "welded" if FaultKind.WELDED in self.faults else "contactor closed")
+                return "UnlockFailed"
             self.hold_locked, self.hold_token = False, None
             try:
                 async with asyncio.timeout(5.0):  # not wait_for: see _drive_lock

@@ -12,7 +12,9 @@ the CSMS's limits still bind when they are lower.
 - Without one: the static ``max_current_a`` is shared.
 - A grid meter that goes silent (``silent_samples`` reads in a row fail) falls back to
   ``fallback_current_a`` for the whole site, shared like the static limit, until it answers
-  again. Until then the shares of the last good sample are kept.
+  again. Until then the shares of the last good sample are kept. Entering and leaving the
+  fallback is told to ``on_fallback`` (the station reports it to the CSMS as a fault of the
+  station: the operator must learn that the site runs on its fallback, not only the log).
 
 The sharing itself is the pure function :func:`share` (unit-tested with hypothesis).
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -140,8 +142,10 @@ class LoadManager:
 
     def __init__(self, evses: dict[int, EvseController], limits: SiteLimits, clock: Clock, *,
                  grid_meter: PowerMeter | None = None, interval_s: float = 1.0,
-                 profiles: ChargingProfiles | None = None) -> None:
+                 profiles: ChargingProfiles | None = None,
+                 on_fallback: Callable[[bool, str], Awaitable[None]] | None = None) -> None:
         self.evses = evses
+        self.on_fallback = on_fallback
         # The smart-charging service: the EVs' minChargingRate, and where the shares and the
         # headroom are published as external limits (2.0.1 ExternalConstraints, K11-K13).
         self.profiles = profiles
@@ -230,6 +234,18 @@ class LoadManager:
             self.sampled.notify_all()
 
     async def _step(self) -> None:
+        was_fallback = self.mode == "fallback"
+        await self._share()
+        now_fallback = self.mode == "fallback"
+        if now_fallback != was_fallback and self.on_fallback is not None:
+            detail = (f"grid meter silent: site at {self.limits.fallback_current_a:g} A "
+                      "fallback" if now_fallback else "")
+            try:
+                await self.on_fallback(now_fallback, detail)
+            except Exception:  # noqa: BLE001 - the report never stops the sharing
+                log.exception("site: reporting the fallback failed")
+
+    async def _share(self) -> None:
         headroom: float | None
         if self.grid_meter is None:
             headroom, self.mode = self.limits.max_current_a, "static"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 from agent.clock import Clock
@@ -40,6 +41,7 @@ from hal.interfaces import (
     Hal,
     HalError,
     HalEvent,
+    MeterReading,
     PilotChanged,
     TokenPresented,
 )
@@ -56,6 +58,34 @@ METER_FSYNC_EVERY = 6
 RECOVERY_SLACK_S = 5.0
 # Cards whose last tap's outcome is kept (for ``ctl tap``; a bench taps a handful).
 TAPS_KEPT = 32
+# How far an energy register may read below the previous reading before it counts as going
+# backwards (decoding a float register and rounding can move it by a fraction of a Wh).
+REGISTER_SLACK_WH = 1.0
+
+
+def implausible(reading: MeterReading, previous: MeterReading | None) -> str | None:
+    """Why ``reading`` cannot be what the meter measured (None: it can be).
+
+    A billing register never runs backwards or below zero, and no quantity is infinite or
+    NaN; a driver (or a meter's firmware) that hands up such a value must not have it billed,
+    journalled as meterStop or sent to the CSMS (JSON has no NaN): the reading counts as a
+    failed read, so the meter fault follows (found by the hardware-faults campaign).
+    """
+    for name in ("energy_import_wh", "energy_export_wh", "power_w"):
+        value = getattr(reading, name)
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return f"meter reads {name} {value!r}"
+    for name in ("voltage_v", "current_a"):
+        if not all(math.isfinite(v) for v in getattr(reading, name)):
+            return f"meter reads {name} {getattr(reading, name)!r}"
+    for name in ("energy_import_wh", "energy_export_wh"):
+        if getattr(reading, name) < 0:
+            return f"energy register negative: {getattr(reading, name):.0f} Wh ({name})"
+    if (previous is not None
+            and reading.energy_import_wh < previous.energy_import_wh - REGISTER_SLACK_WH):
+        return (f"energy register went back {previous.energy_import_wh:.0f} -> "
+                f"{reading.energy_import_wh:.0f} Wh")
+    return None
 
 
 class _NullObserver:
@@ -166,7 +196,11 @@ class Station:
         await self.hal.start(self._on_hal_event)
         for evse in self.evses.values():
             try:
-                evse.reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
+                reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
+                why = implausible(reading, None)
+                if why is not None:
+                    raise HalError(FaultKind.METER, why)  # short: it is the 1.6 info
+                evse.reading = reading
             except (HalError, TimeoutError) as exc:
                 await evse.raise_fault(FaultKind.METER, str(exc) or "meter read timed out")
         await self._resume()  # before the pilot: a resumed session meets the EV as its own
@@ -261,25 +295,34 @@ class Station:
                 del self.taps[next(iter(self.taps))]
         elif isinstance(event, FaultRaised):
             if event.evse_id == 0:
-                log.warning("station fault %s: %s", event.kind, event.detail)
-                self.station_faults[event.kind] = event.detail
-                self.observer.fault_changed(0, event.kind, True, event.detail)
-                for evse in self.evses.values():
-                    async with evse.mutex:
-                        evse._update_status()
+                await self.station_fault(event.kind, True, event.detail)
             elif event.evse_id in self.evses:
                 await self.evses[event.evse_id].raise_fault(event.kind, event.detail)
         elif isinstance(event, FaultCleared):
             if event.evse_id == 0:
-                if self.station_faults.pop(event.kind, None) is not None:
-                    log.info("station fault %s cleared", event.kind)
-                    self.observer.fault_changed(0, event.kind, False, "")
+                await self.station_fault(event.kind, False)
             elif event.evse_id in self.evses:
                 await self.evses[event.evse_id].clear_fault(event.kind)
         elif isinstance(event, EvChanged):  # the EV's limits / modes / battery moved
             evse = self.evses.get(event.evse_id)
             if evse is not None:
                 await evse.on_ev_changed()
+
+    async def station_fault(self, kind: FaultKind, active: bool, detail: str = "") -> None:
+        """A fault of the station as a whole (a shared reader, the grid meter of load
+        management) raised or cleared: reported once per change, every EVSE's status again."""
+        if active:
+            if kind in self.station_faults:
+                return
+            log.warning("station fault %s: %s", kind, detail)
+            self.station_faults[kind] = detail
+            self.observer.fault_changed(0, kind, True, detail)
+            for evse in self.evses.values():
+                async with evse.mutex:
+                    evse._update_status()
+        elif self.station_faults.pop(kind, None) is not None:
+            log.info("station fault %s cleared", kind)
+            self.observer.fault_changed(0, kind, False, "")
 
     # ------------------------------------------------------------------ tokens
 
@@ -642,8 +685,13 @@ class Station:
     # ------------------------------------------------------------------ meter sampling
 
     async def sample(self, evse: EvseController) -> None:
+        """One reading now (tests, benches): as the sampler judges it, but one bad reading
+        is the fault at once."""
         try:
             reading = await asyncio.wait_for(evse.hw.meter.read(), 5.0)
+            why = implausible(reading, evse.reading)
+            if why is not None:
+                raise HalError(FaultKind.METER, why)
         except (HalError, TimeoutError) as exc:
             await evse.on_meter(None, str(exc) or "meter read timed out")
             return
@@ -662,6 +710,11 @@ class Station:
                 # completes, and this loop would then outlive Station.stop() (a hung shutdown).
                 async with asyncio.timeout(5.0):
                     reading = await evse.hw.meter.read()
+                why = implausible(reading, evse.reading)
+                if why is not None:
+                    if failures == 0:
+                        log.warning("evse %s: %s: reading refused", evse.id, why)
+                    raise HalError(FaultKind.METER, why)  # short: it is the 1.6 info
             except (HalError, TimeoutError) as exc:
                 failures += 1
                 if failures >= 2:  # one lost frame on RS-485 is not a fault yet

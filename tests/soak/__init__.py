@@ -7,6 +7,7 @@ root with the project's environment::
     python -m tests.soak.hostile_frames --frames 100000
     python -m tests.soak.long_outage --messages 10000
     python -m tests.soak.soak --sessions 10000
+    python -m tests.soak.hardware_faults              # every hardware fault, 3 versions
 
 Every script prints its figures (and one ``RESULT {json}`` line, as the benchmarks do) and
 exits non-zero when a promise broke (a session lost, a crash, a CALL not answered per spec);

@@ -31,6 +31,8 @@ ERROR_CODES = {
     FaultKind.INTERNAL: "InternalError",
 }
 INFO_MAX = 50  # info and vendorErrorCode are CiString50
+# The only statuses EVCommunicationError may go with (1.6 section 4.9).
+WARNING_STATUSES = frozenset({"Preparing", "SuspendedEV", "SuspendedEVSE", "Finishing"})
 
 
 class Availability(Block):
@@ -43,9 +45,15 @@ class Availability(Block):
 
     def queue_status(self, snap: EvseSnapshot) -> None:
         fault = snap.fault
+        code = ERROR_CODES.get(fault, "OtherError") if fault else "NoError"
+        if code == "EVCommunicationError" and snap.status.value not in WARNING_STATUSES:
+            # 1.6 4.9: EVCommunicationError is a warning, only with these statuses; a pilot
+            # fault that took the connector out of service (Faulted) is an OtherError, its
+            # vendorErrorCode and info saying which (found by the hardware-faults campaign).
+            code = "OtherError"
         payload: dict[str, Any] = {
             "connectorId": snap.evse_id,
-            "errorCode": ERROR_CODES.get(fault, "OtherError") if fault else "NoError",
+            "errorCode": code,
             "status": snap.status.value,
         }
         if fault is not None:
