@@ -80,6 +80,24 @@ def build_hal(cfg: AgentConfig, clock: Clock) -> Hal:
     return build(hal_cfg, monotonic=clock.monotonic)
 
 
+def build_iso15118(cfg: AgentConfig, station: Station, state_dir: Path) -> Any:
+    """ISO 15118 high-level communication when ``hal.iso15118`` is enabled: the SECC
+    sidecars (hal/iso15118/client.py) and the core's side of them, as ``station.iso15118``
+    (agent/core/iso15118.py); None otherwise."""
+    from hal.factory import parse_hal_config
+
+    iso = parse_hal_config(cfg.hal, cfg.evse_ids).iso15118
+    if iso is None or not iso.enabled:
+        return None
+    from agent.core.iso15118 import Iso15118Service
+    from hal.iso15118.client import HighLevelCommunication
+
+    service = Iso15118Service(station, HighLevelCommunication(iso, state_dir / "iso15118"),
+                              evse_names=iso.evse_ids, station_id=cfg.station.id)
+    station.iso15118 = service
+    return service
+
+
 def build_load_manager(cfg: AgentConfig, hal: Hal, station: Station,
                        clock: Clock) -> LoadManager | None:
     """Local load management from the ``site:`` section (None without one); the grid meter is
@@ -186,6 +204,7 @@ class Agent:
                                       self.clock, settings=self.settings,
                                       storage=self.storage, costs=self.costs)
         self.station.display = self.display  # type: ignore[attr-defined]
+        build_iso15118(cfg, self.station, self.state_dir)  # station.iso15118 (or None)
         self._stop = asyncio.Event()
         ctx = StationContext(
             station=self.station, storage=self.storage, clock=self.clock,
@@ -421,6 +440,8 @@ class Agent:
         if imported is not None:
             log.info("%s", imported)
         await self.station.start()
+        if self.station.iso15118 is not None:  # the SECCs start; their EVs come later
+            await self.station.iso15118.start()
         if self.load is not None:  # shares the site's headroom from the first sample on
             self.load.start()
         # Transactions a power cut left open end now, reported by the adapter in charge.
@@ -500,6 +521,8 @@ class Agent:
             await adapter.stop()
         await self.firmware.stop()
         await self.display.stop()  # "out of service" on the glass, before the HAL closes
+        if self.station.iso15118 is not None:
+            await self.station.iso15118.stop()
         await self.station.stop()
         if self.control is not None:
             await self.control.stop()
@@ -586,7 +609,15 @@ class Agent:
             return self.status()
         if cmd == "plug":
             evse = self._evse_id(args)
-            self._mock().plug(evse, connector=self._connector_id(evse, args))
+            connector = self._connector_id(evse, args)
+            if args.get("iso15118") and self.station.iso15118 is None:
+                raise ValueError("plug --iso15118 needs hal.iso15118 (enabled: true) on the "
+                                 "mock HAL")
+            self._mock().plug(evse, connector=connector)
+            if args.get("iso15118"):  # the package's EV simulator talks to the EVSE's SECC
+                hlc = self.station.iso15118.hlc
+                await hlc.start_ev(evse, evcc_id=str(args.get("evcc_id") or ""),
+                                   tls=bool(args.get("tls")))
         elif cmd == "unplug":
             self._mock().unplug(self._evse_id(args))
         elif cmd == "ev":

@@ -907,6 +907,13 @@ def _build_parser() -> argparse.ArgumentParser:
         if name == "plug":
             sp.add_argument("--connector", type=_connector, metavar="N",
                             help="into this connector of an EVSE with several (default 1)")
+            sp.add_argument("--iso15118", action="store_true",
+                            help="an EV that speaks ISO 15118: the iso15118 package's EV "
+                                 "simulator against the EVSE's SECC (needs hal.iso15118)")
+            sp.add_argument("--evcc-id", metavar="ID", help="with --iso15118: the EV's EVCCID "
+                                                            "(default: the interface's MAC)")
+            sp.add_argument("--tls", action="store_true",
+                            help="with --iso15118: TLS to the SECC (Plug & Charge)")
         _json_flag(sp)
     sp = sub.add_parser("ev", help="set the EV's pilot state (A-F) and, on a bidirectional "
                                    "mock EVSE (hal.v2x), its battery and limits")
@@ -977,6 +984,12 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
         value = getattr(ns, key, None)
         if value is not None:
             args[key] = value
+    if getattr(ns, "iso15118", False):  # ctl plug EVSE --iso15118 [--evcc-id ID] [--tls]
+        args["iso15118"] = True
+        if getattr(ns, "evcc_id", None):
+            args["evcc_id"] = ns.evcc_id
+        if getattr(ns, "tls", False):
+            args["tls"] = True
     if getattr(ns, "switch", None) is not None:  # ctl priority EVSE on|off
         args["on"] = ns.switch == "on"
     return args

@@ -31,6 +31,7 @@ from hal.mock_v2x import V2xParams, parse_v2x
 
 if TYPE_CHECKING:
     from hal.hardware_factory import HardwareConfig
+    from hal.iso15118.hlc_config import Iso15118Config
 
 __all__ = ["GridMeterConfig", "HalConfig", "HalConfigError", "MockConfig", "build_grid_meter",
            "build_hal", "parse_grid_meter", "parse_hal_config"]
@@ -57,6 +58,8 @@ class HalConfig:
     mock: MockConfig | None = None
     hardware: HardwareConfig | None = None
     path: str = "hal"
+    # ISO 15118 high-level communication (hal/iso15118/hlc_config.py), on either driver.
+    iso15118: Iso15118Config | None = None
 
 
 
@@ -75,6 +78,13 @@ def parse_hal_config(raw: dict, evse_ids: list[int], path: str = "hal") -> HalCo
     ids = tuple(evse_ids)
     if not ids:
         raise HalConfigError(path, "the station declares no EVSEs")
+    iso15118 = None
+    if "iso15118" in raw:  # the same on both drivers: read here, out of their sections
+        from hal.iso15118.hlc_config import parse_iso15118
+
+        iso15118 = parse_iso15118(raw["iso15118"], ids, mock=driver == "mock",
+                                  path=f"{path}.iso15118")
+        raw = {k: v for k, v in raw.items() if k != "iso15118"}
     if driver == "mock":
         m = ConfigMap(raw, path, ("driver", "phases", "max_current_a", "ev_max_current_a",
                                   "display", "world_file", "v2x"))
@@ -89,10 +99,11 @@ def parse_hal_config(raw: dict, evse_ids: list[int], path: str = "hal") -> HalCo
             world_file=m.get("world_file", _absolute_path, None),
             v2x=parse_v2x(raw.get("v2x"), m.at("v2x"), ids),
         )
-        return HalConfig("mock", ids, mock=mock, path=path)
+        return HalConfig("mock", ids, mock=mock, path=path, iso15118=iso15118)
     from hal.hardware_factory import parse_hardware
 
-    return HalConfig("hardware", ids, hardware=parse_hardware(raw, ids, path), path=path)
+    return HalConfig("hardware", ids, hardware=parse_hardware(raw, ids, path), path=path,
+                     iso15118=iso15118)
 
 
 def _absolute_path(v: Any, path: str) -> str:

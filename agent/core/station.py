@@ -16,6 +16,7 @@ from agent.core.authorization import AuthorizationPolicy
 from agent.core.charging_profiles import ChargingProfiles
 from agent.core.der import DerControls
 from agent.core.evse import CONNECTOR, EVSE, NOMINAL_VOLTAGE, STATION, EvseController, TxRules
+from agent.core.iso15118 import Iso15118Service
 from agent.core.metering import Metering
 from agent.core.model import (
     Authorizer,
@@ -154,6 +155,9 @@ class Station:
             evse.reservation_hold = self.reservations.holds
             evse.state_listeners.append(self.reservations.evse_changed)
         self.security_events = SecurityEvents(clock)
+        # ISO 15118 high-level communication (agent/core/iso15118.py): set by the composition
+        # root when hal.iso15118 is configured, else None.
+        self.iso15118: Iso15118Service | None = None
         # Whether transactions survive a restart (the active version's, see use_resumption).
         self.resumption: Callable[[], ResumptionRules] | None = None
         self.resumed: list[TxRecord] = []  # the transactions resumed at start-up
@@ -487,6 +491,16 @@ class Station:
         if not free:
             return None
         return next((e for e in free if e.ev_connected), free[0])
+
+    async def authorize_at(self, evse_id: int, token: Token, result: AuthResult) -> bool:
+        """Authorize ``token`` (already judged: ``result``) on EVSE ``evse_id``, as a card at
+        its reader would be: the reservations still decide (ISO 15118 Plug & Charge, whose
+        contract was authorized by agent/core/iso15118.py). False when it is not taken."""
+        target = self.evses.get(evse_id)
+        if target is None or not result.accepted:
+            return False
+        ok, reservation = self._reservation_for(token, target, result.parent)
+        return ok and await self._take(target, token, result, reservation)
 
     async def remote_start(self, token: Token, evse_id: int,
                            remote_start_id: int | None = None) -> EvseController | None:

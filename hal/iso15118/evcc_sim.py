@@ -1,0 +1,163 @@
+"""The `iso15118` package's EV simulator (EVCC) against our SECC: the mock HAL's HLC EV.
+
+Runs inside ``.venv-iso15118``, started by the agent for ``cp-agent ctl plug 1 --iso15118``
+(hal/iso15118/client.py, ``EvSimulator``) and by the tests, on the loopback interface::
+
+    .venv-iso15118/bin/python hal/iso15118/evcc_sim.py --interface lo --sdp-port 15200 \\
+        --protocol ISO_15118_2 --evcc-id 0A1B2C3D4E5F
+
+What the EV received that the agent wants to know (the offered schedule, the session's end)
+is printed on stdout as one line each, ``CP-AGENT-EV {json}``, which the agent reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+if __package__:
+    from . import loopback, protocol
+else:  # run by path inside the sidecar venv
+    import loopback  # type: ignore[no-redef]
+    import protocol  # type: ignore[no-redef]
+
+REPORT = "CP-AGENT-EV "
+
+
+def report(kind: str, **data: Any) -> None:
+    print(REPORT + json.dumps({"kind": kind, **data}), flush=True)
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    services = ["AC_BPT"] if args.bidirectional else ["AC"]
+    return {"supportedProtocols": [args.protocol], "supportedEnergyServices": services,
+            "energyTransferMode": args.energy_mode, "isCertInstallNeeded": args.cert_install,
+            "useTls": args.tls, "enforceTls": args.tls, "chargeLoopCycle": args.loops,
+            "sdpRetryCycles": 1}
+
+
+async def run(args: argparse.Namespace) -> None:
+    if args.interface == loopback.LOOPBACK:
+        loopback.apply(args.sdp_port)
+        loopback.patient_ev(args.patience)
+    from iso15118.evcc import EVCCHandler
+    from iso15118.evcc.controller.simulator import SimEVController
+    from iso15118.evcc.evcc_config import load_from_file
+    from iso15118.shared.exificient_exi_codec import ExificientEXICodec
+    from iso15118.shared.messages.datatypes import PVEAmount, PVEVMaxCurrent
+    from iso15118.shared.messages.enums import UnitSymbol
+    from iso15118.shared.settings import load_shared_settings
+
+    load_shared_settings(os.devnull)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(_config(args), f)
+    try:
+        cfg = await load_from_file(f.name)
+    finally:
+        os.unlink(f.name)
+
+    class Ev(SimEVController):
+        async def get_evcc_id(self, protocol: Any, iface: str) -> str:
+            if args.evcc_id:
+                return args.evcc_id
+            return await super().get_evcc_id(protocol, iface)
+
+        async def get_charge_params_v2(self, protocol: Any) -> Any:
+            params = await super().get_charge_params_v2(protocol)
+            ac = params.ac_parameters
+            if ac is not None:
+                ac.departure_time = args.departure_s
+                ac.e_amount = PVEAmount(multiplier=0, value=args.energy_wh,
+                                        unit=UnitSymbol.WATT_HOURS)
+                ac.ev_max_current = PVEVMaxCurrent(multiplier=0, value=args.max_current_a,
+                                                   unit=UnitSymbol.AMPERE)
+            return params
+
+        async def process_sa_schedules_v2(self, sa_schedules: list) -> Any:
+            offered = sa_schedules[-1]
+            report("schedule", tuple_id=offered.sa_schedule_tuple_id, entries=[
+                {"start_s": e.time_interval.start, "duration_s": e.time_interval.duration,
+                 "limit_w": float(e.p_max.get_decimal_value())}
+                for e in offered.p_max_schedule.schedule_entries])
+            return await super().process_sa_schedules_v2(sa_schedules)
+
+        async def stop_charging(self) -> None:
+            report("stop_charging")
+            await super().stop_charging()
+
+    handler = EVCCHandler(evcc_config=cfg, iface=args.interface,
+                          exi_codec=ExificientEXICodec(), ev_controller=Ev(cfg))
+    # The package's EVCC logs a failed SDP and then waits forever ("not sure what else to
+    # do here"): a simulated EV that failed ends, saying why.
+    failed: asyncio.Future = asyncio.get_running_loop().create_future()
+    restart_sdp = handler.restart_sdp
+
+    async def _restart_sdp(*a: Any, **kw: Any) -> Any:
+        try:
+            return await restart_sdp(*a, **kw)
+        except Exception as exc:
+            if not failed.done():
+                failed.set_result(str(exc))
+            raise
+
+    handler.restart_sdp = _restart_sdp  # type: ignore[method-assign]
+    session = asyncio.ensure_future(handler.start())
+    orphan = asyncio.ensure_future(protocol.exit_with_parent(
+        args.parent_pid, lambda: failed.done() or failed.set_result("the agent is gone")))
+    try:
+        done, _ = await asyncio.wait({session, failed}, timeout=args.timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        session.cancel()
+        orphan.cancel()
+    if failed in done or session not in done or session.exception() is not None:
+        why = (failed.result() if failed.done() else
+               str(session.exception()) if session in done else f"no end in {args.timeout} s")
+        report("ended", ok=False, reason=why)
+        raise SystemExit(1)
+    report("ended", ok=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ISO 15118 EV simulator (the package's EVCC)")
+    p.add_argument("--interface", default="lo")
+    p.add_argument("--sdp-port", type=int, default=15118)
+    p.add_argument("--protocol", default="ISO_15118_2")
+    p.add_argument("--energy-mode", default="AC_three_phase_core")
+    p.add_argument("--evcc-id", default="")
+    p.add_argument("--departure-s", type=int, default=0)
+    p.add_argument("--energy-wh", type=int, default=20_000)
+    p.add_argument("--max-current-a", type=int, default=16)
+    p.add_argument("--loops", type=int, default=3, help="charge loop cycles before stopping")
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--timeout", type=float, default=300.0, help="give up after this long")
+    p.add_argument("--patience", type=float, default=5.0,
+                   help="on lo: wait this many times the ISO 15118 response timeouts (a busy "
+                        "machine runs two JVMs); 1: the standard's timing")
+    p.add_argument("--cert-install", action="store_true")
+    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--pki", default="")
+    p.add_argument("--parent-pid", type=int, default=0,
+                   help="end when this process (the agent) is gone")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ["NETWORK_INTERFACE"] = args.interface
+    os.environ["MESSAGE_LOG_JSON"] = "false"
+    if args.pki:
+        os.environ["PKI_PATH"] = args.pki.rstrip("/") + "/"
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
