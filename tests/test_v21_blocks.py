@@ -243,7 +243,10 @@ NEVER_SENT = {"DataTransfer": "the station only answers DataTransfer (no vendor 
 ELSEWHERE = frozenset({"NotifyEvent", "OpenPeriodicEventStream", "ClosePeriodicEventStream",
                        "NotifyPeriodicEventStream", "PullDynamicScheduleUpdate",
                        "NotifyPriorityCharging", "NotifyDERStartStop", "NotifyDERAlarm",
-                       "ReportDERControl", "NotifyMonitoringReport"})
+                       "ReportDERControl", "NotifyMonitoringReport",
+                       # ISO 15118 (tests/test_plug_and_charge.py, on 2.1 too)
+                       "Get15118EVCertificate", "GetCertificateStatus", "NotifyEVChargingNeeds",
+                       "NotifyEVChargingSchedule"})
 
 
 def _tested_on_21_elsewhere(action: str) -> list[str]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -44,10 +44,19 @@ class CertificateSigning:
     """One version's A02/A03 flow; owned by that version's certificate block."""
 
     def __init__(self, adapter: Adapter, *, payload: Callable[[str], dict],
-                 resend_waits: Callable[[], list[float]]) -> None:
+                 resend_waits: Callable[[], list[float]],
+                 csr: Callable[[bool], str] | None = None,
+                 send: Callable[[dict], Awaitable[dict]] | None = None,
+                 what: str = "station certificate") -> None:
         self.adapter = adapter
         self.payload = payload
         self.resend_waits = resend_waits
+        # ``csr(new_round)``: another certificate's CSR (the V2G one of ISO 15118), else the
+        # store's station CSR; ``send(payload)``: how SignCertificate goes out and its answer
+        # comes back (1.6 Plug & Charge: wrapped in a DataTransfer), else a plain CALL.
+        self.csr = csr
+        self.send = send
+        self.what = what
         self._round: asyncio.Task | None = None
         self._answered = asyncio.Event()  # a CertificateSigned arrived in this round
         self._changed = asyncio.Event()  # the station certificate changed: re-plan renewal
@@ -116,19 +125,23 @@ class CertificateSigning:
             store = self.store
             if store is None:
                 return
-            csr = store.new_csr(self.adapter.ctx.station_id, new_round=attempt == 0)
+            csr = (self.csr(attempt == 0) if self.csr is not None
+                   else store.new_csr(self.adapter.ctx.station_id, new_round=attempt == 0))
             try:
-                res = await self.adapter.call("SignCertificate", self.payload(csr))
+                payload = self.payload(csr)
+                res = await (self.send(payload) if self.send is not None
+                             else self.adapter.call("SignCertificate", payload))
             except ConnectionLost:
                 raise
             except CallFailed as exc:
-                log.warning("SignCertificate (%s) failed: %s", why, exc)
+                log.warning("SignCertificate of the %s (%s) failed: %s", self.what, why, exc)
                 return
             if res.get("status") != "Accepted":
-                log.warning("SignCertificate (%s) answered %s; no certificate to expect",
-                            why, res.get("status"))
+                log.warning("SignCertificate of the %s (%s) answered %s; no certificate to "
+                            "expect", self.what, why, res.get("status"))
                 return
-        log.info("SignCertificate (%s) accepted; waiting for CertificateSigned", why)
+        log.info("SignCertificate of the %s (%s) accepted; waiting for CertificateSigned",
+                 self.what, why)
 
     async def renewal(self) -> None:
         """A03, for the lifetime of one connection: renew before the certificate expires;

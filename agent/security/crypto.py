@@ -77,11 +77,17 @@ def load_key(pem: bytes) -> PrivateKey:
     return key
 
 
-def make_csr(key: PrivateKey, common_name: str, organization: str = "") -> str:
-    """A PEM certificate signing request: CN = station identity, O = CpoName when set."""
+def make_csr(key: PrivateKey, common_name: str, organization: str = "", *,
+             country: str = "", domain_component: str = "") -> str:
+    """A PEM certificate signing request: CN = station identity, O = CpoName when set;
+    the V2G (SECC) CSR also has C = ISO15118Ctrlr.CountryName and DC = "CPO"."""
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    if country:
+        attrs.append(x509.NameAttribute(NameOID.COUNTRY_NAME, country))
+    if domain_component:
+        attrs.append(x509.NameAttribute(NameOID.DOMAIN_COMPONENT, domain_component))
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name(attrs))
            .sign(key, hashes.SHA256()))
@@ -130,6 +136,10 @@ def load_certificates(pem: str | bytes) -> list[Certificate]:
 
 def to_pem(cert: Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def der(cert: Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def fingerprint(cert: Certificate) -> str:
@@ -217,10 +227,101 @@ def verify_chain(leaf: Certificate, intermediates: Sequence[Certificate],
         raise ChainError(str(exc)) from None
 
 
+# ---------------------------------------------------------------------- ISO 15118 (PnC)
+#
+# A contract certificate chain (the EV's: contract leaf, MO sub-CA 2, MO sub-CA 1) is judged
+# against the installed MORootCertificate / V2GRootCertificate roots; its EMAID is the leaf's
+# subject CN (ISO 15118-2's contract certificate profile); the OCSP data of
+# each certificate (OCSPRequestDataType) is its CertificateHashData plus the responder URL of
+# its Authority Information Access extension.
+
+MAX_OCSP_ENTRIES = 4  # AuthorizeRequest.iso15118CertificateHashData: at most 4 entries
+
+
+def emaid(cert: Certificate) -> str:
+    """The EMAID of a contract certificate: its subject CN (dashes kept as the MO wrote it)."""
+    return common_name(cert)
+
+
+def responder_url(cert: Certificate) -> str:
+    """The OCSP responder URL of ``cert``'s Authority Information Access, or ""."""
+    try:
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except x509.ExtensionNotFound:
+        return ""
+    for desc in aia:
+        if desc.access_method == x509.oid.AuthorityInformationAccessOID.OCSP and isinstance(
+                desc.access_location, x509.UniformResourceIdentifier):
+            return str(desc.access_location.value)
+    return ""
+
+
+def issuer_of(cert: Certificate, pool: Sequence[Certificate]) -> Certificate | None:
+    """The certificate of ``pool`` that issued ``cert`` (name and signature), or None."""
+    return next((c for c in pool if directly_issued_by(cert, c)), None)
+
+
+def ocsp_request_data(chain: Sequence[Certificate], roots: Sequence[Certificate] = (),
+                      algorithm: str = "SHA256") -> list[dict]:
+    """OCSPRequestDataType of each certificate of ``chain`` (leaf first) whose issuer is
+    known (the next certificate of the chain, or one of ``roots``), at most
+    :data:`MAX_OCSP_ENTRIES`; a root itself is never asked about."""
+    out: list[dict] = []
+    pool = [*chain, *roots]
+    for cert in chain:
+        if is_self_signed(cert):
+            continue
+        issuer = issuer_of(cert, [c for c in pool if c is not cert])
+        if issuer is None:
+            continue
+        out.append({**hash_data(cert, issuer, algorithm), "responderURL": responder_url(cert)})
+        if len(out) == MAX_OCSP_ENTRIES:
+            break
+    return out
+
+
+def contract_problem(chain: Sequence[Certificate], roots: Sequence[Certificate],
+                     at: datetime) -> tuple[str, str] | None:
+    """(AuthorizeCertificateStatusEnumType, why) when a contract chain cannot be trusted at
+    ``at`` against ``roots``; None when it chains to one of them.  "NoCertificateAvailable"
+    when no root is installed to judge it by (the CSMS may still validate it centrally)."""
+    if not chain:
+        return "NoCertificateAvailable", "no contract certificate"
+    for cert in chain:
+        problem = validity_problem(cert, at)
+        if problem is not None:
+            return "CertificateExpired", f"{describe(cert)} is {problem}"
+    if not roots:
+        return "NoCertificateAvailable", "no MO / V2G root certificate installed"
+    if issuer_of(chain[-1], roots) is None and not any(
+            fingerprint(chain[-1]) == fingerprint(r) for r in roots):
+        return "NoCertificateAvailable", (f"{describe(chain[-1])} is not issued by an "
+                                          "installed MO / V2G root")
+    try:
+        verify_chain(chain[0], chain[1:], roots, at, max_depth=max(2, len(chain) + 1))
+    except ChainError as exc:
+        return "CertChainError", str(exc)
+    return None
+
+
+def ocsp_response_info(der: bytes) -> tuple[str, datetime | None]:
+    """The certificate status ("good", "revoked", "unknown") and nextUpdate of an OCSP
+    response (RFC 6960, DER); ValueError when it is no successful response."""
+    resp = ocsp.load_der_ocsp_response(der)
+    if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+        raise ValueError(f"OCSP response status {resp.response_status.name}")
+    status = resp.certificate_status
+    name = {ocsp.OCSPCertStatus.GOOD: "good", ocsp.OCSPCertStatus.REVOKED: "revoked"}.get(
+        status, "unknown")
+    return name, resp.next_update_utc
+
+
 __all__ = [
-    "HASH_ALGORITHMS", "KEY_TYPES", "Certificate", "CertificateFormatError", "ChainError",
-    "PrivateKey", "common_name", "describe", "directly_issued_by", "fingerprint",
-    "generate_key", "hash_data", "is_ca", "is_self_signed", "key_strength_problem",
-    "key_to_pem", "load_certificates", "load_csr", "load_key", "make_csr", "organization",
-    "public_key_der", "to_pem", "validity_problem", "verify_chain",
+    "HASH_ALGORITHMS", "KEY_TYPES", "MAX_OCSP_ENTRIES", "Certificate",
+    "CertificateFormatError", "ChainError", "PrivateKey", "common_name", "contract_problem",
+    "der", "describe", "directly_issued_by", "emaid", "fingerprint", "generate_key", "hash_data",
+    "is_ca", "is_self_signed", "issuer_of", "key_strength_problem", "key_to_pem",
+    "load_certificates", "load_csr", "load_key", "make_csr", "ocsp_request_data",
+    "ocsp_response_info", "organization", "public_key_der", "responder_url", "to_pem",
+    "validity_problem", "verify_chain",
 ]

@@ -711,6 +711,209 @@ class CertificateStore:
             raise ValueError("the private key does not belong to the first certificate")
         self._make_current(chain, key)
 
+    # ------------------------------------------------------------------ ISO 15118 (V2G)
+    #
+    # The SECC's certificate (2.0.1 SignCertificate / CertificateSigned with certificateType
+    # V2GCertificate; 1.6 through the PnC DataTransfer): its own key pair and chain beside the
+    # station identity, ``v2g/<fingerprint>/key.pem`` (0600) + ``chain.pem`` named by
+    # ``v2g/current.json``, its CSR keys in ``pending-v2g/``.  The SECC sidecar reads it in the
+    # ``iso15118`` package's layout, written by :meth:`export_iso15118`.
+
+    def new_v2g_csr(self, common_name: str, organization: str, country: str = "", *,
+                    new_round: bool = False) -> str:
+        """A fresh key pair and the SECC CSR: CN = the SECC id, O = ISO15118Ctrlr
+        OrganizationName, C = CountryName, DC = CPO (ISO 15118-2's SECC certificate)."""
+        folder = self._sub("pending-v2g")
+        keys = sorted(folder.glob("*.key"), key=lambda p: int(p.stem) if p.stem.isdigit()
+                      else -1)
+        if new_round:
+            for path in keys:
+                path.unlink(missing_ok=True)
+            keys = []
+        for path in keys[:max(0, len(keys) - PENDING_MAX + 1)]:
+            path.unlink(missing_ok=True)
+        number = max((int(p.stem) for p in keys if p.stem.isdigit()), default=0) + 1
+        key = crypto.generate_key("ec")  # ISO 15118-2: secp256r1
+        self._write(folder / f"{number}.key", crypto.key_to_pem(key), mode=0o600)
+        log.info("new V2G CSR for CN=%s O=%s (pending key #%d)", common_name,
+                 organization or "-", number)
+        return crypto.make_csr(key, common_name, organization, country=country,
+                               domain_component="CPO")
+
+    def _v2g_pointer(self) -> str | None:
+        try:
+            data = json.loads((self.directory / "v2g" / "current.json").read_text())
+        except (OSError, ValueError):
+            return None
+        name = data.get("current") if isinstance(data, dict) else None
+        return name if isinstance(name, str) and re.fullmatch(r"[0-9a-f]{64}", name) else None
+
+    def v2g_identity(self) -> tuple[Path, Path] | None:
+        """(chain PEM, key PEM) of the SECC certificate, or None when there is none."""
+        name = self._v2g_pointer()
+        if name is None:
+            return None
+        folder = self.directory / "v2g" / name
+        if not (folder / "key.pem").is_file() or not (folder / "chain.pem").is_file():
+            return None
+        return folder / "chain.pem", folder / "key.pem"
+
+    def v2g_chain(self) -> list[Certificate]:
+        """The SECC certificate chain (leaf, CPO sub-CAs), empty when there is none."""
+        ident = self.v2g_identity()
+        if ident is None:
+            return []
+        try:
+            return crypto.load_certificates(ident[0].read_bytes())
+        except (OSError, crypto.CertificateFormatError) as exc:
+            log.error("the V2G certificate chain is unreadable: %s", exc)
+            return []
+
+    def v2g_renewal_due(self, before: timedelta = timedelta(days=30)) -> datetime | None:
+        chain = self.v2g_chain()
+        return None if not chain else chain[0].not_valid_after_utc - before
+
+    def install_v2g_chain(self, pem: str) -> Verdict:
+        """CertificateSigned of the V2GCertificate: the leaf's key must be one of the pending
+        V2G CSRs' (or the key in use), no CA, valid now, and the chain must lead to an
+        installed V2GRootCertificate; then it is the SECC's certificate at once."""
+        limit = int(self._setting("CertificateSignedMaxChainSize"))
+        if len(pem) > limit:
+            return Verdict("Rejected", "ChainTooLong",
+                           f"{len(pem)} characters, CertificateSignedMaxChainSize {limit}")
+        try:
+            chain = crypto.load_certificates(pem)
+        except crypto.CertificateFormatError as exc:
+            return self._invalid("InvalidFormat", str(exc))
+        leaf = chain[0]
+        what = crypto.describe(leaf)
+        leaf_key = crypto.public_key_der(leaf)
+        pending = []
+        for path in sorted((self.directory / "pending-v2g").glob("*.key")):
+            try:
+                pending.append((path, crypto.load_key(path.read_bytes())))
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable pending V2G key %s", path.name)
+        key = next((k for _, k in pending if crypto.public_key_der(k) == leaf_key), None)
+        ident = self.v2g_identity()
+        if key is None and ident is not None:
+            try:
+                current = crypto.load_key(ident[1].read_bytes())
+            except (OSError, ValueError):
+                current = None
+            if current is not None and crypto.public_key_der(current) == leaf_key:
+                key = current
+        if key is None:
+            return self._invalid("KeyMismatch",
+                                 f"{what}: its key is not the key of a V2G CSR this station "
+                                 "sent")
+        now = self.clock.now()
+        problem = crypto.key_strength_problem(leaf) or (
+            "the leaf is a CA certificate" if crypto.is_ca(leaf) else None)
+        reason = "InvalidCertificate"
+        for cert in chain:
+            if problem is None and (bad := crypto.validity_problem(cert, now)) is not None:
+                reason, problem = "Expired", f"{crypto.describe(cert)} is {bad}"
+        if problem is None:
+            try:
+                crypto.verify_chain(leaf, chain[1:], self.roots("V2GRootCertificate"), now,
+                                    max_depth=max(2, len(chain) + 1))
+            except crypto.ChainError as exc:
+                problem = f"not issued under an installed V2G root: {exc}"
+        if problem is not None:
+            return self._invalid(reason, f"{what}: {problem}")
+        name = crypto.fingerprint(leaf)
+        try:
+            folder = self._sub("v2g", name)
+            self._write(folder / "key.pem", crypto.key_to_pem(key), mode=0o600)
+            self._write(folder / "chain.pem", "".join(crypto.to_pem(c) for c in chain).encode())
+            old = self._v2g_pointer()
+            self._write(self.directory / "v2g" / "current.json",
+                        json.dumps({"current": name}).encode(), mode=0o600)
+        except OSError as exc:
+            log.error("cannot store the V2G certificate: %s", exc)
+            return Verdict("Rejected", "WriteFailed", str(exc))
+        if old and old != name:
+            for f in (self.directory / "v2g" / old).glob("*"):
+                f.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (self.directory / "v2g" / old).rmdir()
+        for path, _ in pending:
+            path.unlink(missing_ok=True)
+        log.info("V2G (SECC) certificate installed: %s, valid until %s", what,
+                 leaf.not_valid_after_utc.isoformat())
+        return Verdict("Accepted")
+
+    def v2g_hash_data(self, algorithm: str = "SHA256") -> tuple[dict, list[dict]] | None:
+        """GetInstalledCertificateIds V2GCertificateChain: the SECC leaf's hash data and its
+        sub-CAs' (childCertificateHashData, at most 4), or None without a V2G certificate."""
+        chain = self.v2g_chain()
+        if not chain:
+            return None
+        pool = [*chain, *self.roots("V2GRootCertificate")]
+        datas = []
+        for cert in chain:
+            issuer = crypto.issuer_of(cert, [c for c in pool if c is not cert]) or cert
+            datas.append(crypto.hash_data(cert, issuer, algorithm))
+        return datas[0], datas[1:5]
+
+    def delete_v2g(self, hash_data: dict) -> bool:
+        """M04 of the V2G certificate (its leaf's hash data): True when it was deleted."""
+        chain = self.v2g_chain()
+        ident = self.v2g_identity()
+        if not chain or ident is None:
+            return False
+        pool = [*chain, *self.roots("V2GRootCertificate")]
+        issuer = crypto.issuer_of(chain[0], [c for c in pool if c is not chain[0]]) or chain[0]
+        algorithm = hash_data.get("hashAlgorithm", "SHA256")
+        if algorithm not in crypto.HASH_ALGORITHMS or not same_hash_data(
+                crypto.hash_data(chain[0], issuer, algorithm), hash_data):
+            return False
+        (self.directory / "v2g" / "current.json").unlink(missing_ok=True)
+        for f in ident[0].parent.glob("*"):
+            f.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            ident[0].parent.rmdir()
+        log.info("deleted the V2G certificate %s", crypto.describe(chain[0]))
+        return True
+
+    def export_iso15118(self, pki_dir: Path) -> list[str]:
+        """Write what the SECC reads into ``pki_dir`` in the ``iso15118`` package's layout
+        (``iso15118_2/certs``: cpoCertChain.pem, seccLeafCert, cpoSubCA1/2Cert,
+        v2gRootCACert, moRootCACert; ``iso15118_2/private_keys``: seccLeaf.key, 0600, with
+        an empty password file); only what the store has.  Returns the files written.  The
+        SECC key is copied there (the sidecar's directory, private to the agent's user)."""
+        certs = Path(pki_dir) / "iso15118_2" / "certs"
+        keys = Path(pki_dir) / "iso15118_2" / "private_keys"
+        written: list[str] = []
+
+        def put(path: Path, data: bytes, mode: int = 0o644) -> None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write(path, data, mode)
+            written.append(str(path.relative_to(pki_dir)))
+
+        der = crypto.der
+        ident = self.v2g_identity()
+        chain = self.v2g_chain()
+        if ident is not None and chain:
+            put(certs / "cpoCertChain.pem", "".join(crypto.to_pem(c) for c in chain).encode())
+            put(certs / "seccLeafCert.pem", crypto.to_pem(chain[0]).encode())
+            put(certs / "seccLeafCert.der", der(chain[0]))
+            subs = chain[1:]
+            # leaf -> sub-CA 2 -> sub-CA 1: with one sub-CA it is the sub-CA 2
+            for name, cert in zip(("cpoSubCA2Cert.der", "cpoSubCA1Cert.der"), subs,
+                                  strict=False):
+                put(certs / name, der(cert))
+            put(keys / "seccLeaf.key", ident[1].read_bytes(), 0o600)
+            put(keys / "seccLeafPassword.txt", b"", 0o600)
+        for use, base in (("V2GRootCertificate", "v2gRootCACert"),
+                          ("MORootCertificate", "moRootCACert")):
+            roots = self.roots(use)
+            if roots:
+                put(certs / f"{base}.der", der(roots[0]))
+                put(certs / f"{base}.pem", crypto.to_pem(roots[0]).encode())
+        return written
+
 
 __all__ = ["CSMS_ROOT", "STORE_SETTINGS", "USES", "CertificateStore", "Installed", "Verdict",
            "same_hash_data"]

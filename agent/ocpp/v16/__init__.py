@@ -20,6 +20,7 @@ from agent.ocpp.v16.connection_security import ConnectionSecurity
 from agent.ocpp.v16.data_transfer import DataTransfer
 from agent.ocpp.v16.diagnostics import Diagnostics
 from agent.ocpp.v16.firmware import Firmware
+from agent.ocpp.v16.iso15118_pnc import PlugAndCharge16
 from agent.ocpp.v16.local_list import LocalList
 from agent.ocpp.v16.metering import STREAMS, Metering
 from agent.ocpp.v16.provisioning import Provisioning
@@ -44,6 +45,7 @@ def _activate(adapter: Adapter) -> None:
                               stop_points=stop_points))
     station.authorization.use(adapter.block(Authorization).rules())
     station.metering.use(STREAMS, adapter.block(Metering).sink)
+    adapter.block(PlugAndCharge16).activate()  # Plug & Charge through DataTransfer
 
 
 def _clock_corrected(adapter: Adapter, delta: float) -> None:
@@ -59,7 +61,7 @@ SPEC = VersionSpec(
     subprotocol="ocpp1.6",
     blocks=(Provisioning, Authorization, LocalList, Availability, Metering, Transactions,
             RemoteTrigger, DataTransfer, SmartCharging, Reservations, Diagnostics, Firmware,
-            Certificates, Security, ConnectionSecurity),
+            Certificates, Security, ConnectionSecurity, PlugAndCharge16),
     provisioning=lambda adapter: adapter.block(Provisioning),
     activate=_activate,
     status_ready=_status_ready,

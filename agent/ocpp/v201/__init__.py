@@ -25,6 +25,7 @@ from agent.ocpp.v201.device_model import factory_names
 from agent.ocpp.v201.diagnostics import Diagnostics
 from agent.ocpp.v201.display import DisplayMessages
 from agent.ocpp.v201.firmware import Firmware
+from agent.ocpp.v201.iso15118 import Iso15118
 from agent.ocpp.v201.local_list import LocalList
 from agent.ocpp.v201.metering import STREAMS, Metering
 from agent.ocpp.v201.monitoring import Monitoring
@@ -46,6 +47,7 @@ def _activate(adapter: Adapter) -> None:
                               stop_points=transactions.stop_points))
     station.authorization.use(adapter.block(Authorization).rules())
     station.metering.use(STREAMS, adapter.block(Metering).sink)
+    adapter.block(Iso15118).activate()  # Plug & Charge: the SECC's questions come to us
 
 
 def _refuse_call(adapter: Adapter, action: str) -> str | None:
@@ -65,7 +67,7 @@ SPEC = VersionSpec(
     blocks=(Provisioning, Security, NetworkProfiles, Authorization, LocalList, Availability,
             Metering, Transactions, RemoteControl, Reservations, SmartCharging, ChargingLimits,
             Monitoring, Diagnostics, Firmware, DataTransfer, Certificates, DisplayMessages,
-            TariffCost, Unsupported),
+            TariffCost, Iso15118, Unsupported),
     provisioning=lambda adapter: adapter.block(Provisioning),
     activate=_activate,
     refuse_call=_refuse_call,

@@ -3,9 +3,10 @@ CA, on request and before it expires), M03 GetInstalledCertificateIds, M04 Delet
 M05 InstallCertificate, and the SecurityCtrlr variables of the certificate store.
 
 A thin mapping onto :class:`agent.security.store.CertificateStore` (``station.certificates``)
-and the version-neutral signing flow (:mod:`agent.ocpp.certificate_signing`).  ISO 15118 is
-out of scope: no V2G CSR is ever generated, so a CertificateSigned of a V2GCertificate is
-Rejected and the V2G trigger messages are not claimed.
+and the version-neutral signing flow (:mod:`agent.ocpp.certificate_signing`).  The ISO 15118
+V2G (SECC) certificate is the Plug & Charge block's (:mod:`agent.ocpp.v201.iso15118`): a
+CertificateSigned of a V2GCertificate goes to it, GetInstalledCertificateIds lists its chain as
+V2GCertificateChain; without that block (or a store) it is Rejected as before.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class Certificates(VariableBlock):
     async def certificate_signed(self, p: dict) -> dict:
         kind = p.get("certificateType", STATION_CERT)
         store = self.store
+        pnc = self._pnc()
+        if kind == "V2GCertificate" and store is not None and pnc is not None:
+            return await pnc.v2g_certificate_signed(p["certificateChain"])
         if kind != STATION_CERT or store is None:
             log.warning("CertificateSigned of %s refused: %s", kind,
                         "no certificate store" if store is None else "ISO 15118 not supported")
@@ -102,10 +106,16 @@ class Certificates(VariableBlock):
         wanted = p.get("certificateType") or [*self.ROOT_TYPES, "V2GCertificateChain"]
         chain = []
         if store is not None:
-            # V2GCertificateChain: this station has no V2G certificate (ISO 15118 out of scope).
             for item in store.installed([u for u in wanted if u in self.ROOT_TYPES]):
                 chain.append({"certificateType": item.use,
                               "certificateHashData": item.hash_data()})
+            v2g = store.v2g_hash_data() if "V2GCertificateChain" in wanted else None
+            if v2g is not None:  # the SECC certificate (ISO 15118), with its sub-CAs
+                leaf, children = v2g
+                entry = {"certificateType": "V2GCertificateChain", "certificateHashData": leaf}
+                if children:
+                    entry["childCertificateHashData"] = children
+                chain.append(entry)
         if not chain:
             return {"status": "NotFound"}
         return {"status": "Accepted", "certificateHashDataChain": chain}
@@ -116,14 +126,37 @@ class Certificates(VariableBlock):
         if store is None:
             return {"status": "NotFound"}
         data = {k: v for k, v in p["certificateHashData"].items() if k != "customData"}
-        return _answer(store.delete(data, keep_last_csms_root=self._tls()))
+        verdict = store.delete(data, keep_last_csms_root=self._tls())
+        if verdict.status == "NotFound" and store.delete_v2g(data):
+            self._pki_changed()
+            return {"status": "Accepted"}
+        if verdict.status == "Accepted":
+            self._pki_changed()
+        return _answer(verdict)
 
     @handles("InstallCertificate")
     async def install_certificate(self, p: dict) -> dict:
         store = self.store
         if store is None:
             return {"status": "Failed", "statusInfo": {"reasonCode": "NoStore"}}
-        return _answer(store.add_root(p["certificateType"], p["certificate"]))
+        verdict = store.add_root(p["certificateType"], p["certificate"])
+        if verdict.status == "Accepted":
+            self._pki_changed()
+        return _answer(verdict)
+
+    def _pnc(self) -> Any:
+        """The Plug & Charge block of this version (agent/ocpp/v201/iso15118.py), if any and
+        if the station speaks ISO 15118 at all."""
+        if getattr(self.station, "iso15118", None) is None:
+            return None
+        return next((b for b in self.adapter.blocks if hasattr(b, "v2g_certificate_signed")),
+                    None)
+
+    def _pki_changed(self) -> None:
+        """A V2G / MO root came or went: the SECC's copy of them is written anew."""
+        pnc = self._pnc()
+        if pnc is not None:
+            pnc.pki_changed()
 
     def _tls(self) -> bool:
         """M04.FR.06: the CSMS root is in use when the connection is TLS (profile 2 or 3)."""

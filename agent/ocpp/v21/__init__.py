@@ -27,6 +27,7 @@ from agent.ocpp.v21.diagnostics import Diagnostics21
 from agent.ocpp.v21.display import DisplayMessages21
 from agent.ocpp.v21.event_streams import EventStreams
 from agent.ocpp.v21.firmware import Firmware21
+from agent.ocpp.v21.iso15118 import Iso15118_21
 from agent.ocpp.v21.local_cost import LocalCost21
 from agent.ocpp.v21.monitoring import Monitoring21
 from agent.ocpp.v21.network import NetworkProfiles21
@@ -42,6 +43,7 @@ from agent.ocpp.v201.device_model import factory_names as factory_names_201
 from agent.ocpp.v201.diagnostics import Diagnostics
 from agent.ocpp.v201.display import DisplayMessages
 from agent.ocpp.v201.firmware import Firmware
+from agent.ocpp.v201.iso15118 import Iso15118
 from agent.ocpp.v201.monitoring import Monitoring
 from agent.ocpp.v201.network import NetworkProfiles
 from agent.ocpp.v201.provisioning import Provisioning
@@ -61,6 +63,7 @@ REPLACED: dict[type[Block], type[Block]] = {
     Monitoring: Monitoring21,
     Transactions: Transactions21,
     Certificates: Certificates21,
+    Iso15118: Iso15118_21,
 }
 # Blocks 2.1 has and 2.0.1 has not.
 ADDED: tuple[type[Block], ...] = (TransactionLimits21, EventStreams, LocalCost21, V2x21,
