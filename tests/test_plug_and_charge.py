@@ -478,3 +478,58 @@ async def test_16_pnc_keys_and_unknown_messages(short_dir: Path) -> None:
         res = await contract(agent, pki().contract_chain_pem())
         assert res["status"] == "Rejected"
         assert sent(csms, "1.6", "Authorize") == []
+
+
+async def test_2_1_revocation_asks_about_the_whole_chain_at_once(short_dir: Path) -> None:
+    """2.1 M06: with LocalPreAuthorize a cached EMAID is checked with one
+    GetCertificateChainStatus for every certificate of the contract chain (leaf and sub-CAs,
+    OCSP with each one's responder URL); a revoked sub-CA refuses the contract, all Good
+    accepts it, and the answers are reused until their nextUpdate."""
+    from datetime import timedelta
+
+    from agent.clock import iso
+    from agent.core.authorization import AuthInfo
+    from agent.security import crypto
+
+    async with version_rig("2.1", short_dir) as (csms, make):
+        agent, _ = await started("2.1", csms, make, short_dir)
+        install_mo_root(agent)
+        station = agent.station
+        station.authorization.remember(EMAID, AuthInfo("Accepted"))
+        station.settings.set_internal("LocalPreAuthorize", True)
+        chain = crypto.load_certificates(pki().contract_chain_pem())
+        expected = crypto.ocsp_request_data(chain, [pki().mo_root.cert])
+        assert len(expected) >= 2, "the leaf and at least one sub-CA are asked about"
+        revoked_serial = expected[1]["serialNumber"]
+        verdicts = {"status": "Revoked"}
+
+        def chain_status(link: Any, p: dict) -> dict:
+            later = iso(agent.clock.now() + timedelta(hours=4))
+            return {"certificateStatus": [{
+                "certificateHashData": item["certificateHashData"], "source": item["source"],
+                "nextUpdate": later,
+                "status": verdicts["status"] if item["certificateHashData"]["serialNumber"]
+                == revoked_serial else "Good"} for item in p["certificateStatusRequests"]]}
+
+        csms.overrides["GetCertificateChainStatus"] = chain_status
+        authority = station.iso15118.authorizer
+        verdict = await authority.authorize_contract(ContractRequest(1, EMAID,
+                                                                     pki().contract_chain_pem()))
+        assert verdict.certificate_status == "CertificateRevoked" and not verdict.accepted
+        assert revoked_serial in verdict.reason
+        (req,) = csms.messages("CP1", "GetCertificateChainStatus")
+        asked = req["certificateStatusRequests"]
+        assert [a["certificateHashData"]["serialNumber"] for a in asked] == [
+            e["serialNumber"] for e in expected]
+        assert all(a["source"] == "OCSP" and a["urls"] == [e["responderURL"]]
+                   for a, e in zip(asked, expected, strict=True))
+        assert csms.messages("CP1", "GetCertificateStatus") == [], "2.1 asks the chain"
+        # The revoked answer is cached until its nextUpdate: no second request.
+        again = await authority.authorize_contract(ContractRequest(1, EMAID,
+                                                                   pki().contract_chain_pem()))
+        assert not again.accepted and len(csms.messages("CP1", "GetCertificateChainStatus")) == 1
+        authority.ocsp.clear()
+        verdicts["status"] = "Good"
+        good = await authority.authorize_contract(ContractRequest(1, EMAID,
+                                                                  pki().contract_chain_pem()))
+        assert good.accepted and good.auth.source == "cache"

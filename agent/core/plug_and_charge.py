@@ -17,7 +17,8 @@ Contract authorization (C07), in this order:
 3. The EMAID is an idToken of type eMAID for the station's authorization policy: the local
    list / cache rules hold for it as for a card (LocalPreAuthorize: an accepted entry and a
    locally valid chain authorize without a round trip, after the OCSP status of the leaf
-   (M06 GetCertificateStatus, cached until its nextUpdate) did not say revoked).
+   (M06 GetCertificateStatus, cached until its nextUpdate; on 2.1 GetCertificateChainStatus
+   for every certificate of the chain in one request) did not say revoked).
 4. Online: Authorize with the OCSP data of the chain (iso15118CertificateHashData) when the
    station could verify the chain; with the PEM chain (``certificate``) when it could not and
    ``CentralContractValidationAllowed`` says the CSMS may; refused (NoCertificateAvailable)
@@ -37,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.clock import parse_iso
 
 from agent.core.authorization import AuthInfo
 from agent.core.iso15118 import (
@@ -154,7 +157,9 @@ class ContractAuthority:
         local = policy.lookup(token)
         if local is not None and local.accepted and self.settings["LocalPreAuthorize"] \
                 and locally_valid:
-            revoked = await self._revoked(hash_data[:1])
+            # 2.1 asks about the whole chain in one GetCertificateChainStatus; 2.0.1 / 1.6
+            # about the leaf (GetCertificateStatus takes one certificate).
+            revoked = await self._revoked(hash_data if self._chain_capable() else hash_data[:1])
             if revoked is not None:
                 return ContractVerdict.rejected("CertificateRevoked", revoked)
             return ContractVerdict.accepted_with(local)
@@ -232,8 +237,63 @@ class ContractAuthority:
         self.ocsp[key] = (state, res["ocspResult"], next_update)
         return state, res["ocspResult"]
 
+    def _chain_capable(self) -> bool:
+        return callable(getattr(self.wire, "get_certificate_chain_status", None))
+
+    async def chain_status(self, hash_data: list[dict]) -> list[str]:
+        """2.1 GetCertificateChainStatus for the certificates of a chain (OCSPRequestData
+        entries, leaf first): each one's status ("good", "revoked", "unknown", "failed"),
+        from the cache while its nextUpdate has not passed, else asked in one request (OCSP,
+        the certificate's responder URL; one without a URL cannot be asked: "failed")."""
+        now = self.station.clock.now()
+        states: list[str | None] = []
+        ask: list[tuple[int, dict]] = []
+        for i, data in enumerate(hash_data[:4]):  # the request's maxItems
+            cached = self.ocsp.get(_key(data))
+            if cached is not None and (cached[2] is None or now < cached[2]):
+                states.append(cached[0])
+            elif not data.get("responderURL"):
+                states.append("failed")
+            else:
+                states.append(None)
+                ask.append((i, data))
+        if ask:
+            request = [{"certificateHashData": {k: data[k] for k in (
+                "hashAlgorithm", "issuerNameHash", "issuerKeyHash", "serialNumber")},
+                "source": "OCSP", "urls": [data["responderURL"]]} for _, data in ask]
+            res = await self.wire.get_certificate_chain_status(  # type: ignore[attr-defined]
+                {"certificateStatusRequests": request})
+            answers = {}
+            for entry in (res or {}).get("certificateStatus") or []:
+                try:
+                    key = _key(entry["certificateHashData"])
+                    state = str(entry["status"]).lower()
+                    next_update = parse_iso(entry["nextUpdate"])
+                except (KeyError, TypeError, ValueError, AttributeError):
+                    log.warning("GetCertificateChainStatus: unreadable entry %r", entry)
+                    continue
+                answers[key] = (state, next_update)
+            for i, data in ask:
+                got = answers.get(_key(data))
+                if got is None:
+                    states[i] = "failed"
+                    continue
+                states[i] = got[0]
+                if got[0] in ("good", "revoked"):
+                    if len(self.ocsp) >= OCSP_CACHE_MAX:
+                        del self.ocsp[next(iter(self.ocsp))]
+                    self.ocsp[_key(data)] = (got[0], "", got[1])
+        return [state or "failed" for state in states]
+
     async def _revoked(self, hash_data: list[dict]) -> str | None:
-        """Why the certificate is revoked per OCSP (None: good, or nobody could say)."""
+        """Why a certificate of the chain is revoked per OCSP (None: good, or nobody could
+        say)."""
+        if self._chain_capable():
+            states = await self.chain_status(hash_data)
+            for data, state in zip(hash_data, states, strict=False):
+                if state == "revoked":
+                    return f"OCSP: certificate {data['serialNumber']} is revoked"
+            return None
         for data in hash_data:
             state, _ = await self.certificate_status(data)
             if state == "revoked":

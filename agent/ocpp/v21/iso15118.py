@@ -9,6 +9,9 @@
   ``timestamp`` (when the needs came), its answer a ``NoChargingProfile`` status.
 - ISO15118Ctrlr per EVSE: ServiceRenegotiationSupport (false: this SECC does not renegotiate
   services) and ProtocolSupported (one instance per protocol the SECC offers).
+- Revocation (M06): GetCertificateChainStatus asks about every certificate of the contract
+  chain (up to 4, OCSP with each certificate's responder URL) in one request instead of
+  GetCertificateStatus for the leaf; each answer is cached until its nextUpdate.
 - V2G20Certificate (ISO 15118-20 SECC certificates) is not signed here: only the -2 V2G
   certificate is (TriggerMessage SignV2G20Certificate is not claimed: NotImplemented).
 """
@@ -33,6 +36,9 @@ PROTOCOL_URIS = {
 
 class Iso15118_21(Iso15118):  # noqa: N801 - the version in the name, as the other 2.1 blocks
     NUMBER: ClassVar[type] = float
+
+    async def get_certificate_chain_status(self, payload: dict) -> dict | None:
+        return await self.adapter.ask("GetCertificateChainStatus", payload)
 
     def charging_needs(self, needs: ChargingNeeds, evse_id: int) -> dict:
         out = super().charging_needs(needs, evse_id)
