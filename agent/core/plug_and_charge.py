@@ -40,7 +40,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import parse_iso
-
 from agent.core.authorization import AuthInfo
 from agent.core.iso15118 import (
     CertificateRequest,
