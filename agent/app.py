@@ -570,6 +570,9 @@ class Agent:
                 "v2x": snap.power_stage.as_dict() if snap.power_stage else None,
                 "export_wh": round(snap.reading.energy_export_wh, 1) if snap.reading
                 and snap.power_stage else None,
+                # Q (load sign: positive absorbed) and cos phi where the meter gives them.
+                "reactive_var": snap.reading.power_reactive_var if snap.reading else None,
+                "power_factor": snap.reading.power_factor if snap.reading else None,
             })
         return {"station": self.cfg.station.id, "link": self.link.state,
                 "ocpp_version": self.link.version, "registration": self.adapter.registration,

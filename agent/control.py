@@ -588,7 +588,8 @@ def render_status(status: dict[str, Any]) -> str:
                      f"{_num(e.get('energy_wh'), 'Wh', '.1f')}, meter "
                      f"{_num(e.get('meter_wh'), 'Wh', '.1f')}")
         if isinstance(e.get("v2x"), dict):
-            lines += render_v2x(e["v2x"], e.get("export_wh"))
+            lines += render_v2x(e["v2x"], e.get("export_wh"), e.get("reactive_var"),
+                                e.get("power_factor"))
         tx = e.get("transaction_id")
         local = e.get("local_transaction_id")
         if tx is None and local is None:
@@ -607,8 +608,12 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_v2x(v: dict[str, Any], export_wh: Any = None) -> list[str]:
-    """The power stage of a bidirectional EVSE: the EV's battery, the setpoint, the bounds."""
+def render_v2x(v: dict[str, Any], export_wh: Any = None, reactive_var: Any = None,
+               power_factor: Any = None) -> list[str]:
+    """The power stage of a bidirectional EVSE: the EV's battery, the setpoint, the bounds,
+    and the reactive power and power factor its meter measures (the DER functions' effect;
+    load sign as the meter counts it: positive absorbed, so a stage injecting vars shows a
+    negative Q)."""
     out = []
     ev = v.get("ev")
     if isinstance(ev, dict):
@@ -626,6 +631,10 @@ def render_v2x(v: dict[str, Any], export_wh: Any = None) -> list[str]:
     modes = ",".join(v.get("modes") or []) or "-"
     out.append(f"  setpoint {setpoint}, bounds +{_num(v.get('max_charge_w'), 'W', '.0f')} / "
                f"-{_num(v.get('max_discharge_w'), 'W', '.0f')}, modes {modes}")
+    if isinstance(reactive_var, int | float) or isinstance(power_factor, int | float):
+        pf = _num(power_factor, "", ".3f").strip()
+        out.append(f"  reactive Q {_num(reactive_var, 'var', '+.0f')} (+ absorbed, - injected)"
+                   f", PF {pf}")
     if v.get("bidirectional"):
         text = "  discharge: possible"
     else:

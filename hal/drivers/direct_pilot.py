@@ -11,6 +11,20 @@ peak detector (high level, ``high`` channel) and optionally a negative one (low 
 ``low`` channel): the low level must be -12 V while the PWM runs, otherwise the EV's diode
 is missing or the pilot is shorted (the diode check).  ``scale``/``offset`` turn volts at the
 ADC pin back into pilot volts for whatever divider the board uses.
+
+ISO 15118 (``set_digital_communication``): while high-level communication is on, an EV
+that is plugged in (B, C, D) sees 5 % duty cycle, "digital communication required" (IEC
+61851-1 Annex A): the EV learns its limit from the HLC messages, not from the duty cycle,
+and the pilot oscillates whatever current the core offers, so that SLAC and the V2G session
+can run before the session is authorized (Plug & Charge).  The offer still counts for the
+core (``current_limit``), and the contactor rules are the core's as ever (C/D, authorized,
+at least 6 A); an EV that does not speak HLC does not draw at 5 %.  In state A the output is
+the steady +12 V of "no EV".  HLC off again (the session broke, the EV does not speak it):
+5 % -> state F (-12 V, the PWM stopped low) for ``ef_step_s`` -> the nominal duty of the
+current limit, the sequence ISO 15118-3 gives for the step back to basic charging
+([V2G3-M06-05]: B2/C2 at 5 % -> E or F -> B2 nominal).  During that step the driver does not
+read the pilot (it drives it to -12 V itself): the last state stands, and the core has
+offered 0 A first so that the contactor is open (agent/core/iso15118.py).
 """
 
 from __future__ import annotations
@@ -37,6 +51,8 @@ log = logging.getLogger(__name__)
 MIN_CURRENT_A = 6.0
 MAX_CURRENT_A = 80.0
 DIODE_LOW_MAX_V = -10.5  # the low plateau must be at least this negative
+DIGITAL_DUTY = 0.05  # 5 %: digital communication required (IEC 61851-1 Table A.8)
+EF_STEP_S = 4.0  # state F between 5 % and nominal duty (ISO 15118-3 T_step_EF, at least 4 s)
 
 
 def duty_for_current(amps: float) -> float:
@@ -113,7 +129,8 @@ class DirectPilot(EvConnection, DeviceDriver):
                  high: PilotChannel, low: PilotChannel | None = None,
                  diode_check: bool = True, poll_interval_s: float = 0.1,
                  debounce_samples: int = 2, thresholds: PilotThresholds | None = None,
-                 required: bool = True) -> None:
+                 required: bool = True, ef_step_s: float = EF_STEP_S,
+                 sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.evse_id = evse_id
         self.pwm = pwm
         self.adc = adc
@@ -132,6 +149,10 @@ class DirectPilot(EvConnection, DeviceDriver):
         self._seen = 0
         self._limit = 0.0
         self._pwm_open = False
+        self._digital = False  # ISO 15118: 5 % while an EV is connected
+        self._stepping = False  # the F step from 5 % back to nominal duty
+        self.ef_step_s = ef_step_s
+        self._sleep = sleep or asyncio.sleep
         self._stop = asyncio.Event()
         self.last_high_v: float | None = None
         self.last_low_v: float | None = None
@@ -147,13 +168,61 @@ class DirectPilot(EvConnection, DeviceDriver):
 
     async def set_current_limit(self, amps: float) -> None:
         duty = duty_for_current(amps)
+        await self._output(DIGITAL_DUTY if self._digital_now() else duty)
+        self._limit = 0.0 if duty >= 1.0 else min(float(amps), MAX_CURRENT_A)
+
+    def _digital_now(self) -> bool:
+        return self._digital and self._state.connected
+
+    def _wanted_duty(self) -> float:
+        """5 % for a connected EV under HLC, else the duty of the current limit."""
+        return DIGITAL_DUTY if self._digital_now() else duty_for_current(self._limit)
+
+    async def _output(self, duty: float | None = None) -> None:
+        """Drive the PWM to ``duty`` (default: what the state asks); nothing during the F
+        step, whose end does it."""
+        if self._stepping:
+            return
+        if duty is None:
+            duty = self._wanted_duty()
         try:
             if not self._pwm_open:
                 await self._open_pwm()
             await self.pwm.set_duty(duty)
         except DriverError as exc:
             raise HalError(FaultKind.PILOT, f"evse {self.evse_id} pilot PWM: {exc}") from exc
-        self._limit = 0.0 if duty >= 1.0 else min(float(amps), MAX_CURRENT_A)
+
+    @property
+    def supports_digital_communication(self) -> bool:
+        return True
+
+    @property
+    def digital_communication(self) -> bool:
+        return self._digital
+
+    async def set_digital_communication(self, on: bool) -> None:
+        if on == self._digital:
+            return
+        at_five = self._pwm_open and self.pwm.duty == DIGITAL_DUTY
+        self._digital = on
+        if on or not at_five:
+            await self._output()
+            return
+        # 5 % -> F -> nominal: the EV sees the EVSE restart the pilot for basic charging.
+        log.info("%s: 5 %% duty cycle off: state F for %.0f s, then nominal duty",
+                 self.label, self.ef_step_s)
+        self._stepping = True
+        try:
+            try:
+                await self.pwm.set_duty(0.0)  # steady -12 V
+            except DriverError as exc:
+                raise HalError(FaultKind.PILOT, f"evse {self.evse_id} pilot PWM: {exc}"
+                               ) from exc
+            await self._sleep(self.ef_step_s)
+        finally:
+            self._stepping = False
+            self._candidate, self._seen = None, 0  # what was read before the step is stale
+        await self._output()
 
     # ------------------------------------------------------------------ measuring
 
@@ -178,6 +247,8 @@ class DirectPilot(EvConnection, DeviceDriver):
             self.sink.emit(PilotChanged(self.evse_id, state))
 
     async def poll_once(self, *, debounce: bool = True) -> None:
+        if self._stepping:
+            return  # the driver holds the pilot at -12 V itself: nothing to read
         try:
             if not self._pwm_open:
                 await self._open_pwm()
@@ -197,7 +268,13 @@ class DirectPilot(EvConnection, DeviceDriver):
             self._health.failed(diode_fault)
         else:
             self._health.recovered()
+        connected = self._state.connected
         self._set_state(state)
+        if self._digital and state.connected != connected:
+            try:  # plugged in: 5 %; unplugged: steady +12 V again
+                await self._output()
+            except HalError as exc:
+                self._health.failed(str(exc))
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -64,6 +64,18 @@ class _ModbusBoard(EvConnection, DeviceDriver):
     def current_limit(self) -> float:
         return self._limit
 
+    # ISO 15118's 5 % duty cycle: these boards generate the PWM themselves from the amps we
+    # write, and none of the published register maps has a setting for it (EVSE-WB / EVSE-DIN:
+    # 1000-1007 and the 2000-2017 configuration, whose bits are buttons, RCD and boot
+    # behaviour; Phoenix EV-ETH: the current register, the enable coil and the status / error
+    # registers). Writing the amps that would give 5 % is impossible too (below 6 A the board
+    # stops the PWM). So the EV on such a board may use HLC at nominal duty (ISO 15118-3
+    # allows it) and charges by the pilot otherwise: supports_digital_communication stays
+    # False, and the core logs that the EVSE offers nominal duty.
+    @property
+    def supports_digital_communication(self) -> bool:
+        return False
+
     async def set_current_limit(self, amps: float) -> None:
         amps = _whole_amps(amps)
         try:

@@ -14,6 +14,16 @@ writes, at the offsets of the published model definitions (sunspec/models, json/
   ``WDisChaRteMax`` (what the device allows now: the EV's limits, see below);
 - model 704 (DER AC controls): ``WSetEna``, ``WSetMod`` (WATTS), ``WSet`` and its reversion
   (``WSetRvrt`` = 0 W, ``WSetEnaRvrt``, ``WSetRvrtTms``): the setpoint, written and read back;
+  the reactive power setpoint ``VarSetEna``, ``VarSetMod`` (VARS, or VAR_MAX_PCT with
+  ``VarSetPct`` on a device without ``VarSet``), ``VarSetPri`` (REACTIVE: the core leaves the
+  room, the device keeps the vars when the VA rating is reached), ``VarSet`` and its reversion
+  to 0 var (``VarSetRvrt``, ``VarSetEnaRvrt``, ``VarSetRvrtTms``), with the constant power
+  factor modes (``PFWInjEna``, ``PFWAbsEna``) disabled first: IEEE 1547 allows one reactive
+  mode at a time, and the core turns a FixedPF control into vars itself; the normal ramp rate
+  ``WRmp`` (%/s of ``WMax``, ``WRmpRef`` W_MAX). 704 has no soft-start ramp (model 703's
+  ``ESRmpTms`` is the enter-service ramp, not mapped): a soft-start rate is not applied.
+  The reactive range comes from 702: ``VAMax`` / ``VAMaxRtg``, ``VarMaxInj`` /
+  ``VarMaxInjRtg``, ``VarMaxAbs`` / ``VarMaxAbsRtg``;
 - model 713 (DER storage capacity): ``WHRtg``, ``SoC``: the EV's battery as the DC stage sees
   it (optional: without it the EV's energy state is unknown).
 
@@ -46,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +82,7 @@ from hal.interfaces import (
     MeterReading,
     PilotState,
     PowerLimits,
+    ReactiveLimits,
 )
 
 log = logging.getLogger(__name__)
@@ -86,15 +98,23 @@ M701 = {"ACType": 2, "St": 3, "W": 10, "Var": 12, "PF": 13, "A": 14, "LNV": 16, 
         "TotWhInj": 19, "TotWhAbs": 23, "AL1": 45, "VL1": 47, "AL2": 68, "VL2": 70,
         "AL3": 91, "VL3": 93, "A_SF": 113, "V_SF": 114, "Hz_SF": 115, "W_SF": 116,
         "PF_SF": 117, "Var_SF": 119, "TotWh_SF": 120}
-M702 = {"WMaxRtg": 2, "WChaRteMaxRtg": 10, "WDisChaRteMaxRtg": 11, "AMaxRtg": 17, "WMax": 26,
-        "WChaRteMax": 34, "WDisChaRteMax": 35, "AMax": 41, "W_SF": 45, "A_SF": 50}
-M704 = {"WSetEna": 22, "WSetMod": 23, "WSet": 24, "WSetRvrt": 26, "WSetEnaRvrt": 30,
-        "WSetRvrtTms": 31, "WSet_SF": 55}
+M702 = {"WMaxRtg": 2, "VAMaxRtg": 7, "VarMaxInjRtg": 8, "VarMaxAbsRtg": 9,
+        "WChaRteMaxRtg": 10, "WDisChaRteMaxRtg": 11, "AMaxRtg": 17, "WMax": 26, "VAMax": 31,
+        "VarMaxInj": 32, "VarMaxAbs": 33, "WChaRteMax": 34, "WDisChaRteMax": 35, "AMax": 41,
+        "W_SF": 45, "VA_SF": 47, "Var_SF": 48, "A_SF": 50}
+M704 = {"PFWInjEna": 2, "PFWAbsEna": 8, "WSetEna": 22, "WSetMod": 23, "WSet": 24,
+        "WSetRvrt": 26, "WSetEnaRvrt": 30, "WSetRvrtTms": 31, "VarSetEna": 35, "VarSetMod": 36,
+        "VarSetPri": 37, "VarSet": 38, "VarSetRvrt": 40, "VarSetPct": 42, "VarSetPctRvrt": 43,
+        "VarSetEnaRvrt": 44, "VarSetRvrtTms": 45, "WRmp": 49, "WRmpRef": 50, "WSet_SF": 55,
+        "VarSet_SF": 57, "VarSetPct_SF": 58}
 M713 = {"WHRtg": 2, "SoC": 4, "Sta": 6, "WH_SF": 7, "Pct_SF": 8}
 M1 = {"Mn": (2, 16), "Md": (18, 16), "Vr": (42, 8), "SN": (50, 16)}
-READ_SPAN = {MEASURE: 121, CAPACITY: 51, CONTROLS: 56, STORAGE: 9, COMMON: 66}
+READ_SPAN = {MEASURE: 121, CAPACITY: 51, CONTROLS: 59, STORAGE: 9, COMMON: 66}
 
 WSETMOD_WATTS = 1
+VARSETMOD_VAR_MAX_PCT, VARSETMOD_VARS = 1, 4
+VARSETPRI_REACTIVE = 1
+WRMPREF_W_MAX = 1
 ENABLED, DISABLED = 1, 0
 STORAGE_ERROR = 2  # 713 Sta
 PHASES_OF_ACTYPE = {0: 1, 1: 2, 2: 3}  # SINGLE_PHASE, SPLIT_PHASE, THREE_PHASE
@@ -159,7 +179,16 @@ class _Points:
         self.regs = regs
         self.offsets = offsets
 
+    def has(self, name: str) -> bool:
+        """Whether the model is long enough to hold the point (an older, shorter 704)."""
+        return self.offsets[name] < len(self.regs)
+
     def sf(self, name: str, *, required: bool = False) -> int | None:
+        if not self.has(name):
+            if required:
+                raise DeviceRejected(f"SunSpec model {self.model}: the model is too short to "
+                                     f"hold {name}")
+            return None
         value = _int16(self.regs, self.offsets[name])
         if value is None:
             if required:
@@ -174,7 +203,7 @@ class _Points:
     def value(self, name: str, kind: Callable[[Sequence[int], int], int | None],
               sf: str | None, *, required: bool = False) -> float | None:
         """The point's value scaled (None: not implemented, or its scale factor is not)."""
-        raw = kind(self.regs, self.offsets[name])
+        raw = kind(self.regs, self.offsets[name]) if self.has(name) else None
         scale = self.sf(sf, required=required) if sf is not None else 0
         if raw is None or scale is None:
             if required:
@@ -195,6 +224,27 @@ class DerRatings:
     w_cha_max: float | None
     w_discha_max: float | None
     a_max: float | None
+    va_max: float | None = None  # the settings where implemented, else the ratings
+    var_inject_max: float | None = None
+    var_absorb_max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ControlCaps:
+    """What model 704 of this device implements beyond the active power setpoint."""
+
+    var_watts: bool  # VarSet with VarSet_SF (mode VARS)
+    var_pct: bool  # VarSetPct with VarSetPct_SF (mode VAR_MAX_PCT)
+    var_pri: bool  # VarSetPri
+    var_reversion: bool  # VarSetEnaRvrt / VarSetRvrtTms
+    pf_modes: tuple[str, ...]  # PFWInjEna / PFWAbsEna where implemented
+    ramp: bool  # WRmp
+    ramp_ref: bool  # WRmpRef
+    wrmp_default: int | None  # WRmp as found: what "no ramp limit" restores
+
+    @property
+    def reactive(self) -> bool:
+        return self.var_watts or self.var_pct
 
 
 def _first(*values: float | None) -> float | None:
@@ -217,6 +267,7 @@ class SunSpecDer:
         self.unit_id = unit_id
         self.base_address = base_address
         self.models: dict[int, int] | None = None  # model id -> address of its ID register
+        self.lengths: dict[int, int] = {}  # model id -> its L register
         self.common: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
@@ -253,7 +304,9 @@ class SunSpecDer:
                     raise DeviceRejected(f"device id {self.unit_id}: SunSpec model {model_id} "
                                          f"at {addr} is {length} registers long; at least "
                                          f"{need} expected (an older draft of the model?)")
-                found.setdefault(model_id, addr)
+                if model_id not in found:
+                    found[model_id] = addr
+                    self.lengths[model_id] = length
                 addr += 2 + length
             missing = [m for m in REQUIRED_MODELS if m not in found]
             if missing:
@@ -276,8 +329,11 @@ class SunSpecDer:
         addr = models.get(model)
         if addr is None:
             return None
+        span = READ_SPAN[model]
+        if model in self.lengths:  # never past the model's end (704 grew over its drafts)
+            span = min(span, 2 + self.lengths[model])
         try:
-            regs = await self.bus.read_registers(self.unit_id, addr, READ_SPAN[model])
+            regs = await self.bus.read_registers(self.unit_id, addr, span)
         except DeviceRejected:
             self.models = None  # the chain may have moved: walk it again next time
             raise
@@ -326,9 +382,17 @@ class SunSpecDer:
         def a(name: str) -> float | None:
             return p.value(name, _uint16, "A_SF")
 
+        def va(name: str) -> float | None:
+            return p.value(name, _uint16, "VA_SF")
+
+        def var(name: str) -> float | None:
+            return p.value(name, _uint16, "Var_SF")
+
         return DerRatings(w("WMaxRtg"), w("WChaRteMaxRtg"), w("WDisChaRteMaxRtg"),
                           a("AMaxRtg"), w("WMax"), w("WChaRteMax"), w("WDisChaRteMax"),
-                          a("AMax"))
+                          a("AMax"), _first(va("VAMax"), va("VAMaxRtg")),
+                          _first(var("VarMaxInj"), var("VarMaxInjRtg")),
+                          _first(var("VarMaxAbs"), var("VarMaxAbsRtg")))
 
     async def storage(self) -> tuple[float | None, float | None, int | None]:
         """Model 713: (SoC %, WHRtg Wh, Sta); all None without the model."""
@@ -382,6 +446,108 @@ class SunSpecDer:
                                  f"{enabled}, WSetMod {mode}, WSet {held} after writing "
                                  f"{ENABLED}, {WSETMOD_WATTS}, {raw})")
         return -raw * 10.0 ** sf
+
+    async def control_caps(self) -> ControlCaps:
+        """What 704 implements of the reactive and ramp controls (an unimplemented point reads
+        its sentinel, a short model lacks it)."""
+        ctl = await self.controls()
+
+        def enum(name: str) -> bool:
+            return ctl.has(name) and _uint16(ctl.regs, M704[name]) is not None
+
+        def sf(name: str) -> bool:
+            try:
+                return ctl.sf(name) is not None
+            except DeviceRejected:  # out of range: unusable
+                return False
+
+        var_watts = (enum("VarSetEna") and enum("VarSetMod") and ctl.has("VarSet")
+                     and _int32(ctl.regs, M704["VarSet"]) is not None and sf("VarSet_SF"))
+        var_pct = (enum("VarSetEna") and enum("VarSetMod") and ctl.has("VarSetPct")
+                   and _int16(ctl.regs, M704["VarSetPct"]) is not None and sf("VarSetPct_SF"))
+        wrmp = _uint16(ctl.regs, M704["WRmp"]) if ctl.has("WRmp") else None
+        return ControlCaps(
+            var_watts=var_watts, var_pct=var_pct, var_pri=enum("VarSetPri"),
+            var_reversion=enum("VarSetEnaRvrt") and ctl.has("VarSetRvrtTms"),
+            pf_modes=tuple(n for n in ("PFWInjEna", "PFWAbsEna") if enum(n)),
+            ramp=wrmp is not None, ramp_ref=enum("WRmpRef"), wrmp_default=wrmp)
+
+    async def write_reactive(self, var: float | None, reversion_s: int, caps: ControlCaps,
+                             var_max: tuple[float, float]) -> float | None:
+        """Write a reactive power setpoint (DER sign: positive injects; None: disable it) and
+        read it back; returns what the device holds in var (None: disabled). ``var_max`` is
+        (inject, absorb), the range a VAR_MAX_PCT setting is a percentage of."""
+        if not caps.reactive:
+            raise DeviceRejected("SunSpec model 704: neither VarSet nor VarSetPct is "
+                                 "implemented: the device takes no reactive power setpoint")
+        addr = (self.models or {})[CONTROLS]
+        if var is None:
+            await self.bus.write_register(self.unit_id, addr + M704["VarSetEna"], DISABLED)
+            back = await self.controls()
+            enabled = _uint16(back.regs, M704["VarSetEna"])
+            if enabled != DISABLED:
+                raise DeviceRejected(f"SunSpec model 704: VarSetEna reads {enabled} after "
+                                     "writing DISABLED: the device did not take it")
+            return None
+        ctl = await self.controls()
+        for name in caps.pf_modes:  # one reactive mode at a time (IEEE 1547 5.3)
+            if _uint16(ctl.regs, M704[name]) != DISABLED:
+                await self.bus.write_register(self.unit_id, addr + M704[name], DISABLED)
+        if caps.var_watts:
+            mode, point, sf = VARSETMOD_VARS, "VarSet", ctl.sf("VarSet_SF", required=True)
+            assert sf is not None
+            raw = max(-0x7FFFFFFF, min(0x7FFFFFFF, int(round(var / 10.0 ** sf))))
+            await self.bus.write_register(self.unit_id, addr + M704["VarSetMod"], mode)
+            await self.bus.write_registers(self.unit_id, addr + M704["VarSet"],
+                                           [*_int32_regs(raw), *_int32_regs(0)])  # Rvrt 0
+        else:
+            mode, point = VARSETMOD_VAR_MAX_PCT, "VarSetPct"
+            sf = ctl.sf("VarSetPct_SF", required=True)
+            assert sf is not None
+            base = var_max[0] if var >= 0 else var_max[1]
+            if base <= 0:
+                raise DeviceRejected("SunSpec model 704: a VarSetPct setpoint needs the "
+                                     "reactive range of model 702 (VarMaxInj / VarMaxAbs)")
+            raw = max(-0x7FFF, min(0x7FFF, int(round(var / base * 100.0 / 10.0 ** sf))))
+            await self.bus.write_register(self.unit_id, addr + M704["VarSetMod"], mode)
+            await self.bus.write_registers(self.unit_id, addr + M704["VarSetPct"],
+                                           [raw & 0xFFFF, 0])  # VarSetPctRvrt 0 %
+        if caps.var_pri:
+            await self.bus.write_register(self.unit_id, addr + M704["VarSetPri"],
+                                          VARSETPRI_REACTIVE)
+        if caps.var_reversion and reversion_s > 0:
+            await self.bus.write_registers(
+                self.unit_id, addr + M704["VarSetEnaRvrt"],
+                [ENABLED, (reversion_s >> 16) & 0xFFFF, reversion_s & 0xFFFF])
+        await self.bus.write_register(self.unit_id, addr + M704["VarSetEna"], ENABLED)
+        back = await self.controls()
+        enabled = _uint16(back.regs, M704["VarSetEna"])
+        held_mode = _uint16(back.regs, M704["VarSetMod"])
+        held = (_int32(back.regs, M704["VarSet"]) if point == "VarSet"
+                else _int16(back.regs, M704["VarSetPct"]))
+        if enabled != ENABLED or held_mode != mode or held != raw:
+            raise DeviceRejected(f"SunSpec model 704: the reactive setpoint did not take "
+                                 f"(VarSetEna {enabled}, VarSetMod {held_mode}, {point} {held} "
+                                 f"after writing {ENABLED}, {mode}, {raw})")
+        if point == "VarSet":
+            return raw * 10.0 ** sf
+        return raw * 10.0 ** sf / 100.0 * (var_max[0] if raw >= 0 else var_max[1])
+
+    async def write_ramp(self, percent_per_s: int, caps: ControlCaps) -> int:
+        """Write WRmp (whole % of WMax per second) and read it back."""
+        if not caps.ramp:
+            raise DeviceRejected("SunSpec model 704: WRmp is not implemented: the device "
+                                 "takes no ramp rate")
+        addr = (self.models or {})[CONTROLS]
+        if caps.ramp_ref:
+            await self.bus.write_register(self.unit_id, addr + M704["WRmpRef"], WRMPREF_W_MAX)
+        await self.bus.write_register(self.unit_id, addr + M704["WRmp"], percent_per_s)
+        back = await self.controls()
+        held = _uint16(back.regs, M704["WRmp"])
+        if held != percent_per_s:
+            raise DeviceRejected(f"SunSpec model 704: WRmp reads {held} after writing "
+                                 f"{percent_per_s}: the device did not take the ramp rate")
+        return percent_per_s
 
 
 # ------------------------------------------------------------------ the HAL's two faces
@@ -446,6 +612,11 @@ class SunSpecDerStage(EvConnection, DeviceDriver):
         self._setpoint: float | None = None  # what the device holds (HAL W)
         self._wanted: float | None = None  # what the core asked for
         self._written_at: float | None = None  # loop time of the last write
+        self._caps: ControlCaps | None = None  # 704's reactive / ramp points, read at open
+        self._var: float | None = None  # the reactive setpoint the device holds (DER sign)
+        self._var_wanted: float | None = None
+        self._var_written_at: float | None = None
+        self._ramps: tuple[float | None, float | None] = (None, None)  # what the core asked
         self._stop = asyncio.Event()
 
     # ------------------------------------------------------------------ the pilot (inner)
@@ -474,6 +645,13 @@ class SunSpecDerStage(EvConnection, DeviceDriver):
     @property
     def plugged_connector(self) -> int | None:
         return self.inner.plugged_connector
+
+    @property
+    def supports_digital_communication(self) -> bool:
+        return self.inner.supports_digital_communication
+
+    async def set_digital_communication(self, on: bool) -> None:
+        await self.inner.set_digital_communication(on)
 
     # ------------------------------------------------------------------ the stage
 
@@ -550,6 +728,109 @@ class SunSpecDerStage(EvConnection, DeviceDriver):
             return None
         return EvEnergyState(soc_percent=soc, capacity_wh=capacity)
 
+    # ------------------------------------------------------------------ reactive power, ramps
+
+    @property
+    def supports_reactive(self) -> bool:
+        return self._caps is not None and self._caps.reactive \
+            and self.reactive_limits is not None
+
+    @property
+    def reactive_limits(self) -> ReactiveLimits | None:
+        """From model 702: the VA rating (the larger active rating where the device states
+        none) and the var range each way; None when the device states no var range."""
+        r = self._ratings
+        if r is None or self._caps is None or not self._caps.reactive:
+            return None
+        if r.var_inject_max is None and r.var_absorb_max is None:
+            return None
+        va = _first(r.va_max, r.w_max, r.w_max_rtg)
+        if va is None:
+            return None
+        inject = min(r.var_inject_max if r.var_inject_max is not None else 0.0, va)
+        absorb = min(r.var_absorb_max if r.var_absorb_max is not None else 0.0, va)
+        return ReactiveLimits(max_va=va, max_inject_var=inject, max_absorb_var=absorb)
+
+    def _var_room(self, var: float) -> float:
+        """``var`` held within the range and what the active setpoint leaves of the VA
+        rating (the core leaves room itself: a last resort)."""
+        limits = self.reactive_limits
+        if limits is None:
+            return var
+        var = max(-limits.max_absorb_var, min(limits.max_inject_var, var))
+        p = self._setpoint or 0.0
+        room = math.sqrt(max(0.0, limits.max_va ** 2 - p ** 2))
+        return max(-room, min(room, var))
+
+    async def set_reactive_setpoint(self, var: float | None) -> None:
+        if self._caps is None or not self._caps.reactive:
+            raise NotImplementedError(f"{self.label}: model 704 has no reactive power setpoint")
+        if var is not None and not math.isfinite(var):
+            raise HalError(FaultKind.INTERNAL, f"evse {self.evse_id} power stage: reactive "
+                                               f"setpoint {var!r} is not a number of var")
+        wanted = None if var is None else self._var_room(float(var))
+        self._var_wanted = wanted
+        await self._write_var(wanted, announce=False)
+
+    async def _write_var(self, var: float | None, *, announce: bool) -> None:
+        assert self._caps is not None
+        limits = self.reactive_limits
+        span = (limits.max_inject_var, limits.max_absorb_var) if limits else (0.0, 0.0)
+        try:
+            held = await self.der.write_reactive(var, self.reversion_s, self._caps, span)
+        except DriverError as exc:
+            self._health.failed(str(exc), announce=announce)
+            if announce:
+                return
+            raise HalError(FaultKind.INTERNAL, f"evse {self.evse_id} power stage: {exc}"
+                           ) from exc
+        self._var = held
+        self._var_written_at = asyncio.get_running_loop().time()
+        self._health.recovered()
+
+    @property
+    def reactive_setpoint(self) -> float | None:
+        return self._var
+
+    @property
+    def supports_ramp_rate(self) -> bool:
+        return self._caps is not None and self._caps.ramp
+
+    async def set_ramp_rates(self, normal_w_per_s: float | None,
+                             soft_start_w_per_s: float | None = None) -> None:
+        """WRmp in whole % of WMax per second (at least 1: 0 would hold the power where it
+        is); None restores the device's own WRmp. 704 has no soft-start rate: it is
+        remembered, not applied (the normal rate holds from standstill too)."""
+        caps = self._caps
+        if caps is None or not caps.ramp:
+            raise NotImplementedError(f"{self.label}: model 704 has no WRmp")
+        for name, rate in (("normal", normal_w_per_s), ("soft-start", soft_start_w_per_s)):
+            if rate is not None and not (math.isfinite(rate) and rate > 0):
+                raise HalError(FaultKind.INTERNAL, f"evse {self.evse_id} power stage: {name} "
+                                                   f"ramp rate {rate!r} is not a number of "
+                                                   "W/s > 0")
+        if normal_w_per_s is None:
+            percent = caps.wrmp_default
+        else:
+            r = self._ratings
+            w_max = _first(r.w_max, r.w_max_rtg) if r is not None else None
+            if not w_max:
+                raise HalError(FaultKind.INTERNAL, f"evse {self.evse_id} power stage: a ramp "
+                                                   "rate needs WMax (model 702)")
+            percent = max(1, min(0xFFFE, int(round(normal_w_per_s / w_max * 100.0))))
+        if percent is not None:
+            try:
+                await self.der.write_ramp(percent, caps)
+            except DriverError as exc:
+                self._health.failed(str(exc), announce=False)
+                raise HalError(FaultKind.INTERNAL, f"evse {self.evse_id} power stage: {exc}"
+                               ) from exc
+        self._ramps = (normal_w_per_s, soft_start_w_per_s)
+
+    @property
+    def ramp_rates(self) -> tuple[float | None, float | None]:
+        return self._ramps
+
     @property
     def measures(self) -> frozenset[str]:
         has_storage = self.der.models is None or STORAGE in self.der.models
@@ -575,6 +856,9 @@ class SunSpecDerStage(EvConnection, DeviceDriver):
         try:
             await self.refresh()
             await self._write(None, announce=True)  # no setpoint left from a previous run
+            self._caps = await self.der.control_caps()
+            if self._caps.reactive:
+                await self._write_var(None, announce=True)  # nor a reactive one
         except DriverError as exc:
             self._health.failed(str(exc))
 
@@ -587,10 +871,22 @@ class SunSpecDerStage(EvConnection, DeviceDriver):
             self._health.failed(str(exc))
             return
         now = asyncio.get_running_loop().time()
-        due = self._written_at is None or now - self._written_at >= self.reversion_s / 3
-        if self._health.faulted or (self._wanted is not None and self.reversion_s > 0
-                                    and due):
+
+        def due(at: float | None) -> bool:
+            return self.reversion_s > 0 and (at is None or now - at >= self.reversion_s / 3)
+
+        if self._caps is None:  # open() could not read them: the device was away
+            try:
+                self._caps = await self.der.control_caps()
+            except DriverError as exc:
+                self._health.failed(str(exc))
+                return
+        faulted = self._health.faulted  # after a fault, both setpoints are written again
+        if faulted or (self._wanted is not None and due(self._written_at)):
             await self._write(self._wanted, announce=True)
+        if self._caps.reactive and (faulted or (self._var_wanted is not None
+                                                and due(self._var_written_at))):
+            await self._write_var(self._var_wanted, announce=True)
 
     def background(self) -> Callable[[], Awaitable[None]]:
         async def loop() -> None:
@@ -603,9 +899,12 @@ class SunSpecDerStage(EvConnection, DeviceDriver):
 
     async def close(self) -> None:
         self._stop.set()
-        self._wanted = None
+        self._wanted = self._var_wanted = None
         try:
             await asyncio.wait_for(self.der.write_setpoint(None, 0), timeout=2.0)
+            if self._caps is not None and self._caps.reactive:
+                await asyncio.wait_for(self.der.write_reactive(None, 0, self._caps, (0, 0)),
+                                       timeout=2.0)
         except Exception:  # noqa: BLE001 - closing never raises; the reversion timer remains
             log.warning("%s: could not disable the setpoint on close (the device reverts "
                         "to 0 W after %d s)", self.label, self.reversion_s)
