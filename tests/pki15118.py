@@ -7,7 +7,9 @@ pathLen 0, as the ``iso15118`` package's chain check wants them):
 - MO root -> MO sub-CA 1 -> MO sub-CA 2 -> contract leaf, CN = the EMAID (``EMAID``), with an
   OCSP responder URL in its Authority Information Access; an expired contract of the same MO;
   a contract of a root nobody installed (``rogue``);
-- OEM root -> OEM sub-CA 1 -> OEM sub-CA 2 -> OEM provisioning leaf (the EV's).
+- OEM root -> OEM sub-CA 1 -> OEM sub-CA 2 -> OEM provisioning leaf (the EV's);
+- the certificate provisioning service's leaf (``cps``, signing CertificateInstallationRes)
+  under CPO sub-CA 2 of the V2G root (a test shortcut for the CPS sub-CAs).
 
 Use::
 
@@ -18,6 +20,7 @@ Use::
     p.ocsp_response(p.contract, p.mo_sub2, revoked=False)   # DER, for GetCertificateStatus
     p.sign_v2g_csr(csr_pem)         # a CertificateSigned chain for a V2G CSR
     p.write_iso15118_tree(path)     # the iso15118 package's PKI_PATH layout (EVCC / SECC)
+    p.write_iso15118_tree(path, contract=None)   # an EV without a contract (to install one)
 
 Everything is valid from an hour ago for a year (the expired contract: ended yesterday), on
 the real clock: a FakeClock started at ``time.time()`` sees them as valid too.
@@ -121,6 +124,7 @@ class Pki:
     oem_sub2: Issued
     oem_leaf: Issued
     extra: dict[str, Issued] = field(default_factory=dict)
+    cps: Issued | None = None
 
     @staticmethod
     def pem(item: Issued) -> str:
@@ -170,10 +174,13 @@ class Pki:
     def ocsp_response_b64(self, cert: Issued, issuer: Issued, **kw: object) -> str:
         return base64.b64encode(self.ocsp_response(cert, issuer, **kw)).decode("ascii")
 
-    def write_iso15118_tree(self, root: Path) -> Path:
+    def write_iso15118_tree(self, root: Path, contract: str | None = "valid") -> Path:
         """The ``iso15118`` package's PKI_PATH layout (``iso15118_2/certs`` DER/PEM files and
         ``iso15118_2/private_keys`` unencrypted keys with empty password files), for its EVCC
-        and SECC; returns ``root``."""
+        and SECC; returns ``root``. ``contract``: the EV's contract leaf (``valid``,
+        ``expired``), or None for an EV that has none yet (it asks CertificateInstallation)."""
+        cps = self.cps or self.cpo_sub2
+        leaf = {"valid": self.contract, "expired": self.expired_contract}.get(contract or "")
         certs = root / "iso15118_2" / "certs"
         keys = root / "iso15118_2" / "private_keys"
         certs.mkdir(parents=True, exist_ok=True)
@@ -182,11 +189,13 @@ class Pki:
         files = {"v2gRootCACert": self.v2g_root, "cpoSubCA1Cert": self.cpo_sub1,
                  "cpoSubCA2Cert": self.cpo_sub2, "seccLeafCert": self.secc,
                  "moRootCACert": self.mo_root, "moSubCA1Cert": self.mo_sub1,
-                 "moSubCA2Cert": self.mo_sub2, "contractLeafCert": self.contract,
+                 "moSubCA2Cert": self.mo_sub2,
                  "oemRootCACert": self.oem_root, "oemSubCA1Cert": self.oem_sub1,
                  "oemSubCA2Cert": self.oem_sub2, "oemLeafCert": self.oem_leaf,
-                 "cpsLeafCert": self.cpo_sub2, "cpsSubCA1Cert": self.cpo_sub1,
+                 "cpsLeafCert": cps, "cpsSubCA1Cert": self.cpo_sub1,
                  "cpsSubCA2Cert": self.cpo_sub2}
+        if leaf is not None:
+            files["contractLeafCert"] = leaf
         for name, item in files.items():
             (certs / f"{name}.der").write_bytes(item.cert.public_bytes(der))
             (certs / f"{name}.pem").write_text(item.pem)
@@ -194,10 +203,12 @@ class Pki:
         (certs / "oemCertChain.pem").write_text(
             "".join(i.pem for i in (self.oem_leaf, self.oem_sub2, self.oem_sub1)))
         pkcs8 = serialization.PrivateFormat.PKCS8
-        for name, item in {"seccLeaf": self.secc, "contractLeaf": self.contract,
-                           "oemLeaf": self.oem_leaf, "moSubCA2": self.mo_sub2,
-                           "cpsLeaf": self.cpo_sub2, "cpoSubCA2": self.cpo_sub2,
-                           "v2gRootCA": self.v2g_root, "moRootCA": self.mo_root}.items():
+        keys_of = {"seccLeaf": self.secc, "oemLeaf": self.oem_leaf, "moSubCA2": self.mo_sub2,
+                   "cpsLeaf": cps, "cpoSubCA2": self.cpo_sub2, "v2gRootCA": self.v2g_root,
+                   "moRootCA": self.mo_root}
+        if leaf is not None:
+            keys_of["contractLeaf"] = leaf
+        for name, item in keys_of.items():
             path = keys / f"{name}.key"
             path.write_bytes(item.key.private_bytes(serialization.Encoding.PEM, pkcs8,
                                                     serialization.NoEncryption()))
@@ -235,9 +246,10 @@ def pki() -> Pki:
     oem_sub1 = _make(_name("OEM Sub-CA 1", "OEM test"), oem_root, ca=True, path_len=1)
     oem_sub2 = _make(_name("OEM Sub-CA 2", "OEM test"), oem_sub1, ca=True, path_len=0)
     oem_leaf = _make(_name("WMIV1234567890ABCDEX", "OEM test"), oem_sub2, ca=False)
+    cps = _make(_name("CPS Leaf", "CPS test", dc="CPS"), cpo_sub2, ca=False)
     return Pki(v2g_root, cpo_sub1, cpo_sub2, secc, mo_root, mo_sub1, mo_sub2, contract,
                expired, rogue_root, rogue_sub1, rogue_sub2, rogue, oem_root, oem_sub1,
-               oem_sub2, oem_leaf)
+               oem_sub2, oem_leaf, cps=cps)
 
 
 __all__ = ["EMAID", "EXPIRED_EMAID", "OCSP_URL", "ROGUE_EMAID", "SECC_ID", "Issued", "Pki",

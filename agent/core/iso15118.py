@@ -18,7 +18,18 @@ per EVSE); it knows no OCPP version. What it does:
     contactor, offer, meter, the V2X setpoint) to the SECC;
 (e) tells the core when the EV starts or stops the energy transfer: limit source
     ``iso15118`` (0 A from the session's start until the EV's PowerDelivery Start, and again
-    after its Stop), so the contactor closes and opens by the core's normal path.
+    after its Stop), so the contactor closes and opens by the core's normal path;
+(f) has the EV renegotiate (OCPP K17) when the schedule it was given no longer holds: a
+    TxProfile installed or removed, an external limit moved, so that the composite differs
+    materially (:data:`MATERIAL_W`, :data:`MATERIAL_SHARE`) from what was offered; the SECC
+    signals it in its next charge-loop answer, the EV's new ChargeParameterDiscovery /
+    ScheduleExchange gets the new composite, and its PowerDelivery Start is told to the
+    listeners again (``charge_progress``: 2.x NotifyEVChargingSchedule);
+(g) offers 5 % duty cycle on a board that can (``EvConnection.set_digital_communication``)
+    and steps back to nominal duty for basic charging when HLC fails: no session within
+    :data:`HLC_WAIT_S` of the plug-in, or a session that broke; the hold of 0 A comes first
+    (the contactor opens by the core's path), then the pilot's F step, then the hold goes;
+    the next plug-in gets 5 % again.
 
 The pilot stays the safety path: every contactor rule of DESIGN.md holds as before; HLC only
 adds information and one more limit source.
@@ -40,6 +51,9 @@ The seam for the OCPP side (2.0.1 / 2.1 C07, M01/M02, M06, K15-K17; 1.6 DataTran
   the schedule offered to the EV (default: the composite; K15/K16 may put the CSMS's answer
   to NotifyEVChargingNeeds here).
 - ``service.session(evse_id)``: the EV's :class:`EvSession` (None: no HLC session).
+- ``service.renegotiate(evse_id, reason)``: have the EV renegotiate now (whether the SECC
+  was asked: only during the charge loop of an ISO 15118-2 / -20 session); the service does
+  it itself when the composite changes materially, see (f).
 """
 
 from __future__ import annotations
@@ -64,6 +78,12 @@ LIMIT_SOURCE = "iso15118"
 CONTRACT_WAIT_S = 1.5  # inside the SECC's 2 s: then Ongoing, the EV asks again
 SCHEDULE_WINDOW_S = 86_400
 MAX_SCHEDULE_ENTRIES = 24
+# A composite differs "materially" from what the EV was offered (K17: renegotiate) when a
+# period's power differs by more than the larger of these.
+MATERIAL_W = 100.0
+MATERIAL_SHARE = 0.05
+HLC_WAIT_S = 30.0  # plug-in to SessionSetup at 5 % (ISO 15118-3 TT_EVSE_SLAC_init: 20-50 s)
+NO_RENEGOTIATION = ("DIN_SPEC_70121",)
 ISO_NAMESPACES = {"urn:iso:15118:2:2013:MsgDef": "15118-2",
                   "urn:iso:std:iso:15118:-20:CommonMessages": "15118-20"}
 
@@ -115,6 +135,9 @@ class EvSession:
     emaid: str | None = None  # Plug & Charge contract
     contract: ContractVerdict | None = None
     offered: list[tuple[int, float]] = field(default_factory=list)  # the last schedule given
+    offered_at: datetime | None = None  # when (its periods count from then)
+    renegotiating: str | None = None  # a renegotiation asked of the SECC, not yet served
+    renegotiated: bool = False  # a schedule given in the charge loop: tell its start again
     ended: str | None = None  # why the session ended (None: running)
     state: str | None = None  # the SECC's state machine
 
@@ -274,25 +297,47 @@ class Iso15118Service:
         self.station_id = station_id
         self._contracts: dict[int, tuple[str, asyncio.Task[ContractVerdict]]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._digital: set[int] = set()  # EVSEs offering 5 % duty cycle
+        self._digital_off: set[int] = set()  # ... not for the EV plugged in now (fallback)
+        self._plugs: dict[int, int] = {}  # EVSE -> plug-ins counted (the HLC wait's key)
+        self._hlc_seen: dict[int, int] = {}  # EVSE -> the plug-in a session started in
+        self._recheck: asyncio.Handle | None = None
 
     # ---------------------------------------------------------------- life cycle
     async def start(self) -> None:
-        for evse_id in self.hlc.evse_ids:
+        await self.hlc.start(self)
+        # Only where a SECC runs (its venv may be missing): 5 % without one strands the EV.
+        await self.attach([i for i in self.hlc.evse_ids if i in self.hlc.sidecars])
+
+    async def attach(self, evse_ids: list[int]) -> None:
+        """Follow these EVSEs (their SECCs run), offer 5 % where the board can, and watch
+        the charging profiles for schedules that no longer hold (K17)."""
+        for evse_id in evse_ids:
             evse = self.station.evses.get(evse_id)
             if evse is None:
                 continue
             evse.state_listeners.append(self._evse_changed)
             self.hlc.push(evse_id, self._status(evse))
-            ev = evse.hw.ev
-            if ev.supports_digital_communication:  # 5 %: the EV must use HLC
-                try:
-                    await ev.set_digital_communication(True)
-                except Exception as exc:  # noqa: BLE001 - HLC is optional, the pilot is not
-                    log.error("EVSE %s: 5 %% duty cycle not offered: %s", evse_id, exc)
+            if evse.hw.ev.supports_digital_communication:  # 5 %: the EV must use HLC
+                self._digital.add(evse_id)
+                await self._set_digital(evse, True)
             else:
                 log.info("EVSE %s: ISO 15118 with nominal duty cycle (the board offers no 5 %%)",
                          evse_id)
-        await self.hlc.start(self)
+            self._evse_changed(evse)  # an EV plugged in at start counts as a plug-in
+        profiles = self.station.charging_profiles
+        # Called after every install, update and removal (not only the dynamic ones').
+        profiles.dynamic_listeners.append(self.schedule_may_have_changed)
+        profiles.external_listeners.append(lambda _evse: self.schedule_may_have_changed())
+
+    async def _set_digital(self, evse: EvseController, on: bool) -> None:
+        try:
+            await evse.hw.ev.set_digital_communication(on)
+            log.info("EVSE %s: %s", evse.id, "5 % duty cycle offered (ISO 15118)" if on
+                     else "nominal duty cycle (basic charging)")
+        except Exception as exc:  # noqa: BLE001 - HLC is optional, the pilot is not
+            log.error("EVSE %s: %s duty cycle not offered: %s", evse.id,
+                      "5 %" if on else "nominal", exc)
 
     async def stop(self) -> None:
         for _, task in self._contracts.values():
@@ -332,9 +377,49 @@ class Iso15118Service:
 
     def _evse_changed(self, evse: EvseController) -> None:
         self.hlc.push(evse.id, self._status(evse))
+        plugged = evse.id in self._plugs and self._plugs[evse.id] > 0
+        if evse.ev_connected and not plugged:
+            seq = self._plugs[evse.id] = abs(self._plugs.get(evse.id, 0)) + 1
+            if evse.id in self._digital and evse.id not in self._digital_off:
+                # At 5 % energy flows by HLC only (IEC 61851-1 Table A.8): held at 0 A
+                # until the EV's PowerDelivery Start, or the fallback to basic charging.
+                self._hold(evse.id, True)
+                self._spawn(self._wait_for_hlc(evse.id, seq), f"hlc-wait-{evse.id}")
+        elif not evse.ev_connected and plugged:
+            self._plugs[evse.id] = -self._plugs[evse.id]  # remembered, negative: unplugged
         if not evse.ev_connected:
             self._end(evse.id, "EV unplugged")
             self._hold(evse.id, False)
+            if evse.id in self._digital_off:  # the next EV gets 5 % again
+                self._digital_off.discard(evse.id)
+                self._spawn(self._set_digital(evse, True), f"hlc-5-{evse.id}")
+
+    async def _wait_for_hlc(self, evse_id: int, seq: int) -> None:
+        """An EV that starts no session at 5 % does not speak ISO 15118: basic charging."""
+        await self.station.clock.sleep(HLC_WAIT_S)
+        if self._plugs.get(evse_id) == seq and self._hlc_seen.get(evse_id) != seq:
+            await self._fallback(evse_id, f"no ISO 15118 session within {HLC_WAIT_S:g} s of "
+                                          "the plug-in")
+
+    def _falls_back(self, evse_id: int) -> bool:
+        evse = self.station.evses.get(evse_id)
+        return (evse is not None and evse.ev_connected and evse_id in self._digital
+                and evse_id not in self._digital_off)
+
+    async def _fallback(self, evse_id: int, why: str) -> None:
+        """5 % -> basic charging for the EV plugged in: 0 A first (the contactor opens by
+        the core's path), then the pilot's F step to nominal duty, then the hold goes."""
+        evse = self.station.evses.get(evse_id)
+        if evse is None or not self._falls_back(evse_id):
+            return
+        self._digital_off.add(evse_id)
+        log.warning("EVSE %s: %s: the EV charges by the pilot alone (nominal duty cycle)",
+                    evse_id, why)
+        await evse.set_limit(LIMIT_SOURCE, 0.0)
+        await self._set_digital(evse, False)
+        s = self.sessions.get(evse_id)
+        if s is None or s.ended is not None or s.charging:
+            await evse.set_limit(LIMIT_SOURCE, None)
 
     # ---------------------------------------------------------------- events from the SECC
     def hlc_event(self, evse_id: int, name: str, params: dict[str, Any]) -> None:
@@ -343,6 +428,8 @@ class Iso15118Service:
                                                    protocol=params.get("protocol"))
             log.info("EVSE %s: ISO 15118 session with EV %s (%s)", evse_id, s.evcc_id,
                      s.protocol)
+            plug = self._plugs.get(evse_id, 0)  # before the pilot's B reached us: the next
+            self._hlc_seen[evse_id] = plug if plug > 0 else 1 - plug
             self._hold(evse_id, True)  # no energy before the EV's PowerDelivery Start
             self._tell(evse_id, "session_started", s)
         elif name == "ev_parameters":
@@ -357,8 +444,8 @@ class Iso15118Service:
         elif name == "charge_progress":
             s = self._current(evse_id)
             started = bool(params.get("started"))
-            if started != s.charging:
-                s.charging = started
+            if started != s.charging or (started and s.renegotiated):
+                s.charging, s.renegotiated = started, False
                 log.info("EVSE %s: the EV %s the energy transfer", evse_id,
                          "starts" if started else "stops")
                 self._hold(evse_id, not started)
@@ -372,6 +459,12 @@ class Iso15118Service:
             # session broke (timeout, connection lost): the EVSE falls back to the pilot alone.
             self._end(evse_id, str(params.get("reason") or "ended"),
                       hold=params.get("state") == "SessionStop")
+        elif name == "renegotiation":
+            s = self.sessions.get(evse_id)
+            log.info("EVSE %s: renegotiation %s (%s)", evse_id, params.get("status"),
+                     params.get("reason") or "-")
+            if s is not None and params.get("status") == "refused":
+                s.renegotiating = None
         elif name == "status" and params.get("status") == "error":
             log.error("EVSE %s: the ISO 15118 SECC reports an error", evse_id)
 
@@ -390,7 +483,11 @@ class Iso15118Service:
         pending = self._contracts.pop(evse_id, None)
         if pending is not None:
             pending[1].cancel()
-        self._hold(evse_id, hold)
+        if not hold and self._falls_back(evse_id):  # a broken session: basic charging
+            self._spawn(self._fallback(evse_id, f"the ISO 15118 session broke ({reason})"),
+                        f"hlc-fallback-{evse_id}")
+        else:
+            self._hold(evse_id, hold)
         self._tell(evse_id, "session_ended", s)
 
     def _hold(self, evse_id: int, on: bool) -> None:
@@ -492,6 +589,46 @@ class Iso15118Service:
         log.info("EVSE %s: contract %s accepted (%s)", evse.id, request.emaid, auth.source)
         return verdict
 
+    # ---------------------------------------------------------------- renegotiation (K17)
+    def renegotiate(self, evse_id: int, reason: str = "the schedule changed") -> bool:
+        """Have the EV on ``evse_id`` renegotiate its schedule; whether the SECC was asked
+        (only in the charge loop of a protocol that can: not DIN SPEC 70121). Asked once
+        until served: the EV's ChargeParameterDiscovery gets the composite of that moment."""
+        s = self.sessions.get(evse_id)
+        if s is None or s.ended is not None or not s.charging \
+                or (s.protocol or "") in NO_RENEGOTIATION:
+            return False
+        if s.renegotiating is not None:
+            return True
+        if not self.hlc.renegotiate(evse_id, reason):
+            return False
+        s.renegotiating = reason
+        log.info("EVSE %s: the EV is asked to renegotiate its schedule (%s)", evse_id, reason)
+        return True
+
+    def schedule_may_have_changed(self) -> None:
+        """A profile or an external limit changed: look once the loop is free (one look for
+        a burst of changes, e.g. a SetChargingProfile replacing several)."""
+        if self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_soon(self._check_schedules)
+
+    def _check_schedules(self) -> None:
+        self._recheck = None
+        now = self.station.clock.now()
+        for evse_id, s in list(self.sessions.items()):
+            evse = self.station.evses.get(evse_id)
+            if (evse is None or s.ended is not None or not s.charging or not s.offered
+                    or s.offered_at is None or s.renegotiating is not None):
+                continue
+            elapsed = max(0.0, (now - s.offered_at).total_seconds())
+            try:
+                fresh = self._periods(evse, SCHEDULE_WINDOW_S, MAX_SCHEDULE_ENTRIES)
+            except Exception:  # noqa: BLE001 - a broken schedule source never stops charging
+                log.exception("EVSE %s: the schedule for the EV could not be made", evse_id)
+                continue
+            if material_change(shift(s.offered, elapsed), fresh, SCHEDULE_WINDOW_S):
+                self.renegotiate(evse_id, "the composite schedule changed")
+
     def composite(self, evse_id: int, window_s: int) -> list[tuple[int, float]]:
         """The EVSE's composite schedule in W (0 = now): what the smart charging engine lets
         it take, the default schedule for the EV."""
@@ -503,14 +640,22 @@ class Iso15118Service:
         window = departure if isinstance(departure, int) and departure > 0 \
             else SCHEDULE_WINDOW_S
         max_entries = params.get("max_entries") or MAX_SCHEDULE_ENTRIES
+        periods = self._periods(evse, window, max_entries)
+        s = self._current(evse.id)
+        s.offered, s.offered_at = list(periods), self.station.clock.now()
+        if s.charging:  # asked in the charge loop: a renegotiation (ours or the EV's)
+            s.renegotiated = True
+        s.renegotiating = None
+        return {"periods": [{"start_s": start, "limit_w": round(w, 1)}
+                            for start, w in periods]}
+
+    def _periods(self, evse: EvseController, window: int,
+                 max_entries: int) -> list[tuple[int, float]]:
         periods = self.schedule_source(evse.id, window)[:max(1, min(max_entries, 1024))]
         if not periods or periods[0][0] != 0:
             cap = self._limit_without_us(evse) * 230.0 * evse.phases
             periods = [(0, cap), *[p for p in periods if p[0] > 0]]
-        s = self._current(evse.id)
-        s.offered = list(periods)
-        return {"periods": [{"start_s": start, "limit_w": round(w, 1)}
-                            for start, w in periods]}
+        return periods
 
     async def _certificate(self, evse_id: int, params: dict[str, Any]) -> dict[str, Any]:
         action = params.get("action")
@@ -519,3 +664,41 @@ class Iso15118Service:
         response = await self.certificates.ev_certificate(CertificateRequest(
             evse_id, action, str(params.get("exi_b64")), str(params.get("namespace"))))
         return {"status": response.status, "exi_b64": response.exi_b64}
+
+
+def shift(periods: list[tuple[int, float]], elapsed_s: float) -> list[tuple[int, float]]:
+    """A schedule offered ``elapsed_s`` ago, counted from now (the period in force first)."""
+    out: list[tuple[int, float]] = []
+    for start, watts in periods:
+        at = start - elapsed_s
+        if at <= 0:
+            out = [(0, watts)]
+        else:
+            out.append((int(at), watts))
+    return out
+
+
+def material_change(old: list[tuple[int, float]], new: list[tuple[int, float]],
+                    window_s: int) -> bool:
+    """Whether two schedules (start s, W; both from now) differ by more than
+    :data:`MATERIAL_W` or :data:`MATERIAL_SHARE` anywhere within ``window_s``: what makes the
+    EV renegotiate. Small wobbles (a rounding, a 50 W move) do not."""
+    def at(periods: list[tuple[int, float]], t: int) -> float | None:
+        value = None
+        for start, watts in periods:
+            if start > t:
+                break
+            value = watts
+        return value
+
+    for t in sorted({0, *(p[0] for p in old), *(p[0] for p in new)}):
+        if t >= window_s:
+            break
+        a, b = at(old, t), at(new, t)
+        if a is None or b is None:
+            if a != b:
+                return True
+            continue
+        if abs(a - b) > max(MATERIAL_W, MATERIAL_SHARE * max(abs(a), abs(b))):
+            return True
+    return False

@@ -881,8 +881,11 @@ class CertificateStore:
         """Write what the SECC reads into ``pki_dir`` in the ``iso15118`` package's layout
         (``iso15118_2/certs``: cpoCertChain.pem, seccLeafCert, cpoSubCA1/2Cert,
         v2gRootCACert, moRootCACert; ``iso15118_2/private_keys``: seccLeaf.key, 0600, with
-        an empty password file); only what the store has.  Returns the files written.  The
-        SECC key is copied there (the sidecar's directory, private to the agent's user)."""
+        an empty password file); only what the store has: a file an earlier export wrote of
+        what the store no longer has (a deleted V2G certificate or root) is removed, so the
+        SECC stops using it at its next session (files put there by hand are left alone).
+        Returns the files written.  The SECC key is copied there (the sidecar's directory,
+        private to the agent's user)."""
         certs = Path(pki_dir) / "iso15118_2" / "certs"
         keys = Path(pki_dir) / "iso15118_2" / "private_keys"
         written: list[str] = []
@@ -912,6 +915,20 @@ class CertificateStore:
             if roots:
                 put(certs / f"{base}.der", der(roots[0]))
                 put(certs / f"{base}.pem", crypto.to_pem(roots[0]).encode())
+        record = Path(pki_dir) / ".cp-agent-export.json"
+        try:
+            before = json.loads(record.read_text())
+        except (OSError, ValueError):
+            before = []
+        for name in before if isinstance(before, list) else []:
+            if name in written or not isinstance(name, str) or ".." in name:
+                continue
+            with contextlib.suppress(OSError):
+                (Path(pki_dir) / name).unlink()
+                log.info("removed %s from the SECC's certificates (no longer in the store)",
+                         name)
+        if written or before:
+            self._write(record, json.dumps(written).encode(), 0o600)
         return written
 
 

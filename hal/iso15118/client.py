@@ -259,6 +259,13 @@ class Sidecar:
         except (ConnectionError, protocol.ProtocolError) as exc:
             log.error("EVSE %s: not sent to the SECC: %s", self.evse_id, exc)
 
+    def tell(self, name: str, **params: Any) -> bool:
+        """Send an event (protocol.AGENT_EVENTS); whether there was a connection for it."""
+        if self.writer is None:
+            return False
+        self._send(protocol.event(name, **params))
+        return True
+
     def push(self, status: Mapping[str, Any]) -> None:
         """The EVSE's state changed: tell the sidecar (again after a reconnect)."""
         changed = {k: v for k, v in status.items() if self.status.get(k, object()) != v}
@@ -411,11 +418,23 @@ class HighLevelCommunication:
         if car is not None:
             car.push(status)
 
+    def renegotiate(self, evse_id: int, reason: str = "") -> bool:
+        """Ask EVSE ``evse_id``'s SECC to have the EV renegotiate its schedule (K17); whether
+        the request went out (False: no SECC connected). The sidecar reports what became of
+        it (``renegotiation`` events)."""
+        car = self.sidecars.get(evse_id)
+        return car is not None and car.tell("renegotiate", reason=reason or None)
+
     async def start_ev(self, evse_id: int, *, protocol_name: str = "ISO_15118_2",
                        evcc_id: str = "", tls: bool = False, loops: int = 3,
                        departure_s: int = 0, energy_wh: int = 20_000,
-                       max_current_a: int = 16, pki_dir: str | None = None) -> EvSimulator:
-        """The package's EV simulator against EVSE ``evse_id``'s SECC (loopback only)."""
+                       max_current_a: int = 16, pki_dir: str | None = None,
+                       cert_install: bool = False,
+                       bidirectional: bool = False) -> EvSimulator:
+        """The package's EV simulator against EVSE ``evse_id``'s SECC (loopback only).
+        ``pki_dir``: the EV's certificates (its contract, the V2G root it trusts), in the
+        package's layout; ``cert_install``: the EV asks CertificateInstallation for its
+        contract; ``bidirectional``: an ISO 15118-20 EV asking AC_BPT."""
         car = self.sidecars.get(evse_id)
         if car is None or car.interface != LOOPBACK:
             raise ValueError(f"EVSE {evse_id} has no SECC on the loopback interface: the "
@@ -429,8 +448,10 @@ class HighLevelCommunication:
                "--max-current-a", str(max_current_a), "--parent-pid", str(os.getpid())]
         if evcc_id:
             cmd += ["--evcc-id", evcc_id]
-        if tls:
-            cmd.append("--tls")
+        for flag, on in (("--tls", tls), ("--cert-install", cert_install),
+                         ("--bidirectional", bidirectional)):
+            if on:
+                cmd.append(flag)
         pki = pki_dir or self.cfg.pki_dir
         if pki:
             cmd += ["--pki", pki]

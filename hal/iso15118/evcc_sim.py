@@ -6,8 +6,9 @@ Runs inside ``.venv-iso15118``, started by the agent for ``cp-agent ctl plug 1 -
     .venv-iso15118/bin/python hal/iso15118/evcc_sim.py --interface lo --sdp-port 15200 \\
         --protocol ISO_15118_2 --evcc-id 0A1B2C3D4E5F
 
-What the EV received that the agent wants to know (the offered schedule, the session's end)
-is printed on stdout as one line each, ``CP-AGENT-EV {json}``, which the agent reads.
+What the EV received that the agent wants to know (the offered schedule, TLS or not, a
+contract certificate installed, why a session stopped, the session's end) is printed on stdout
+as one line each, ``CP-AGENT-EV {json}``, which the agent reads.
 """
 
 from __future__ import annotations
@@ -86,9 +87,25 @@ async def run(args: argparse.Namespace) -> None:
                 for e in offered.p_max_schedule.schedule_entries])
             return await super().process_sa_schedules_v2(sa_schedules)
 
+        async def process_scheduled_se_params(self, scheduled_params: Any, pause: bool) -> Any:
+            offered = scheduled_params.schedule_tuples[0]  # -20 ScheduleExchangeRes
+            power = offered.charging_schedule.power_schedule
+            report("schedule", tuple_id=offered.schedule_tuple_id, entries=[
+                {"duration_s": e.duration, "limit_w": float(e.power.get_decimal_value())}
+                for e in power.schedule_entry_list.entries])
+            return await super().process_scheduled_se_params(scheduled_params, pause)
+
         async def stop_charging(self) -> None:
             report("stop_charging")
             await super().stop_charging()
+
+        async def store_contract_cert_and_priv_key(self, contract_cert: bytes,
+                                                   priv_key: bytes) -> None:
+            # The package's simulator keeps nothing; an EV stores what CertificateInstallation
+            # brought (the leaf DER, the decrypted 32-byte private scalar) where its next
+            # PaymentDetailsReq reads it: the PKI directory's contract files.
+            installed = _store_contract(contract_cert, priv_key)
+            report("contract_installed", **installed)
 
     handler = EVCCHandler(evcc_config=cfg, iface=args.interface,
                           exi_codec=ExificientEXICodec(), ev_controller=Ev(cfg))
@@ -106,6 +123,7 @@ async def run(args: argparse.Namespace) -> None:
             raise
 
     handler.restart_sdp = _restart_sdp  # type: ignore[method-assign]
+    _report_sessions(handler)
     session = asyncio.ensure_future(handler.start())
     orphan = asyncio.ensure_future(protocol.exit_with_parent(
         args.parent_pid, lambda: failed.done() or failed.set_result("the agent is gone")))
@@ -121,6 +139,58 @@ async def run(args: argparse.Namespace) -> None:
         report("ended", ok=False, reason=why)
         raise SystemExit(1)
     report("ended", ok=True)
+
+
+def _report_sessions(handler: Any) -> None:
+    """Report each V2G session's transport (TLS or TCP) and why it stopped (the response
+    code the SECC refused with, a timeout): what the EV was told."""
+    from iso15118.shared.notifications import StopNotification
+
+    start_comm_session = handler.start_comm_session
+
+    async def _start(host: Any, port: int, is_tls: bool) -> Any:
+        report("connected", tls=bool(is_tls))
+        return await start_comm_session(host, port, is_tls)
+
+    handler.start_comm_session = _start
+    queue = handler._rcv_queue
+    put = queue.put_nowait
+
+    def _put(item: Any) -> None:
+        if isinstance(item, StopNotification):
+            report("stopped", ok=bool(item.successful), reason=str(item.reason)[:400])
+        put(item)
+
+    queue.put_nowait = _put
+
+
+def _store_contract(contract_cert: bytes, priv_key: bytes) -> dict[str, Any]:
+    """Write an installed contract certificate and its key into the EV's PKI directory (the
+    package's file names); what was stored, and whether the key is the certificate's."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from iso15118.shared.security import CertPath, KeyPasswordPath, KeyPath
+
+    cert = x509.load_der_x509_certificate(contract_cert)
+    key = ec.derive_private_key(int.from_bytes(priv_key, "big"), ec.SECP256R1())
+    der = serialization.Encoding.DER
+    matches = (key.public_key().public_bytes(der, serialization.PublicFormat.SubjectPublicKeyInfo)
+               == cert.public_key().public_bytes(
+                   der, serialization.PublicFormat.SubjectPublicKeyInfo))
+    cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    if matches:
+        with open(CertPath.CONTRACT_LEAF_DER, "wb") as f:
+            f.write(contract_cert)
+        fd = os.open(KeyPath.CONTRACT_LEAF_PEM, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+        with open(KeyPasswordPath.CONTRACT_LEAF_KEY_PASSWORD, "w") as f:
+            f.write("")
+    return {"emaid": str(cn[0].value) if cn else None, "key_matches": matches,
+            "stored": matches}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -30,6 +30,9 @@ Who says what:
   changes: authorized, contactor, pilot, offer, meter, setpoint, stop. The SECC's questions
   about the present (contactor closed? CP state? present current? stop charging?) are
   answered from the latest push, so no charge-loop message waits on a round trip.
+- The agent asks for a renegotiation (event ``renegotiate``) when the EV's schedule changed
+  (a new TxProfile, OCPP K17); the sidecar answers with ``renegotiation`` events (requested,
+  started when the EV asks for its new schedule, or refused).
 
 A line that does not parse, or names an unknown kind or method, is a :class:`ProtocolError`
 with a message that says what is wrong; the receiving end logs it (and answers a request it
@@ -89,11 +92,17 @@ SIDECAR_EVENTS: dict[str, dict[str, tuple[tuple, bool]]] = {
     "charge_progress": {"started": (_BOOL, True)},
     "state": {"state": (_STR, True)},
     "session_ended": {"state": (_opt(_STR), False), "reason": (_opt(_STR), False)},
+    # The agent's renegotiate: "requested" (the EV is being told), "started" (it asks for
+    # the new schedule), "refused" (no charge loop, or a protocol without renegotiation).
+    "renegotiation": {"status": (_STR, True), "reason": (_opt(_STR), False)},
 }
 
 # Events the agent sends.
 AGENT_EVENTS: dict[str, dict[str, tuple[tuple, bool]]] = {
     "evse_status": {"status": (_DICT, True)},  # see EVSE_STATUS
+    # The schedule changed (K17): the SECC tells the EV to renegotiate (-2 EVSENotification
+    # ReNegotiation, -20 ServiceRenegotiation) at its next charge-loop message.
+    "renegotiate": {"reason": (_opt(_STR), False)},
 }
 
 # Requests the agent may send the sidecar (answered with an empty result).

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import os
@@ -58,6 +60,7 @@ class AgentLink:
         self.status: dict[str, Any] = {}  # the agent's last evse_status
         self.changed = asyncio.Condition()
         self.server: asyncio.base_events.Server | None = None
+        self.on_renegotiate: Any = None  # the controller's request_renegotiation
 
     async def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -110,6 +113,9 @@ class AgentLink:
             fut = self.pending.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        elif msg.kind == protocol.EVENT and msg.name == "renegotiate":
+            if self.on_renegotiate is not None:
+                self.on_renegotiate(msg.params.get("reason"))
         elif msg.kind == protocol.EVENT:  # evse_status
             async with self.changed:
                 self.status.update(msg.params["status"])
@@ -237,6 +243,42 @@ def build_controller(link: AgentLink) -> Any:
             super().__init__()
             self.info: dict[str, Any] | None = None
             self.reported_evcc_id: str | None = None
+            self.comm_session: Any = None  # the package's session of the present EV
+            self.charging = False  # between the EV's PowerDelivery Start and Stop
+            self.renegotiation: str | None = None  # the agent's pending request (its reason)
+
+        # ---------------------------------------------------------------- renegotiation (K17)
+        def request_renegotiation(self, reason: str | None) -> None:
+            """The agent's schedule changed: tell the EV at its next charge-loop message
+            (-2: EVSENotification ReNegotiation; -20: ServiceRenegotiation, the one the
+            package's state machines carry through: the EV stops, ends with SessionStop
+            ServiceRenegotiation and comes back through ScheduleExchange; DIN SPEC 70121 has
+            none). Until the EV asks for its new schedule the request stands."""
+            protocol_ = self._protocol() or ""
+            if not self.charging:
+                why = "the EV is not in the charge loop"
+            elif protocol_ == Protocol.DIN_SPEC_70121.name:
+                why = "DIN SPEC 70121 has no renegotiation"
+            else:
+                self.renegotiation = reason or "the schedule changed"
+                log.info("renegotiation requested (%s): the EV is told at its next "
+                         "charge-loop message", self.renegotiation)
+                link.tell("renegotiation", status="requested", reason=self.renegotiation)
+                return
+            log.info("renegotiation not requested: %s", why)
+            link.tell("renegotiation", status="refused", reason=why)
+
+        def _renegotiation_started(self) -> None:
+            """The EV asks for its schedule again: the request is served."""
+            if self.renegotiation is not None:
+                link.tell("renegotiation", status="started", reason=self.renegotiation)
+                self.renegotiation = None
+
+        def _renegotiate_now(self) -> bool:
+            return self.renegotiation is not None and self.charging
+
+        async def service_renegotiation_supported(self) -> bool:
+            return True  # [V2G20-1477]: the EV may come back through ServiceDiscovery
 
         # ---------------------------------------------------------------- helpers
         @property
@@ -257,8 +299,12 @@ def build_controller(link: AgentLink) -> Any:
             rated = ev.rated_limits
             ac, dc = rated.ac_limits, rated.dc_limits
             mode = ev.selected_energy_mode
+            if mode is None:  # -20: the energy service (AC, AC_BPT, DC, DC_BPT)
+                service = getattr(self.comm_session, "selected_energy_service", None)
+                mode = getattr(getattr(service, "service", None), "name", None)
+            evcc_id = ev.evcc_id or getattr(self.comm_session, "evcc_id", None)
             params = {
-                "evcc_id": str(ev.evcc_id) if ev.evcc_id is not None else None,
+                "evcc_id": str(evcc_id) if evcc_id is not None else None,
                 "protocol": self._protocol(),
                 "energy_mode": getattr(mode, "value", mode),
                 "departure_time_s": ev.departure_time,
@@ -297,7 +343,11 @@ def build_controller(link: AgentLink) -> Any:
 
         async def set_present_protocol_state(self, state: Any) -> None:
             name = type(state).__name__ if not isinstance(state, str) else state
-            evcc_id = self.ev_data_context.evcc_id
+            # -20's SessionSetup keeps the EVCCID (and its selected energy service) in the
+            # communication session only, not in the EV data context the -2 states fill.
+            self.comm_session = getattr(state, "comm_session", None) or self.comm_session
+            evcc_id = self.ev_data_context.evcc_id or getattr(self.comm_session, "evcc_id",
+                                                              None)
             if evcc_id is not None and str(evcc_id) != self.reported_evcc_id:
                 self.reported_evcc_id = str(evcc_id)
                 link.tell("session_started", evcc_id=str(evcc_id), protocol=self._protocol())
@@ -338,7 +388,7 @@ def build_controller(link: AgentLink) -> Any:
                 "authorize", token_type="pnc" if pnc else "eim",
                 id_token=str(id_token) if id_token is not None else None,
                 certificate_chain_pem=chain,
-                hash_data=[dict(h) for h in hash_data] if hash_data else None,
+                hash_data=_ocpp_hash_data(hash_data),
                 protocol=self._protocol())
             status = (reply or {}).get("status", "Ongoing")
             verdict = {"Accepted": AuthorizationStatus.ACCEPTED,
@@ -363,6 +413,7 @@ def build_controller(link: AgentLink) -> Any:
                                        is_free_charging_service: bool,
                                        max_schedule_entries: int | None,
                                        departure_time: int = 0) -> list | None:
+            self._renegotiation_started()
             self._report_ev()
             window = int(departure_time) if departure_time else SCHEDULE_WINDOW_S
             reply = await link.ask("schedule", departure_time_s=int(departure_time) or None,
@@ -384,6 +435,7 @@ def build_controller(link: AgentLink) -> Any:
 
         async def get_scheduled_se_params(self, selected_energy_service: Any,
                                           schedule_exchange_req: Any) -> Any:
+            self._renegotiation_started()
             params = await super().get_scheduled_se_params(selected_energy_service,
                                                            schedule_exchange_req)
             self._report_ev()
@@ -407,20 +459,34 @@ def build_controller(link: AgentLink) -> Any:
                     schedule_entry_list=PowerScheduleEntryList(entries=entries))
             return params
 
+        def _notification_v2(self) -> Any:
+            if self.st.get("stop"):
+                return EVSENotificationV2.STOP_CHARGING
+            if self._renegotiate_now():
+                return EVSENotificationV2.RE_NEGOTIATION
+            return EVSENotificationV2.NONE
+
         async def get_ac_evse_status(self) -> ACEVSEStatus:
-            return ACEVSEStatus(
-                notification_max_delay=0,
-                evse_notification=(EVSENotificationV2.STOP_CHARGING if self.st.get("stop")
-                                   else EVSENotificationV2.NONE),
-                rcd=False)
+            return ACEVSEStatus(notification_max_delay=0,
+                                evse_notification=self._notification_v2(), rcd=False)
+
+        async def get_dc_evse_status(self) -> Any:
+            status = await super().get_dc_evse_status()
+            return status.copy(update={"evse_notification": self._notification_v2()})
 
         async def get_evse_status(self) -> EVSEStatus | None:
+            # No status at all unless there is news: the package's EVCC ends its charge loop
+            # on any EVSEStatus in ACChargeLoopRes.
             if self.st.get("stop"):
                 return EVSEStatus(notification_max_delay=0,
                                   evse_notification=EVSENotificationV20.TERMINATE)
+            if self._renegotiate_now():
+                return EVSEStatus(notification_max_delay=0,
+                                  evse_notification=EVSENotificationV20.SERVICE_RENEGOTIATION)
             return None
 
         async def get_ac_charge_params_v2(self) -> ACEVSEChargeParameter:
+            self._renegotiation_started()  # the renegotiation's ChargeParameterDiscovery
             info = await self._info()
             return ACEVSEChargeParameter(
                 ac_evse_status=await self.get_ac_evse_status(),
@@ -464,9 +530,11 @@ def build_controller(link: AgentLink) -> Any:
             return CpState.UNKNOWN
 
         async def set_hlc_charging(self, is_ongoing: bool) -> None:
+            self.charging = bool(is_ongoing)
             link.tell("charge_progress", started=bool(is_ongoing))
 
         async def stop_charger(self) -> None:
+            self.charging = False
             link.tell("charge_progress", started=False)
 
         async def is_contactor_closed(self) -> bool | None:
@@ -488,10 +556,34 @@ def build_controller(link: AgentLink) -> Any:
 
         async def session_ended(self, current_state: str, reason: str) -> None:
             link.tell("session_ended", state=str(current_state), reason=str(reason))
+            self.charging, self.renegotiation = False, None
             self.info = None
             self.reported_evcc_id = None
+            self.comm_session = None
 
-    return AgentController()
+    controller = AgentController()
+    link.on_renegotiate = controller.request_renegotiation
+    return controller
+
+
+def _ocpp_hash_data(items: list | None) -> list[dict[str, str]] | None:
+    """The package's certificate hash data (snake_case, base64url hashes, a decimal serial)
+    as OCPP's OCSPRequestDataType (camelCase, hex), what the agent sends in Authorize; None
+    when there is none or it is unreadable (the agent then derives it from the chain)."""
+    if not items:
+        return None
+    out = []
+    for h in items:
+        try:
+            out.append({"hashAlgorithm": str(h["hash_algorithm"]),
+                        "issuerNameHash": base64.urlsafe_b64decode(h["issuer_name_hash"]).hex(),
+                        "issuerKeyHash": base64.urlsafe_b64decode(h["issuer_key_hash"]).hex(),
+                        "serialNumber": f"{int(h['serial_number']):x}",
+                        "responderURL": str(h["responder_url"])})
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            log.error("the SECC's certificate hash data is unreadable (%s): %r", exc, h)
+            return None
+    return out
 
 
 def _periods(reply: dict[str, Any] | None, window: int,

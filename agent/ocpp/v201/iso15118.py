@@ -10,7 +10,9 @@ of :mod:`agent.core.iso15118`) while its version is the active one: the contract
 the EV certificate provider, and a listener for the EV's charging needs.  The schedule the EV
 is offered stays the service's default, the smart charging engine's composite schedule, so a
 TxProfile the CSMS sends after NotifyEVChargingNeeds is what the EV gets at its next
-ChargeParameterDiscovery / renegotiation.
+ChargeParameterDiscovery / renegotiation (K17: the service has the EV renegotiate when the
+composite changes materially during the charge loop, and the renegotiated PowerDelivery
+Start is a ``charge_progress`` again, so NotifyEVChargingSchedule follows with the new one).
 
 The SECC's certificate lives in the certificate store (``station.certificates``, its V2G
 identity); after every change it and the V2G / MO roots are written to the SECC's PKI
