@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ("startup", "footprint", "latency", "outbox_replay", "swarm", "composite")
+BENCHES = ("startup", "footprint", "floor", "latency", "outbox_replay", "swarm",
+           "composite")
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -30,6 +30,9 @@ EXPECTED = {
     "swarm": ["20 stations connected and booted", "steady-state CPU of the swarm process",
               "resident memory per station"],
     "composite": ["composite 24 h, 100 profiles (station mix), median"],
+    "floor": [f"OCPP {v} {what}" for v in ("1.6", "2.0.1", "2.1") for what in (
+        "start-up ratio agent / floor", "CPU to boot ratio agent / floor",
+        "idle VmHWM ratio agent / floor")],
 }
 
 

@@ -1,0 +1,84 @@
+"""What start-up does not pay for (docs/performance.md, "Start-up and idle RSS against the floor").
+
+Each of these was measured to cost start-up time or resident memory on every station; the tests
+make sure the saving stays and that nothing behaves differently because of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config import ConfigError, _safe_load, load_config_text
+from agent.link import rpc
+
+ROOT = Path(__file__).resolve().parent.parent
+ENUMS = {"1.6": "ocpp.v16.enums", "2.0.1": "ocpp.v201.enums", "2.1": "ocpp.v21.enums"}
+
+
+@pytest.mark.parametrize("version", list(ENUMS))
+def test_actions_read_from_the_schemas_are_the_librarys_action_enum(version):
+    """The RPC layer reads a version's actions from its schema files instead of importing
+    ``ocpp.vXX.enums`` (whose package loads every message dataclass); the set must be the
+    one the enum gives, or a known action would be answered NotImplemented."""
+    enum = importlib.import_module(ENUMS[version]).Action
+    assert rpc._call_actions(version) == {a.value for a in enum}
+    assert not rpc._call_actions(version) & rpc._send_actions(version)
+
+
+_PROBE = """
+import asyncio, json, sys, tempfile
+from agent.app import Agent
+from agent.config import load_config_text
+from agent.link import rpc
+
+async def main(version):
+    tmp = tempfile.mkdtemp(prefix="cpa-", dir="/tmp")
+    cfg = load_config_text(json.dumps({
+        "station": {"id": "CP1"},
+        "ocpp": {"url": "ws://127.0.0.1:9/ocpp", "versions": [version],
+                 "reconnect": {"min_backoff_s": 5}},
+        "storage": {"path": tmp + "/s.db"}, "control": {"socket": tmp + "/c.sock"}}))
+    agent = Agent(cfg)
+    await agent.start()
+    await agent.stop()
+    rpc._call_actions(version)  # what the first CALL asks
+
+for version in ("1.6", "2.0.1", "2.1"):
+    asyncio.run(main(version))
+print(json.dumps(sorted(m for m in ("ocpp.v16", "ocpp.v201", "ocpp.v21", "ocpp.charge_point",
+                                    "tarfile") if m in sys.modules)))
+"""
+
+
+def test_an_agent_of_any_version_never_loads_the_librarys_message_classes():
+    """ocpp.v16 / v201 / v21 (ChargePoint and a dataclass per message: 1.1 MB and 36 ms for
+    1.6, 3.7 MB and 250 ms for 2.1) and tarfile (diagnostics archives only) stay unloaded."""
+    res = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_fast_yaml_loader_reads_the_example_configuration_as_safe_load_does():
+    text = (ROOT / "config.example.yaml").read_text()
+    assert _safe_load(text) == yaml.safe_load(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("station:\n\tid: CP1\n", "found character '\\t' that cannot start any token"),
+    ("station: *nope\n", "found undefined alias 'nope'"),
+])
+def test_a_yaml_error_reads_as_the_pure_python_parser_words_it(text, expected):
+    """libyaml's messages omit the offending character or alias: a document it refuses is
+    parsed again by the pure-Python parser, whose message is the one shown."""
+    with pytest.raises(ConfigError) as err:
+        load_config_text(text, "agent.yaml")
+    assert expected in str(err.value)
+    assert str(err.value).startswith("agent.yaml: line ")
