@@ -619,8 +619,13 @@ class Agent:
             self._mock().plug(evse, connector=connector)
             if args.get("iso15118"):  # the package's EV simulator talks to the EVSE's SECC
                 hlc = self.station.iso15118.hlc
+                bidi = bool(args.get("bidirectional"))
                 await hlc.start_ev(evse, evcc_id=str(args.get("evcc_id") or ""),
-                                   tls=bool(args.get("tls")))
+                                   tls=bool(args.get("tls")),
+                                   cert_install=bool(args.get("cert_install")),
+                                   bidirectional=bidi,
+                                   protocol_name="ISO_15118_20_AC" if bidi else "ISO_15118_2",
+                                   control_mode=str(args.get("control_mode") or "scheduled"))
         elif cmd == "unplug":
             self._mock().unplug(self._evse_id(args))
         elif cmd == "ev":

@@ -923,6 +923,15 @@ def _build_parser() -> argparse.ArgumentParser:
                                                             "(default: the interface's MAC)")
             sp.add_argument("--tls", action="store_true",
                             help="with --iso15118: TLS to the SECC (Plug & Charge)")
+            sp.add_argument("--cert-install", action="store_true",
+                            help="with --iso15118: the EV asks for its contract certificate "
+                                 "(CertificateInstallation)")
+            # dest apart from ``ctl ev --bidirectional`` (EV_OPTIONS reads that one)
+            sp.add_argument("--bidirectional", action="store_true", dest="hlc_bidirectional",
+                            help="with --iso15118: an ISO 15118-20 AC_BPT EV (it discharges "
+                                 "at a negative V2X setpoint)")
+            sp.add_argument("--control-mode", choices=("scheduled", "dynamic"),
+                            help="with --bidirectional: the -20 control mode the EV selects")
         _json_flag(sp)
     sp = sub.add_parser("ev", help="set the EV's pilot state (A-F) and, on a bidirectional "
                                    "mock EVSE (hal.v2x), its battery and limits")
@@ -997,8 +1006,12 @@ def _request_args(ns: argparse.Namespace) -> dict[str, Any]:
         args["iso15118"] = True
         if getattr(ns, "evcc_id", None):
             args["evcc_id"] = ns.evcc_id
-        if getattr(ns, "tls", False):
-            args["tls"] = True
+        for flag, key in (("tls", "tls"), ("cert_install", "cert_install"),
+                          ("hlc_bidirectional", "bidirectional")):
+            if getattr(ns, flag, False):
+                args[key] = True
+        if getattr(ns, "control_mode", None):
+            args["control_mode"] = ns.control_mode
     if getattr(ns, "switch", None) is not None:  # ctl priority EVSE on|off
         args["on"] = ns.switch == "on"
     return args

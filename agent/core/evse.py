@@ -37,6 +37,7 @@ from agent.core.v2x import (
     PowerStageSnapshot,
     SetpointBounds,
     bounds,
+    ev_side,
     parse_modes,
     stage_limits,
 )
@@ -49,6 +50,7 @@ from hal.interfaces import (
     IndicatorState,
     MeterReading,
     PilotState,
+    PowerLimits,
 )
 
 log = logging.getLogger("cp_agent.evse")
@@ -133,6 +135,10 @@ class EvseController:
         self.setpoint_request: float | None = None
         self.discharge_limits: dict[str, float] = {}
         self.allowed_transfer: frozenset[EnergyTransferMode] | None = None
+        # What the EV itself states over ISO 15118-20 (its limits, its energy service's
+        # modes; None: nothing), set by agent/core/iso15118.py for the HLC session.
+        self.ev_reported: tuple[PowerLimits | None, frozenset[EnergyTransferMode] | None] = \
+            (None, None)
         self._v2x_session: Session | None = None
         self._no_discharge_logged = ""
         # Whether a reservation holds this EVSE now (agent/core/reservations.py; the station
@@ -936,10 +942,26 @@ class EvseController:
             self.allowed_transfer = None
         return s
 
+    async def set_ev_reported(self, limits: PowerLimits | None,
+                              modes: frozenset[EnergyTransferMode] | None) -> None:
+        """What the EV states over high-level communication (ISO 15118-20 ChargeParameter
+        Discovery: its charge / discharge limits, the energy service it chose): the
+        setpoint's bounds hold to the stricter of it and the driver's EV side from now on;
+        (None, None) forgets it (the HLC session ended)."""
+        async with self.mutex:
+            self.ev_reported = (limits, modes)
+            await self._reconcile()
+
+    def setpoint_bounds(self, offer: float) -> SetpointBounds:
+        """How far a setpoint could go at an offer of ``offer`` A (agent/core/v2x.py)."""
+        return self._setpoint_bounds(offer)
+
     def _setpoint_bounds(self, offer: float) -> SetpointBounds:
+        limits, modes = self.ev_reported
         return bounds(self.hw.ev, offer_a=offer, phases=self.phases_in_use,
                       max_current_a=self.max_current_a, allowed_modes=self.allowed_transfer,
-                      discharge_limits=self.discharge_limits)
+                      discharge_limits=self.discharge_limits, reported_limits=limits,
+                      reported_modes=modes)
 
     async def _drive_setpoint(self, offer: float) -> None:
         """Give the power stage the requested setpoint within every bound now (mutex held)."""
@@ -979,8 +1001,9 @@ class EvseController:
         # The bounds with an offer, so that "could it discharge" is answered while idle too.
         could = self._setpoint_bounds(max(self._offer(), self.min_current_a))
         try:
-            modes = tuple(sorted(m.value for m in ev.energy_transfer_modes))
-            ev_limits, energy = ev.ev_limits, ev.energy_state
+            ev_limits, ev_modes = ev_side(ev, *self.ev_reported)
+            modes = tuple(sorted(m.value for m in ev_modes))
+            energy = ev.energy_state
         except Exception:  # noqa: BLE001 - a snapshot never fails on a driver's bug
             modes, ev_limits, energy = (), None, None
         return PowerStageSnapshot(

@@ -29,7 +29,17 @@ per EVSE); it knows no OCPP version. What it does:
     and steps back to nominal duty for basic charging when HLC fails: no session within
     :data:`HLC_WAIT_S` of the plug-in, or a session that broke; the hold of 0 A comes first
     (the contactor opens by the core's path), then the pilot's F step, then the hold goes;
-    the next plug-in gets 5 % again.
+    the next plug-in gets 5 % again;
+(h) drives an ISO 15118-20 EV's power (V2X): every -20 ACChargeLoopRes tells the EV the
+    target of :meth:`Iso15118Service.target_power` (the signed setpoint the power stage
+    follows, from agent/core/v2x_modes.py's plan, else what the offer allows), pushed in
+    ``evse_status`` whenever the EVSE reconciles; the limits and energy service the -20 EV
+    states in its ChargeParameterDiscovery bound that setpoint in the core
+    (``EvseController.set_ev_reported``: the stricter of the EV's word and the driver's EV
+    side; an EV that chose plain AC is never discharged), until its session ends; a
+    scheduled BPT EV's ScheduleExchange gets a discharging schedule (``discharge``, W
+    negative) of what it may give; the EV's reported present power is
+    ``EvSession.present_power_w``.
 
 The pilot stays the safety path: every contactor rule of DESIGN.md holds as before; HLC only
 adds information and one more limit source.
@@ -54,6 +64,8 @@ The seam for the OCPP side (2.0.1 / 2.1 C07, M01/M02, M06, K15-K17; 1.6 DataTran
 - ``service.renegotiate(evse_id, reason)``: have the EV renegotiate now (whether the SECC
   was asked: only during the charge loop of an ISO 15118-2 / -20 session); the service does
   it itself when the composite changes materially, see (f).
+- ``service.target_power(evse_id) -> TargetPower(watts, min_w, max_w)``: what a -20 EV is
+  told to take now (signed W) and the bounds of the moment, see (h).
 """
 
 from __future__ import annotations
@@ -117,6 +129,7 @@ class ChargingNeeds:
     max_v2x_energy_wh: float | None = None
     min_v2x_energy_wh: float | None = None
     bidirectional: bool = False
+    control_mode: str | None = None  # ISO 15118-20: "scheduled" | "dynamic"
 
     @property
     def ac(self) -> bool:
@@ -140,6 +153,21 @@ class EvSession:
     renegotiated: bool = False  # a schedule given in the charge loop: tell its start again
     ended: str | None = None  # why the session ended (None: running)
     state: str | None = None  # the SECC's state machine
+    # ISO 15118-20 charge loop: what the EV says it takes now (W, signed: negative is a
+    # discharge) and the target it was last given.
+    present_power_w: float | None = None
+    target_w: float | None = None
+
+
+@dataclass(frozen=True)
+class TargetPower:
+    """The power an ISO 15118-20 EV is told to take now: ``watts`` signed (positive charges
+    the EV, negative discharges it), within ``min_w`` (minus the most it may give) and
+    ``max_w`` (the most it may take)."""
+
+    watts: float
+    min_w: float
+    max_w: float
 
 
 @dataclass(frozen=True)
@@ -278,7 +306,47 @@ def _needs(params: dict[str, Any], now: datetime) -> ChargingNeeds:
         max_discharge_current_a=num("max_discharge_current_a"),
         min_energy_wh=num("min_energy_wh"), max_energy_wh=num("max_energy_wh"),
         max_v2x_energy_wh=num("max_v2x_energy_wh"), min_v2x_energy_wh=num("min_v2x_energy_wh"),
-        bidirectional=bool(params.get("bidirectional")))
+        bidirectional=bool(params.get("bidirectional")),
+        control_mode=params.get("control_mode") if params.get("control_mode") in (
+            "scheduled", "dynamic") else None)
+
+
+# An ISO 15118-20 energy service and the HAL's energy transfer modes it makes possible.
+_SERVICE_MODES = {
+    "AC": ("AC_single_phase", "AC_two_phase", "AC_three_phase"),
+    "AC_BPT": ("AC_single_phase", "AC_two_phase", "AC_three_phase", "AC_BPT"),
+    "DC": ("DC",), "DC_BPT": ("DC", "DC_BPT"),
+}
+
+
+def reported_ev(needs: ChargingNeeds, phases: int) -> tuple[Any, Any]:
+    """(PowerLimits | None, modes | None): what an ISO 15118-20 EV stated of itself in its
+    ChargeParameterDiscovery, as the core's bounds take it (agent/core/v2x.py ``ev_side``).
+    Limits the EV left out, or that cannot exist (negative, a minimum above its maximum),
+    are not stated: the driver's EV side alone bounds the setpoint then."""
+    from hal.interfaces import EnergyTransferMode, PowerLimits
+
+    names = _SERVICE_MODES.get(str(needs.energy_mode or ""))
+    modes = frozenset(EnergyTransferMode(n) for n in names) if names else None
+    charge = needs.max_power_w
+    if charge is None and needs.max_current_a is not None:
+        charge = needs.max_current_a * 230.0 * max(1, phases)
+    if charge is None:
+        return None, modes
+    try:
+        limits = PowerLimits(
+            max_charge_w=float(charge),
+            max_discharge_w=float(needs.max_discharge_power_w or 0.0)
+            if needs.bidirectional else 0.0,
+            max_discharge_a=needs.max_discharge_current_a if not needs.ac else None,
+            min_charge_w=min(float(needs.min_power_w or 0.0), float(charge)),
+            min_discharge_w=min(float(needs.min_discharge_power_w or 0.0),
+                                float(needs.max_discharge_power_w or 0.0))
+            if needs.bidirectional else 0.0)
+    except ValueError as exc:
+        log.error("the EV's ISO 15118-20 limits cannot be used (%s): %s", exc, needs)
+        return None, modes
+    return limits, modes
 
 
 class Iso15118Service:
@@ -367,7 +435,37 @@ class Iso15118Service:
                 "voltage_v": reading.voltage_v[0] if reading and reading.voltage_v else 230.0,
                 "current_a": reading.current_a[0] if reading and reading.current_a else 0.0,
                 "setpoint_w": getattr(evse.hw.ev, "power_setpoint", None),
-                "ready": bool(snap.operative and snap.blocking_fault is None)}
+                "ready": bool(snap.operative and snap.blocking_fault is None),
+                **self._target_status(evse)}
+
+    def target_power(self, evse_id: int) -> TargetPower | None:
+        """What the EV on ``evse_id`` is to do now (ISO 15118-20 EVSETargetActivePower,
+        signed W): the V2X setpoint the power stage follows (agent/core/v2x_modes.py plan,
+        held to the EV's, the stage's and the discharge limits), else the charge the offer
+        allows; within the charge and discharge bounds of the moment. None: no EVSE."""
+        evse = self.station.evses.get(evse_id)
+        if evse is None:
+            return None
+        offer = evse.snapshot().offered_a
+        ev = evse.hw.ev
+        if not ev.supports_setpoint:  # a charge-only stage: the offer is the target
+            watts = max(0.0, offer) * 230.0 * evse.phases_in_use
+            return TargetPower(round(watts, 1), 0.0, round(watts, 1))
+        b = evse.setpoint_bounds(offer)
+        follows = ev.power_setpoint
+        watts = b.max_charge_w if follows is None else b.clamp(float(follows))
+        return TargetPower(round(watts, 1), round(-b.max_discharge_w, 1),
+                           round(b.max_charge_w, 1))
+
+    def _target_status(self, evse: EvseController) -> dict[str, float]:
+        try:
+            t = self.target_power(evse.id)
+        except Exception:  # noqa: BLE001 - a driver's bug: the SECC says 0, never a guess
+            log.exception("EVSE %s: the EV's target power could not be made", evse.id)
+            t = TargetPower(0.0, 0.0, 0.0)
+        if t is None:
+            return {}
+        return {"target_w": t.watts, "target_min_w": t.min_w, "target_max_w": t.max_w}
 
     @staticmethod
     def _limit_without_us(evse: EvseController) -> float:
@@ -440,7 +538,17 @@ class Iso15118Service:
                 if s.evcc_id is None:
                     s.evcc_id = (params.get("params") or {}).get("evcc_id")
                 log.info("EVSE %s: the EV asks for %s", evse_id, needs)
+                self._report_ev(evse_id, s)
                 self._tell(evse_id, "charging_needs", s)
+        elif name == "ev_power":
+            s = self._current(evse_id)
+            present, target = params.get("present_w"), params.get("target_w")
+            s.present_power_w = float(present) if present is not None else None
+            s.target_w = float(target) if target is not None else None
+            log.info("EVSE %s: the EV takes %s W (target %s W)", evse_id,
+                     "?" if present is None else f"{present:g}",
+                     "?" if target is None else f"{target:g}")
+            self._tell(evse_id, "ev_power", s)
         elif name == "charge_progress":
             s = self._current(evse_id)
             started = bool(params.get("started"))
@@ -480,6 +588,9 @@ class Iso15118Service:
             return
         s.ended, s.charging = reason, False
         log.info("EVSE %s: ISO 15118 session ended: %s", evse_id, reason)
+        evse = self.station.evses.get(evse_id)
+        if evse is not None and evse.ev_reported != (None, None):  # the next EV says its own
+            self._spawn(evse.set_ev_reported(None, None), f"hlc-ev-{evse_id}")
         pending = self._contracts.pop(evse_id, None)
         if pending is not None:
             pending[1].cancel()
@@ -489,6 +600,17 @@ class Iso15118Service:
         else:
             self._hold(evse_id, hold)
         self._tell(evse_id, "session_ended", s)
+
+    def _report_ev(self, evse_id: int, s: EvSession) -> None:
+        """An ISO 15118-20 EV states its own limits and energy service: from now on they
+        bound the V2X setpoint (with the driver's EV side: the stricter wins). -2 / DIN
+        sessions carry no discharge and leave the driver's EV side alone."""
+        evse = self.station.evses.get(evse_id)
+        if evse is None or s.needs is None or not (s.protocol or "").startswith("ISO_15118_20"):
+            return
+        reported = reported_ev(s.needs, evse.phases_in_use)
+        if reported != evse.ev_reported:
+            self._spawn(evse.set_ev_reported(*reported), f"hlc-ev-{evse_id}")
 
     def _hold(self, evse_id: int, on: bool) -> None:
         evse = self.station.evses.get(evse_id)
@@ -646,8 +768,25 @@ class Iso15118Service:
         if s.charging:  # asked in the charge loop: a renegotiation (ours or the EV's)
             s.renegotiated = True
         s.renegotiating = None
-        return {"periods": [{"start_s": start, "limit_w": round(w, 1)}
-                            for start, w in periods]}
+        out: dict[str, Any] = {"periods": [{"start_s": start, "limit_w": round(w, 1)}
+                                           for start, w in periods]}
+        discharge = self._discharge_w(evse, s)
+        if discharge > 0:  # -20 BPT: the DischargingSchedule, negative as -20 counts it
+            out["discharge"] = [{"start_s": 0, "limit_w": -round(discharge, 1)}]
+        return out
+
+    def _discharge_w(self, evse: EvseController, s: EvSession) -> float:
+        """The most a bidirectional -20 EV may give now (W >= 0), at the offer the EVSE
+        makes once the EV starts: the V2X bounds (the CSMS's allowed modes, the EV's and
+        the stage's limits, the dischargeLimit / DER / external caps); 0 for the others."""
+        if s.needs is None or not s.needs.bidirectional or not evse.hw.ev.supports_setpoint:
+            return 0.0
+        try:
+            b = evse.setpoint_bounds(self._limit_without_us(evse))
+        except Exception:  # noqa: BLE001 - a driver's bug: no discharge offered
+            log.exception("EVSE %s: the discharge bounds could not be made", evse.id)
+            return 0.0
+        return b.max_discharge_w
 
     def _periods(self, evse: EvseController, window: int,
                  max_entries: int) -> list[tuple[int, float]]:

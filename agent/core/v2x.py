@@ -127,25 +127,60 @@ def stage_limits(ev: EvConnection, *, max_current_a: float, phases: int) -> Powe
                        max_charge_a=max_current_a)
 
 
+def merge_limits(a: PowerLimits | None, b: PowerLimits | None) -> PowerLimits | None:
+    """The stricter of two statements of the same side's limits (each maximum the lower,
+    each minimum the higher, never above its maximum); one alone stands; None: none."""
+    if a is None or b is None:
+        return a if b is None else b
+
+    def low(x: float | None, y: float | None) -> float | None:
+        return y if x is None else x if y is None else min(x, y)
+
+    charge = min(a.max_charge_w, b.max_charge_w)
+    discharge = min(a.max_discharge_w, b.max_discharge_w)
+    return PowerLimits(max_charge_w=charge, max_discharge_w=discharge,
+                       max_charge_a=low(a.max_charge_a, b.max_charge_a),
+                       max_discharge_a=low(a.max_discharge_a, b.max_discharge_a),
+                       min_charge_w=min(charge, max(a.min_charge_w, b.min_charge_w)),
+                       min_discharge_w=min(discharge, max(a.min_discharge_w,
+                                                          b.min_discharge_w)))
+
+
+def ev_side(ev: EvConnection, reported_limits: PowerLimits | None = None,
+            reported_modes: frozenset[EnergyTransferMode] | None = None
+            ) -> tuple[PowerLimits | None, frozenset[EnergyTransferMode]]:
+    """The EV's limits and modes as the bounds use them: the driver's EV side, held to what
+    the EV itself states over high-level communication (ISO 15118-20: its charge / discharge
+    limits, its energy service) where it did. A mode counts only when both allow it (an EV
+    that chose plain AC is not discharged because the stage could)."""
+    ev_lim = _safe(lambda: ev.ev_limits, None)
+    ev_lim = ev_lim if isinstance(ev_lim, PowerLimits) else None
+    raw_modes = _safe(lambda: ev.energy_transfer_modes, frozenset())
+    modes = frozenset(m for m in raw_modes if isinstance(m, EnergyTransferMode)) \
+        if isinstance(raw_modes, (set, frozenset)) else frozenset()
+    if reported_modes is not None:
+        modes = modes & reported_modes if modes else frozenset(reported_modes)
+    return merge_limits(ev_lim, reported_limits), modes
+
+
 def bounds(ev: EvConnection, *, offer_a: float, phases: int, max_current_a: float,
            allowed_modes: frozenset[EnergyTransferMode] | None = None,
-           discharge_limits: Mapping[str, float] | None = None) -> SetpointBounds:
+           discharge_limits: Mapping[str, float] | None = None,
+           reported_limits: PowerLimits | None = None,
+           reported_modes: frozenset[EnergyTransferMode] | None = None) -> SetpointBounds:
     """The bounds of a setpoint on ``ev`` now.
 
     ``offer_a`` is the pilot's offer (0: no energy may flow at all, either way), ``phases``
     the phases the EV is fed on, ``max_current_a`` the EVSE's rating (it bounds discharge
     current as it bounds charge current). A limit in A applies on AC modes only (converted at
     the nominal voltage on ``phases``): on DC the stage's driver, which knows the battery
-    voltage, holds its own currents.
+    voltage, holds its own currents. ``reported_*``: what the EV stated over ISO 15118
+    (:func:`ev_side`).
     """
     if offer_a <= 0:
         return SetpointBounds(0.0, 0.0, no_discharge="no energy may flow now (no offer)")
     stage = stage_limits(ev, max_current_a=max_current_a, phases=phases)
-    ev_lim = _safe(lambda: ev.ev_limits, None)
-    ev_lim = ev_lim if isinstance(ev_lim, PowerLimits) else None
-    raw_modes = _safe(lambda: ev.energy_transfer_modes, frozenset())
-    modes = frozenset(m for m in raw_modes if isinstance(m, EnergyTransferMode)) \
-        if isinstance(raw_modes, (set, frozenset)) else frozenset()
+    ev_lim, modes = ev_side(ev, reported_limits, reported_modes)
     dc = bool(modes) and all(m.dc for m in modes)
     per_watt = NOMINAL_VOLTAGE * max(1, phases)
 

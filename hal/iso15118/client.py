@@ -430,11 +430,15 @@ class HighLevelCommunication:
                        departure_s: int = 0, energy_wh: int = 20_000,
                        max_current_a: int = 16, pki_dir: str | None = None,
                        cert_install: bool = False,
-                       bidirectional: bool = False) -> EvSimulator:
+                       bidirectional: bool = False,
+                       control_mode: str = "scheduled") -> EvSimulator:
         """The package's EV simulator against EVSE ``evse_id``'s SECC (loopback only).
         ``pki_dir``: the EV's certificates (its contract, the V2G root it trusts), in the
         package's layout; ``cert_install``: the EV asks CertificateInstallation for its
-        contract; ``bidirectional``: an ISO 15118-20 EV asking AC_BPT."""
+        contract; ``bidirectional``: an ISO 15118-20 EV asking AC_BPT; ``control_mode``:
+        the -20 control mode it selects (``scheduled`` or ``dynamic``)."""
+        if control_mode not in ("scheduled", "dynamic"):
+            raise ValueError(f"control mode {control_mode!r}: expected scheduled or dynamic")
         car = self.sidecars.get(evse_id)
         if car is None or car.interface != LOOPBACK:
             raise ValueError(f"EVSE {evse_id} has no SECC on the loopback interface: the "
@@ -445,7 +449,8 @@ class HighLevelCommunication:
         cmd = [self.cfg.python, str(EVCC_SIM), "--interface", LOOPBACK, "--sdp-port",
                str(car.sdp_port), "--protocol", protocol_name, "--loops", str(loops),
                "--departure-s", str(departure_s), "--energy-wh", str(energy_wh),
-               "--max-current-a", str(max_current_a), "--parent-pid", str(os.getpid())]
+               "--max-current-a", str(max_current_a), "--parent-pid", str(os.getpid()),
+               "--control-mode", control_mode]
         if evcc_id:
             cmd += ["--evcc-id", evcc_id]
         for flag, on in (("--tls", tls), ("--cert-install", cert_install),

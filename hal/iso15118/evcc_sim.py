@@ -9,6 +9,12 @@ Runs inside ``.venv-iso15118``, started by the agent for ``cp-agent ctl plug 1 -
 What the EV received that the agent wants to know (the offered schedule, TLS or not, a
 contract certificate installed, why a session stopped, the session's end) is printed on stdout
 as one line each, ``CP-AGENT-EV {json}``, which the agent reads.
+
+An ISO 15118-20 EV (``--protocol ISO_15118_20_AC``) selects the ``--control-mode`` it is
+told (scheduled or dynamic: the parameter set of that control mode the SECC offers) and
+follows the SECC's EVSETargetActivePower: the power it reports in its next ACChargeLoopReq
+(EVPresentActivePower) is the target of the last ACChargeLoopRes, held to its own limits
+(negative: it discharges, on AC_BPT only); each loop is reported (``charge_loop``).
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ async def run(args: argparse.Namespace) -> None:
     from iso15118.evcc.evcc_config import load_from_file
     from iso15118.shared.exificient_exi_codec import ExificientEXICodec
     from iso15118.shared.messages.datatypes import PVEAmount, PVEVMaxCurrent
-    from iso15118.shared.messages.enums import UnitSymbol
+    from iso15118.shared.messages.enums import ControlMode, ServiceV20, UnitSymbol
+    from iso15118.shared.messages.iso15118_20.common_types import RationalNumber
     from iso15118.shared.settings import load_shared_settings
 
     load_shared_settings(os.devnull)
@@ -62,7 +69,66 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         os.unlink(f.name)
 
+    wanted_mode = ControlMode.DYNAMIC if args.control_mode == "dynamic" \
+        else ControlMode.SCHEDULED
+    loop = {"target_w": None}  # the last ACChargeLoopRes's EVSETargetActivePower
+    _follow_targets(loop)
+
     class Ev(SimEVController):
+        async def select_energy_service_v20(self, services: list) -> Any:
+            """The first energy service, with the parameter set of the control mode asked
+            for (the package's simulator takes the first set, always Scheduled)."""
+            from iso15118.shared.messages.enums import ParameterName
+
+            chosen = await super().select_energy_service_v20(services)
+            top = services[0]
+            sets = [ps for ps in top.parameter_sets if any(
+                p.name == ParameterName.CONTROL_MODE and p.int_value == wanted_mode
+                for p in ps.parameters)]
+            if sets:
+                # [V2G20-2663]: with Dynamic, MobilityNeedsMode 1 (the EV's own needs)
+                sets.sort(key=lambda ps: not any(
+                    p.name == ParameterName.MOBILITY_NEEDS_MODE and p.int_value == 1
+                    for p in ps.parameters))
+                chosen.parameter_set = sets[0]
+            return chosen
+
+        def present_w(self, bpt: bool) -> float:
+            """What the EV takes now: the last target, within its own limits."""
+            target = loop["target_w"]
+            if target is None:
+                return 0.0
+            if target < 0:
+                return max(target, -float(args.max_discharge_w)) if bpt else 0.0
+            return min(target, float(args.max_power_w))
+
+        async def get_ac_charge_loop_params_v20(self, control_mode: Any,
+                                                selected_service: Any) -> Any:
+            params = await super().get_ac_charge_loop_params_v20(control_mode,
+                                                                 selected_service)
+            bpt = selected_service == ServiceV20.AC_BPT
+            present = self.present_w(bpt)
+            params.ev_present_active_power = RationalNumber.get_rational_repr(present)
+            if control_mode == ControlMode.DYNAMIC:  # the EV's limits in every loop
+                params.ev_max_charge_power = RationalNumber.get_rational_repr(args.max_power_w)
+                params.ev_min_charge_power = RationalNumber.get_rational_repr(100)
+                if bpt:
+                    params.ev_max_discharge_power = RationalNumber.get_rational_repr(
+                        args.max_discharge_w)
+                    params.ev_min_discharge_power = RationalNumber.get_rational_repr(100)
+                params.ev_present_reactive_power = RationalNumber.get_rational_repr(0)
+            report("charge_loop", target_w=loop["target_w"], present_w=present,
+                   control_mode=args.control_mode)
+            return params
+
+        async def get_charge_params_v20(self, selected_service: Any) -> Any:
+            params = await super().get_charge_params_v20(selected_service)
+            params.ev_max_charge_power = RationalNumber.get_rational_repr(args.max_power_w)
+            if hasattr(params, "ev_max_discharge_power"):
+                params.ev_max_discharge_power = RationalNumber.get_rational_repr(
+                    args.max_discharge_w)
+            return params
+
         async def get_evcc_id(self, protocol: Any, iface: str) -> str:
             if args.evcc_id:
                 return args.evcc_id
@@ -90,10 +156,19 @@ async def run(args: argparse.Namespace) -> None:
         async def process_scheduled_se_params(self, scheduled_params: Any, pause: bool) -> Any:
             offered = scheduled_params.schedule_tuples[0]  # -20 ScheduleExchangeRes
             power = offered.charging_schedule.power_schedule
+            discharge = offered.discharging_schedule
             report("schedule", tuple_id=offered.schedule_tuple_id, entries=[
                 {"duration_s": e.duration, "limit_w": float(e.power.get_decimal_value())}
-                for e in power.schedule_entry_list.entries])
+                for e in power.schedule_entry_list.entries], discharge=[
+                {"duration_s": e.duration, "limit_w": float(e.power.get_decimal_value())}
+                for e in discharge.power_schedule.schedule_entry_list.entries]
+                if discharge is not None else None)
             return await super().process_scheduled_se_params(scheduled_params, pause)
+
+        async def process_dynamic_se_params(self, dynamic_params: Any, pause: bool) -> Any:
+            report("dynamic", departure_s=dynamic_params.departure_time,
+                   target_soc=dynamic_params.target_soc)
+            return await super().process_dynamic_se_params(dynamic_params, pause)
 
         async def stop_charging(self) -> None:
             report("stop_charging")
@@ -139,6 +214,26 @@ async def run(args: argparse.Namespace) -> None:
         report("ended", ok=False, reason=why)
         raise SystemExit(1)
     report("ended", ok=True)
+
+
+def _follow_targets(loop: dict[str, Any]) -> None:
+    """Keep the target of each -20 ACChargeLoopRes where the EV's next request reads it
+    (the package's EVCC state hands the response to no controller method)."""
+    from iso15118.evcc.states import iso15118_20_states as v20
+
+    process = v20.ACChargeLoop.process_message
+
+    async def _process(self: Any, message: Any, message_exi: bytes | None = None) -> Any:
+        for name in ("bpt_dynamic_params", "dynamic_params", "bpt_scheduled_params",
+                     "scheduled_params"):
+            params = getattr(message, name, None)
+            target = getattr(params, "evse_target_active_power", None)
+            if target is not None:
+                loop["target_w"] = float(target.get_decimal_value())
+                break
+        return await process(self, message, message_exi)
+
+    v20.ACChargeLoop.process_message = _process  # type: ignore[method-assign]
 
 
 def _report_sessions(handler: Any) -> None:
@@ -211,6 +306,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "machine runs two JVMs); 1: the standard's timing")
     p.add_argument("--cert-install", action="store_true")
     p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--control-mode", choices=("scheduled", "dynamic"), default="scheduled",
+                   help="ISO 15118-20: the control mode the EV selects")
+    p.add_argument("--max-power-w", type=int, default=11_000,
+                   help="ISO 15118-20: the most the EV takes (W)")
+    p.add_argument("--max-discharge-w", type=int, default=11_000,
+                   help="ISO 15118-20 BPT: the most the EV gives (W)")
     p.add_argument("--pki", default="")
     p.add_argument("--parent-pid", type=int, default=0,
                    help="end when this process (the agent) is gone")

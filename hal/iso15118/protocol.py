@@ -25,11 +25,14 @@ Who says what:
 - The sidecar *reports* (events, :data:`SIDECAR_EVENTS`) what the EV said and where the
   session is: ``session_started`` (EVCCID, protocol), ``ev_parameters`` (requested energy
   transfer mode, departure time, energy amount, the EV's limits, the -20 bidirectional
-  parameters), ``charge_progress`` (PowerDelivery start / stop), ``state``, ``session_ended``.
+  parameters), ``charge_progress`` (PowerDelivery start / stop), ``ev_power`` (the -20
+  charge loop: the EV's present power and the target it was given), ``state``,
+  ``session_ended``.
 - The agent *pushes* its EVSE's state (event ``evse_status``, :data:`AGENT_EVENTS`) whenever it
   changes: authorized, contactor, pilot, offer, meter, setpoint, stop. The SECC's questions
   about the present (contactor closed? CP state? present current? stop charging?) are
-  answered from the latest push, so no charge-loop message waits on a round trip.
+  answered from the latest push, so no charge-loop message waits on a round trip; so is the
+  -20 charge loop's target power (``target_w``: the V2X setpoint, negative to discharge).
 - The agent asks for a renegotiation (event ``renegotiate``) when the EV's schedule changed
   (a new TxProfile, OCPP K17); the sidecar answers with ``renegotiation`` events (requested,
   started when the EV asks for its new schedule, or refused).
@@ -95,6 +98,10 @@ SIDECAR_EVENTS: dict[str, dict[str, tuple[tuple, bool]]] = {
     # The agent's renegotiate: "requested" (the EV is being told), "started" (it asks for
     # the new schedule), "refused" (no charge loop, or a protocol without renegotiation).
     "renegotiation": {"status": (_STR, True), "reason": (_opt(_STR), False)},
+    # ISO 15118-20 charge loop: the power the EV says it takes now (signed W, negative:
+    # discharge) and the target it was given; sent when either moved.
+    "ev_power": {"present_w": (_opt(_NUM), False), "target_w": (_opt(_NUM), False),
+                 "control_mode": (_opt(_STR), False)},
 }
 
 # Events the agent sends.
@@ -120,10 +127,13 @@ EV_PARAMETERS = (
     "max_v2x_energy_wh", "min_v2x_energy_wh", "control_mode", "bidirectional",
 )
 
-# The keys of ``evse_status.status``.
+# The keys of ``evse_status.status``. ``target_w`` is the signed power the EV is to take now
+# (ISO 15118-20 EVSETargetActivePower: the V2X setpoint the power stage follows, else what
+# the offer allows), within ``target_min_w`` (-discharge) and ``target_max_w`` (charge).
 EVSE_STATUS = (
     "authorized", "contactor_closed", "pilot", "offered_a", "limit_a", "stop", "energy_wh",
-    "power_w", "voltage_v", "current_a", "setpoint_w", "ready",
+    "power_w", "voltage_v", "current_a", "setpoint_w", "ready", "target_w", "target_min_w",
+    "target_max_w",
 )
 
 

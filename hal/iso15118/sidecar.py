@@ -16,9 +16,17 @@ stop), so no charge-loop message waits on a round trip. Without an agent (not co
 no answer in time) nothing is authorized and no schedule is offered: the SECC answers
 Ongoing, and the EV waits or gives up, never charges on a guess.
 
+ISO 15118-20 AC: every ACChargeLoopRes (Scheduled and Dynamic, AC and AC_BPT) carries the
+agent's pushed target (``target_w``: its V2X setpoint, negative to discharge) as
+EVSETargetActivePower, held to the station's bounds and the EV's own limits; the EV's
+EVPresentActivePower goes up as ``ev_power``; a scheduled BPT EV gets the agent's discharge
+limit as a DischargingSchedule (negative), Dynamic control gets no schedule (the EV's own
+mobility needs echoed).
+
 The package's own simulator controller fills in what the agent has no say in (DC cable check,
-price tables of -20 schedules, the defaults of the DC values): this sidecar is an AC
-station's SECC first; DC stations get the package's DC behaviour with the agent's limits.
+price tables of -20 schedules, the defaults of the DC values, the -20 DC charge loop): this
+sidecar is an AC station's SECC first; DC stations get the package's DC behaviour with the
+agent's limits.
 """
 
 from __future__ import annotations
@@ -198,9 +206,11 @@ def build_controller(link: AgentLink) -> Any:
     from iso15118.shared.messages.enums import (
         AuthorizationStatus,
         AuthorizationTokenType,
+        ControlMode,
         CpState,
         EnergyTransferModeEnum,
         Protocol,
+        ServiceV20,
         UnitSymbol,
     )
     from iso15118.shared.messages.iso15118_2.datatypes import (
@@ -213,7 +223,15 @@ def build_controller(link: AgentLink) -> Any:
     )
     from iso15118.shared.messages.iso15118_2.datatypes import MeterInfo as MeterInfoV2
     from iso15118.shared.messages.iso15118_2.datatypes import ResponseCode as ResponseCodeV2
+    from iso15118.shared.messages.iso15118_20.ac import (
+        BPTDynamicACChargeLoopResParams,
+        BPTScheduledACChargeLoopResParams,
+        DynamicACChargeLoopResParams,
+        ScheduledACChargeLoopResParams,
+    )
     from iso15118.shared.messages.iso15118_20.common_messages import (
+        DischargingSchedule,
+        DynamicScheduleExchangeResParams,
         PowerSchedule,
         PowerScheduleEntry,
         PowerScheduleEntryList,
@@ -246,6 +264,7 @@ def build_controller(link: AgentLink) -> Any:
             self.comm_session: Any = None  # the package's session of the present EV
             self.charging = False  # between the EV's PowerDelivery Start and Stop
             self.renegotiation: str | None = None  # the agent's pending request (its reason)
+            self.power_told: tuple[Any, ...] | None = None  # the last ev_power sent
 
         # ---------------------------------------------------------------- renegotiation (K17)
         def request_renegotiation(self, reason: str | None) -> None:
@@ -328,6 +347,7 @@ def build_controller(link: AgentLink) -> Any:
                 "max_energy_wh": ev.max_energy_request,
                 "max_v2x_energy_wh": ev.max_v2x_energy_request,
                 "min_v2x_energy_wh": ev.min_v2x_energy_request,
+                "control_mode": self._control_mode(),
             }
             params = {k: (float(v) if isinstance(v, int | float) and not isinstance(v, bool)
                           and k != "departure_time_s" else v)
@@ -336,6 +356,86 @@ def build_controller(link: AgentLink) -> Any:
                 params["departure_time_s"] = int(params["departure_time_s"])
             params["bidirectional"] = bool(params.get("max_discharge_power_w"))
             link.tell("ev_parameters", params=params)
+
+        def _control_mode(self) -> str | None:
+            """-20: the control mode of the parameter set the EV selected."""
+            mode = getattr(self.comm_session, "control_mode", None)
+            return {ControlMode.SCHEDULED: "scheduled", ControlMode.DYNAMIC: "dynamic"}.get(
+                mode) if self._protocol() and self._protocol().startswith(
+                    "ISO_15118_20") else None
+
+        def _bpt(self) -> bool:
+            service = getattr(self.comm_session, "selected_energy_service", None)
+            return getattr(service, "service", None) in (ServiceV20.AC_BPT, ServiceV20.DC_BPT)
+
+        # ---------------------------------------------------------------- -20 charge loop
+        def _ev_limit(self, name: str) -> float | None:
+            """The EV's AC limit ``name`` (W): its charge-loop value, else its
+            ChargeParameterDiscovery one; None when it stated none."""
+            ev = self.ev_data_context
+            for limits in (ev.session_limits.ac_limits, ev.rated_limits.ac_limits):
+                value = _number(getattr(limits, name, None))
+                if value:
+                    return abs(value)
+            return None
+
+        def target_w(self, bpt: bool) -> float:
+            """EVSETargetActivePower (W, signed): the agent's target (its V2X setpoint, else
+            what the offer allows) within the station's bounds of the moment and the EV's
+            own limits; a discharge only on a BPT service; 0 without an agent's word or
+            when the station stops."""
+            st = self.st
+            target = _number(st.get("target_w"))
+            if target is None or st.get("stop"):
+                return 0.0
+            lo = _number(st.get("target_min_w"))
+            hi = _number(st.get("target_max_w"))
+            target = max(lo if lo is not None else 0.0, min(hi if hi is not None else 0.0,
+                                                            target))
+            if target > 0:
+                cap = self._ev_limit("max_charge_power")
+                target = min(target, cap) if cap is not None else target
+            elif target < 0:
+                cap = self._ev_limit("max_discharge_power") if bpt else None
+                target = max(target, -cap) if cap is not None else 0.0
+            return round(target, 1) + 0.0
+
+        async def get_ac_charge_loop_params_v20(self, control_mode: Any,
+                                                selected_service: Any) -> Any:
+            """The -20 AC charge loop's answer: the agent's target, the meter's power; the
+            EV's present power goes up to the agent (``ev_power``) when it moved."""
+            bpt = selected_service == ServiceV20.AC_BPT
+            dynamic = control_mode == ControlMode.DYNAMIC
+            target = self.target_w(bpt)
+            present = _number(self.ev_data_context.present_active_power)
+            told = (present, target, self._control_mode())
+            if told != self.power_told:
+                self.power_told = told
+                link.tell("ev_power", present_w=present, target_w=target,
+                          control_mode=told[2])
+            cls = {(True, True): BPTDynamicACChargeLoopResParams,
+                   (True, False): BPTScheduledACChargeLoopResParams,
+                   (False, True): DynamicACChargeLoopResParams,
+                   (False, False): ScheduledACChargeLoopResParams}[(bpt, dynamic)]
+            return cls(evse_target_active_power=RationalNumber.get_rational_repr(target),
+                       evse_present_active_power=RationalNumber.get_rational_repr(
+                           round(_number(self.st.get("power_w")) or 0.0)))
+
+        async def get_dynamic_se_params(self, selected_energy_service: Any,
+                                        schedule_exchange_req: Any) -> Any:
+            """-20 Dynamic control: no schedule (the charge loop's target is the control);
+            the EV's own mobility needs are taken as they are (its departure time and SoC
+            levels echoed, no price schedule)."""
+            self._renegotiation_started()
+            self._report_ev()
+            ev = self.ev_data_context
+            target = ev.target_soc if isinstance(ev.target_soc, int) else None
+            low = ev.min_soc if isinstance(ev.min_soc, int) else None
+            if low is not None and target is not None and low > target:
+                low = None
+            departure = ev.departure_time if isinstance(ev.departure_time, int) else None
+            return DynamicScheduleExchangeResParams(departure_time=departure, min_soc=low,
+                                                    target_soc=target)
 
         # ---------------------------------------------------------------- common
         async def set_status(self, status: ServiceStatus) -> None:
@@ -449,14 +549,24 @@ def build_controller(link: AgentLink) -> Any:
             periods = _periods(reply, window, None)
             if periods is None:
                 return None
-            entries = [PowerScheduleEntry(
-                duration=(periods[i + 1][0] if i + 1 < len(periods) else window) - start,
-                power=RationalNumber.get_rational_repr(watts))
-                for i, (start, watts) in enumerate(periods)]
+            def power_schedule(rows: list[tuple[int, float]]) -> Any:
+                return PowerSchedule(time_anchor=int(time.time()),
+                                     schedule_entry_list=PowerScheduleEntryList(entries=[
+                                         PowerScheduleEntry(
+                                             duration=(rows[i + 1][0] if i + 1 < len(rows)
+                                                       else window) - start,
+                                             power=RationalNumber.get_rational_repr(watts))
+                                         for i, (start, watts) in enumerate(rows)]))
+
+            discharge = _discharge_periods(reply, window) if self._bpt() else None
             for schedule in params.schedule_tuples:
-                schedule.charging_schedule.power_schedule = PowerSchedule(
-                    time_anchor=int(time.time()),
-                    schedule_entry_list=PowerScheduleEntryList(entries=entries))
+                schedule.charging_schedule.power_schedule = power_schedule(periods)
+                # -20 BPT: what the EV may give, negative; none: no discharge offered
+                # (never the package's simulated discharging schedule).
+                schedule.discharging_schedule = None if not discharge else DischargingSchedule(
+                    power_schedule=power_schedule(discharge),
+                    absolute_price_schedule=schedule.charging_schedule.absolute_price_schedule,
+                    price_level_schedule=schedule.charging_schedule.price_level_schedule)
             return params
 
         def _notification_v2(self) -> Any:
@@ -557,6 +667,7 @@ def build_controller(link: AgentLink) -> Any:
         async def session_ended(self, current_state: str, reason: str) -> None:
             link.tell("session_ended", state=str(current_state), reason=str(reason))
             self.charging, self.renegotiation = False, None
+            self.power_told = None
             self.info = None
             self.reported_evcc_id = None
             self.comm_session = None
@@ -609,6 +720,29 @@ def _periods(reply: dict[str, Any] | None, window: int,
         log.error("the agent's schedule does not start now: %r", reply["periods"][:3])
         return None
     return out[:max_entries] if max_entries else out
+
+
+def _discharge_periods(reply: dict[str, Any] | None,
+                       window: int) -> list[tuple[int, float]] | None:
+    """The agent's discharge limits (``discharge``: start s, W <= 0) within ``window``; None
+    when it gave none or none usable (no discharge is offered then)."""
+    rows = (reply or {}).get("discharge")
+    if not isinstance(rows, list) or not rows:
+        return None
+    out: list[tuple[int, float]] = []
+    for p in rows:
+        try:
+            start, watts = int(p["start_s"]), float(p["limit_w"])
+        except (KeyError, TypeError, ValueError):
+            log.error("the agent sent a discharge period that is not {start_s, limit_w}: %r", p)
+            return None
+        if start >= window:
+            break
+        if start < 0 or watts > 0 or (out and start <= out[-1][0]):
+            log.error("the agent sent a discharge period out of order or positive: %r", p)
+            return None
+        out.append((start, watts))
+    return out if out and out[0][0] == 0 else None
 
 
 def _environment(args: argparse.Namespace) -> None:

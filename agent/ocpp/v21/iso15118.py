@@ -67,7 +67,8 @@ class Iso15118_21(Iso15118):  # noqa: N801 - the version in the name, as the oth
             v2x["targetSoC"] = max(0, min(100, int(needs.target_soc_percent)))
         if v2x and (needs.bidirectional or needs.max_discharge_power_w is not None):
             out["v2xChargingParameters"] = v2x
-        out["controlMode"] = "ScheduledControl"
+        out["controlMode"] = "DynamicControl" if needs.control_mode == "dynamic" \
+            else "ScheduledControl"
         out["mobilityNeedsMode"] = "EVCC"
         return out
 
