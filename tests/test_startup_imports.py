@@ -82,3 +82,43 @@ def test_a_yaml_error_reads_as_the_pure_python_parser_words_it(text, expected):
         load_config_text(text, "agent.yaml")
     assert expected in str(err.value)
     assert str(err.value).startswith("agent.yaml: line ")
+
+
+_IDLE_16 = """
+import asyncio, json, sys, tempfile
+from agent.app import Agent
+from agent.config import load_config_text
+
+async def main():
+    tmp = tempfile.mkdtemp(prefix="cpa-", dir="/tmp")
+    cfg = load_config_text(json.dumps({
+        "station": {"id": "CP1"},
+        "ocpp": {"url": "ws://127.0.0.1:9/ocpp", "versions": ["1.6"],
+                 "reconnect": {"min_backoff_s": 5}},
+        "storage": {"path": tmp + "/s.db"}, "control": {"socket": tmp + "/c.sock"}}))
+    agent = Agent(cfg)
+    await agent.start()
+    await asyncio.sleep(0)  # the tasks the start spawned take their first step
+    status = agent.firmware.status()  # what ctl status / the status page read while idle
+    await agent.stop()
+    return status
+
+print(json.dumps(asyncio.run(main())["status"]))
+print(json.dumps(sorted(m for m in sys.modules if m in DEFERRED)))
+"""
+# Loaded only by the feature that needs them (docs/performance.md, issue 18): an idle 1.6
+# station on security profile 0 without ISO 15118 must not pay for them.
+DEFERRED = ("agent.core.iso15118", "hal.iso15118", "agent.transfer.upload",
+            "agent.transfer.download", "ftplib")
+
+
+def test_an_idle_16_station_without_the_features_does_not_load_their_modules():
+    """ISO 15118 (the core service and its dataclasses) and the file transfer clients of
+    firmware updates and diagnostics uploads (with ftplib) are imported on first use."""
+    code = f"DEFERRED = {DEFERRED!r}\n" + _IDLE_16
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    status, loaded = res.stdout.strip().splitlines()[-2:]
+    assert json.loads(status) == "Idle"
+    assert json.loads(loaded) == []

@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock, iso, parse_iso
 from agent.logfiles import AGENT_LOG, SECURITY_LOG, log_dir, rotated_files
-from agent.transfer.upload import Outcome, UploadError, parse_location, safe_url, upload
 
 if TYPE_CHECKING:
     from agent.storage import Storage
@@ -89,11 +88,20 @@ class JobState(enum.Enum):
     CANCELLED = "AcceptedCanceled"  # replaced by a newer request
 
 
+# agent.transfer.upload's Outcome by name: that module (and ftplib) is
+# imported by the first upload, not at start-up.
 _FROM_OUTCOME = {
-    Outcome.UPLOADED: JobState.UPLOADED, Outcome.FAILED: JobState.FAILED,
-    Outcome.PERMISSION_DENIED: JobState.PERMISSION_DENIED,
-    Outcome.NOT_SUPPORTED: JobState.NOT_SUPPORTED, Outcome.BAD_MESSAGE: JobState.BAD_MESSAGE,
+    "UPLOADED": JobState.UPLOADED, "FAILED": JobState.FAILED,
+    "PERMISSION_DENIED": JobState.PERMISSION_DENIED,
+    "NOT_SUPPORTED": JobState.NOT_SUPPORTED, "BAD_MESSAGE": JobState.BAD_MESSAGE,
 }
+
+
+async def _upload(location: str, name: str, data: bytes) -> str:
+    """The default uploader, agent.transfer.upload's, imported by the first upload."""
+    from agent.transfer.upload import upload
+
+    return await upload(location, name, data)
 
 
 def line_time(line: str) -> datetime | None:
@@ -252,6 +260,8 @@ class UploadJob:
             self.service._finished(self)
 
     async def _run(self) -> JobState:
+        from agent.transfer.upload import UploadError, parse_location, safe_url
+
         req = self.request
         self.report(JobState.UPLOADING)
         try:
@@ -277,7 +287,7 @@ class UploadJob:
             try:
                 where = await self.service.uploader(req.location, archive.name, archive.data)
             except UploadError as exc:
-                state = _FROM_OUTCOME[exc.outcome]
+                state = _FROM_OUTCOME[exc.outcome.name]
                 self.last_error = str(exc)
                 self.last_reason = exc.reason
                 log.warning("%s: upload attempt %d of %d to %s failed (%s): %s", self.name,
@@ -301,6 +311,8 @@ class UploadJob:
 
 
 def _url_secrets(location: str) -> list[str]:
+    from agent.transfer.upload import UploadError, parse_location
+
     try:
         target = parse_location(location)
     except UploadError:
@@ -320,7 +332,7 @@ class Diagnostics:
         self.clock = clock
         self.logs = log_dir(state_dir)
         self.sources = sources
-        self.uploader: Uploader = uploader or upload
+        self.uploader: Uploader = uploader or _upload
         self.storage = storage
         self.current: UploadJob | None = None
         # owner -> how its jobs report and run (the blocks register at their start).

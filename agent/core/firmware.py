@@ -64,7 +64,6 @@ from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock, iso, parse_iso, sleep_or
 from agent.platform.installer import Installer, InstallError
-from agent.transfer import download as dl
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
@@ -258,6 +257,10 @@ class FirmwareService:
             "version": self.current_version()}
         if job is None:
             return {**out, "status": FwStatus.IDLE.value}
+        # agent.transfer.download (and ftplib) is imported where a job needs it,
+        # never at start-up: most starts have no update to carry on.
+        from agent.transfer import download as dl
+
         return {**out, "request_id": job.request_id, "status": job.status or "Accepted",
                 "phase": job.phase, "location": dl.describe(job.location),
                 "bytes": job.bytes, "total": job.total, "attempts": job.attempts,
@@ -300,6 +303,8 @@ class FirmwareService:
                 after_answer: Callable[[], Awaitable[None]] | None = None) -> Answer:
         """Answer a CSMS request and, unless refused, start the job (superseding another);
         its first status waits for ``after_answer`` (the answer goes out first)."""
+        from agent.transfer import download as dl
+
         if self.installer is None:
             log.warning("UpdateFirmware refused: no firmware installer is configured "
                         "(firmware.installer)")
@@ -453,6 +458,8 @@ class FirmwareService:
             await self.clock.sleep(delay)
 
     def _progress(self, job: FirmwareJob, done: int, total: int | None) -> None:
+        from agent.transfer import download as dl
+
         job.bytes, job.total = done, total
         step = int(done * 10 / total) if total else done >> 23  # 10 % steps, or every 8 MiB
         if step != self._logged_step:
@@ -461,6 +468,8 @@ class FirmwareService:
                      total if total is not None else "?")
 
     async def _download(self, job: FirmwareJob) -> None:
+        from agent.transfer import download as dl
+
         retrieve_at = parse_iso(job.retrieve_at)
         if retrieve_at > self.clock.now() and job.phase == "scheduled":
             if job.status != FwStatus.DOWNLOAD_SCHEDULED:

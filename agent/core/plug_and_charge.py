@@ -41,16 +41,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import parse_iso
 from agent.core.authorization import AuthInfo
-from agent.core.iso15118 import (
-    CertificateRequest,
-    CertificateResponse,
-    ContractRequest,
-    ContractVerdict,
-)
 from agent.core.model import AuthResult, Token
 from agent.core.settings import SettingDef
 
 if TYPE_CHECKING:
+    from agent.core.iso15118 import (
+        CertificateRequest,
+        CertificateResponse,
+        ContractRequest,
+        ContractVerdict,
+    )
     from agent.core.station import Station
 
 log = logging.getLogger("cp_agent.pnc")
@@ -123,6 +123,9 @@ class ContractAuthority:
     # ------------------------------------------------------------------ C07
 
     async def authorize_contract(self, request: ContractRequest) -> ContractVerdict:
+        # Asked only by a running ISO 15118 service: agent.core.iso15118 (33 generated
+        # dataclass methods) is not loaded on a station without one.
+        from agent.core.iso15118 import ContractVerdict
         from agent.security import crypto
 
         emaid = request.emaid
@@ -302,6 +305,8 @@ class ContractAuthority:
     # ------------------------------------------------------------------ M01 / M02
 
     async def ev_certificate(self, request: CertificateRequest) -> CertificateResponse:
+        from agent.core.iso15118 import CertificateResponse
+
         if not self.cert_install_enabled():
             log.info("EVSE %s: contract certificate %s refused: "
                      "ContractCertificateInstallationEnabled is false", request.evse_id,

@@ -10,13 +10,13 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from agent.clock import Clock
 from agent.core.authorization import AuthorizationPolicy
 from agent.core.charging_profiles import ChargingProfiles
 from agent.core.der import DerControls
 from agent.core.evse import CONNECTOR, EVSE, NOMINAL_VOLTAGE, STATION, EvseController, TxRules
-from agent.core.iso15118 import Iso15118Service
 from agent.core.metering import Metering
 from agent.core.model import (
     Authorizer,
@@ -46,6 +46,9 @@ from hal.interfaces import (
     PilotChanged,
     TokenPresented,
 )
+
+if TYPE_CHECKING:  # built only with hal.iso15118 (agent/app.py): not loaded otherwise
+    from agent.core.iso15118 import Iso15118Service
 
 log = logging.getLogger("cp_agent.core")
 

@@ -33,12 +33,14 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from agent.transfer.protocols import DOWNLOAD_SCHEMES
+
 log = logging.getLogger("cp_agent.transfer")
 
 CHUNK = 64 * 1024
 # Left free beyond the file itself: the state database must still be writable afterwards.
 RESERVE_BYTES = 4 * 1024 * 1024
-SCHEMES = ("http", "https", "ftp", "ftps")
+SCHEMES = DOWNLOAD_SCHEMES
 
 Progress = Callable[[int, int | None], None]  # (bytes on disk, total size or None)
 

@@ -40,9 +40,11 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
+from agent.transfer.protocols import UPLOAD_SCHEMES
+
 log = logging.getLogger("cp_agent.upload")
 
-SCHEMES = ("ftp", "ftps", "http", "https")
+SCHEMES = UPLOAD_SCHEMES
 CONNECT_TIMEOUT_S = 30.0
 TRANSFER_TIMEOUT_S = 300.0
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
