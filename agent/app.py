@@ -129,16 +129,18 @@ class Agent:
                  hal: Hal | None = None, notifier: Notifier | None = None,
                  control: bool = True,
                  on_frame: Callable[[str, str, str, str, dict], None] | None = None,
-                 frame_history: int = FRAME_HISTORY) -> None:
+                 frame_history: int = FRAME_HISTORY,
+                 state_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.clock = clock or Clock()
         self.notifier = notifier or Notifier()
         self.storage = Storage(cfg.storage.path)
         # Everything the agent keeps on the board (certificates, logs, firmware downloads)
         # lives beside the state file, so one directory is what to protect and back up.
-        # A state in memory (degraded mode, tests) has no directory: a private temporary one
-        # then, never the working directory.
-        self.state_dir = (Path(tempfile.mkdtemp(prefix="cp-agent-state-"))
+        # A state in memory (degraded mode, tests) has no directory: ``state_dir`` if the
+        # caller owns one (a swarm's thousands of stations share its temporary directory),
+        # else a private temporary one, never the working directory.
+        self.state_dir = ((state_dir or Path(tempfile.mkdtemp(prefix="cp-agent-state-")))
                           if cfg.storage.path == MEMORY
                           else Path(cfg.storage.path).resolve().parent)
         self.hal = hal or build_hal(cfg, self.clock)

@@ -120,25 +120,42 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_swarm(ns: argparse.Namespace) -> int:
-    from agent.swarm import SwarmOptions, run_swarm
+    from agent.swarm import PASSWORD_ENV, SwarmOptions, main, merge_reports, resolve_shard
 
+    if ns.merge is not None:  # the JSON reports of several processes (pods), one summary
+        try:
+            lines: list[str] = []
+            for name in ns.merge or ["-"]:
+                if name == "-":
+                    lines += sys.stdin.read().splitlines()
+                else:
+                    with open(name, encoding="utf-8") as f:
+                        lines += f.read().splitlines()
+            summary = merge_reports(lines, sys.stdout)
+        except (OSError, ValueError) as exc:
+            print(f"cp-agent swarm --merge: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        return 0 if summary.booted == summary.stations else 1
     logging.basicConfig(level=getattr(logging, ns.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
-    options = SwarmOptions(
-        csms=ns.csms, count=ns.count, ocpp=ns.ocpp, id_prefix=ns.id_prefix,
-        first_index=ns.first_index, charging_ratio=ns.charging_ratio, ramp=ns.ramp,
-        duration=ns.duration, session_s=ns.session_s, meter_interval=ns.meter_interval,
-        evses=ns.evses, id_tag=ns.id_tag, password=ns.password, state_dir=ns.state_dir,
-        seed=ns.seed)
     try:
+        if ns.csms is None or ns.count is None:
+            raise ValueError("--csms and --count are required (unless --merge)")
+        options = SwarmOptions(
+            csms=ns.csms, count=ns.count, ocpp=ns.ocpp, id_prefix=ns.id_prefix,
+            first_index=ns.first_index, charging_ratio=ns.charging_ratio, ramp=ns.ramp,
+            duration=ns.duration, session_s=ns.session_s, meter_interval=ns.meter_interval,
+            evses=ns.evses, id_tag=ns.id_tag,
+            password=ns.password or os.environ.get(PASSWORD_ENV) or None,
+            state_dir=ns.state_dir, seed=ns.seed, shard=resolve_shard(ns.shard, ns.shard_env),
+            workers=ns.workers, report=ns.report, loop=ns.loop, id_width=ns.id_width)
         options.validate()
+        return 0 if main(options, sys.stdout, ns.log_level).failed == 0 else 1
     except ValueError as exc:
         print(f"cp-agent swarm: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    summary = asyncio.run(run_swarm(options, sys.stdout, install_signals=True))
-    return 0 if summary.booted == summary.stations else 1
 
 
 def cmd_ctl(argv: list[str]) -> int:
@@ -273,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "process, each the real agent on its own mock HAL, with simulated "
                         "drivers. Ctrl-C finishes the sessions and stops cleanly (twice: "
                         "at once).")
-    sw.add_argument("--csms", required=True, metavar="URL",
-                    help="CSMS websocket URL; the station id is appended to it")
-    sw.add_argument("--count", type=int, required=True, metavar="N", help="stations")
+    sw.add_argument("--csms", metavar="URL",
+                    help="CSMS websocket URL; the station id is appended to it (required)")
+    sw.add_argument("--count", type=int, metavar="N",
+                    help="stations (required; with --shard: of each shard)")
     sw.add_argument("--ocpp", default=versions[0], choices=versions, metavar="VERSION",
                     help=f"OCPP version: one of {', '.join(versions)} (default {versions[0]})")
     sw.add_argument("--id-prefix", default="SWARM-", metavar="P",
@@ -304,6 +322,25 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--log-level", default="error",
                     choices=["debug", "info", "warning", "error", "critical"],
                     help="agent log lines on stderr (default error)")
+    sw.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="split the stations over N processes on this machine, one merged "
+                         "summary (default 1)")
+    sw.add_argument("--shard", metavar="I|env",
+                    help="this process is shard I of a bigger fleet: stations "
+                         "first-index + I*count ... (env: the index in $JOB_COMPLETION_INDEX, "
+                         "as a Kubernetes Indexed Job sets it)")
+    sw.add_argument("--shard-env", default="JOB_COMPLETION_INDEX", metavar="VAR",
+                    help="the variable --shard env reads (default JOB_COMPLETION_INDEX)")
+    sw.add_argument("--report", default="text", choices=["text", "json"],
+                    help="text for people, json: one JSON object a line (progress, then "
+                         "the summary) for --merge and scripts")
+    sw.add_argument("--merge", nargs="*", metavar="FILE",
+                    help="print the merged summary of the --report json output of several "
+                         "processes or pods (FILE ..., or - / nothing: standard input)")
+    sw.add_argument("--loop", default="auto", choices=["auto", "asyncio", "uvloop"],
+                    help="event loop (default auto: uvloop when installed, the swarm extra)")
+    sw.add_argument("--id-width", type=int, default=0, metavar="D",
+                    help="digits of the station number (default: those of the last, min 5)")
     sw.set_defaults(func=cmd_swarm)
     fw = sub.add_parser("firmware", help="firmware images: sign one for a signed update")
     fw_sub = fw.add_subparsers(dest="firmware_command", required=True)

@@ -20,19 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
+import json
 import logging
+import math
 import os
 import random
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from agent.app import Agent
 from agent.clock import Clock
@@ -45,7 +50,7 @@ from agent.config import (
     StationConfig,
     StorageConfig,
 )
-from agent.storage import Storage
+from agent.storage import MEMORY, Storage
 from hal.interfaces import PilotState
 from hal.mock import MockHal
 
@@ -53,6 +58,8 @@ log = logging.getLogger("cp_agent.swarm")
 
 # Agents stopped at once at the end: each stop closes a websocket and a database.
 _STOP_BATCH = 200
+# Stations built between two gc.freeze() calls during the ramp.
+_FREEZE_EVERY = 250
 # At the end a station is done when nothing is queued, nothing is in flight and the link has
 # been silent this long (the status that follows an unplug goes out right after it).
 _QUIET_S = 0.2
@@ -75,22 +82,51 @@ class SwarmOptions:
     evses: int = 1
     id_tag: str | None = None  # one card for every station; default: one card per station
     password: str | None = None  # HTTP basic auth (security profile 1, or 2 with wss://)
-    state_dir: str | None = None  # default: a temporary directory, removed at the end
+    # Given: one SQLite file per station there, kept (a swarm can be resumed with its queued
+    # messages). None: the load-test mode, every station's state in an in-memory SQLite
+    # database (same schema and transactions, nothing fsynced, gone with the process) and
+    # the files beside it (security log) in a temporary directory removed at the end.
+    state_dir: str | None = None
     seed: int | None = None
     progress_s: float = 1.0
     drain_s: float = 15.0  # at the end, how long finished sessions may take to be delivered
+    # One shard of a bigger fleet (a Kubernetes Indexed Job's pod): stations
+    # first_index + shard * count ... + count - 1, so every shard's ids are its own.
+    shard: int | None = None
+    workers: int = 1  # processes on this machine, each with a disjoint part of --count
+    report: str = "text"  # or "json": one JSON object a line (workers, merging, scripts)
+    loop: str = "auto"  # asyncio event loop: uvloop when installed, else the standard one
+    id_width: int = 0  # digits of the station number; 0: those of the last one (min. 5)
+
+    @property
+    def first(self) -> int:
+        """The number of this process's (or shard's) first station."""
+        return self.first_index + (self.shard or 0) * self.count
 
     def validate(self) -> None:
         if self.count < 1:
             raise ValueError("--count must be at least 1")
+        if self.first_index < 0:
+            raise ValueError("--first-index must be >= 0")
+        if self.shard is not None and self.shard < 0:
+            raise ValueError(f"--shard must be >= 0, not {self.shard}")
+        if self.workers < 1 or self.workers > self.count:
+            raise ValueError("--workers must be between 1 and --count")
+        if self.report not in ("text", "json"):
+            raise ValueError("--report is text or json")
+        if self.loop not in ("auto", "asyncio", "uvloop"):
+            raise ValueError("--loop is auto, asyncio or uvloop")
         if not 0.0 <= self.charging_ratio <= 1.0:
             raise ValueError("--charging-ratio must be between 0 and 1")
         if self.ramp < 0 or self.duration < 0 or self.session_s <= 0:
             raise ValueError("--ramp and --duration must be >= 0, --session-s > 0")
         if self.evses < 1:
             raise ValueError("--evses must be at least 1")
-        width = len(str(self.first_index + self.count - 1))
-        if len(self.id_prefix) + max(width, 5) > 48:
+        width = self.id_width or max(5, len(str(self.first + self.count - 1)))
+        if len(str(self.first + self.count - 1)) > width:
+            raise ValueError(f"--id-width {width} is too small for station number "
+                             f"{self.first + self.count - 1}")
+        if len(self.id_prefix) + width > 48:
             raise ValueError("--id-prefix is too long for a 48-character station id")
 
 
@@ -119,9 +155,71 @@ class SwarmSummary:
     last_error: str | None = None
     elapsed_s: float = 0.0
     cpu_s: float = 0.0
-    peak_rss_kb: int = 0
+    peak_rss_kb: int = 0  # of the process; merged: of the biggest worker
     rss_per_station_kb: float | None = None
     interrupted: bool = False
+    # Seconds from each station's start to its first accepted BootNotification.
+    boot_s: list[float] = field(default_factory=list)
+    workers: int = 1  # processes this summary adds up
+
+    @property
+    def failed(self) -> int:
+        """Stations started that were never accepted."""
+        return self.stations - self.booted
+
+    def boot_percentile(self, p: float) -> float | None:
+        """Nearest-rank percentile of the boot times (p in 0..100), None before any boot."""
+        if not self.boot_s:
+            return None
+        ordered = sorted(self.boot_s)
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        return ordered[min(rank, len(ordered)) - 1]
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, as JSON types (what a worker or a shard reports for merging)."""
+        doc = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("auth_refused", "sent", "acknowledged", "received"):
+            doc[name] = dict(doc[name])
+        doc["boot_s"] = [round(x, 4) for x in self.boot_s]
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> SwarmSummary:
+        known = {f.name for f in fields(cls)}
+        summary = cls(**{k: v for k, v in doc.items() if k in known})
+        for name in ("auth_refused", "sent", "acknowledged", "received"):
+            setattr(summary, name, Counter(getattr(summary, name) or {}))
+        return summary
+
+    @classmethod
+    def merge(cls, parts: list[SwarmSummary]) -> SwarmSummary:
+        """One summary of several processes: counts add up, times and the peak take the
+        largest, memory per station is the total grown over the total of stations."""
+        out = cls(workers=0)
+        rss_total = 0.0
+        rss_stations = 0
+        for part in parts:
+            for name in ("stations", "booted", "sessions_started", "sessions_completed",
+                         "auth_accepted", "tx_auth_refused", "call_errors_received",
+                         "call_errors_sent", "connection_failures", "errors_logged",
+                         "max_connected", "workers"):
+                setattr(out, name, getattr(out, name) + getattr(part, name))
+            for name in ("auth_refused", "sent", "acknowledged", "received"):
+                getattr(out, name).update(getattr(part, name))
+            out.cpu_s += part.cpu_s
+            out.elapsed_s = max(out.elapsed_s, part.elapsed_s)
+            out.peak_rss_kb = max(out.peak_rss_kb, part.peak_rss_kb)
+            out.boot_s.extend(part.boot_s)
+            out.interrupted = out.interrupted or part.interrupted
+            out.last_error = part.last_error or out.last_error
+            if part.rss_per_station_kb is not None and part.stations:
+                rss_total += part.rss_per_station_kb * part.stations
+                rss_stations += part.stations
+        times = [p.all_booted_after_s for p in parts]
+        if parts and all(t is not None for t in times):
+            out.all_booted_after_s = max(t for t in times if t is not None)
+        out.rss_per_station_kb = rss_total / rss_stations if rss_stations else None
+        return out
 
     @property
     def errors(self) -> int:
@@ -151,7 +249,7 @@ class _Station:
     """One simulated charger: the real agent, its mock HAL and the driver using it."""
 
     __slots__ = ("index", "id", "agent", "hal", "rng", "tag", "driver", "booted",
-                 "tx_events", "sessions", "outstanding", "last_frame")
+                 "tx_events", "sessions", "outstanding", "last_frame", "started_at")
 
     def __init__(self, index: int, station_id: str, agent: Agent, hal: MockHal,
                  rng: random.Random, tag: str) -> None:
@@ -167,6 +265,7 @@ class _Station:
         self.sessions = 0
         self.outstanding = 0  # our CALL in flight (0 or 1: OCPP-J allows one)
         self.last_frame = 0.0
+        self.started_at = 0.0
 
 
 class Swarm:
@@ -184,10 +283,12 @@ class Swarm:
         self._errors = _ErrorCounter()
         self._frames = 0
         self._t0 = 0.0
-        self._tty = hasattr(out, "isatty") and out.isatty()
+        self._json = options.report == "json"
+        self._tty = not self._json and hasattr(out, "isatty") and out.isatty()
         self._rng = random.Random(options.seed)
         self._state_dir: Path | None = None
         self._temporary = False
+        self._memory = not options.state_dir
 
     # ------------------------------------------------------------------ control
 
@@ -214,7 +315,8 @@ class Swarm:
 
     async def run(self) -> SwarmSummary:
         opts = self.options
-        _raise_nofile(opts.count * (6 + 2 * opts.evses) + 256)
+        # A socket each; with state files four more (database, WAL, shared memory, lock).
+        _raise_nofile(opts.count * (2 if self._memory else 6 + 2 * opts.evses) + 256)
         self._setup_state_dir()
         logging.getLogger().addHandler(self._errors)
         cpu0 = _cpu_s()
@@ -268,8 +370,9 @@ class Swarm:
         # the ramp, the event loop serving the running stations only ever opens them.
         with ThreadPoolExecutor(max_workers=min(16, opts.count),
                                 thread_name_prefix="swarm-state") as pool:
-            ids = [self._station_id(opts.first_index + n) for n in range(opts.count)]
-            prepared = [pool.submit(_prepare_state, self._state_path(i)) for i in ids]
+            ids = [self._station_id(opts.first + n) for n in range(opts.count)]
+            prepared = [pool.submit(_prepare_state, self._state_path(i))
+                        if not self._memory else _done() for i in ids]
             try:
                 await self._start_stations(ids, prepared)
             finally:
@@ -294,17 +397,23 @@ class Swarm:
                     if self.stopping:
                         return
             await asyncio.wrap_future(prepared[n])
-            station = self._build(opts.first_index + n, station_id)
+            station = self._build(opts.first + n, station_id)
             self.stations.append(station)
             self.summary.stations += 1
+            station.started_at = time.monotonic()
             await station.agent.start()
             station.driver = asyncio.create_task(self._drive(station), name=f"drive-{station.id}")
+            if n % _FREEZE_EVERY == _FREEZE_EVERY - 1:
+                # The stations built so far live as long as the run: out of the collector's
+                # sight already during the ramp, or each full collection there would scan
+                # them all (seconds at 10,000 stations, every station paused meanwhile).
+                gc.freeze()
             if opts.ramp == 0 and n % 50 == 49:
                 await asyncio.sleep(0)  # let the loop breathe while building
 
     def _station_id(self, index: int) -> str:
         opts = self.options
-        width = max(5, len(str(opts.first_index + opts.count - 1)))
+        width = opts.id_width or max(5, len(str(opts.first + opts.count - 1)))
         return f"{opts.id_prefix}{index:0{width}d}"
 
     def _state_path(self, station_id: str) -> Path:
@@ -328,7 +437,8 @@ class Swarm:
                                 "MeterValuesSampledData": "Energy.Active.Import.Register,"
                                                           "Power.Active.Import",
                             }),
-            storage=StorageConfig(path=str(self._state_path(station_id))),
+            storage=StorageConfig(path=MEMORY if self._memory
+                                  else str(self._state_path(station_id))),
             control=ControlConfig(socket=str(self._state_dir / "unused.sock")),
             evses=[EvseConfig(id=i) for i in range(1, opts.evses + 1)],
             hal={"driver": "mock"},
@@ -342,7 +452,7 @@ class Swarm:
                       ev_max_current_a=rng.choice((10.0, 16.0, 16.0, 32.0)))
         station: _Station | None = None
         tag = opts.id_tag or f"TAG{station_id}"[-20:]
-        agent = Agent(cfg, clock=clock, hal=hal, control=False,
+        agent = Agent(cfg, clock=clock, hal=hal, control=False, state_dir=self._state_dir,
                       on_frame=lambda *a: self._on_frame(station, *a), frame_history=0)
         station = _Station(index, station_id, agent, hal, rng, tag)
         return station
@@ -421,9 +531,13 @@ class Swarm:
                 if st is not None and not st.booted:
                     st.booted = True
                     s.booted += 1
+                    now = time.monotonic()
+                    s.boot_s.append(now - st.started_at)
                     if s.booted == self.options.count:
-                        s.all_booted_after_s = time.monotonic() - self._t0
+                        s.all_booted_after_s = now - self._t0
                         self.all_booted.set()
+                        if self._json:
+                            self._emit({"type": "all_booted", "after_s": s.all_booted_after_s})
             elif action == "StartTransaction":
                 s.sessions_started += 1
             elif action == "StopTransaction":
@@ -465,7 +579,7 @@ class Swarm:
 
     async def _progress(self) -> None:
         opts = self.options
-        period = opts.progress_s if self._tty else max(opts.progress_s, 5.0)
+        period = opts.progress_s if self._tty or self._json else max(opts.progress_s, 5.0)
         last_frames, last_t = 0, time.monotonic()
         while True:
             await asyncio.sleep(period)
@@ -474,6 +588,11 @@ class Swarm:
             rate = (self._frames - last_frames) / max(now - last_t, 1e-9)
             last_frames, last_t = self._frames, now
             errors = self.summary.errors + self._errors.count
+            if self._json:
+                self._emit({"type": "progress", "started": len(self.stations),
+                            "connected": connected, "booted": booted, "charging": charging,
+                            "frames": self._frames, "errors": errors})
+                continue
             line = (f"[{now - self._t0:7.1f}s] stations {len(self.stations)}/{opts.count}  "
                     f"connected {connected}  booted {booted}  charging {charging}  "
                     f"msgs/s {rate:7.1f}  errors {errors}")
@@ -535,44 +654,68 @@ class Swarm:
         self.census()
 
     def _print_summary(self) -> None:
-        s = self.summary
-        opts = self.options
-        out = self.out
+        if self._json:
+            self._emit(summary_doc(self.summary, self.options))
+            return
         if self._tty:
-            print(file=out)
-        booted_at = (f", all booted after {s.all_booted_after_s:.1f} s"
-                     if s.all_booted_after_s is not None else "")
-        per_station = (f", {s.rss_per_station_kb / 1024:.2f} MB per station"
-                       if s.rss_per_station_kb is not None else "")
-        sent = ", ".join(f"{a} {n}" for a, n in sorted(s.sent.items()))
-        received = ", ".join(f"{a} {n}" for a, n in sorted(s.received.items())) or "none"
-        print("", file=out)
-        print("Swarm summary" + (" (interrupted)" if s.interrupted else ""), file=out)
-        print(f"  CSMS             {opts.csms} (OCPP {opts.ocpp})", file=out)
-        print(f"  duration         {s.elapsed_s:.1f} s (ramp "
-              f"{opts.ramp:g} stations/s, charging ratio {opts.charging_ratio:g})", file=out)
-        print(f"  stations         {s.stations} started, {s.booted} booted{booted_at}, "
-              f"at most {s.max_connected} connected at once", file=out)
-        print(f"  sessions         {s.sessions_started} started, {s.sessions_completed} "
-              f"completed", file=out)
-        refused = sum(s.auth_refused.values())
-        why = ", ".join(f"{status} {n}" for status, n in sorted(s.auth_refused.items()))
-        print(f"  authorizations   {s.auth_accepted} accepted, {refused} refused"
-              + (f" ({why})" if why else "")
-              + (f"; {s.tx_auth_refused} card(s) refused in transaction answers"
-                 if s.tx_auth_refused else ""), file=out)
-        print(f"  messages sent    {s.messages} CALLs ({s.messages / max(s.elapsed_s, 1e-9):.1f}"
-              f"/s): {sent}", file=out)
-        print(f"  answers          {sum(s.acknowledged.values())} CALLRESULTs, "
-              f"{s.call_errors_received} CALLERRORs", file=out)
-        print(f"  CSMS requests    {received}", file=out)
-        print(f"  errors           {s.errors} (failed connection attempts "
-              f"{s.connection_failures}, CALLERRORs received {s.call_errors_received}, sent "
-              f"{s.call_errors_sent}, logged {s.errors_logged})"
-              + (f"; last: {s.last_error}" if s.last_error else ""), file=out)
-        load = 100 * s.cpu_s / max(s.elapsed_s, 1e-9)
-        print(f"  process          CPU {s.cpu_s:.1f} s ({load:.0f}% of one core), peak RSS "
-              f"{s.peak_rss_kb / 1024:.0f} MB{per_station}", file=out, flush=True)
+            print(file=self.out)
+        print_summary(self.summary, self.options, self.out)
+
+    def _emit(self, doc: dict[str, Any]) -> None:
+        """One JSON line on the output (``--report json``: workers, shards, scripts)."""
+        print(json.dumps(doc, separators=(",", ":")), file=self.out, flush=True)
+
+
+def summary_doc(summary: SwarmSummary, opts: SwarmOptions) -> dict[str, Any]:
+    """The last line of ``--report json``: the summary and the range it covers."""
+    return {"type": "summary", "summary": summary.to_json(), "options": {
+        "csms": opts.csms, "ocpp": opts.ocpp, "ramp": opts.ramp,
+        "charging_ratio": opts.charging_ratio, "first": opts.first, "count": opts.count,
+        "shard": opts.shard}}
+
+
+def print_summary(s: SwarmSummary, opts: SwarmOptions, out: TextIO) -> None:
+    """The human summary of one swarm process, or of several merged."""
+    booted_at = (f", all booted after {s.all_booted_after_s:.1f} s"
+                 if s.all_booted_after_s is not None else "")
+    per_station = (f", {s.rss_per_station_kb / 1024:.2f} MB per station"
+                   if s.rss_per_station_kb is not None else "")
+    sent = ", ".join(f"{a} {n}" for a, n in sorted(s.sent.items()))
+    received = ", ".join(f"{a} {n}" for a, n in sorted(s.received.items())) or "none"
+    p50, p99 = s.boot_percentile(50), s.boot_percentile(99)
+    boot = (f"; boot p50 {p50:.2f} s, p99 {p99:.2f} s" if p50 is not None and p99 is not None
+            else "")
+    workers = f" in {s.workers} processes" if s.workers > 1 else ""
+    print("", file=out)
+    print("Swarm summary" + (" (interrupted)" if s.interrupted else ""), file=out)
+    print(f"  CSMS             {opts.csms} (OCPP {opts.ocpp})", file=out)
+    print(f"  duration         {s.elapsed_s:.1f} s (ramp "
+          f"{opts.ramp:g} stations/s, charging ratio {opts.charging_ratio:g})", file=out)
+    print(f"  stations         {s.stations} started{workers}, {s.booted} booted{booted_at}, "
+          f"{s.failed} never booted, at most {s.max_connected} connected at once{boot}",
+          file=out)
+    print(f"  sessions         {s.sessions_started} started, {s.sessions_completed} "
+          f"completed", file=out)
+    refused = sum(s.auth_refused.values())
+    why = ", ".join(f"{status} {n}" for status, n in sorted(s.auth_refused.items()))
+    print(f"  authorizations   {s.auth_accepted} accepted, {refused} refused"
+          + (f" ({why})" if why else "")
+          + (f"; {s.tx_auth_refused} card(s) refused in transaction answers"
+             if s.tx_auth_refused else ""), file=out)
+    print(f"  messages sent    {s.messages} CALLs ({s.messages / max(s.elapsed_s, 1e-9):.1f}"
+          f"/s): {sent}", file=out)
+    print(f"  answers          {sum(s.acknowledged.values())} CALLRESULTs, "
+          f"{s.call_errors_received} CALLERRORs", file=out)
+    print(f"  CSMS requests    {received}", file=out)
+    print(f"  errors           {s.errors} (failed connection attempts "
+          f"{s.connection_failures}, CALLERRORs received {s.call_errors_received}, sent "
+          f"{s.call_errors_sent}, logged {s.errors_logged})"
+          + (f"; last: {s.last_error}" if s.last_error else ""), file=out)
+    load = 100 * s.cpu_s / max(s.elapsed_s, 1e-9)
+    what = "processes" if s.workers > 1 else "process"
+    peak = "peak RSS of the biggest" if s.workers > 1 else "peak RSS"
+    print(f"  {what:<16} CPU {s.cpu_s:.1f} s ({load:.0f}% of one core), {peak} "
+          f"{s.peak_rss_kb / 1024:.0f} MB{per_station}", file=out, flush=True)
 
 
 # ---------------------------------------------------------------------- process helpers
@@ -585,6 +728,12 @@ def _auth_status(payload: dict) -> str | None:
     return status if isinstance(status, str) else None
 
 
+def _done() -> Future:
+    future: Future = Future()
+    future.set_result(None)
+    return future
+
+
 def _prepare_state(path: Path) -> None:
     """Create (and migrate) a station's state file, in a worker thread; no-op if it exists."""
     if not path.exists():
@@ -592,7 +741,7 @@ def _prepare_state(path: Path) -> None:
 
 
 def _raise_nofile(wanted: int) -> None:
-    """Each station holds a socket and four files (database, WAL, shared memory, lock)."""
+    """Lift the soft limit of open files to the hard one; warn if even that is too low."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(wanted, soft)
     if soft < target:
@@ -617,19 +766,298 @@ def _rss_kb() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+# Where a Kubernetes Indexed Job tells each pod its index (0 .. completions - 1).
+SHARD_ENV = "JOB_COMPLETION_INDEX"
+
+
+def resolve_shard(value: str | None, env_name: str = SHARD_ENV,
+                  environ: dict[str, str] | None = None) -> int | None:
+    """``--shard``: a number, or ``env`` for the index the environment gives (the pod's
+    JOB_COMPLETION_INDEX in an Indexed Job), so one manifest starts every shard."""
+    if value is None:
+        return None
+    text = value
+    if value == "env":
+        text = (os.environ if environ is None else environ).get(env_name, "")
+        if not text:
+            raise ValueError(f"--shard env: the environment has no {env_name} (set by a "
+                             f"Kubernetes Indexed Job; give --shard N elsewhere)")
+    try:
+        shard = int(text)
+    except ValueError:
+        raise ValueError(f"--shard {value}: expected a number >= 0 or 'env'"
+                         + (f", and {env_name} is {text!r}" if value == "env" else "")) from None
+    if shard < 0:
+        raise ValueError(f"--shard must be >= 0, not {shard}")
+    return shard
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """``--loop``: uvloop (the ``swarm`` extra) cuts the event loop's own cost per timer and
+    per socket write, which is most of what thousands of idle stations spend; ``auto`` uses
+    it when installed. The agent's code is the same on either loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("--loop uvloop: uvloop is not installed "
+                             "(pip install 'cp-agent[swarm]')") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def main(options: SwarmOptions, out: TextIO = sys.stdout, log_level: str = "error"
+         ) -> SwarmSummary:
+    """Run the swarm (or its workers) on the chosen event loop, stopping on Ctrl-C/SIGTERM."""
+    with asyncio.Runner(loop_factory=loop_factory(options.loop)) as runner:
+        return runner.run(run_swarm(options, out, install_signals=True, log_level=log_level))
+
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler)
+
+
 async def run_swarm(options: SwarmOptions, out: TextIO = sys.stdout,
-                    install_signals: bool = False) -> SwarmSummary:
-    """Run a swarm to its end; with ``install_signals`` Ctrl-C / SIGTERM stop it cleanly."""
+                    install_signals: bool = False, log_level: str = "error") -> SwarmSummary:
+    """Run a swarm to its end; with ``install_signals`` Ctrl-C / SIGTERM stop it cleanly.
+
+    With ``options.workers`` > 1 the stations are split over that many worker processes
+    (see :class:`Workers`) and the summary is theirs merged.
+    """
+    if options.workers > 1:
+        workers = Workers(options, out, log_level=log_level)
+        if install_signals:
+            _on_signals(workers.request_stop)
+        return await workers.run()
     swarm = Swarm(options, out)
     if install_signals:
-        import signal
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, swarm.request_stop)
+        _on_signals(swarm.request_stop)
     return await swarm.run()
 
 
-__all__ = ["Swarm", "SwarmOptions", "SwarmSummary", "run_swarm"]
+# ---------------------------------------------------------------------- worker processes
 
+# The password reaches the workers in their environment, not on a command line `ps` shows.
+PASSWORD_ENV = "CP_AGENT_SWARM_PASSWORD"
+
+
+def split(options: SwarmOptions) -> list[SwarmOptions]:
+    """This process's stations cut into ``workers`` contiguous, disjoint ranges.
+
+    Each part ramps at its share of the rate, so that together they connect at ``ramp``; all
+    use the id width of the last station of the whole range, so one fleet has one format.
+    """
+    n = options.workers
+    first = options.first
+    width = options.id_width or max(5, len(str(first + options.count - 1)))
+    base, extra = divmod(options.count, n)
+    parts = []
+    for w in range(n):
+        count = base + (1 if w < extra else 0)
+        parts.append(replace(options, count=count, first_index=first, shard=None, workers=1,
+                             report="json", id_width=width,
+                             ramp=options.ramp * count / options.count))
+        first += count
+    return parts
+
+
+def worker_argv(part: SwarmOptions, log_level: str = "error") -> list[str]:
+    """The command line of one worker: `cp-agent swarm` itself, reporting JSON lines."""
+    argv = [sys.executable, "-m", "agent", "swarm", "--csms", part.csms,
+            "--count", str(part.count), "--first-index", str(part.first),
+            "--id-width", str(part.id_width), "--id-prefix", part.id_prefix,
+            "--ocpp", part.ocpp, "--charging-ratio", repr(part.charging_ratio),
+            "--ramp", repr(part.ramp), "--duration", repr(part.duration),
+            "--session-s", repr(part.session_s), "--meter-interval", str(part.meter_interval),
+            "--evses", str(part.evses), "--report", "json", "--loop", part.loop,
+            "--log-level", log_level]
+    for flag, value in (("--id-tag", part.id_tag), ("--state-dir", part.state_dir),
+                        ("--seed", part.seed)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+class _Worker:
+    __slots__ = ("part", "proc", "progress", "summary", "booted_at", "reader")
+
+    def __init__(self, part: SwarmOptions) -> None:
+        self.part = part
+        self.proc: asyncio.subprocess.Process | None = None
+        self.progress: dict[str, Any] = {}
+        self.summary: SwarmSummary | None = None
+        self.booted_at: float | None = None
+        self.reader: asyncio.Task | None = None
+
+
+class Workers:
+    """``--workers N``: N `cp-agent swarm` processes on disjoint station ranges, one summary.
+
+    Each worker is the same entry point a Kubernetes pod runs (``--report json``), started in
+    its own session so that a terminal's Ctrl-C reaches only this parent, which passes each
+    stop request on exactly once: the first lets every worker finish its sessions and
+    deliver their StopTransactions, a second one stops them without waiting.
+    """
+
+    def __init__(self, options: SwarmOptions, out: TextIO = sys.stdout, *,
+                 log_level: str = "error") -> None:
+        options.validate()
+        self.options = options
+        self.out = out
+        self.log_level = log_level
+        self.workers = [_Worker(part) for part in split(options)]
+        self.all_booted = asyncio.Event()
+        self.interrupted = False
+        self._t0 = 0.0
+        self._tty = hasattr(out, "isatty") and out.isatty()
+
+    def request_stop(self) -> None:
+        self.interrupted = True
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGINT)
+
+    async def run(self) -> SwarmSummary:
+        env = dict(os.environ)
+        if self.options.password:
+            env[PASSWORD_ENV] = self.options.password
+        self._t0 = time.monotonic()
+        for w in self.workers:
+            w.proc = await asyncio.create_subprocess_exec(
+                *worker_argv(w.part, self.log_level), stdout=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL, env=env, start_new_session=True,
+                limit=1 << 24)
+            w.reader = asyncio.create_task(self._read(w), name="swarm-worker")
+        progress = asyncio.create_task(self._progress(), name="swarm-progress")
+        try:
+            for w in self.workers:
+                assert w.proc is not None and w.reader is not None
+                await w.reader
+                await w.proc.wait()
+        finally:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
+            for w in self.workers:  # cancelled ourselves: leave no orphan behind
+                if w.proc is not None and w.proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.send_signal(signal.SIGTERM)
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(w.proc.wait(), 60)
+        summary = self.summary()
+        if self._tty:
+            print(file=self.out)
+        if self.options.report == "json":
+            print(json.dumps(summary_doc(summary, self.options)), file=self.out, flush=True)
+        else:
+            print_summary(summary, self.options, self.out)
+        return summary
+
+    def summary(self) -> SwarmSummary:
+        parts = []
+        for n, w in enumerate(self.workers):
+            if w.summary is not None:
+                parts.append(w.summary)
+                continue
+            # A worker that died without its summary: its stations count as never booted.
+            code = w.proc.returncode if w.proc is not None else None
+            parts.append(SwarmSummary(
+                stations=w.part.count, booted=int(w.progress.get("booted", 0)),
+                errors_logged=1, last_error=f"worker {n} (stations {w.part.first}.."
+                f"{w.part.first + w.part.count - 1}) ended (exit status {code}) without a "
+                f"summary"))
+        merged = SwarmSummary.merge(parts)
+        booted = [w.booted_at for w in self.workers if w.booted_at is not None]
+        # The parent's clock, from its start: worker start-up included.
+        merged.all_booted_after_s = max(booted) if len(booted) == len(self.workers) else None
+        merged.interrupted = merged.interrupted or self.interrupted
+        return merged
+
+    async def _read(self, w: _Worker) -> None:
+        assert w.proc is not None and w.proc.stdout is not None
+        async for raw in w.proc.stdout:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue  # not ours (a library printing): ignored
+            kind = doc.get("type") if isinstance(doc, dict) else None
+            if kind == "progress":
+                w.progress = doc
+            elif kind == "all_booted":
+                w.booted_at = time.monotonic() - self._t0
+                if all(x.booted_at is not None for x in self.workers):
+                    self.all_booted.set()
+            elif kind == "summary":
+                w.summary = SwarmSummary.from_json(doc["summary"])
+
+    async def _progress(self) -> None:
+        opts = self.options
+        period = opts.progress_s if self._tty else max(opts.progress_s, 5.0)
+        last_frames, last_t = 0, time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            total = {k: sum(int(w.progress.get(k, 0)) for w in self.workers)
+                     for k in ("started", "connected", "booted", "charging", "frames",
+                               "errors")}
+            rate = (total["frames"] - last_frames) / max(now - last_t, 1e-9)
+            last_frames, last_t = total["frames"], now
+            running = sum(1 for w in self.workers
+                          if w.proc is not None and w.proc.returncode is None)
+            if opts.report == "json":
+                print(json.dumps({"type": "progress", **total}), file=self.out, flush=True)
+                continue
+            line = (f"[{now - self._t0:7.1f}s] workers {running}/{len(self.workers)}  "
+                    f"stations {total['started']}/{opts.count}  connected "
+                    f"{total['connected']}  booted {total['booted']}  charging "
+                    f"{total['charging']}  msgs/s {rate:7.1f}  errors {total['errors']}")
+            if self._tty:
+                print("\r\x1b[2K" + line, end="", file=self.out, flush=True)
+            else:
+                print(line, file=self.out, flush=True)
+
+
+def merge_reports(lines: list[str], out: TextIO = sys.stdout) -> SwarmSummary:
+    """The merged summary of the JSON reports of several swarm processes (the pods of a
+    Kubernetes Indexed Job: ``kubectl logs ... | cp-agent swarm --merge -``)."""
+    parts: list[SwarmSummary] = []
+    options: list[dict[str, Any]] = []
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue  # kubectl's prefixes, blank lines, anything else
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("type") == "summary":
+            parts.append(SwarmSummary.from_json(doc["summary"]))
+            options.append(doc.get("options") or {})
+    if not parts:
+        raise ValueError("no swarm summary found (the lines a `cp-agent swarm --report json` "
+                         "process prints last)")
+    merged = SwarmSummary.merge(parts)
+    first = options[0]
+    view = SwarmOptions(csms=str(first.get("csms", "?")), count=merged.stations or 1,
+                        ocpp=str(first.get("ocpp", "?")),
+                        ramp=sum(float(o.get("ramp", 0)) for o in options),
+                        charging_ratio=float(first.get("charging_ratio", 0)))
+    ranges = sorted((int(o["first"]), int(o["count"])) for o in options
+                    if "first" in o and "count" in o)
+    for (a, n), (b, _) in itertools.pairwise(ranges):
+        if b < a + n:
+            merged.last_error = (f"station ranges overlap: {a}..{a + n - 1} and from {b} "
+                                 f"(two shards with the same index?)")
+            merged.errors_logged += 1
+    print_summary(merged, view, out)
+    return merged
+
+
+__all__ = ["PASSWORD_ENV", "SHARD_ENV", "Swarm", "SwarmOptions", "SwarmSummary", "Workers",
+           "loop_factory", "main", "merge_reports", "print_summary", "resolve_shard", "run_swarm",
+           "split", "worker_argv"]

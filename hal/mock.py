@@ -197,6 +197,12 @@ class MockMeter(PowerMeter):
         self._sim = sim
 
     @property
+    def answers_at_once(self) -> bool:
+        """Whether read() never suspends (so needs no timeout): this class's read, not a
+        subclass's that may wait for something (tests gate or delay reads that way)."""
+        return type(self).read is MockMeter.read
+
+    @property
     def phases(self) -> int:
         return self._sim.phases
 

@@ -334,7 +334,12 @@ class Metering:
         while True:
             interval = float(self.settings[stream.interval] or 0)
             self._changed.clear()
-            if interval <= 0 or not self.clock.trustworthy:  # no boundaries without the time
+            if interval <= 0:
+                # Off (the default): only a setting can turn it on, and its listener sets
+                # _changed; no poll (a swarm's 10,000 stations would spend a core on them).
+                await self._changed.wait()
+                continue
+            if not self.clock.trustworthy:  # no boundaries without the time
                 await self._wait(IDLE_POLL_S, never)
                 continue
             now = self.clock.wall()

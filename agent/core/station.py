@@ -723,10 +723,16 @@ class Station:
         while True:
             await self.clock.sleep(self.meter_poll_s)
             try:
-                # Not wait_for: on Python 3.11 it can swallow a cancel that arrives as the read
-                # completes, and this loop would then outlive Station.stop() (a hung shutdown).
-                async with asyncio.timeout(5.0):
-                    reading = await evse.hw.meter.read()
+                meter = evse.hw.meter
+                if getattr(meter, "answers_at_once", False):
+                    # A read that never suspends (the mock HAL's) cannot time out: no timer
+                    # to arm and cancel (13 % of the CPU of a 10,000-station swarm).
+                    reading = await meter.read()
+                else:
+                    # Not wait_for: on Python 3.11 it can swallow a cancel that arrives as
+                    # the read completes, and this loop would then outlive Station.stop().
+                    async with asyncio.timeout(5.0):
+                        reading = await meter.read()
                 why = implausible(reading, evse.reading)
                 if why is not None:
                     if failures == 0:

@@ -25,7 +25,9 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.proxy import get_proxy
 from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from agent.clock import Clock
 from agent.config import OcppConfig
@@ -47,6 +49,21 @@ _TLS_VERSION_REASONS = frozenset({"UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_
                                   "NO_PROTOCOLS_AVAILABLE", "WRONG_SSL_VERSION"})
 _TLS_CIPHER_REASONS = frozenset({"NO_CIPHERS_AVAILABLE", "NO_SHARED_CIPHER",
                                  "NO_SUITABLE_SIGNATURE_ALGORITHM"})
+
+
+# The proxy for each CSMS URL (websockets' own lookup: *_proxy / no_proxy environment
+# variables), asked once per process: the lookup walks the whole environment twice, and a
+# swarm connects thousands of stations to one URL. The environment does not change under a
+# running agent.
+_PROXIES: dict[tuple[str, int, bool], str | None] = {}
+
+
+def _proxy(url: str) -> str | None:
+    uri = parse_uri(url)
+    key = (uri.host, uri.port, uri.secure)
+    if key not in _PROXIES:
+        _PROXIES[key] = get_proxy(uri)
+    return _PROXIES[key]
 
 
 class Adapter(Protocol):
@@ -244,6 +261,7 @@ class Link:
         if profile.ssl is not None:
             kwargs["ssl"] = profile.ssl
         try:
+            kwargs["proxy"] = _proxy(url)
             ws = await self._handshake(url, kwargs, profile)
         except ssl.SSLCertVerificationError as exc:
             why = ": ".join(x for x in (exc.reason, exc.verify_message) if x) or str(exc)

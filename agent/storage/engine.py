@@ -56,6 +56,15 @@ BUSY_TIMEOUT_MS = 2000
 # Keep the WAL from growing without bound on small flash after a burst of writes.
 JOURNAL_SIZE_LIMIT = 1024 * 1024
 
+# A database in memory (degraded mode, tests, a swarm's thousands of stations) keeps every
+# page resident: with 1 KiB pages an empty migrated schema is 28 KiB instead of 96 KiB, and
+# a connection costs ~80 KiB of RSS instead of ~250. Files keep SQLite's default page size.
+MEMORY_PAGE_SIZE = 1024
+
+# The migrated empty schema of each engine class, serialized once per process: a new database
+# in memory is a copy of it (0.1 ms) instead of running every migration script (1.6 ms).
+_MEMORY_IMAGES: dict[type, bytes] = {}
+
 # SQLite primary result codes we give advice for (extended codes carry these in the low byte).
 _SQLITE_PERM = 3
 _SQLITE_BUSY = 5
@@ -192,7 +201,12 @@ class Engine:
                 self._lock_fd = self._acquire_lock()
             created = not self._memory and not os.path.exists(self._path)
             self._conn = self._connect()
-            self._check_integrity()
+            if self._memory:
+                # Nothing to check in a copy made a moment ago (and the check would keep
+                # ~150 KiB of SQLite's memory per connection resident).
+                self._load_memory_image()
+            else:
+                self._check_integrity()
             self._migrate()
             if created:
                 self._sync_directory()
@@ -296,6 +310,23 @@ class Engine:
             conn.close()
             raise
         return conn
+
+    def _load_memory_image(self) -> None:
+        """Start a database in memory from the process's copy of the migrated schema.
+
+        The copy is what running the migrations on an empty database gives, so what follows
+        (integrity check, migrations: none left) behaves as for a freshly created file.
+        """
+        cls = type(self)
+        conn = self._require()
+        image = _MEMORY_IMAGES.get(cls)
+        with self._translate("creating it in memory"):
+            if image is None:
+                conn.execute(f"PRAGMA page_size = {MEMORY_PAGE_SIZE}")
+                self._migrate()
+                _MEMORY_IMAGES[cls] = conn.serialize()
+            else:
+                conn.deserialize(image)
 
     def _check_integrity(self) -> None:
         """Catch a damaged file at start-up, not halfway through a charging session."""
