@@ -246,7 +246,7 @@ ELSEWHERE = frozenset({"NotifyEvent", "OpenPeriodicEventStream", "ClosePeriodicE
                        "ReportDERControl", "NotifyMonitoringReport",
                        # ISO 15118 (tests/test_plug_and_charge.py, on 2.1 too)
                        "Get15118EVCertificate", "GetCertificateStatus", "NotifyEVChargingNeeds",
-                       "NotifyEVChargingSchedule"})
+                       "NotifyEVChargingSchedule", "GetCertificateChainStatus"})
 
 
 def _tested_on_21_elsewhere(action: str) -> list[str]:
