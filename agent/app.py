@@ -405,9 +405,7 @@ class Agent:
         version = adapter.version
         allowed = adapter.outbox_actions
         forgotten: set[str] = set()
-        for item in self.storage.outbox_peek(1_000_000):
-            if item.action in allowed:
-                continue
+        for item in self.storage.outbox_foreign(allowed):
             log.warning("dropping queued %s #%s: queued for another OCPP version than %s",
                         item.action, item.id, version)
             self.storage.outbox_drop(item.id, f"queued for another OCPP version than {version}")

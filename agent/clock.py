@@ -65,6 +65,16 @@ def is_deferred(value: object) -> bool:
     return isinstance(value, str) and value.startswith(_DEFERRED)
 
 
+def may_hold_deferred(text: str) -> bool:
+    """False only when the JSON ``text`` of a message certainly holds no marker.
+
+    A marker is a JSON string starting with "~", which ``json.dumps`` never escapes, so its
+    text contains '"~'.  A message read back from storage without one needs no
+    :meth:`Clock.resolve_payload` walk (the outbox replay asks for every message).
+    """
+    return not text or f'"{_DEFERRED}' in text
+
+
 def _split_marker(text: str) -> tuple[str, float] | None:
     boot, sep, mono = text[len(_DEFERRED):].rpartition("@")
     if not sep:

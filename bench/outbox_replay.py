@@ -1,6 +1,7 @@
 """Outbox replay: sessions recorded while the CSMS was down, delivered after it comes back.
 
     python -m bench.outbox_replay [--sessions 100] [--messages 100] [--quick]
+                                  [--state-dir DIR] [--snapshot FILE] [--profile FILE]
 
 The agent is the real one on the mock HAL, with a fake clock so that a day of offline charging
 takes seconds: EVs plug in, cards are accepted offline (AllowOfflineTxForUnknownId), the core
@@ -13,6 +14,14 @@ URL the agent has been failing to reach, the agent reconnects, boots and replays
 one CALL in flight at a time, each item deleted only when its CALLRESULT arrived.  Measured:
 from the websocket connection being open to the last item acknowledged, and the CSMS's count
 of what it received.
+
+Each acknowledgement is one fsynced commit, so on a shared VM the disk's flush latency moves
+the figure more than anything the agent does: the script prints the agent's CPU time during
+the replay and probes the flush latency of the state directory right after, and
+``--state-dir /dev/shm`` (tmpfs, where a flush costs nothing) shows the link's own cost
+without the disk.  ``--snapshot FILE`` records the offline sessions once into FILE and then
+replays copies of it (the agent restarts on the copy, as a station rebooted while offline
+would), which saves the ~40 s recording when comparing changes.
 """
 
 from __future__ import annotations
@@ -21,9 +30,15 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import resource
+import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+from websockets.asyncio.client import connect
 
 from agent.app import Agent
 from agent.clock import FakeClock
@@ -75,13 +90,60 @@ def _state_kb(state_dir: Path) -> float:
     return sum(p.stat().st_size for p in state_dir.glob(f"{STATION}.sqlite3*")) / 1024
 
 
+async def _bare_round_trip_ms(url: str, payload: dict, count: int) -> float:
+    """The floor under the replay at this moment: a bare websockets client, same CSMS, one
+    MeterValues CALL at a time, nothing stored, validated or logged (median of ``count``)."""
+    took = []
+    async with connect(url + "FLOOR1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       max_size=1 << 20) as ws:
+        await ws.send(json.dumps([2, "boot", "BootNotification",
+                                  {"chargePointVendor": "bench", "chargePointModel": "floor"}]))
+        await ws.recv()
+        for _ in range(count):
+            t = time.perf_counter()
+            await ws.send(json.dumps([2, str(uuid.uuid4()), "MeterValues", payload],
+                                     separators=(",", ":")))
+            json.loads(await ws.recv())
+            took.append(time.perf_counter() - t)
+    return sorted(took)[count // 2] * 1000
+
+
+def _recorded(snapshot: str | None) -> bool:
+    return snapshot is not None and os.path.exists(snapshot)
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _flush_ms(directory: Path, count: int = 200) -> float:
+    """Median fdatasync of an 8 KiB overwrite in ``directory``: what one ack commit waits for."""
+    path = directory / "flush-probe"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, b"\0" * 8192 * count)
+        os.fsync(fd)
+        took = []
+        for i in range(count):
+            os.pwrite(fd, b"x" * 8192, i * 8192)
+            t = time.perf_counter()
+            os.fdatasync(fd)
+            took.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return sorted(took)[count // 2] * 1000
+
+
 async def run(sessions: int, messages: int, evses: int, quick: bool,
-              profile: Profile | None = None) -> Report:
+              profile: Profile | None = None, state_dir: str = "/tmp",
+              snapshot: str | None = None) -> Report:
     report = Report("outbox_replay", quick)
     port = free_port()
     url = f"ws://127.0.0.1:{port}/"
     clock = FakeClock(start_wall=time.time())
-    tmp = tempfile.TemporaryDirectory(prefix="cpa-bench-", dir="/tmp")
+    tmp = tempfile.TemporaryDirectory(prefix="cpa-bench-", dir=state_dir)
     doc = station_config(url, Path(tmp.name), STATION, evses=evses, min_backoff_s=1,
                          max_backoff_s=2, defaults={
                              "MeterValueSampleInterval": 1, "HeartbeatInterval": 3600,
@@ -90,18 +152,36 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
                                                        "Power.Active.Import,Current.Import"})
     cfg = load_config_text(json.dumps(doc), "bench")
     first_frame: list[float] = []  # when the BootNotification went out: the link was open
+    sample: dict = {}  # a MeterValues as the agent sent it, for the floor measurement
 
     def on_frame(direction: str, kind: str, unique_id: str, action: str, payload: dict) -> None:
         if not first_frame:
             first_frame.append(time.perf_counter())
+        if not sample and direction == "out" and action == "MeterValues":
+            sample.update(payload)
 
-    agent = Agent(cfg, clock=clock, control=False, on_frame=on_frame)
     csms = CsmsProcess(port=port)
+    state_file = Path(tmp.name) / f"{STATION}.sqlite3"
+    agent: Agent | None = None
     try:
-        await agent.start()
-        t_rec = time.perf_counter()
-        queued = await _record_offline(agent, clock, sessions, messages, evses)
-        recording_s = time.perf_counter() - t_rec
+        recording_s: float | None = None
+        if not _recorded(snapshot):
+            agent = Agent(cfg, clock=clock, control=False, on_frame=on_frame)
+            await agent.start()
+            t_rec = time.perf_counter()
+            await _record_offline(agent, clock, sessions, messages, evses)
+            recording_s = time.perf_counter() - t_rec
+        if snapshot is not None:
+            if agent is not None:
+                await agent.stop()  # checkpoints and closes the file
+                agent = None
+                shutil.copyfile(state_file, snapshot)
+            else:
+                shutil.copyfile(snapshot, state_file)
+            agent = Agent(cfg, clock=clock, control=False, on_frame=on_frame)
+            await agent.start()
+        assert agent is not None
+        queued = agent.storage.outbox_count()
         tx_queued = sessions * messages
         other = queued - tx_queued  # e.g. a SecurityEventNotification of the start-up
         db_kb = _state_kb(Path(tmp.name))
@@ -109,6 +189,7 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         await csms.start()
         profile = profile or Profile(None)
         profile.start()
+        cpu_up = _cpu_s()
         t_up = time.perf_counter()
         await clock.advance(3.0)  # past the reconnect backoff the link is sleeping through
         async with asyncio.timeout(TIMEOUT):
@@ -120,26 +201,41 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
                 if agent.storage.outbox_count():
                     await agent.adapters["1.6"].outbox.idle.wait()
         t_done = time.perf_counter()
+        cpu_s = _cpu_s() - cpu_up
         profile.stop()
-        stats = await csms.stats()
+        flush_ms = _flush_ms(Path(tmp.name))
+        stats = await csms.stats()  # before the floor's station adds its own CALLs
+        floor_ms = await _bare_round_trip_ms(url, sample, 50 if quick else 2000)
         calls = stats["calls"]
         delivered = sum(calls.get(a, 0) for a in
                         ("StartTransaction", "MeterValues", "StopTransaction"))
         replay_s = t_done - t_up
         report.add(f"CSMS back -> {tx_queued} transaction messages acknowledged",
-                   replay_s, "s", 10.0 if tx_queued >= 10_000 else None,
+                   replay_s, "s", 3.0 if tx_queued >= 10_000 else None,
                    note=f"+{other} other queued message(s)" if other else "")
         report.add("  of which: CSMS back -> connection open", t_connected - t_up, "s",
                    note="the reconnect backoff is skipped with the fake clock")
         report.add("  of which: connection open -> BootNotification accepted",
                    t_booted - t_connected, "s")
         report.add("replay throughput after the boot", queued / (t_done - t_booted), "msg/s")
+        report.add("bare websocket round trip, same CSMS, right after (median)", floor_ms, "ms",
+                   note="the floor: no storage, validation or logging")
+        report.add("replay cost per message above that floor",
+                   (t_done - t_booted) / queued * 1000 - floor_ms, "ms",
+                   note="after the boot: the agent's own work and its flush")
+        report.add("agent CPU during the replay", cpu_s, "s",
+                   note="user + system, the CSMS process not included")
+        report.add(f"flush latency of {state_dir} (median fdatasync, probed after)", flush_ms,
+                   "ms", note="one per acknowledgement")
         report.add("transaction messages the CSMS received", delivered, "")
         report.add("sessions the CSMS saw started / stopped",
                    stats["tx_started"], "", note=f"{stats['tx_stopped']} stopped")
-        report.add("recording the sessions offline (not part of the replay)", recording_s, "s")
+        report.add("recording the sessions offline (not part of the replay)", recording_s, "s",
+                   note="" if recording_s is not None else f"copied from {snapshot}")
         report.add("state file size with the full outbox", db_kb / 1024, "MB")
         report.details.update(sessions=sessions, messages_per_session=messages, evses=evses,
+                              state_dir=state_dir, agent_cpu_s=cpu_s, flush_ms=flush_ms,
+                              floor_round_trip_ms=floor_ms,
                               other_queued=other, csms_calls=calls,
                               outbox_sent=agent.adapters["1.6"].outbox.sent,
                               outbox_dropped=agent.adapters["1.6"].outbox.dropped)
@@ -147,7 +243,8 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
             raise RuntimeError(f"the CSMS got {delivered} of {tx_queued} messages and "
                                f"{stats['tx_stopped']} of {sessions} stops")
     finally:
-        await agent.stop()
+        if agent is not None:
+            await agent.stop()
         await csms.stop()
         tmp.cleanup()
     return report
@@ -161,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evses", type=int, default=10, help="sessions running at once")
     p.add_argument("--quick", action="store_true", help="4 x 20 messages: checks the script")
     p.add_argument("--profile", metavar="FILE", help="pyinstrument profile of the replay")
+    p.add_argument("--state-dir", default="/tmp", metavar="DIR",
+                   help="where the state file lives (default /tmp; /dev/shm leaves the disk "
+                        "out)")
+    p.add_argument("--snapshot", metavar="FILE",
+                   help="record into FILE once, then replay copies of it (same --sessions and "
+                        "--messages each time)")
     ns = p.parse_args(argv)
     sessions = ns.sessions or (4 if ns.quick else 100)
     messages = ns.messages or (20 if ns.quick else 100)
@@ -168,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--messages must be at least 2 (Start and Stop)")
     logging.basicConfig(level=logging.CRITICAL)
     report = asyncio.run(run(sessions, messages, min(ns.evses, sessions), ns.quick,
-                             Profile(ns.profile)))
+                             Profile(ns.profile), ns.state_dir, ns.snapshot))
     report.emit()
     return 0
 

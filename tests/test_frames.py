@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from decimal import Decimal
 
 from agent.clock import FakeClock
 from agent.frames import REDACTED, FrameLog, redact
@@ -43,3 +44,24 @@ def test_nothing_kept_when_nobody_looks():
     frames = FrameLog(FakeClock(), keep=0)
     frames.record("cs->csms", "CALL", "1", "Heartbeat", {})
     assert frames.recent() == []
+
+
+async def test_an_unread_frame_keeps_its_payload_and_time_as_recorded_and_is_redacted_on_read():
+    """Without a follower the log keeps a copy and formats it when read (an outbox replay
+    records two frames per message): what it shows is still the frame as it was, secrets
+    removed, stamped when it passed."""
+    clock = FakeClock()
+    frames = FrameLog(clock, keep=5)
+    payload = {"key": "AuthorizationKey", "value": "s3cret", "list": [{"password": "p"}]}
+    stamped = clock.now_iso()
+    frames.record("out", "CALL", "1", "ChangeConfiguration", payload)
+    payload["list"].append({"later": True})  # changed after it was sent: not what was sent
+    payload["value"] = "other"
+    await clock.advance(7)
+    [frame] = frames.recent()
+    assert frame.at == stamped and frame.direction == "cs->csms"
+    assert frame.payload == {"key": "AuthorizationKey", "value": REDACTED,
+                             "list": [{"password": REDACTED}]}
+    assert frames.recent() == [frame] and list(frames) == [frame], "formatted once"
+    frames.record("in", "CALLRESULT", "2", "X", {"n": Decimal("1.5")})  # marshal cannot copy
+    assert frames.recent()[-1].payload == {"n": Decimal("1.5")}

@@ -19,6 +19,13 @@ The one thing no station can close on its own is the window between the CSMS pro
 message and our ack commit: a crash there makes the message go again after restart.  Every
 hand-over to the link is counted in the item (``sends``), so such a resend is at least named in
 the log and counted in :attr:`OutboxSender.resent`.
+
+One fsynced commit per message, and no fewer: the ack of item N must be on the disk before
+item N+1 goes out, or a power cut after N+1 left would send N again although the CSMS had
+answered it, a duplicate outside the one message in flight (docs/durability.md).  What that
+commit can carry is the next item's hand-over: the ack of N, what its answer changed, and the
+head of the queue peeked, prepared and counted as sent (``sends``) are one commit, and N+1
+goes out right after it without another look at the database (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -72,6 +79,10 @@ class OutboxSender:
         self.resent = 0  # items sent again after a restart had interrupted their first send
         self._sent_here: set[int] = set()  # items handed to the link by this process
         self._due: dict[tuple[int, int], float] = {}  # (id, attempts) -> monotonic deadline
+        # The head of the queue as the last ack's commit found it: (item, verdict, value) from
+        # ``_judge``, counted as sent in that commit when the verdict is "send".  Only valid
+        # until the next suspension (``_step`` uses it before awaiting anything).
+        self._next: tuple[OutboxItem, str, object] | None = None
         self.idle = asyncio.Event()  # set whenever the outbox is empty (tests, clean shutdown)
         self.queued = asyncio.Event()  # set on every new item; observers clear it
 
@@ -127,6 +138,7 @@ class OutboxSender:
 
     async def run(self, rpc: RpcSession) -> None:
         """Deliver until the connection drops (ConnectionLost / CallTimeout end the loop)."""
+        self._next = None  # what another connection's loop looked at is not ours to send
         while True:
             try:
                 done = await self._step(rpc)
@@ -139,37 +151,36 @@ class OutboxSender:
             if done:
                 return
 
-    async def _step(self, rpc: RpcSession) -> bool:
-        """Handle the head of the queue once; True when the connection is gone."""
-        items = self._storage.outbox_peek(1)
-        if not items:
-            self.idle.set()
-            self._wakeup.clear()
-            await self._wakeup.wait()
-            return False
-        item = items[0]
+    def _judge(self, item: OutboxItem) -> tuple[str, object]:
+        """What to do with the head of the queue now, without waiting for anything.
+
+        ("wait", seconds) for an item in its retry back-off, ("hold", None) when ``prepare``
+        holds it, ("drop", None) when it cannot be completed, ("send", payload) otherwise.
+        """
         # next_attempt is wall time so that it survives a restart; after one (or a clock
         # step) it may lie far in the future, so it is turned into a monotonic deadline once,
         # never further away than the retry rule allows.
-        key = (item.id, item.attempts)
-        due = self._due.get(key)
-        if due is None:
-            longest = self._retry_interval() * max(1, item.attempts)
-            wait = min(max(0.0, item.next_attempt - self._clock.wall()), longest)
-            due = self._clock.monotonic() + wait
-            self._due = {key: due}  # only the head of the queue is ever waited for
-        delay = due - self._clock.monotonic()
-        if delay > 0:
-            await self._pause(delay)
-            return False
+        if item.attempts or item.next_attempt:
+            key = (item.id, item.attempts)
+            due = self._due.get(key)
+            if due is None:
+                longest = self._retry_interval() * max(1, item.attempts)
+                wait = min(max(0.0, item.next_attempt - self._clock.wall()), longest)
+                due = self._clock.monotonic() + wait
+                self._due = {key: due}  # only the head of the queue is ever waited for
+            delay = due - self._clock.monotonic()
+            if delay > 0:
+                return "wait", delay
         try:
             payload = self._prepare(item)
         except Hold:
-            await self._pause(HOLD_POLL_S)
-            return False
+            return "hold", None
         if payload is None:
-            self._drop(item, "cannot be completed")
-            return False
+            return "drop", None
+        return "send", payload
+
+    def _hand_over(self, item: OutboxItem) -> None:
+        """Count the send in the item (before the frame goes out) and name a likely repeat."""
         if item.sends > 0 and item.id not in self._sent_here:
             self.resent += 1
             log.warning("%s #%s was handed to the CSMS before the last restart without an "
@@ -178,6 +189,52 @@ class OutboxSender:
                         item.action, item.id)
         self._storage.outbox_mark_sent(item.id)
         self._sent_here.add(item.id)
+
+    def _prefetch(self) -> None:
+        """Inside the ack's commit: judge the new head and, if it can go, count its send.
+
+        Runs in a savepoint, so whatever goes wrong here (a failing ``prepare``, a storage
+        error) is undone without undoing the ack, and the next step simply looks again.
+        """
+        try:
+            with self._storage.atomic():
+                items = self._storage.outbox_peek(1)
+                if not items:
+                    return
+                verdict, value = self._judge(items[0])
+                if verdict == "send":
+                    self._hand_over(items[0])
+                self._next = (items[0], verdict, value)
+        except Exception:  # noqa: BLE001 - the ordinary path meets it again and reports it
+            log.debug("outbox: looking ahead in the ack's commit failed", exc_info=True)
+            self._next = None
+
+    async def _step(self, rpc: RpcSession) -> bool:
+        """Handle the head of the queue once; True when the connection is gone."""
+        ahead, self._next = self._next, None
+        if ahead is not None:
+            item, verdict, value = ahead  # judged, and counted if sendable, in the last ack
+        else:
+            items = self._storage.outbox_peek(1)
+            if not items:
+                self.idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                return False
+            item = items[0]
+            verdict, value = self._judge(item)
+            if verdict == "send":
+                self._hand_over(item)
+        if verdict == "wait":
+            await self._pause(value)  # type: ignore[arg-type]
+            return False
+        if verdict == "hold":
+            await self._pause(HOLD_POLL_S)
+            return False
+        if verdict == "drop":
+            self._drop(item, "cannot be completed")
+            return False
+        payload: dict = value  # type: ignore[assignment]
         try:
             result = await rpc.call(item.action, payload)
         except ValueError as exc:
@@ -209,13 +266,19 @@ class OutboxSender:
         except ConnectionLost:
             return True  # the item stays; the next connection starts again
         try:
+            # One fsynced commit: the answer's effects, the ack and, when the new head can go
+            # at once, its hand-over; it is sent right after, with nothing awaited between.
             with self._storage.atomic():
                 self._on_result(item, result)
                 self._storage.outbox_ack(item.id)
+                if not rpc.closed:
+                    self._prefetch()
         except StorageError:
+            self._next = None
             raise
         except Exception:
             # A bug in handling the answer must not make us send a delivered message forever.
+            self._next = None
             log.exception("%s #%s: handling the answer failed; acknowledging it anyway",
                           item.action, item.id)
             self._storage.outbox_ack(item.id)

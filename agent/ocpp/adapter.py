@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.clock import Clock, parse_iso, sleep_or
+from agent.clock import Clock, may_hold_deferred, parse_iso, sleep_or
 from agent.core.model import EvseSnapshot, StopReason, TxPoint, TxRecord
 from agent.core.security_events import SecurityEvent
 from agent.core.settings import Settings
@@ -406,7 +406,10 @@ class Adapter:
             log.error("%s #%s was queued for another OCPP version; dropping it", item.action,
                       item.id)
             return None
-        payload, held = self.clock.resolve_payload(item.payload)
+        if may_hold_deferred(item.text):
+            payload, held = self.clock.resolve_payload(item.payload)
+        else:  # the stored text holds no marker: a copy to prepare, without the walk
+            payload, held = dict(item.payload), False
         if held:
             log.info("%s #%s waits for the CSMS time (no trustworthy clock yet)", item.action,
                      item.id)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.storage.engine import Repository, _dumps, _finite, _iso
 
@@ -35,6 +35,9 @@ class OutboxItem:
     next_attempt: float
     created: str
     sends: int = 0  # times handed to the link (survives restarts; see migration 2)
+    # The payload as stored (JSON), e.g. to tell without a walk that it holds no deferred
+    # timestamp; "" when the item was not read from the table.
+    text: str = field(default="", repr=False, compare=False)
 
 
 def pending_for(conn: sqlite3.Connection, tx_ref: str) -> int:
@@ -74,23 +77,43 @@ class OutboxRepository(Repository):
         )
         return [self._outbox_item(row) for row in rows]
 
+    def outbox_foreign(self, actions: frozenset[str] | set[str]) -> list[OutboxItem]:
+        """The queued messages whose action is not one of ``actions``, oldest first.
+
+        Asked at every connection (messages queued for another OCPP version): SQLite looks
+        at the action column only, instead of the caller loading a whole backlog.
+        """
+        marks = ", ".join("?" * len(actions))
+        rows = self._read(
+            f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE action NOT IN ({marks}) ORDER BY id",
+            tuple(sorted(actions)),
+            "reading the outbox",
+        )
+        return [self._outbox_item(row) for row in rows]
+
     @staticmethod
     def _outbox_item(row: sqlite3.Row) -> OutboxItem:
+        text = row["payload"]
         return OutboxItem(
             id=row["id"],
             action=row["action"],
-            payload=json.loads(row["payload"]),
+            payload=json.loads(text),
             tx_ref=row["tx_ref"],
             attempts=row["attempts"],
             next_attempt=row["next_attempt"],
             created=row["created"],
             sends=row["sends"],
+            text=text,
         )
 
     def outbox_ack(self, item_id: int) -> None:
-        """Idempotent: a duplicate or late CALLRESULT for a gone item is not an error."""
-        with self._write("removing an acknowledged message") as conn:
-            conn.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        """Idempotent: a duplicate or late CALLRESULT for a gone item is not an error.
+
+        One statement, so it needs no savepoint of its own: alone it is an fsynced commit,
+        inside ``atomic()`` (the sender's ack with the answer's effects) part of that one.
+        """
+        self._write_unsynced("DELETE FROM outbox WHERE id = ?", (item_id,),
+                             "removing an acknowledged message", durable=True)
 
     def outbox_retry(self, item_id: int, next_attempt: float) -> None:
         """Count a failed attempt; ``next_attempt`` is epoch seconds so it survives a reboot."""
