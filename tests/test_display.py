@@ -47,7 +47,11 @@ async def up(agent: Agent, csms: TestCsms) -> Any:
     return await online201(agent, csms)
 
 
-def tx_id(csms: TestCsms) -> str:
+async def tx_id(csms: TestCsms) -> str:
+    """The transactionId of the last Started event, once the CSMS has it (the screen shows
+    Charging before the outbox has delivered the event)."""
+    await csms.wait_for("TransactionEvent", station_id="CP1",
+                        predicate=lambda p: p["eventType"] == "Started")
     started = [p for p in csms.messages("CP1", "TransactionEvent") if p["eventType"] == "Started"]
     return started[-1]["transactionInfo"]["transactionId"]
 
@@ -99,7 +103,7 @@ async def test_a_session_on_the_display(version, short_dir):
         await eventually(lambda: ENERGY.match(screen(agent)[1]) is not None, "energy, power")
         assert screen(agent)[2:] == ([*tariff, ""] if version != "1.6" else ["", ""])
         if version != "1.6":
-            await link.call("CostUpdated", {"totalCost": 1.1, "transactionId": tx_id(csms)})
+            await link.call("CostUpdated", {"totalCost": 1.1, "transactionId": await tx_id(csms)})
             await eventually(lambda: screen(agent)[2:] == ["Cost 1.10 EUR", *tariff],
                              f"the running cost (screen {screen(agent)})")
         status = agent.status()["display"]
@@ -302,7 +306,7 @@ async def test_O02_transaction_message_goes_with_its_transaction(rig201):
     agent.hal.plug(1)
     await csms.wait_for("TransactionEvent", station_id="CP1",
                         predicate=lambda p: p["eventType"] == "Started")
-    tx = tx_id(csms)
+    tx = await tx_id(csms)
     answer = await link.call("SetDisplayMessage",
                              message(7, "Hello Ada", "InFront", transactionId=tx))
     assert answer["status"] == "Accepted"
@@ -409,7 +413,7 @@ async def test_I02_running_cost_from_cost_updated_and_transaction_answers(rig201
     agent.hal.tap("TAG1")
     agent.hal.plug(1)
     await eventually(lambda: "Cost 0.50 EUR" in screen(agent), "the answer's running cost")
-    tx = tx_id(csms)
+    tx = await tx_id(csms)
     csms.overrides.pop("TransactionEvent")
     assert await link.call("CostUpdated", {"totalCost": 2.675, "transactionId": tx}) == {}
     await eventually(lambda: "Cost 2.68 EUR" in screen(agent), "CostUpdated's total")
@@ -427,7 +431,7 @@ async def test_I03_final_cost_is_kept_across_a_restart(short_dir):
         agent.hal.tap("TAG1")
         agent.hal.plug(1)
         await shows(agent, "Charging")
-        tx = tx_id(csms)
+        tx = await tx_id(csms)
         agent.hal.tap("TAG1")
         await eventually(lambda: "Total 12.50 EUR" in screen(agent), "the final total")
         await agent.stop()
