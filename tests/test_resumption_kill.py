@@ -62,6 +62,9 @@ async def test_sigkill_mid_session_on_21_the_transaction_resumes_once_and_ends_o
         d = Daemon(short_dir, _config(short_dir, csms.url))
         try:
             await d.start(timeout=30)
+            # Tap once the station is accepted: a card presented before the boot answer is
+            # judged offline (Unknown), as on a real station.
+            await csms.wait_for("StatusNotification", station_id=STATION, timeout=15)
             await d.ctl("plug", evse=1)
             await d.ctl("tap", token=TAG, evse=1)
             started = await csms.wait_for(
