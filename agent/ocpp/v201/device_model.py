@@ -212,6 +212,29 @@ class VariableBlock(Block):
 
         return self.adapter.block(Provisioning).dm
 
+    async def send_report_parts(self, action: str, field: str, request_id: int,
+                                entries: list[dict]) -> None:
+        """A report (NotifyReport, NotifyMonitoringReport) sent after the request's answer,
+        cut by DeviceDataCtrlr ItemsPerMessage / BytesPerMessage [GetReport]: seqNo from 0,
+        ``tbc`` on every part but the last; a part the CSMS refuses ends it."""
+        from agent.link.rpc import CallFailed
+
+        await self.adapter.after_answer()
+        header = {"requestId": request_id, "generatedAt": self.clock.now_iso()}
+        chunks = split_report(
+            entries, header,
+            self.dm.integer("DeviceDataCtrlr", "ItemsPerMessage", "GetReport"),
+            self.dm.integer("DeviceDataCtrlr", "BytesPerMessage", "GetReport"))
+        for seq, chunk in enumerate(chunks):
+            payload = {**header, "seqNo": seq, field: chunk}
+            if seq < len(chunks) - 1:
+                payload["tbc"] = True
+            try:
+                await self.adapter.call(action, payload, pending_ok=True)
+            except CallFailed as exc:
+                log.warning("%s %s stopped at part %d: %s", action, request_id, seq, exc)
+                return
+
 
 # Factory values of neutral settings where a 2.0.1 station has always differed from the
 # neutral default (AuthCacheCtrlr.LifeTime: a day, where 1.6 has no lifetime at all).

@@ -38,7 +38,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from agent.link.rpc import CallFailed, OcppCallError
+from agent.link.rpc import OcppCallError
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import (
     VarDef,
@@ -48,7 +48,6 @@ from agent.ocpp.v201.device_model import (
     num,
     ro,
     rw,
-    split_report,
 )
 from agent.ocpp.v201.monitors import (
     BASES,
@@ -710,24 +709,7 @@ class Monitoring(VariableBlock):
                 for d, ms in groups.values()]
 
     async def _send_report(self, request_id: int, entries: list[dict]) -> None:
-        """NotifyMonitoringReport messages cut by DeviceDataCtrlr ItemsPerMessage /
-        BytesPerMessage [GetReport], as GetReport's NotifyReport."""
-        await self.adapter.after_answer()
-        header = {"requestId": request_id, "generatedAt": self.clock.now_iso()}
-        chunks = split_report(
-            entries, header,
-            self.dm.integer("DeviceDataCtrlr", "ItemsPerMessage", "GetReport"),
-            self.dm.integer("DeviceDataCtrlr", "BytesPerMessage", "GetReport"))
-        for seq, chunk in enumerate(chunks):
-            payload = {**header, "seqNo": seq, "monitor": chunk}
-            if seq < len(chunks) - 1:
-                payload["tbc"] = True
-            try:
-                await self.adapter.call("NotifyMonitoringReport", payload, pending_ok=True)
-            except CallFailed as exc:
-                log.warning("monitoring report %s stopped at part %d: %s", request_id, seq,
-                            exc)
-                return
+        await self.send_report_parts("NotifyMonitoringReport", "monitor", request_id, entries)
 
 
 __all__ = ["FAULT_COMPONENT", "FAULT_COMPONENTS", "Monitoring"]

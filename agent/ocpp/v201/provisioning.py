@@ -14,7 +14,6 @@ import logging
 from typing import Any, ClassVar
 
 from agent.core.model import EvseSnapshot, StopReason, TxRecord
-from agent.link.rpc import CallFailed
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.availability import Availability
 from agent.ocpp.v201.device_model import (
@@ -23,7 +22,6 @@ from agent.ocpp.v201.device_model import (
     VariableBlock,
     ro,
     rw,
-    split_report,
 )
 from agent.transfer.protocols import PROTOCOLS
 
@@ -190,22 +188,7 @@ class Provisioning(VariableBlock):
         return {"status": "Accepted"}
 
     async def _send_report(self, request_id: int, entries: list[dict]) -> None:
-        """NotifyReport messages cut by ItemsPerMessage / BytesPerMessage (GetReport)."""
-        await self.adapter.after_answer()
-        header = {"requestId": request_id, "generatedAt": self.clock.now_iso()}
-        chunks = split_report(
-            entries, header,
-            self.dm.integer("DeviceDataCtrlr", "ItemsPerMessage", "GetReport"),
-            self.dm.integer("DeviceDataCtrlr", "BytesPerMessage", "GetReport"))
-        for seq, chunk in enumerate(chunks):
-            payload = {**header, "seqNo": seq, "reportData": chunk}
-            if seq < len(chunks) - 1:
-                payload["tbc"] = True
-            try:
-                await self.adapter.call("NotifyReport", payload, pending_ok=True)
-            except CallFailed as exc:
-                log.warning("report %s stopped at part %d: %s", request_id, seq, exc)
-                return
+        await self.send_report_parts("NotifyReport", "reportData", request_id, entries)
 
     # ------------------------------------------------------------------ B11/B12 reset
 
