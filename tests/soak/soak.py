@@ -124,6 +124,13 @@ async def soak(version: str, sessions: int, problems: list[str]) -> dict:
             done = n + 1
             if done == warm or (done > warm and done % every == 0) or done == sessions:
                 samples.append(_sample(agent, state, done))
+                s = samples[-1]
+                # Progress on stderr: a full run takes most of an hour; the figures stay
+                # on stdout at the end.
+                print(f"soak {version}: {done}/{sessions} sessions, "
+                      f"{time.perf_counter() - t0:.0f} s, RSS {s['rss_kb'] / 1024:.1f} MB, "
+                      f"db {s['db_kb']:.0f} kB, tasks {s['tasks']}, fds {s['fds']}",
+                      file=sys.stderr, flush=True)
         stats = await csms.stats()
     finally:
         await agent.stop()
