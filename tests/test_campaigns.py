@@ -25,6 +25,7 @@ EXPECTED = {
                    "state files passing PRAGMA integrity_check"],
     "hostile_frames": ["frames sent", "answers: CALLRESULT", "crashes",
                        "CALLs not answered per spec", "contactor closes",
+                       "objects freed only by the cycle collector",
                        "peak RSS (whole campaign process)"],
     "long_outage": ["1.6: transaction messages queued", "1.6: lost",
                     "2.0.1: delivered after reconnection",

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from agent.cycles import drop_tracebacks
 from agent.transfer.protocols import DOWNLOAD_SCHEMES
 
 log = logging.getLogger("cp_agent.transfer")
@@ -173,9 +174,11 @@ async def _http(url: str, dest: Path, progress: Progress | None, timeout_s: floa
     except DownloadError:
         raise
     except aiohttp.ClientSSLError as exc:
+        drop_tracebacks(exc)  # the attempt (session, SSL context) freed now, not by the gc
         raise DownloadError(f"{where}: TLS: {_tls_text(exc)}",
                             reason=_tls_reason(exc)) from None
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        drop_tracebacks(exc)
         text = str(exc) or type(exc).__name__
         raise DownloadError(f"{where}: {text}") from None
 
@@ -282,9 +285,11 @@ def _ftp_fetch(url: str, dest: Path, report: Progress, cancel: threading.Event,
     except DownloadError:
         raise
     except ssl.SSLCertVerificationError as exc:
+        drop_tracebacks(exc)
         raise DownloadError(f"{where}: TLS: {exc.verify_message or exc}",
                             reason="InvalidCertificate") from None
     except (TimeoutError, ftplib.Error, OSError, EOFError) as exc:
+        drop_tracebacks(exc)
         raise DownloadError(f"{where}: {str(exc) or type(exc).__name__}") from None
     finally:
         with contextlib.suppress(Exception):

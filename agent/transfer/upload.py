@@ -40,6 +40,7 @@ import ssl
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
+from agent.cycles import drop_tracebacks
 from agent.transfer.protocols import UPLOAD_SCHEMES
 
 log = logging.getLogger("cp_agent.upload")
@@ -181,11 +182,13 @@ async def _http(target: Target, name: str, data: bytes, ssl_context: ssl.SSLCont
     except UploadError:
         raise
     except aiohttp.ClientConnectorCertificateError as exc:
+        drop_tracebacks(exc)  # the attempt (session, SSL context) freed now, not by the gc
         cert_error = exc.certificate_error
         text = getattr(cert_error, "verify_message", "") or str(cert_error)
         raise UploadError(Outcome.FAILED, f"{target.url}: TLS: {text}",
                           reason="InvalidCertificate") from None
     except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        drop_tracebacks(exc)
         raise UploadError(Outcome.FAILED,
                           f"{target.url}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
 
@@ -254,9 +257,11 @@ class _FtpSession:
             with contextlib.suppress(ftplib.all_errors):
                 ftp.quit()
         except ssl.SSLCertVerificationError as exc:
+            drop_tracebacks(exc)
             raise UploadError(Outcome.FAILED, f"{step}: TLS: {exc.verify_message or exc}",
                               reason="InvalidCertificate") from None
         except ftplib.all_errors as exc:
+            drop_tracebacks(exc)
             if self.aborted:
                 raise UploadError(Outcome.FAILED, "cancelled") from None
             raise _ftp_error(exc, step) from None
