@@ -23,6 +23,7 @@ import heapq
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -388,6 +389,139 @@ class FakeClock(Clock):
         self._mono = target
         for _ in range(5):
             await asyncio.sleep(0)
+
+
+TickCallback = Callable[[], None]
+
+# Subscribers called between two yields to the loop within one tick: at ~10 µs each, a
+# swarm's 10,000 stations are sampled in slices of a few milliseconds instead of holding the
+# loop (and every websocket) for a tenth of a second.
+TICK_SLICE = 256
+
+
+class Ticker:
+    """One periodic wake-up shared by every subscriber of the same period and time source.
+
+    A timer and a task wake-up per subscriber per period is what thousands of swarm stations
+    polling their meter every second spent most of their CPU on; one tick calling each
+    subscriber in turn costs a function call each. Ticks are on an absolute schedule from the
+    first subscription (``start + k * period``, on the injected clock, so a :class:`FakeClock`
+    drives them as it drives every sleep); a tick the loop was too busy to run on time is
+    skipped, not caught up in a burst. A subscriber joins at the next tick (its first call
+    comes within one period) and is never called after :meth:`remove`. With no subscribers
+    left the tick stops, and the next subscription starts a new one with its own phase: a
+    single station is polled exactly ``period`` after it subscribed, then every period.
+
+    Callbacks run synchronously in the tick's task and must not raise: one that does is
+    removed and handed its exception through ``on_error`` (the station's sampler task ends
+    with it, as it did when each sampler was a loop of its own).
+    """
+
+    __slots__ = ("clock", "period", "_subs", "_task", "_start", "_n", "_key", "_registry",
+                 "ticks")
+
+    def __init__(self, clock: Clock, period: float, registry: dict, key: object) -> None:
+        if not period > 0:
+            raise ValueError(f"tick period {period!r}: expected a positive number of seconds")
+        self.clock = clock
+        self.period = float(period)
+        self._subs: dict[int, tuple[TickCallback, Callable[[BaseException], None] | None]] = {}
+        self._task: asyncio.Task | None = None
+        self._start = clock.monotonic()
+        self._n = 0
+        self._key = key
+        self._registry = registry
+        self.ticks = 0  # ticks run so far (tests, benches)
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+    def add(self, callback: TickCallback,
+            on_error: Callable[[BaseException], None] | None = None) -> int:
+        """Call ``callback()`` at every tick from the next one on; returns the handle for
+        :meth:`remove`."""
+        self._n += 1
+        self._subs[self._n] = (callback, on_error)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="clock-tick")
+        return self._n
+
+    def remove(self, handle: int) -> None:
+        """No further call for ``handle``, not even in a tick under way (idempotent)."""
+        self._subs.pop(handle, None)
+        if not self._subs:
+            self._retire()
+
+    def _retire(self) -> None:
+        if self._registry.get(self._key) is self:
+            del self._registry[self._key]
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+    async def _run(self) -> None:
+        clock, period = self.clock, self.period
+        me = asyncio.current_task()
+        k = 1
+        try:
+            while self._subs and self._task is me:
+                now = clock.monotonic()
+                due = self._start + k * period
+                if due < now - period:  # ticks missed (a loop too busy): skip, no burst
+                    k = int((now - self._start) / period) + 1
+                    due = self._start + k * period
+                await clock.sleep(due - now)
+                k += 1
+                self.ticks += 1
+                await self._call_all()
+        finally:
+            if self._task is me:
+                self._task = None
+                if self._registry.get(self._key) is self:
+                    del self._registry[self._key]
+
+    async def _call_all(self) -> None:
+        subs = self._subs
+        for n, handle in enumerate(list(subs)):
+            if n and n % TICK_SLICE == 0:
+                await asyncio.sleep(0)
+            entry = subs.get(handle)
+            if entry is None:  # removed since this tick began
+                continue
+            try:
+                entry[0]()
+            except Exception as exc:  # noqa: BLE001 - one subscriber never stops the others
+                subs.pop(handle, None)
+                if entry[1] is not None:
+                    entry[1](exc)
+                else:
+                    log.exception("tick subscriber failed; removed")
+
+
+# The ticks of clocks that keep the real time (every plain Clock of a loop: a swarm's
+# stations have a clock each, for their own CSMS time, but one time to tick on).
+_REAL_TICKS: dict[tuple[asyncio.AbstractEventLoop, float], Ticker] = {}
+
+
+def ticker(clock: Clock, period: float) -> Ticker:
+    """The tick of ``period`` seconds on ``clock``'s time in the running loop, shared.
+
+    Every clock whose ``sleep`` and ``monotonic`` are :class:`Clock`'s own shares one tick
+    per loop and period (they all keep the same time); a clock that keeps its own time (a
+    :class:`FakeClock`, any subclass overriding either) has ticks of its own, driven by its
+    own ``sleep``.
+    """
+    loop = asyncio.get_running_loop()
+    cls = type(clock)
+    if cls.sleep is Clock.sleep and cls.monotonic is Clock.monotonic:
+        registry: dict = _REAL_TICKS
+    else:
+        registry = clock.__dict__.setdefault("_tickers", {})
+    key = (loop, float(period))
+    tick = registry.get(key)
+    if tick is None:
+        tick = registry[key] = Ticker(clock, period, registry, key)
+    return tick
 
 
 async def sleep_or(clock: Clock, seconds: float, event: asyncio.Event) -> None:

@@ -249,7 +249,8 @@ class _Station:
     """One simulated charger: the real agent, its mock HAL and the driver using it."""
 
     __slots__ = ("index", "id", "agent", "hal", "rng", "tag", "driver", "booted",
-                 "tx_events", "sessions", "outstanding", "last_frame", "started_at")
+                 "tx_events", "sessions", "outstanding", "last_frame", "started_at",
+                 "booted_at")
 
     def __init__(self, index: int, station_id: str, agent: Agent, hal: MockHal,
                  rng: random.Random, tag: str) -> None:
@@ -266,6 +267,7 @@ class _Station:
         self.outstanding = 0  # our CALL in flight (0 or 1: OCPP-J allows one)
         self.last_frame = 0.0
         self.started_at = 0.0
+        self.booted_at: float | None = None  # monotonic, of the first accepted boot
 
 
 class Swarm:
@@ -532,6 +534,7 @@ class Swarm:
                     st.booted = True
                     s.booted += 1
                     now = time.monotonic()
+                    st.booted_at = now
                     s.boot_s.append(now - st.started_at)
                     if s.booted == self.options.count:
                         s.all_booted_after_s = now - self._t0

@@ -195,11 +195,15 @@ class MockContactor(Contactor):
 class MockMeter(PowerMeter):
     def __init__(self, sim: _Sim) -> None:
         self._sim = sim
+        # The last reading and what it was made of: an idle EVSE reads the same every
+        # second, and a reading is immutable, so the same one is handed out again.
+        self._last: tuple[tuple[float, float, int, float, float], MeterReading] | None = None
 
     @property
     def answers_at_once(self) -> bool:
-        """Whether read() never suspends (so needs no timeout): this class's read, not a
-        subclass's that may wait for something (tests gate or delay reads that way)."""
+        """Whether read() never suspends (so needs no timeout, and :meth:`read_now` gives
+        the same reading without a coroutine): this class's read, not a subclass's that may
+        wait for something (tests gate or delay reads that way)."""
         return type(self).read is MockMeter.read
 
     @property
@@ -211,20 +215,32 @@ class MockMeter(PowerMeter):
         return MOCK_METER_MEASURES
 
     async def read(self) -> MeterReading:
-        if self._sim.meter_fault:
-            raise HalError(FaultKind.METER, f"evse {self._sim.evse_id}: meter does not answer")
-        self._sim.integrate()
-        if self._sim.persist is not None:
-            self._sim.persist()
-        amps = self._sim.current()
-        n = self._sim.phases
-        return MeterReading(
-            energy_import_wh=round(self._sim.energy_wh, 3),
-            power_w=round(self._sim.power(), 1),
-            voltage_v=(self._sim.grid_v,) * n,
+        return self.read_now()
+
+    def read_now(self) -> MeterReading:
+        """The reading, synchronously: what the station's shared meter tick calls (one
+        function call per station and second instead of a coroutine and a task step)."""
+        sim = self._sim
+        if sim.meter_fault:
+            raise HalError(FaultKind.METER, f"evse {sim.evse_id}: meter does not answer")
+        sim.integrate()
+        if sim.persist is not None:
+            sim.persist()
+        amps = sim.current()
+        n = sim.phases
+        key = (sim.energy_wh, amps, n, sim.grid_v, sim.grid_hz)
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        reading = MeterReading(
+            energy_import_wh=round(sim.energy_wh, 3),
+            power_w=round(amps * NOMINAL_VOLTAGE * n, 1),  # = sim.power(), not recomputed
+            voltage_v=(sim.grid_v,) * n,
             current_a=(round(amps, 2),) * n,
-            frequency_hz=self._sim.grid_hz,
+            frequency_hz=sim.grid_hz,
         )
+        self._last = (key, reading)
+        return reading
 
 
 class MockGridMeter(PowerMeter):

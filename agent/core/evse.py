@@ -1238,16 +1238,14 @@ class EvseController:
             await self._reconcile()
 
     async def on_meter(self, reading: MeterReading | None, error: str | None) -> None:
-        """Called by the station's sampler; the meter is the ground truth for energy."""
+        """Called by the station's sampler; the meter is the ground truth for energy.
+
+        ``on_meter(None, None)`` only holds a setpoint to the EV's limits again."""
         if reading is not None:
             self.reading = reading
             if FaultKind.METER in self.faults:
                 await self.clear_fault(FaultKind.METER)
-            for listener in self.meter_listeners:
-                try:
-                    listener(self)
-                except Exception:  # noqa: BLE001 - an observer never breaks the EVSE
-                    log.exception("evse %s: meter listener failed", self.id)
+            self._meter_listeners()
         elif error is not None and FaultKind.METER not in self.faults:
             await self.raise_fault(FaultKind.METER, error)
         if self.setpoint_request is not None:
@@ -1255,6 +1253,31 @@ class EvseController:
             # gives): a setpoint is held to them again every sample, not only on inputs.
             async with self.mutex:
                 await self._drive_setpoint(self._offer())
+
+    def on_meter_now(self, reading: MeterReading | None, error: str | None) -> bool:
+        """:meth:`on_meter` without suspending, where nothing in it has to: True when it is
+        done (the reading stored and the listeners told, or a failure already reported),
+        False when nothing was done and :meth:`on_meter` must be awaited instead (a meter
+        fault to raise or clear, a setpoint to drive). The shared meter tick of a swarm
+        calls this for thousands of EVSEs a second; a listener that sets a setpoint leaves
+        ``setpoint_request`` set for the caller to drive with ``on_meter(None, None)``."""
+        if self.setpoint_request is not None:
+            return False
+        if reading is not None:
+            if FaultKind.METER in self.faults:
+                return False
+            self.reading = reading
+            self._meter_listeners()
+        elif error is not None and FaultKind.METER not in self.faults:
+            return False
+        return True
+
+    def _meter_listeners(self) -> None:
+        for listener in self.meter_listeners:
+            try:
+                listener(self)
+            except Exception:  # noqa: BLE001 - an observer never breaks the EVSE
+                log.exception("evse %s: meter listener failed", self.id)
 
     # ------------------------------------------------------------------ ConnectionTimeOut
 

@@ -10,9 +10,9 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from agent.clock import Clock
+from agent.clock import Clock, ticker
 from agent.core.authorization import AuthorizationPolicy
 from agent.core.charging_profiles import ChargingProfiles
 from agent.core.der import DerControls
@@ -161,6 +161,10 @@ class Station:
         # ISO 15118 high-level communication (agent/core/iso15118.py): set by the composition
         # root when hal.iso15118 is configured, else None.
         self.iso15118: Iso15118Service | None = None
+        # Services a station may never use (diagnostics uploads, ...), built on first use:
+        # see provide().
+        self._factories: dict[str, Callable[[], Any]] = {}
+        self._when_built: dict[str, list[Callable[[Any], None]]] = {}
         # Whether transactions survive a restart (the active version's, see use_resumption).
         self.resumption: Callable[[], ResumptionRules] | None = None
         self.resumed: list[TxRecord] = []  # the transactions resumed at start-up
@@ -175,6 +179,48 @@ class Station:
         self.traces: list[Callable[[int, str, dict], None]] = []
         for evse in self.evses.values():
             evse.trace = self._trace
+
+    # ------------------------------------------------------------------ services on first use
+
+    def provide(self, name: str, factory: Callable[[], Any]) -> None:
+        """``station.<name>`` is built by ``factory`` when first read, not now.
+
+        An idle station never pays the import and construction of a service it is not asked
+        for (docs/performance.md, issue 18); whoever needs it reads the attribute as before.
+        A service with start-up duties (resuming a job a restart cut) is read by the
+        composition root only when a cheap check finds something to resume."""
+        self._factories[name] = factory
+
+    def built(self, name: str) -> Any | None:
+        """The service ``name`` if it exists already, without building it (None if not):
+        for questions whose answer is "nothing" while nobody has used the service."""
+        return self.__dict__.get(name)
+
+    def when_built(self, name: str, callback: Callable[[Any], None]) -> None:
+        """``callback(service)`` once the service exists (at once if it does): what a block
+        would otherwise do to the service at its start, without building it."""
+        service = self.__dict__.get(name)
+        if service is not None:
+            callback(service)
+        else:
+            self._when_built.setdefault(name, []).append(callback)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for attributes that do not exist: the services of provide().
+        factory = self.__dict__.get("_factories", {}).pop(name, None)
+        if factory is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        try:
+            service = factory()
+        except BaseException as exc:
+            self._factories[name] = factory  # the next use tries again
+            if isinstance(exc, AttributeError):  # would read as "no such service"
+                raise RuntimeError(f"building station.{name} failed: {exc}") from exc
+            raise
+        setattr(self, name, service)
+        for callback in self._when_built.pop(name, []):
+            callback(service)
+        return service
 
     def _trace(self, evse_id: int, what: str, detail: dict) -> None:
         for listener in self.traces:
@@ -715,53 +761,211 @@ class Station:
         await evse.on_meter(reading, None)
 
     async def _sampler(self, evse: EvseController) -> None:
-        """Poll the meter: live figures, fault detection, and the power-loss meter journal."""
-        failures = 0
-        persists = 0
-        journal_ok = True
-        last_persist = self.clock.monotonic()
+        """Poll the meter: live figures, fault detection, and the power-loss meter journal.
+
+        A meter that answers at once (the mock HAL's: ``answers_at_once`` and ``read_now``)
+        is read from the one tick its clock shares with every other station of the loop
+        (``agent.clock.ticker``): a function call per EVSE and period where a timer and a
+        task wake-up each were 86 % of a swarm's steady-state CPU. What has to suspend (a
+        meter fault to raise or clear, a setpoint to drive) still runs as a task, and the
+        next ticks skip this EVSE until it is done, as the loop below waits for it. Any other
+        meter (Modbus, a test's gated one) keeps this task's own loop with its 5 s timeout.
+        Cancelling this task (``Station.stop``) ends the sampling either way.
+        """
+        poll = _MeterPoll(self, evse)
+        if _ticks(evse.hw.meter) and self.meter_poll_s > 0:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            poll.done = done
+            tick = ticker(self.clock, self.meter_poll_s)
+            handle = tick.add(poll.tick, poll.fail)
+            try:
+                await done  # never set: a failure ends the task with its exception
+            finally:
+                tick.remove(handle)
+            return
         while True:
             await self.clock.sleep(self.meter_poll_s)
+            error: BaseException | None = None
+            reading: MeterReading | None = None
             try:
                 meter = evse.hw.meter
                 if getattr(meter, "answers_at_once", False):
-                    # A read that never suspends (the mock HAL's) cannot time out: no timer
-                    # to arm and cancel (13 % of the CPU of a 10,000-station swarm).
+                    # A read that never suspends cannot time out: no timer to arm and cancel.
                     reading = await meter.read()
                 else:
                     # Not wait_for: on Python 3.11 it can swallow a cancel that arrives as
                     # the read completes, and this loop would then outlive Station.stop().
                     async with asyncio.timeout(5.0):
                         reading = await meter.read()
-                why = implausible(reading, evse.reading)
-                if why is not None:
-                    if failures == 0:
-                        log.warning("evse %s: %s: reading refused", evse.id, why)
-                    raise HalError(FaultKind.METER, why)  # short: it is the 1.6 info
             except (HalError, TimeoutError) as exc:
-                failures += 1
-                if failures >= 2:  # one lost frame on RS-485 is not a fault yet
-                    await evse.on_meter(None, str(exc) or "meter read timed out")
-                continue
-            failures = 0
-            await evse.on_meter(reading, None)
-            tx = evse.tx
-            now = self.clock.monotonic()
-            if tx is not None and now - last_persist >= self.meter_persist_s:
-                last_persist = now
-                persists += 1
-                tx.last_meter_wh = reading.energy_import_wh
-                tx.last_meter_at = self.clock.stamp()
-                try:
-                    self.storage.tx_meter(tx.local_id, reading.energy_import_wh,
-                                          tx.last_meter_at,
-                                          durable=persists % METER_FSYNC_EVERY == 0)
-                except (StorageError, KeyError) as exc:
-                    # The sampler also detects meter faults: it must outlive a bad disk.
-                    if journal_ok:
-                        log.error("evse %s: meter readings not journalled: %s", evse.id, exc)
-                    journal_ok = False
-                else:
-                    if not journal_ok:
-                        log.info("evse %s: meter readings journalled again", evse.id)
-                    journal_ok = True
+                error = exc
+            await poll.apply(*poll.judge(reading, error))
+
+
+def _ticks(meter: object) -> bool:
+    """Whether ``meter`` can be read from the shared tick (synchronously, never waiting)."""
+    return bool(getattr(meter, "answers_at_once", False)) and callable(
+        getattr(meter, "read_now", None))
+
+
+_INF = math.inf
+
+
+def _surely_plausible(reading: MeterReading, previous: MeterReading | None) -> bool:
+    """True when :func:`implausible` would find nothing wrong with ``reading``, decided in a
+    few comparisons for the plain floats a meter driver hands up (the shared tick runs this
+    for every EVSE every second); False means "ask :func:`implausible`", which has the last
+    word (on anything but a float, on any doubt)."""
+    e = reading.energy_import_wh
+    x = reading.energy_export_wh
+    p = reading.power_w
+    if not (type(e) is float and type(x) is float and type(p) is float
+            and 0.0 <= e < _INF and 0.0 <= x < _INF and -_INF < p < _INF):
+        return False
+    for v in reading.voltage_v:
+        if not (type(v) is float and -_INF < v < _INF):
+            return False
+    for v in reading.current_a:
+        if not (type(v) is float and -_INF < v < _INF):
+            return False
+    return previous is None or e >= previous.energy_import_wh - REGISTER_SLACK_WH
+
+
+class _MeterPoll:
+    """The meter poll of one EVSE (``Station._sampler``): the two-failures rule and the
+    power-loss journal, shared by the sampler's own loop and the clock's shared tick."""
+
+    __slots__ = ("station", "evse", "failures", "persists", "journal_ok", "last_persist",
+                 "busy", "done", "_meter", "_read_now")
+
+    def __init__(self, station: Station, evse: EvseController) -> None:
+        self.station = station
+        self.evse = evse
+        self.failures = 0
+        self.persists = 0
+        self.journal_ok = True
+        self.last_persist = station.clock.monotonic()
+        self.busy = False  # a step that had to suspend is under way: ticks skip this EVSE
+        self.done: asyncio.Future[None] | None = None
+        self._meter: object = None  # the meter _read_now belongs to (a test may swap it)
+        self._read_now: Callable[[], MeterReading] | None = None
+
+    def judge(self, reading: MeterReading | None, error: BaseException | None
+              ) -> tuple[MeterReading | None, str | None]:
+        """(reading, None) for a good reading; (None, why) for the second failure in a row
+        and after (one lost frame on RS-485 is not a fault yet); (None, None) otherwise."""
+        if error is None and reading is not None:
+            previous = self.evse.reading
+            if reading is previous or _surely_plausible(reading, previous):
+                self.failures = 0
+                return reading, None
+            why = implausible(reading, previous)
+            if why is None:
+                self.failures = 0
+                return reading, None
+            if self.failures == 0:
+                log.warning("evse %s: %s: reading refused", self.evse.id, why)
+            error = HalError(FaultKind.METER, why)  # short: it is the 1.6 info
+        self.failures += 1
+        if self.failures >= 2:
+            return None, str(error) or "meter read timed out"
+        return None, None
+
+    async def apply(self, reading: MeterReading | None, error: str | None) -> None:
+        """What a judged sample does: tell the EVSE (awaited), then journal the reading."""
+        if reading is None:
+            if error is not None:
+                await self.evse.on_meter(None, error)
+            return
+        await self.evse.on_meter(reading, None)
+        self.journal(reading)
+
+    def tick(self) -> None:
+        """One sample from the shared tick: synchronous unless something has to suspend."""
+        if self.busy:
+            return
+        evse = self.evse
+        meter = evse.hw.meter
+        if meter is not self._meter:
+            self._meter = meter
+            self._read_now = meter.read_now if _ticks(meter) else None  # type: ignore[attr-defined]
+        read_now = self._read_now
+        if read_now is None:  # swapped for a meter that may wait: read it in a task
+            self._step(self._read_and_apply(meter))
+            return
+        try:
+            reading, error = read_now(), None
+        except HalError as exc:
+            reading, error = None, exc
+        good, why = self.judge(reading, error)
+        if good is None:
+            if why is not None and not evse.on_meter_now(None, why):
+                self._step(self.apply(None, why))
+            return
+        if not evse.on_meter_now(good, None):
+            self._step(self.apply(good, None))
+        elif evse.setpoint_request is not None:  # a listener asked for one just now
+            self._step(self._hold_then_journal(good))
+        else:
+            self.journal(good)
+
+    async def _read_and_apply(self, meter: object) -> None:
+        error: BaseException | None = None
+        reading: MeterReading | None = None
+        try:
+            async with asyncio.timeout(5.0):
+                reading = await meter.read()  # type: ignore[attr-defined]
+        except (HalError, TimeoutError) as exc:
+            error = exc
+        await self.apply(*self.judge(reading, error))
+
+    async def _hold_then_journal(self, reading: MeterReading) -> None:
+        await self.evse.on_meter(None, None)
+        self.journal(reading)
+
+    def _step(self, coro: Awaitable[None]) -> None:
+        self.busy = True
+        self.station.spawn(self._run_step(coro), f"meter-{self.evse.id}-step")
+
+    async def _run_step(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the sampler ends with it, as its own loop would have
+            self.fail(exc)
+        finally:
+            self.busy = False
+
+    def fail(self, exc: BaseException) -> None:
+        """A sample failed unexpectedly: the sampler task ends with ``exc`` (logged)."""
+        done = self.done
+        if done is not None and not done.done():
+            done.set_exception(exc)
+
+    def journal(self, reading: MeterReading) -> None:
+        """Every ``meter_persist_s`` of a transaction, its meter reading to the journal (what
+        power-loss recovery closes it with), fsynced every ``METER_FSYNC_EVERY``-th time."""
+        station, evse = self.station, self.evse
+        tx = evse.tx
+        if tx is None:
+            return
+        now = station.clock.monotonic()
+        if now - self.last_persist < station.meter_persist_s:
+            return
+        self.last_persist = now
+        self.persists += 1
+        tx.last_meter_wh = reading.energy_import_wh
+        tx.last_meter_at = station.clock.stamp()
+        try:
+            station.storage.tx_meter(tx.local_id, reading.energy_import_wh, tx.last_meter_at,
+                                     durable=self.persists % METER_FSYNC_EVERY == 0)
+        except (StorageError, KeyError) as exc:
+            # The sampler also detects meter faults: it must outlive a bad disk.
+            if self.journal_ok:
+                log.error("evse %s: meter readings not journalled: %s", evse.id, exc)
+            self.journal_ok = False
+        else:
+            if not self.journal_ok:
+                log.info("evse %s: meter readings journalled again", evse.id)
+            self.journal_ok = True
