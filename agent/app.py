@@ -15,7 +15,7 @@ import signal
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent import __version__
@@ -23,9 +23,7 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.control import ControlServer, Stream
 from agent.core.cost import Costs
-from agent.core.diagnostics import Diagnostics, Sources
 from agent.core.display import DisplayService
-from agent.core.firmware import FirmwareService
 from agent.core.load_management import LoadManager, SiteLimits
 from agent.core.model import StopReason, Token
 from agent.core.security_events import SECURITY_SETTINGS
@@ -49,6 +47,10 @@ from hal.interfaces import FaultKind, Hal, PilotState
 from hal.mock import MockHal
 from hal.mock_v2x import EV_SETTINGS
 
+if TYPE_CHECKING:  # built on first use (Station.provide): not imported at start-up
+    from agent.core.diagnostics import Diagnostics
+    from agent.core.firmware import FirmwareService
+
 log = logging.getLogger("cp_agent")
 
 # How long a clean stop waits for queued transaction messages to reach a connected CSMS.
@@ -63,6 +65,10 @@ PASSWORD_SETTING = "v201.dm.SecurityCtrlr/BasicAuthPassword"
 # The 2.0.1 variables the link's network profiles follow (agent/link/network.py).
 PRIORITY_SETTING = "v201.dm.OCPPCommCtrlr/NetworkConfigurationPriority"
 ATTEMPTS_SETTING = "v201.dm.OCPPCommCtrlr/NetworkProfileConnectionAttempts"
+# Where agent.core.diagnostics persists the upload a restart may cut (its JOB_SETTING; a
+# test keeps the two equal): read at start-up without importing that module.
+DIAGNOSTICS_JOB = "diagnostics.job"
+FIRMWARE_JOB = "firmware.job"  # agent.core.firmware's JOB_SETTING, likewise
 # Names of configuration entries / settings whose values are secrets (diagnostics archive).
 _SECRET_NAME = re.compile(r"(?i)password|passwd|secret|token|credential|key$")
 
@@ -191,13 +197,9 @@ class Agent:
         self.installer: Installer | None = build_installer(
             kind, fw.command if kind == "command" else fw.python_package, self.storage,
             self._restart_for_firmware, self.state_dir)
-        self.firmware = FirmwareService(
-            self.station, self.storage, self.clock, self.installer, self.state_dir,
-            allow_unsigned=fw.unsigned_ok(cfg.hal.get("driver")),
-            confirm_timeout_s=fw.confirm_timeout_s, default_retries=fw.retries,
-            default_retry_interval_s=fw.retry_interval_s,
-            download_timeout_s=fw.download_timeout_s, ssl_context=self._transfer_tls)
-        self.station.firmware = self.firmware  # type: ignore[attr-defined]
+        # The job itself is built (agent.core.firmware imported) on the first request, or at
+        # start-up when the state file holds one to carry on.
+        self.station.provide("firmware", self._build_firmware)
         # What the driver sees (agent/core/display.py) and what a session costs
         # (agent/core/cost.py); both versions' blocks reach them as station.display / .cost.
         self.costs = Costs(self.storage, self.clock, self.settings)
@@ -212,7 +214,7 @@ class Agent:
             station=self.station, storage=self.storage, clock=self.clock,
             settings=self.settings, station_id=cfg.station.id, vendor=cfg.station.vendor,
             model=cfg.station.model, serial_number=cfg.station.serial_number,
-            firmware_version=self.firmware.current_version() or cfg.station.firmware_version
+            firmware_version=self._installed_version() or cfg.station.firmware_version
             or f"cp-agent {__version__}",
             security_profile=cfg.ocpp.security_profile,
             message_timeout_s=cfg.ocpp.call_timeout_s,
@@ -255,13 +257,49 @@ class Agent:
             # setpoints are the external source.
             self.station.v2x_modes.external_limits = True
             self.station.v2x_modes.external_setpoint_source = True
-        # GetDiagnostics / GetLog: the blocks reach the collector as station.diagnostics.
-        self.diagnostics = Diagnostics(cfg.station.id, self.clock, self.state_dir, Sources(
+        # GetDiagnostics / GetLog: the blocks reach the collector as station.diagnostics,
+        # built (agent.core.diagnostics imported) on the first request or to resume an upload.
+        self.station.provide("diagnostics", self._build_diagnostics)
+
+    @property
+    def diagnostics(self) -> Diagnostics:
+        return self.station.diagnostics  # type: ignore[attr-defined]
+
+    @property
+    def firmware(self) -> FirmwareService:
+        return self.station.firmware  # type: ignore[attr-defined]
+
+    def _build_firmware(self) -> FirmwareService:
+        from agent.core.firmware import FirmwareService
+
+        fw, driver = self.cfg.firmware, self.cfg.hal.get("driver")
+        return FirmwareService(
+            self.station, self.storage, self.clock, self.installer, self.state_dir,
+            allow_unsigned=fw.unsigned_ok(driver), confirm_timeout_s=fw.confirm_timeout_s,
+            default_retries=fw.retries, default_retry_interval_s=fw.retry_interval_s,
+            download_timeout_s=fw.download_timeout_s, ssl_context=self._transfer_tls)
+
+    def _installed_version(self) -> str | None:
+        """The version the installer says runs (FirmwareService.current_version's answer)."""
+        return self.installer.current_version() if self.installer is not None else None
+
+    def _firmware_status(self) -> dict[str, Any] | None:
+        """The firmware part of the status; without a job (the service never built) what
+        FirmwareService.status answers for none, without importing it."""
+        firmware = self.station.built("firmware")
+        if firmware is not None:
+            return firmware.status()
+        return {"installer": self.installer.name if self.installer is not None else None,
+                "version": self._installed_version(), "status": "Idle"}
+
+    def _build_diagnostics(self) -> Diagnostics:
+        from agent.core.diagnostics import Diagnostics, Sources
+
+        return Diagnostics(self.cfg.station.id, self.clock, self.state_dir, Sources(
             config=self._public_config, status=self.status,
             frames=lambda: [f.line() for f in self.frames.recent()],
             settings=self._public_settings, secrets=self._secrets),
             uploader=self._upload, storage=self.storage)
-        self.station.diagnostics = self.diagnostics  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ file transfers
 
@@ -447,14 +485,20 @@ class Agent:
         # Transactions a power cut left open end now, reported by the adapter in charge.
         self.station.recover()
         self.display.start()
+        # A firmware job in the state file (one query) is built before the blocks start:
+        # they read its phase (2.0.1 boot reason) and carry on reporting it.
+        resume_firmware = self.storage.get_setting(FIRMWARE_JOB) is not None
+        if resume_firmware:
+            self.station.firmware  # noqa: B018 - built now
         for adapter in self.adapters.values():
             await adapter.start()
         # An update a restart interrupted carries on; a rolled-back one reports the version
         # that runs again (before the link's first BootNotification).
-        self.diagnostics.resume()  # an upload a restart cut: resumed or ended, never left
-        if await self.firmware.start():
+        if self.storage.get_setting(DIAGNOSTICS_JOB) is not None:
+            self.diagnostics.resume()  # an upload a restart cut: resumed or ended, never left
+        if resume_firmware and await self.firmware.start():
             await self._restart_for_firmware()
-        self._ctx.firmware_version = (self.firmware.current_version()
+        self._ctx.firmware_version = (self._installed_version()
                                       or self.cfg.station.firmware_version
                                       or f"cp-agent {__version__}")
         if self.control is not None:
@@ -519,7 +563,9 @@ class Agent:
         await self.link.close()
         for adapter in self.adapters.values():
             await adapter.stop()
-        await self.firmware.stop()
+        firmware = self.station.built("firmware")
+        if firmware is not None:
+            await firmware.stop()
         await self.display.stop()  # "out of service" on the glass, before the HAL closes
         if self.station.iso15118 is not None:
             await self.station.iso15118.stop()
@@ -579,7 +625,7 @@ class Agent:
                 "last_error": self.link.last_error, "outbox": self.storage.outbox_count(),
                 "station_faults": [str(f) for f in self.station.station_faults],
                 "site": self.load.status() if self.load is not None else None,
-                "firmware": self.firmware.status(),
+                "firmware": self._firmware_status(),
                 "display": self.display.status(),
                 "evses": evses}
 

@@ -99,7 +99,7 @@ async def main():
     agent = Agent(cfg)
     await agent.start()
     await asyncio.sleep(0)  # the tasks the start spawned take their first step
-    status = agent.firmware.status()  # what ctl status / the status page read while idle
+    status = agent.status()["firmware"]  # what ctl status / the status page read
     await agent.stop()
     return status
 
@@ -109,7 +109,9 @@ print(json.dumps(sorted(m for m in sys.modules if m in DEFERRED)))
 # Loaded only by the feature that needs them (docs/performance.md, issue 18): an idle 1.6
 # station on security profile 0 without ISO 15118 must not pay for them.
 DEFERRED = ("agent.core.iso15118", "hal.iso15118", "agent.transfer.upload",
-            "agent.transfer.download", "ftplib")
+            "agent.transfer.download", "ftplib",
+            # The firmware and diagnostics services, built on first use (Station.provide).
+            "agent.core.firmware", "agent.core.diagnostics")
 
 
 def test_an_idle_16_station_without_the_features_does_not_load_their_modules():
@@ -122,3 +124,89 @@ def test_an_idle_16_station_without_the_features_does_not_load_their_modules():
     status, loaded = res.stdout.strip().splitlines()[-2:]
     assert json.loads(status) == "Idle"
     assert json.loads(loaded) == []
+
+
+_IDLE_201 = _IDLE_16.replace('["1.6"]', '["2.0.1"]')
+
+
+def test_an_idle_201_station_does_not_build_firmware_or_diagnostics():
+    """2.0.1 (whose ISO 15118 block loads agent.core.iso15118 itself): the firmware and
+    diagnostics services and their modules stay unbuilt, the status still says Idle."""
+    deferred = ("agent.core.firmware", "agent.core.diagnostics", "agent.transfer.upload",
+                "agent.transfer.download", "ftplib")
+    code = f"DEFERRED = {deferred!r}\n" + _IDLE_201
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    status, loaded = res.stdout.strip().splitlines()[-2:]
+    assert json.loads(status) == "Idle"
+    assert json.loads(loaded) == []
+
+
+def test_the_names_the_lazy_paths_repeat_are_the_services_own():
+    """What start-up reads without importing the services must stay what they write."""
+    from agent import app
+    from agent.core import diagnostics, firmware
+    from agent.ocpp.v16 import firmware as v16_firmware
+
+    assert app.DIAGNOSTICS_JOB == diagnostics.JOB_SETTING
+    assert app.FIRMWARE_JOB == firmware.JOB_SETTING
+    assert v16_firmware._PLAIN_STATUSES == {s.value for s in firmware.PLAIN_STATUSES}
+
+
+async def test_the_idle_firmware_status_is_the_services_answer_without_a_job(tmp_path):
+    """ctl status before anything built the firmware service reads as the service would."""
+    from agent.app import Agent
+
+    cfg = load_config_text(json.dumps({
+        "station": {"id": "CP1"}, "ocpp": {"url": "ws://127.0.0.1:9/ocpp", "versions": ["1.6"]},
+        "storage": {"path": str(tmp_path / "s.db")}}))
+    agent = Agent(cfg, control=False)
+    try:
+        before = agent._firmware_status()
+        assert agent.station.built("firmware") is None
+        assert before == agent.firmware.status()  # reading the property builds it
+        assert agent.station.built("firmware") is agent.firmware
+    finally:
+        agent.storage.close()
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_stored_job_builds_its_service_at_start_up(tmp_path, version):
+    """An upload or an update a restart cut is carried on although nothing asked for the
+    service in this run: the one-query start-up check builds it, and its owner (the block of
+    the version in charge) is registered before it resumes."""
+    from agent.app import Agent
+    from agent.core.diagnostics import JOB_SETTING as DIAG_JOB
+    from agent.core.firmware import JOB_SETTING as FW_JOB
+
+    cfg = load_config_text(json.dumps({
+        "station": {"id": "CP1"},
+        "ocpp": {"url": "ws://127.0.0.1:9/ocpp", "versions": [version],
+                 "reconnect": {"min_backoff_s": 5}},
+        "storage": {"path": str(tmp_path / "s.db")}}))
+    agent = Agent(cfg, control=False)
+    agent.storage.close()
+    # Nothing stored: neither service is built by a start.
+    agent = Agent(cfg, control=False)
+    await agent.start()
+    await agent.stop()
+    assert agent.station.built("firmware") is None
+    assert agent.station.built("diagnostics") is None
+    # A finished update and an unreadable upload record, as a previous run left them.
+    agent = Agent(cfg, control=False)
+    agent.storage.set_setting(FW_JOB, json.dumps({"seq": 1, "location": "http://x/fw.bin",
+                                                  "retrieve_at": "2026-01-01T00:00:00Z",
+                                                  "status": "Installed", "phase": "done"}))
+    agent.storage.set_setting(DIAG_JOB, "{not json")
+    agent.storage.close()
+    agent = Agent(cfg, control=False)
+    await agent.start()
+    try:
+        assert agent.station.built("firmware") is not None
+        assert agent.station.built("diagnostics") is not None
+        assert agent.storage.get_setting(DIAG_JOB) is None  # handled: forgotten, logged
+        owners = agent.station.built("diagnostics").owners
+        assert any(o.startswith(version) for o in owners), owners
+    finally:
+        await agent.stop()

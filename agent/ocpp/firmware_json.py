@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock, parse_iso
-from agent.core.firmware import FirmwareRequest, FirmwareService
+
+if TYPE_CHECKING:  # built on the first request (Station.provide): not loaded at start-up
+    from agent.core.firmware import FirmwareRequest, FirmwareService
 
 log = logging.getLogger("cp_agent.firmware")
 
@@ -27,6 +30,8 @@ def when(text: str | None, field: str, clock: Clock) -> datetime | None:
 
 def signed_request(p: dict, clock: Clock) -> FirmwareRequest:
     """SignedUpdateFirmware (1.6) / UpdateFirmware (2.x) -> the core's request."""
+    from agent.core.firmware import FirmwareRequest
+
     fw = p["firmware"]
     return FirmwareRequest(
         location=fw["location"],
@@ -35,6 +40,14 @@ def signed_request(p: dict, clock: Clock) -> FirmwareRequest:
         retries=p.get("retries"), retry_interval_s=p.get("retryInterval"),
         request_id=p["requestId"], signing_certificate=fw.get("signingCertificate"),
         signature=fw.get("signature"), signed=True)
+
+
+def built_service(station: Any) -> FirmwareService | None:
+    """The station's firmware service if something built it (a request, or a job the state
+    file holds, at start-up), without building it: while it is not, there is no job, and
+    every question about one has the no-job answer."""
+    built = getattr(station, "built", None)
+    return built("firmware") if built is not None else getattr(station, "firmware", None)
 
 
 def triggered_status(service: FirmwareService | None) -> dict:

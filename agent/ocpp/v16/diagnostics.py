@@ -21,25 +21,19 @@ core under the same fileName and requestId, or ends with its failure status.
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from agent.core.diagnostics import Diagnostics as DiagnosticsService
-from agent.core.diagnostics import (
-    JobState,
-    LogKind,
-    UploadJob,
-    UploadRequest,
-    Window,
-    parse_time,
-)
 from agent.ocpp.blocks import Block, handles
+
+if TYPE_CHECKING:  # the service is built on the first request (Station.provide)
+    from agent.core.diagnostics import Diagnostics as DiagnosticsService
+    from agent.core.diagnostics import JobState, UploadJob, UploadRequest
 
 log = logging.getLogger("cp_agent.v16")
 
 PROFILE = "FirmwareManagement"
 DIAGNOSTICS = "GetDiagnostics"
 GET_LOG = "GetLog"
-_LOG_KINDS = {"DiagnosticsLog": LogKind.DIAGNOSTICS, "SecurityLog": LogKind.SECURITY}
 
 
 class Diagnostics(Block):
@@ -56,11 +50,23 @@ class Diagnostics(Block):
         return getattr(self.station, "diagnostics", None)
 
     def start(self) -> None:
-        """Own the jobs this version's requests started, also across a restart."""
-        service = self.service
-        if service is not None:
-            for tag in (DIAGNOSTICS, GET_LOG):
-                service.register(self._owner(tag), self._report, self.adapter.spawn)
+        """Own the jobs this version's requests started, also across a restart (once the
+        service exists: an upload to resume builds it at start-up)."""
+        when_built = getattr(self.station, "when_built", None)
+        if when_built is not None:
+            when_built("diagnostics", self._own)
+        elif self.service is not None:
+            self._own(self.service)
+
+    def _own(self, service: DiagnosticsService) -> None:
+        for tag in (DIAGNOSTICS, GET_LOG):
+            service.register(self._owner(tag), self._report, self.adapter.spawn)
+
+    def _running(self, tag: str) -> UploadJob | None:
+        """The upload of ``tag`` in progress; none while nobody used the service."""
+        built = getattr(self.station, "built", None)
+        service = built("diagnostics") if built is not None else self.service
+        return service.running(tag) if service is not None else None
 
     def _owner(self, tag: str) -> str:
         return f"{self.adapter.version}/{tag}"
@@ -72,6 +78,8 @@ class Diagnostics(Block):
         service = self.service
         if service is None:
             return {}  # no fileName: "no diagnostics information available" (6.26)
+        from agent.core.diagnostics import LogKind, UploadRequest, Window, parse_time
+
         try:
             window = Window(parse_time(p.get("startTime")), parse_time(p.get("stopTime")))
         except ValueError:
@@ -87,6 +95,8 @@ class Diagnostics(Block):
 
     @handles("GetLog")
     async def get_log(self, p: dict) -> dict:
+        from agent.core.diagnostics import LogKind, UploadRequest, Window, parse_time
+
         service = self.service
         params = p["log"]
         try:
@@ -96,7 +106,8 @@ class Diagnostics(Block):
             return {"status": "Rejected"}
         if service is None or not window.valid:
             return {"status": "Rejected"}
-        request = UploadRequest(_LOG_KINDS[p["logType"]], params["remoteLocation"], window,
+        kind = {"DiagnosticsLog": LogKind.DIAGNOSTICS, "SecurityLog": LogKind.SECURITY}
+        request = UploadRequest(kind[p["logType"]], params["remoteLocation"], window,
                                 retries=p.get("retries"),
                                 retry_interval_s=p.get("retryInterval"),
                                 request_id=p["requestId"], tag=GET_LOG)
@@ -114,6 +125,8 @@ class Diagnostics(Block):
     # ------------------------------------------------------------------ statuses
 
     def _report(self, job: UploadJob, state: JobState) -> None:
+        from agent.core.diagnostics import JobState  # loaded: the job reporting is its own
+
         if job.request.tag == DIAGNOSTICS:
             status = {JobState.UPLOADING: "Uploading", JobState.UPLOADED: "Uploaded"}.get(
                 state, "UploadFailed")
@@ -126,16 +139,14 @@ class Diagnostics(Block):
 
     async def send_diagnostics_status(self, evse_id: int | None) -> None:
         """TriggerMessage(DiagnosticsStatusNotification): Uploading while one runs, else Idle."""
-        service = self.service
-        running = service.running(DIAGNOSTICS) if service is not None else None
+        running = self._running(DIAGNOSTICS)
         status = "Uploading" if running is not None else "Idle"
         await self.adapter.send_quiet("DiagnosticsStatusNotification", {"status": status})
 
     async def send_log_status(self, evse_id: int | None) -> None:
         """ExtendedTriggerMessage(LogStatusNotification): the upload in progress with its
         requestId, else Idle without one (N01.FR.12)."""
-        service = self.service
-        running = service.running(GET_LOG) if service is not None else None
+        running = self._running(GET_LOG)
         payload: dict = {"status": "Idle"}
         if running is not None:
             payload = {"status": "Uploading", "requestId": running.request.request_id}

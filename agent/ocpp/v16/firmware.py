@@ -29,15 +29,17 @@ Installed (L01.FR.28/29).
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from agent.core.firmware import PLAIN_STATUSES, FirmwareJob, FirmwareRequest, FirmwareService
 from agent.core.settings import SettingDef
 from agent.link.rpc import OcppCallError
 from agent.ocpp.blocks import Block, handles
-from agent.ocpp.firmware_json import signed_request, triggered_status, when
+from agent.ocpp.firmware_json import built_service, signed_request, triggered_status, when
 from agent.storage import OutboxItem
 from agent.transfer.protocols import PROTOCOLS
+
+if TYPE_CHECKING:  # built on the first request (Station.provide): not loaded at start-up
+    from agent.core.firmware import FirmwareJob, FirmwareService
 
 log = logging.getLogger("cp_agent.v16")
 
@@ -58,12 +60,24 @@ class Firmware(Block):
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
-        if self.service is not None:
-            self.service.listeners.append(self._on_status)
+        self._accepted = False  # a BootNotification was accepted (the firmware confirmed)
+        when_built = getattr(self.station, "when_built", None)
+        if when_built is not None:
+            when_built("firmware", self._attach)
+        elif self.service is not None:
+            self._attach(self.service)
 
     @property
     def service(self) -> FirmwareService | None:
+        """The firmware service, built if it was not (requests need it)."""
         return getattr(self.station, "firmware", None)
+
+    def _attach(self, service: FirmwareService) -> None:
+        """The service exists (now or at start-up): its statuses are ours to report, and
+        what an accepted boot told it before it existed still holds."""
+        service.listeners.append(self._on_status)
+        if self._accepted:
+            self._boot_accepted(service)
 
     def _when(self, text: str | None, field: str) -> Any:
         return when(text, field, self.clock)
@@ -77,6 +91,8 @@ class Firmware(Block):
             # Whitepaper L01.FR.20: a station doing signed updates refuses the unsigned kind.
             raise OcppCallError("NotSupported", "unsigned firmware updates are not accepted; "
                                 "use SignedUpdateFirmware")
+        from agent.core.firmware import FirmwareRequest
+
         request = FirmwareRequest(
             location=p["location"], retrieve_at=self._when(p["retrieveDate"], "retrieveDate"),
             retries=p.get("retries"), retry_interval_s=p.get("retryInterval"), signed=False)
@@ -110,43 +126,55 @@ class Firmware(Block):
             status = _PLAIN_FOR.get(status, status)
             if status == "Downloading" and job.attempts > 0:
                 return  # continuing after a pause the plain flow never reported
-            if status in PLAIN_STATUSES:
+            if status in _PLAIN_STATUSES:
                 self.adapter.enqueue(PLAIN, {"status": status})
 
     def prepare_outbox(self, item: OutboxItem, payload: dict) -> dict | None:
         """A status queued by the 2.0.1 adapter before the CSMS agreed 1.6: plain form."""
         if item.action == PLAIN:
-            if payload.get("status") not in PLAIN_STATUSES:
+            if payload.get("status") not in _PLAIN_STATUSES:
                 return None
             return {"status": payload["status"]}
         return payload
 
     async def send_firmware_status(self, evse_id: int | None) -> None:
         """TriggerMessage: the status of the update in progress, else Idle (1.6 4.5)."""
-        service = self.service
+        service = built_service(self.station)
         job = service.job if service is not None else None
         status = "Idle"
-        if job is not None and job.active and job.status in PLAIN_STATUSES:
+        if job is not None and job.active and job.status in _PLAIN_STATUSES:
             status = job.status
         await self.adapter.send_quiet(PLAIN, {"status": status})
 
     async def send_signed_firmware_status(self, evse_id: int | None) -> None:
         """ExtendedTriggerMessage: the last status sent, Idle after Installed (L01.FR.28/29)."""
-        await self.adapter.send_quiet(SIGNED, triggered_status(self.service))
+        await self.adapter.send_quiet(SIGNED, triggered_status(built_service(self.station)))
 
     # ------------------------------------------------------------------ core events
 
     def session_started(self) -> None:
-        if self.service is not None:
-            self.service.allow_new_sessions = lambda: False  # 1.6: L01.FR.07 always
-            self.service.boot_accepted()
+        self._accepted = True
+        service = built_service(self.station)
+        if service is not None:
+            self._boot_accepted(service)
+
+    @staticmethod
+    def _boot_accepted(service: FirmwareService) -> None:
+        service.allow_new_sessions = lambda: False  # 1.6: L01.FR.07 always
+        service.boot_accepted()
 
     def transaction_ended(self, *args: Any) -> None:
-        if self.service is not None:
-            self.service.kick()
+        service = built_service(self.station)  # no service: no job waits for it
+        if service is not None:
+            service.kick()
 
 
 # Signed-flow statuses that the plain FirmwareStatusNotification says otherwise.
 _PLAIN_FOR = {"InstallVerificationFailed": "InstallationFailed"}
+# The statuses plain FirmwareStatusNotification knows (agent.core.firmware's PLAIN_STATUSES,
+# which tests/test_startup_imports.py keeps equal): named here so that the block does not
+# import the service's module at start-up.
+_PLAIN_STATUSES = frozenset({"Downloaded", "DownloadFailed", "Downloading", "Idle",
+                             "InstallationFailed", "Installing", "Installed"})
 
 __all__ = ["PROFILE", "Firmware"]

@@ -24,15 +24,15 @@ Uploading) or, with no attempt left, ends with UploadFailure: never left Uploadi
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from agent.core.diagnostics import Diagnostics as DiagnosticsService
-from agent.core.diagnostics import JobState, LogKind, UploadJob, UploadRequest, Window, parse_time
 from agent.ocpp.blocks import Block, handles
 
-log = logging.getLogger("cp_agent.v201")
+if TYPE_CHECKING:  # the service is built on the first request (Station.provide)
+    from agent.core.diagnostics import Diagnostics as DiagnosticsService
+    from agent.core.diagnostics import JobState, UploadJob
 
-_LOG_KINDS = {"DiagnosticsLog": LogKind.DIAGNOSTICS, "SecurityLog": LogKind.SECURITY}
+log = logging.getLogger("cp_agent.v201")
 
 
 class Diagnostics(Block):
@@ -44,10 +44,16 @@ class Diagnostics(Block):
         return getattr(self.station, "diagnostics", None)
 
     def start(self) -> None:
-        """Own this version's GetLog jobs, also across a restart."""
-        service = self.service
-        if service is not None:
-            service.register(self._owner, self._report, self.adapter.spawn)
+        """Own this version's GetLog jobs, also across a restart (once the service exists:
+        an upload to resume builds it at start-up)."""
+        when_built = getattr(self.station, "when_built", None)
+        if when_built is not None:
+            when_built("diagnostics", self._own)
+        elif self.service is not None:
+            self._own(self.service)
+
+    def _own(self, service: DiagnosticsService) -> None:
+        service.register(self._owner, self._report, self.adapter.spawn)
 
     @property
     def _owner(self) -> str:
@@ -55,6 +61,8 @@ class Diagnostics(Block):
 
     @handles("GetLog")
     async def get_log(self, p: dict) -> dict:
+        from agent.core.diagnostics import LogKind, UploadRequest, Window, parse_time
+
         service = self.service
         params = p["log"]
         try:
@@ -66,7 +74,8 @@ class Diagnostics(Block):
             return _rejected("InvalidValue", "oldestTimestamp is after latestTimestamp")
         if service is None:
             return _rejected("UnsupportedRequest", "no log collector on this station")
-        request = UploadRequest(_LOG_KINDS[p["logType"]], params["remoteLocation"], window,
+        kind = {"DiagnosticsLog": LogKind.DIAGNOSTICS, "SecurityLog": LogKind.SECURITY}
+        request = UploadRequest(kind[p["logType"]], params["remoteLocation"], window,
                                 retries=p.get("retries"),
                                 retry_interval_s=p.get("retryInterval"),
                                 request_id=p["requestId"], tag="GetLog", owner=self._owner)
@@ -81,7 +90,8 @@ class Diagnostics(Block):
         self.adapter.enqueue("LogStatusNotification", payload)
 
     async def send_log_status(self, evse_id: int | None) -> None:
-        service = self.service
+        built = getattr(self.station, "built", None)  # nothing runs while nobody used it
+        service = built("diagnostics") if built is not None else self.service
         running = service.running() if service is not None else None
         payload: dict[str, Any] = {"status": "Idle"}
         if running is not None and running.request.request_id is not None:

@@ -35,13 +35,15 @@ without one after Installed or when there was no update.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from agent.core.firmware import FirmwareJob, FirmwareService
 from agent.ocpp.blocks import handles
-from agent.ocpp.firmware_json import signed_request, triggered_status
+from agent.ocpp.firmware_json import built_service, signed_request, triggered_status
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, rw
 from agent.ocpp.v201.provisioning import BOOT_REASON
+
+if TYPE_CHECKING:  # built on the first request (Station.provide): not loaded at start-up
+    from agent.core.firmware import FirmwareJob, FirmwareService
 
 log = logging.getLogger("cp_agent.v201")
 
@@ -58,9 +60,21 @@ class Firmware(VariableBlock):
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
-        service = self.service
-        if service is not None:
-            service.listeners.append(self._on_status)
+        self._accepted = False  # a BootNotification was accepted (the firmware confirmed)
+        when_built = getattr(self.station, "when_built", None)
+        if when_built is not None:
+            when_built("firmware", self._attach)
+        elif self.service is not None:
+            self._attach(self.service)
+
+    def _attach(self, service: FirmwareService) -> None:
+        """The service exists (now or at start-up): its statuses are ours to report, and
+        what an accepted boot told it before it existed still holds."""
+        service.listeners.append(self._on_status)
+        if self.adapter.active:
+            self.activate()
+        if self._accepted:
+            service.boot_accepted()
 
     @property
     def service(self) -> FirmwareService | None:
@@ -70,14 +84,14 @@ class Firmware(VariableBlock):
         """Agent start-up: a job that asked for its reboot runs the new firmware now, whose
         BootNotification says FirmwareUpdate (also when the reason set with InstallRebooting
         went with an earlier boot, or the reboot was a power cut)."""
-        service = self.service
+        service = built_service(self.station)  # built at start-up if a job is stored
         job = service.job if service is not None else None
         if job is not None and job.active and job.phase == "rebooting":
             self.storage.set_setting(BOOT_REASON, "FirmwareUpdate")
 
     def activate(self) -> None:
         """The 2.0.1 adapter is in charge: its variable decides about new sessions."""
-        service = self.service
+        service = built_service(self.station)
         if service is not None:
             service.allow_new_sessions = lambda: self.dm.flag(*ALLOW_NEW_SESSIONS)
 
@@ -112,18 +126,21 @@ class Firmware(VariableBlock):
         return payload
 
     async def send_firmware_status(self, evse_id: int | None) -> None:
-        await self.adapter.send_quiet(STATUS, triggered_status(self.service))
+        await self.adapter.send_quiet(STATUS, triggered_status(built_service(self.station)))
 
     # ------------------------------------------------------------------ core events
 
     def session_started(self) -> None:
-        if self.service is not None:
+        self._accepted = True
+        service = built_service(self.station)
+        if service is not None:
             self.activate()
-            self.service.boot_accepted()
+            service.boot_accepted()
 
     def transaction_ended(self, *args: Any) -> None:
-        if self.service is not None:
-            self.service.kick()
+        service = built_service(self.station)  # no service: no job waits for it
+        if service is not None:
+            service.kick()
 
 
 __all__ = ["Firmware"]

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from agent.core.model import EvseSnapshot, StopReason, TxRecord
 from agent.ocpp.blocks import handles
+from agent.ocpp.firmware_json import built_service
 from agent.ocpp.v201.availability import Availability
 from agent.ocpp.v201.device_model import (
     DeviceModel,
@@ -199,7 +200,7 @@ class Provisioning(VariableBlock):
             return self._reset_evse(evse_id, p["type"])
         if self.adapter.ctx.request_reset is None:
             return {"status": "Rejected"}
-        firmware = getattr(self.station, "firmware", None)
+        firmware = built_service(self.station)  # never built: no update at work
         if firmware is not None and firmware.busy():
             # Appendix reason code FwUpdateInProgress: the update must not be cut (it would
             # resume, but the CSMS asked for a reset now, which cannot happen now).
