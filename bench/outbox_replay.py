@@ -2,6 +2,7 @@
 
     python -m bench.outbox_replay [--sessions 100] [--messages 100] [--quick]
                                   [--state-dir DIR] [--snapshot FILE] [--profile FILE]
+    python -m bench.outbox_replay --instructions [--sessions 12] [--messages 100]
 
 The agent is the real one on the mock HAL, with a fake clock so that a day of offline charging
 takes seconds: EVs plug in, cards are accepted offline (AllowOfflineTxForUnknownId), the core
@@ -22,6 +23,13 @@ the replay and probes the flush latency of the state directory right after, and
 without the disk.  ``--snapshot FILE`` records the offline sessions once into FILE and then
 replays copies of it (the agent restarts on the copy, as a station rebooted while offline
 would), which saves the ~40 s recording when comparing changes.
+
+``--instructions`` counts the agent's own work per replayed message, a figure the machine's
+load cannot move: it records two outboxes (``--base-sessions``, default 2, and
+``--sessions``, default 12, sessions of ``--messages`` each, on tmpfs), replays a copy of
+each under callgrind (the CSMS process is not counted, and the bare round trip is skipped)
+and divides the difference of the two counts by the difference of the message counts, so
+that start-up, boot and shutdown cancel out.  About five minutes on two cores.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ import logging
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -43,7 +53,7 @@ from websockets.asyncio.client import connect
 from agent.app import Agent
 from agent.clock import FakeClock
 from agent.config import load_config_text
-from bench._common import CsmsProcess, Profile, Report, free_port, station_config
+from bench._common import REPO, CsmsProcess, Profile, Report, free_port, station_config
 
 STATION = "REPLAY1"
 TIMEOUT = 120.0
@@ -90,12 +100,14 @@ def _state_kb(state_dir: Path) -> float:
     return sum(p.stat().st_size for p in state_dir.glob(f"{STATION}.sqlite3*")) / 1024
 
 
-async def _bare_round_trip_ms(url: str, payload: dict, count: int) -> float:
+async def _bare_round_trip_ms(url: str, payload: dict, count: int,
+                              compression: bool = True) -> float:
     """The floor under the replay at this moment: a bare websockets client, same CSMS, one
-    MeterValues CALL at a time, nothing stored, validated or logged (median of ``count``)."""
+    MeterValues CALL at a time, nothing stored, validated or logged (median of ``count``);
+    with the agent's permessage-deflate setting."""
     took = []
     async with connect(url + "FLOOR1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       max_size=1 << 20) as ws:
+                       max_size=1 << 20, compression="deflate" if compression else None) as ws:
         await ws.send(json.dumps([2, "boot", "BootNotification",
                                   {"chargePointVendor": "bench", "chargePointModel": "floor"}]))
         await ws.recv()
@@ -138,7 +150,8 @@ def _flush_ms(directory: Path, count: int = 200) -> float:
 
 async def run(sessions: int, messages: int, evses: int, quick: bool,
               profile: Profile | None = None, state_dir: str = "/tmp",
-              snapshot: str | None = None) -> Report:
+              snapshot: str | None = None, floor_count: int | None = None,
+              timeout: float = TIMEOUT, compression: bool = True) -> Report:
     report = Report("outbox_replay", quick)
     port = free_port()
     url = f"ws://127.0.0.1:{port}/"
@@ -150,6 +163,7 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
                              "AllowOfflineTxForUnknownId": True,
                              "MeterValuesSampledData": "Energy.Active.Import.Register,"
                                                        "Power.Active.Import,Current.Import"})
+    doc["ocpp"]["compression"] = compression
     cfg = load_config_text(json.dumps(doc), "bench")
     first_frame: list[float] = []  # when the BootNotification went out: the link was open
     sample: dict = {}  # a MeterValues as the agent sent it, for the floor measurement
@@ -192,7 +206,7 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         cpu_up = _cpu_s()
         t_up = time.perf_counter()
         await clock.advance(3.0)  # past the reconnect backoff the link is sleeping through
-        async with asyncio.timeout(TIMEOUT):
+        async with asyncio.timeout(timeout):
             await agent.adapters["1.6"].accepted.wait()
             t_booted = time.perf_counter()
             t_connected = first_frame[0] if first_frame else t_booted
@@ -205,7 +219,10 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         profile.stop()
         flush_ms = _flush_ms(Path(tmp.name))
         stats = await csms.stats()  # before the floor's station adds its own CALLs
-        floor_ms = await _bare_round_trip_ms(url, sample, 50 if quick else 2000)
+        if floor_count is None:
+            floor_count = 50 if quick else 2000
+        floor_ms = (await _bare_round_trip_ms(url, sample, floor_count, compression)
+                    if floor_count > 0 and sample else None)
         calls = stats["calls"]
         delivered = sum(calls.get(a, 0) for a in
                         ("StartTransaction", "MeterValues", "StopTransaction"))
@@ -221,7 +238,7 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         report.add("bare websocket round trip, same CSMS, right after (median)", floor_ms, "ms",
                    note="the floor: no storage, validation or logging")
         report.add("replay cost per message above that floor",
-                   (t_done - t_booted) / queued * 1000 - floor_ms, "ms",
+                   (t_done - t_booted) / queued * 1000 - floor_ms if floor_ms else None, "ms",
                    note="after the boot: the agent's own work and its flush")
         report.add("agent CPU during the replay", cpu_s, "s",
                    note="user + system, the CSMS process not included")
@@ -234,6 +251,7 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
                    note="" if recording_s is not None else f"copied from {snapshot}")
         report.add("state file size with the full outbox", db_kb / 1024, "MB")
         report.details.update(sessions=sessions, messages_per_session=messages, evses=evses,
+                              compression=compression,
                               state_dir=state_dir, agent_cpu_s=cpu_s, flush_ms=flush_ms,
                               floor_round_trip_ms=floor_ms,
                               other_queued=other, csms_calls=calls,
@@ -247,6 +265,53 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
             await agent.stop()
         await csms.stop()
         tmp.cleanup()
+    return report
+
+
+def _callgrind(args: list[str], out_file: str) -> float:
+    """Instructions (callgrind's Ir) of one replay in this interpreter, the CSMS not counted."""
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", sys.executable,
+         "-m", "bench.outbox_replay", *args], cwd=os.getcwd(), env=env, capture_output=True,
+        text=True, check=False)
+    for line in proc.stderr.splitlines():
+        if "Collected :" in line and proc.returncode == 0:
+            return float(line.split(":")[-1])
+    raise RuntimeError(f"callgrind of the replay ({' '.join(args)}) failed "
+                       f"(exit {proc.returncode}):\n{proc.stdout[-1500:]}{proc.stderr[-1500:]}")
+
+
+def instructions(small: int, large: int, messages: int, evses: int,
+                 keep: str | None = None, extra: tuple[str, ...] = ()) -> Report:
+    """The agent's instructions per replayed message: two replays under callgrind, the
+    difference of their counts over the difference of their message counts (start-up, boot
+    and shutdown cancel out)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    if large <= small:
+        raise SystemExit("--sessions must be larger than --base-sessions")
+    report = Report("outbox_replay_instructions", False)
+    counts: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="cpa-bench-ir-", dir="/dev/shm") as work:
+        for n in (small, large):
+            snapshot = os.path.join(work, f"outbox-{n}x{messages}.sqlite3")
+            args = ["--sessions", str(n), "--messages", str(messages), "--evses", str(evses),
+                    "--snapshot", snapshot, "--state-dir", "/dev/shm", "--floor-count", "0",
+                    "--timeout", "3600", *extra]
+            # Records the snapshot (and replays it once, uncounted), then the counted replay.
+            subprocess.run([sys.executable, "-m", "bench.outbox_replay", *args],
+                           cwd=os.getcwd(), check=True, capture_output=True)
+            out = os.path.join(keep or work, f"callgrind.replay-{n}x{messages}")
+            counts[n] = _callgrind(args, out)
+    per = (counts[large] - counts[small]) / ((large - small) * messages)
+    report.add(f"agent instructions, replay of {small * messages} messages", counts[small], "")
+    report.add(f"agent instructions, replay of {large * messages} messages", counts[large], "")
+    report.add("agent instructions per replayed message", per / 1e6, "M",
+               note="callgrind, the difference of the two over the difference of messages")
+    report.details.update(small_sessions=small, large_sessions=large, messages=messages,
+                          evses=evses, instructions=counts, per_message=per, cwd=os.getcwd(),
+                          repo=str(REPO))
     return report
 
 
@@ -264,14 +329,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snapshot", metavar="FILE",
                    help="record into FILE once, then replay copies of it (same --sessions and "
                         "--messages each time)")
+    p.add_argument("--floor-count", type=int, default=None, metavar="N",
+                   help="round trips of the bare websocket floor (default 2000, quick 50; "
+                        "0 skips it)")
+    p.add_argument("--timeout", type=float, default=TIMEOUT, help=argparse.SUPPRESS)
+    p.add_argument("--instructions", action="store_true",
+                   help="count the agent's instructions per replayed message under callgrind "
+                        "(a replay of --sessions, default 12, minus one of --base-sessions)")
+    p.add_argument("--base-sessions", type=int, default=2, metavar="N",
+                   help="with --instructions: sessions of the smaller replay (default 2)")
+    p.add_argument("--callgrind-dir", metavar="DIR",
+                   help="with --instructions: keep the callgrind outputs in DIR "
+                        "(for callgrind_annotate)")
+    p.add_argument("--no-compression", action="store_true",
+                   help="the agent (and the floor) without permessage-deflate "
+                        "(ocpp.compression: false)")
     ns = p.parse_args(argv)
+    if ns.instructions:
+        report = instructions(ns.base_sessions, ns.sessions or 12, ns.messages or 100,
+                              min(ns.evses, ns.base_sessions), ns.callgrind_dir,
+                              ("--no-compression",) if ns.no_compression else ())
+        report.emit()
+        return 0
     sessions = ns.sessions or (4 if ns.quick else 100)
     messages = ns.messages or (20 if ns.quick else 100)
     if messages < 2:
         p.error("--messages must be at least 2 (Start and Stop)")
     logging.basicConfig(level=logging.CRITICAL)
     report = asyncio.run(run(sessions, messages, min(ns.evses, sessions), ns.quick,
-                             Profile(ns.profile), ns.state_dir, ns.snapshot))
+                             Profile(ns.profile), ns.state_dir, ns.snapshot,
+                             ns.floor_count, ns.timeout, not ns.no_compression))
     report.emit()
     return 0
 

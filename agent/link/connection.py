@@ -252,6 +252,9 @@ class Link:
             "ping_timeout": max(5.0, min(ping, 30.0)) if ping > 0 else None,
             "max_size": 1 << 20,
             "close_timeout": 5,
+            # permessage-deflate (websockets' default, ocpp.compression) or none: see
+            # OcppConfig.compression for what each costs and saves.
+            "compression": "deflate" if self.cfg.compression else None,
         }
         if profile.problem is not None:
             raise LinkError(f"connection profile {profile.name!r} not used: {profile.problem}")

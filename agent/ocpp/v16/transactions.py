@@ -28,9 +28,24 @@ REASONS = frozenset({"EmergencyStop", "EVDisconnected", "HardReset", "Local", "O
                      "DeAuthorized"})
 
 
+# Transactions whose CSMS id ``prepare_outbox`` keeps at hand; more at once only happen after
+# messages went missing (a full cache is simply emptied, and read again from the journal).
+REMOTE_IDS_KEPT = 64
+
+
 class Transactions(Block):
     PROFILE: ClassVar[str] = "Core"
     OUTBOX_ACTIONS = TX_ACTIONS
+
+    def __init__(self, adapter: Any) -> None:
+        super().__init__(adapter)
+        # tx_ref -> the CSMS transactionId, as the journal gave it to ``prepare_outbox``: a
+        # replay sends ~100 messages per transaction, and reading the journal row for each
+        # was ~10 % of the agent's work per message (docs/performance.md).  Only a confirmed
+        # id is kept (it never changes afterwards); an answer to or a drop of the
+        # transaction's StartTransaction forgets it, so that an id read inside an ack's
+        # commit that was then rolled back cannot outlive the Start it came from.
+        self._remote_ids: dict[str, int] = {}
 
     # ------------------------------------------------------------------ core events
 
@@ -78,6 +93,10 @@ class Transactions(Block):
         """Fill in the CSMS transaction id; None drops a message that can no longer be sent."""
         if item.tx_ref is None or item.action == "StartTransaction":
             return payload
+        known = self._remote_ids.get(item.tx_ref)
+        if known is not None:
+            payload["transactionId"] = known
+            return payload
         tx = self.storage.tx_get(item.tx_ref)
         if tx is not None and tx.remote_id is None and tx.start_requeued:
             log.error("%s for transaction %s dropped: the CSMS refused its StartTransaction "
@@ -89,11 +108,15 @@ class Transactions(Block):
                       "confirmed); dropping it", item.action, item.tx_ref)
             return None
         try:
-            payload["transactionId"] = int(tx.remote_id)
+            remote_id = int(tx.remote_id)
         except ValueError:
             log.error("transaction %s has an unusable CSMS id %r; dropping its %s",
                       item.tx_ref, tx.remote_id, item.action)
             return None
+        if len(self._remote_ids) >= REMOTE_IDS_KEPT:
+            self._remote_ids.clear()
+        self._remote_ids[item.tx_ref] = remote_id
+        payload["transactionId"] = remote_id
         return payload
 
     def outbox_result(self, item: OutboxItem, result: dict) -> None:
@@ -104,6 +127,7 @@ class Transactions(Block):
             self.adapter.block(Authorization).remember(id_tag, info)
         if item.action != "StartTransaction" or item.tx_ref is None:
             return
+        self._remote_ids.pop(item.tx_ref, None)
         tx_id = str(result.get("transactionId"))
         self.storage.tx_set_remote_id(item.tx_ref, tx_id)
         log.info("transaction %s is CSMS transaction %s", item.tx_ref, tx_id)
@@ -135,6 +159,7 @@ class Transactions(Block):
         """
         if item.action != "StartTransaction" or item.tx_ref is None:
             return
+        self._remote_ids.pop(item.tx_ref, None)
         tx = self.storage.tx_get(item.tx_ref)
         if tx is None or tx.remote_id is not None:
             return
@@ -160,6 +185,7 @@ class Transactions(Block):
 
     def outbox_done(self, item: OutboxItem) -> None:
         if item.action == "StopTransaction" and item.tx_ref is not None:
+            self._remote_ids.pop(item.tx_ref, None)
             if self.storage.tx_outbox_pending(item.tx_ref) == 0:
                 self.storage.tx_forget(item.tx_ref)
 
