@@ -202,6 +202,10 @@ if [ "$with_evdev" -eq 1 ]; then target="${src}[evdev]"; fi
 say "installing cp-agent into $VENV"
 "$VENV/bin/python" -m pip install --quiet --no-cache-dir --upgrade "$target"
 [ -x "$VENV/bin/cp-agent" ] || die "pip did not install the cp-agent command"
+# pip compiled the bytecode; the dataclass methods are compiled from strings at run time, so
+# they are cached here, while the venv is writable (the hardened service cannot write it).
+"$VENV/bin/python" -c 'from agent import dataclass_cache as d; d.warm()' \
+    || warn "dataclass method cache not written (each start compiles them)"
 if [ "$with_lgpio" -eq 1 ] || is_raspberry_pi; then
     install_gpio_library
 fi

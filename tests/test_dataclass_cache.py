@@ -1,0 +1,122 @@
+"""The compiled dataclass methods kept beside the bytecode (agent/dataclass_cache.py).
+
+What must hold: a method from the cache is the very code the dataclasses module compiles
+(same bytecode, same annotations, same behaviour); a second start compiles none of the
+agent's methods; the cache follows the interpreter's bytecode rules (nothing written with
+PYTHONDONTWRITEBYTECODE, a corrupt or foreign file ignored and replaced, a failed write never
+an error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from agent import dataclass_cache
+
+pytestmark = pytest.mark.skipif(not dataclass_cache._installed,
+                                reason="this interpreter's dataclasses is not the one cached")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_PROBE = """
+import json, sys
+import agent.config, hal.interfaces  # the agent's dataclasses
+from agent import dataclass_cache as d
+print(json.dumps({"stats": d.stats, "path": str(d.cache_path())}))
+"""
+
+
+def _run(pycache: Path, **env: str) -> dict:
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONDONTWRITEBYTECODE", "CP_AGENT_NO_DATACLASS_CACHE")}
+    e.update(PYTHONPYCACHEPREFIX=str(pycache), **env)
+    out = subprocess.run([sys.executable, "-c", _PROBE], cwd=ROOT, env=e, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _define(create_fn: object) -> type:
+    """The same class definition, its methods made by ``create_fn``."""
+    saved = dataclasses._create_fn
+    dataclasses._create_fn = create_fn
+    try:
+        @dataclasses.dataclass(frozen=True, order=True)
+        class Probe:
+            KIND: ClassVar[str] = "probe"
+            name: str
+            amps: float = 6.0
+            phases: tuple[int, ...] = dataclasses.field(default_factory=lambda: (1, 2, 3))
+            note: str | None = dataclasses.field(default=None, compare=False)
+    finally:
+        dataclasses._create_fn = saved
+    return Probe
+
+
+def test_a_cached_method_is_the_code_the_dataclasses_module_compiles() -> None:
+    ours = _define(dataclass_cache._create_fn)
+    ours_again = _define(dataclass_cache._create_fn)  # from the cache this time
+    stock = _define(dataclass_cache._original)
+    for name in ("__init__", "__repr__", "__eq__", "__lt__", "__hash__", "__setattr__",
+                 "__delattr__"):
+        for cls in (ours, ours_again):
+            got, want = getattr(cls, name).__code__, getattr(stock, name).__code__
+            assert got.co_code == want.co_code, name
+            assert got.co_consts == want.co_consts, name
+            assert got.co_names == want.co_names, name
+            assert got.co_varnames == want.co_varnames, name
+    # The cached module's own `from __future__ import annotations` did not leak in: the
+    # annotations are the objects, as the stock compile makes them, not strings.
+    assert ours.__init__.__annotations__ == stock.__init__.__annotations__
+    assert ours.__init__.__annotations__["return"] is None
+    a, b = ours("x", 16.0), ours("x", 16.0, note="other")
+    assert a == b and hash(a) == hash(b) and a < ours("y")
+    assert repr(a).endswith("Probe(name='x', amps=16.0, phases=(1, 2, 3), note=None)")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.amps = 32.0  # type: ignore[misc]
+
+
+def test_a_second_start_compiles_none_of_the_agents_methods(tmp_path: Path) -> None:
+    first = _run(tmp_path)
+    assert first["stats"]["compiled"] > 100  # agent.config and hal.interfaces alone
+    path = Path(first["path"])
+    assert path.is_file() and str(path).startswith(str(tmp_path))
+    second = _run(tmp_path)
+    assert second["stats"]["compiled"] == 0
+    assert second["stats"]["hits"] == first["stats"]["compiled"] + first["stats"]["hits"]
+
+
+def test_nothing_is_written_when_bytecode_writing_is_off(tmp_path: Path) -> None:
+    first = _run(tmp_path, PYTHONDONTWRITEBYTECODE="1")
+    assert first["stats"]["compiled"] > 100
+    assert not Path(first["path"]).exists()
+
+
+def test_a_corrupt_or_foreign_cache_is_ignored_and_replaced(tmp_path: Path) -> None:
+    path = Path(_run(tmp_path)["path"])
+    for junk in (b"not a cache at all", b"\x00\x00\r\n" + b"\xff" * 64,
+                 path.read_bytes()[:-100]):  # another interpreter's magic; a torn file
+        path.write_bytes(junk)
+        again = _run(tmp_path)
+        assert again["stats"]["compiled"] > 100  # nothing usable was read
+        assert path.read_bytes().startswith(importlib.util.MAGIC_NUMBER)
+        assert _run(tmp_path)["stats"]["compiled"] == 0  # and it was replaced
+
+
+def test_a_failed_write_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache directory would be")
+    monkeypatch.setattr(dataclass_cache, "_path", blocker / "sub" / "cache.bin")
+    monkeypatch.setattr(dataclass_cache, "_dirty", True)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert dataclass_cache.save() is False
+    assert blocker.read_text().startswith("a file")
