@@ -45,9 +45,14 @@ async def freeze_after_start(ready: asyncio.Event) -> None:
     """
     import gc
 
+    from agent import dataclass_cache
+
     await ready.wait()
     gc.collect()
     gc.freeze()
+    # Every module a start needs is loaded now: their dataclass methods are cached for the
+    # next start even if this process never exits cleanly (a power cut, SIGKILL).
+    dataclass_cache.save()
 
 
 def _load(path: str) -> AgentConfig:
