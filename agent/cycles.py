@@ -1,6 +1,7 @@
 """Letting go of a failed attempt's library objects at once, not at the next full collection.
 
-Used by the file transfers (agent/transfer/); the OCPP link has cycles of the same kind.
+Used by the file transfers (agent/transfer/), and by the OCPP link (agent/link/connection.py)
+for the exception websockets keeps on a dead connection's protocol.
 
 A failed connection leaves aiohttp's ``ClientConnectorError`` and the ``OSError`` under it
 (raised in asyncio's ``sock_connect`` and collected by aiohappyeyeballs) each in a reference

@@ -31,6 +31,7 @@ from websockets.uri import parse_uri
 
 from agent.clock import Clock
 from agent.config import OcppConfig
+from agent.cycles import drop_tracebacks
 from agent.link.profiles import (
     CREDENTIALS_REFUSED,
     STATION_CERTIFICATE_REFUSED,
@@ -230,6 +231,13 @@ class Link:
             self.connected_since = None
             self.connected.clear()
             await ws.close()
+            # websockets keeps what ended the connection (the PayloadTooBig of a frame over
+            # max_size, the EOFError of a dropped TCP connection) on the protocol and the
+            # connection; its traceback runs back to them, and the cycle would hold the dead
+            # connection and its receive buffer (up to max_size) until a full collection.
+            for exc in (ws.protocol.parser_exc, ws.connection_exc):
+                if exc is not None:
+                    drop_tracebacks(exc)
         log.warning("connection to %s closed (%s)", profile.url,
                     ws.close_reason or ws.close_code or "no reason")
 

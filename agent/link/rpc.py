@@ -420,18 +420,30 @@ class RpcSession:
                 if not pending.future.done():
                     timer = loop.call_later(wait, _expire, pending.future, action, wait)
                 answer = await pending.future
-            finally:
-                if timer is not None:
-                    timer.cancel()
-                if self._pending is pending:
-                    self._pending = None
-                # close() may have failed the future while the send itself failed; mark the
-                # exception retrieved so asyncio does not log it as lost.
-                if not pending.future.done():
-                    pending.future.cancel()
-                elif not pending.future.cancelled():
-                    pending.future.exception()
+            except BaseException:
+                self._settle(pending, timer)
+                # What is raised here is often the future's own exception (ConnectionLost
+                # from close(), CallTimeout, CallErrorReceived), and its traceback holds this
+                # frame: the frame's reference to the future would close a cycle holding the
+                # session and, through its send, the whole dead connection until a full
+                # collection.  The cancelled timer has let go of the future already.
+                del pending
+                raise
+            self._settle(pending, timer)
         return await self._conclude(pending, answer)
+
+    def _settle(self, pending: _Pending, timer: asyncio.TimerHandle | None) -> None:
+        """A CALL's bookkeeping once it ended, answered or not."""
+        if timer is not None:
+            timer.cancel()
+        if self._pending is pending:
+            self._pending = None
+        # close() may have failed the future while the send itself failed; mark the
+        # exception retrieved so asyncio does not log it as lost.
+        if not pending.future.done():
+            pending.future.cancel()
+        elif not pending.future.cancelled():
+            pending.future.exception()
 
     async def send_unconfirmed(self, action: str, payload: dict) -> None:
         """Send a 2.1 SEND message; it needs no answer and may overtake a pending CALL."""
