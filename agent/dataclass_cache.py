@@ -95,6 +95,9 @@ def save() -> bool:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(importlib.util.MAGIC_NUMBER + marshal.dumps(codes))
+            # Readable by all, as the bytecode beside it: written by root at install time,
+            # read by the service's own user (mkstemp creates it 0600).
+            os.chmod(tmp, 0o644)
             os.replace(tmp, _path)
         except BaseException:
             with contextlib.suppress(OSError):

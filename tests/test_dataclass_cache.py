@@ -89,6 +89,7 @@ def test_a_second_start_compiles_none_of_the_agents_methods(tmp_path: Path) -> N
     assert first["stats"]["compiled"] > 100  # agent.config and hal.interfaces alone
     path = Path(first["path"])
     assert path.is_file() and str(path).startswith(str(tmp_path))
+    assert path.stat().st_mode & 0o777 == 0o644  # the service's user reads root's cache
     second = _run(tmp_path)
     assert second["stats"]["compiled"] == 0
     assert second["stats"]["hits"] == first["stats"]["compiled"] + first["stats"]["hits"]
