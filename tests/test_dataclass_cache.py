@@ -31,7 +31,7 @@ _PROBE = """
 import json, sys
 import agent.config, hal.interfaces  # the agent's dataclasses
 from agent import dataclass_cache as d
-print(json.dumps({"stats": d.stats, "path": str(d.cache_path())}))
+print(json.dumps({"stats": d.stats, "path": str(d.cache_file("agent.config"))}))
 """
 
 
@@ -61,9 +61,20 @@ def _define(create_fn: object) -> type:
     return Probe
 
 
-def test_a_cached_method_is_the_code_the_dataclasses_module_compiles() -> None:
-    ours = _define(dataclass_cache._create_fn)
-    ours_again = _define(dataclass_cache._create_fn)  # from the cache this time
+def test_a_cached_method_is_the_code_the_dataclasses_module_compiles(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # This test module's classes go through the cache as the agent's do (not saved).
+    monkeypatch.setattr(dataclass_cache, "_PACKAGES", ("agent.", "hal.", __name__))
+    try:
+        ours = _define(dataclass_cache._create_fn)
+        before = dict(dataclass_cache.stats)
+        ours_again = _define(dataclass_cache._create_fn)  # from the cache this time
+        assert dataclass_cache.stats["compiled"] == before["compiled"]
+        assert dataclass_cache.stats["hits"] > before["hits"]
+    finally:
+        dataclass_cache._used.pop(__name__, None)
+        dataclass_cache._loaded.pop(__name__, None)
+        dataclass_cache._dirty.discard(__name__)
     stock = _define(dataclass_cache._original)
     for name in ("__init__", "__repr__", "__eq__", "__lt__", "__hash__", "__setattr__",
                  "__delattr__"):
@@ -93,6 +104,10 @@ def test_a_second_start_compiles_none_of_the_agents_methods(tmp_path: Path) -> N
     second = _run(tmp_path)
     assert second["stats"]["compiled"] == 0
     assert second["stats"]["hits"] == first["stats"]["compiled"] + first["stats"]["hits"]
+    # One file per module, beside its bytecode, holding that module's methods only.
+    assert path.name == "config.cpython-311.pyc.dataclasses"
+    assert (path.parent.parent.parent / "hal" / "__pycache__").exists() or any(
+        p.name.startswith("interfaces.") for p in tmp_path.rglob("*.dataclasses"))
 
 
 def test_nothing_is_written_when_bytecode_writing_is_off(tmp_path: Path) -> None:
@@ -103,21 +118,29 @@ def test_nothing_is_written_when_bytecode_writing_is_off(tmp_path: Path) -> None
 
 def test_a_corrupt_or_foreign_cache_is_ignored_and_replaced(tmp_path: Path) -> None:
     path = Path(_run(tmp_path)["path"])
+    held = len(dataclass_cache._load(path))  # agent.config's methods
+    assert held > 20
     for junk in (b"not a cache at all", b"\x00\x00\r\n" + b"\xff" * 64,
                  path.read_bytes()[:-100]):  # another interpreter's magic; a torn file
         path.write_bytes(junk)
         again = _run(tmp_path)
-        assert again["stats"]["compiled"] > 100  # nothing usable was read
+        assert again["stats"]["compiled"] == held  # agent.config's again, the others cached
         assert path.read_bytes().startswith(importlib.util.MAGIC_NUMBER)
         assert _run(tmp_path)["stats"]["compiled"] == 0  # and it was replaced
 
 
-def test_a_failed_write_is_not_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                        ) -> None:
+def test_a_failed_write_is_not_an_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory would be")
-    monkeypatch.setattr(dataclass_cache, "_path", blocker / "sub" / "cache.bin")
-    monkeypatch.setattr(dataclass_cache, "_dirty", True)
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)
-    assert dataclass_cache.save() is False
+    assert dataclass_cache._write(blocker / "sub" / "x.dataclasses", {}) is False
     assert blocker.read_text().startswith("a file")
+
+
+def test_other_code_is_compiled_as_the_dataclasses_module_does() -> None:
+    """A class outside the agent's packages (a library's, a test's) is never cached: nothing
+    is written into another project's tree."""
+    before = dict(dataclass_cache.stats)
+    _define(dataclass_cache._create_fn)
+    assert dataclass_cache.stats == before
+    assert dataclass_cache.cache_file(__name__) is None
+    assert dataclass_cache.cache_file("dataclasses") is None
