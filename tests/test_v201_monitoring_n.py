@@ -17,6 +17,7 @@ import pytest
 
 from agent.app import Agent
 from agent.clock import FakeClock, parse_iso
+from agent.ocpp.v201.monitoring import Monitoring
 from agent.ocpp.v201.monitors import Monitor, evaluate
 from agent.testing.csms import CsmsCallError, TestCsms
 from tests.conftest import eventually, on_versions_201_plus, version_rig
@@ -191,6 +192,29 @@ async def test_TC_N_20_CS_threshold_alert_within_one_sample_and_cleared(rig, v2)
     agent.hal.set_grid(voltage_v=250)
     await step(agent, 2)
     assert len(events(csms, upper["id"])) == 2
+
+
+async def test_an_unchanged_meter_sample_does_not_wake_the_monitors(rig, monkeypatch):
+    """The runner looks when a figure moved, not at every sample of an idle meter (one task
+    step per station and second in a swarm), and a change is still seen within one sample."""
+    csms, make = rig
+    agent = await make()
+    link = await online(agent, csms)
+    [upper] = await set_monitors(link, data(VOLTAGE, "UpperThreshold", 240, 3))
+    block = next(iter(agent.adapters.values())).block(Monitoring)
+    looks: list[float] = []
+    evaluate_ = block._evaluate
+    monkeypatch.setattr(block, "_evaluate", lambda now: (looks.append(now), evaluate_(now))[1])
+    await step(agent)
+    looks.clear()
+    for _ in range(10):
+        await step(agent)  # the same 230 V, the same 0 W: ten samples
+    assert len(looks) <= 3, f"ten unchanged samples woke the monitors {len(looks)} times"
+    agent.hal.set_grid(voltage_v=250)
+    await step(agent)
+    await csms.wait_for("NotifyEvent", predicate=lambda p: p["eventData"][0].get(
+        "variableMonitoringId") == upper["id"])
+    assert looks, "a changed sample is looked at"
 
 
 async def test_TC_N_45_56_CS_delta_numeric_and_not(rig):

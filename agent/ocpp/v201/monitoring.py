@@ -143,6 +143,7 @@ class Monitoring(VariableBlock):
         self._next_id = 1
         self._stored: str | None = None  # the state text last read or written
         self._wake = asyncio.Event()
+        self._seen: dict[int, Any] = {}  # evse id -> the last meter reading looked at
         self._poll_at: float | None = None
         self._enabled_flag: bool | None = None  # MonitoringCtrlr.Enabled, read once
         self._dm_cache: Any = None
@@ -325,7 +326,7 @@ class Monitoring(VariableBlock):
 
     def start(self) -> None:
         for evse in self.station.evses.values():
-            evse.meter_listeners.append(self._evse_changed)
+            evse.meter_listeners.append(self._meter_changed)
             evse.state_listeners.append(self._evse_changed)
         self.settings.listeners.append(lambda name, value: self._changed())
         self.adapter.spawn(self._run(), f"{self.adapter.version}-monitors")
@@ -337,6 +338,16 @@ class Monitoring(VariableBlock):
 
     def _evse_changed(self, evse: Any) -> None:
         self._changed()
+
+    def _meter_changed(self, evse: Any) -> None:
+        """A sample: the runner looks only when a figure moved. A monitor on a meter value
+        can only fire on a change (thresholds, Delta; Periodic ones keep their own time),
+        and an idle station's meter repeats itself every second: waking the runner for
+        each sample was one task step per station per second (a swarm's steady state)."""
+        reading = evse.reading
+        if reading != self._seen.get(evse.id):
+            self._seen[evse.id] = reading
+            self._changed()
 
     def _changed(self) -> None:
         """Something a monitor may watch changed: the runner looks (cheap; coalesced)."""
