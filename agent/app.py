@@ -39,7 +39,7 @@ from agent.platform.installer import Installer, build_installer
 from agent.redaction import SECRETS
 from agent.redaction import install as install_redaction
 from agent.sdnotify import Notifier
-from agent.security.security_log import SecurityLog
+from agent.security.security_log import SecurityLog, own_name
 from agent.security.store import CertificateStore
 from agent.storage import MEMORY, Storage
 from agent.storage.settings import SECRET_KEY
@@ -164,16 +164,24 @@ class Agent:
         self._register_secrets()
         events = self.station.security_events
         events.scrub = SECRETS.redact
-        self.security_log = SecurityLog(self.state_dir, wall=self.clock.wall)
+        # Agents sharing a state directory (a swarm's stations) keep a security log each, so
+        # that a GetLog SecurityLog uploads this station's lines only.
+        self.security_log = SecurityLog.of_agent(
+            self.state_dir, cfg.station.id, shared=state_dir is not None,
+            memory=cfg.storage.path == MEMORY, wall=self.clock.wall)
         events.listeners.append(self.security_log.write)
         self.storage.on_full = self._storage_full
         self.settings.listeners.append(self._security_setting_changed)
         # Keys, the station certificate chain and the roots (both versions' certificate
         # blocks and the link's TLS reach it as station.certificates).
-        self.certificates = CertificateStore(self.state_dir / "certs", self.clock,
-                                             self.station.security_events,
-                                             settings=self.settings,
-                                             trusted_files=[f for f in (cfg.ocpp.ca_file,) if f])
+        # Agents sharing a state directory have a certificate directory each, made by the
+        # first certificate (a swarm's stations mostly never get one).
+        shared = state_dir is not None
+        self.certificates = CertificateStore(
+            self.state_dir / "certs" / own_name(cfg.station.id) if shared
+            else self.state_dir / "certs", self.clock, self.station.security_events,
+            settings=self.settings, trusted_files=[f for f in (cfg.ocpp.ca_file,) if f],
+            lazy=shared)
         self.station.certificates = self.certificates  # type: ignore[attr-defined]
         # Where and how the link connects: network profiles, security profile, password,
         # the TLS material from the certificate store (agent/link/network.py).
@@ -299,7 +307,7 @@ class Agent:
             config=self._public_config, status=self.status,
             frames=lambda: [f.line() for f in self.frames.recent()],
             settings=self._public_settings, secrets=self._secrets),
-            uploader=self._upload, storage=self.storage)
+            uploader=self._upload, storage=self.storage, security_log=self.security_log.lines)
 
     # ------------------------------------------------------------------ file transfers
 

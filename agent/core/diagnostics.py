@@ -327,10 +327,15 @@ class Diagnostics:
     """The station's log collector and its one upload slot (shared by the versions)."""
 
     def __init__(self, station_id: str, clock: Clock, state_dir: Path, sources: Sources, *,
-                 uploader: Uploader | None = None, storage: Storage | None = None) -> None:
+                 uploader: Uploader | None = None, storage: Storage | None = None,
+                 security_log: Callable[[], Iterable[str]] | None = None) -> None:
         self.station_id = station_id
         self.clock = clock
         self.logs = log_dir(state_dir)
+        # The station's own security log, oldest line first (SecurityLog.lines: stations
+        # sharing a state directory each have one of their own); read in the packing thread.
+        # Without it, ``logs/security.log`` and its rotated copies.
+        self.security_log = security_log
         self.sources = sources
         self.uploader: Uploader = uploader or _upload
         self.storage = storage
@@ -480,7 +485,9 @@ class Diagnostics:
         members: dict[str, str] = {}
         if kind is LogKind.DIAGNOSTICS:
             members[AGENT_LOG] = self._read_log(AGENT_LOG, window)
-        members[SECURITY_LOG] = self._read_log(SECURITY_LOG, window)
+        members[SECURITY_LOG] = (self._read_log(SECURITY_LOG, window)
+                                 if self.security_log is None
+                                 else "".join(cut(self.security_log(), window)))
         members.update(docs)
         manifest["files"] = {
             AGENT_LOG: "the agent's log, lines within the window",

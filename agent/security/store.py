@@ -152,7 +152,10 @@ class CertificateStore:
 
     def __init__(self, directory: Path, clock: ClockLike, events: EventSink | None = None, *,
                  settings: Settings | None = None, key_type: str = "ec",
-                 trusted_files: Iterable[str | Path] = ()) -> None:
+                 trusted_files: Iterable[str | Path] = (), lazy: bool = False) -> None:
+        """``lazy``: ``directory`` is made (private) by the first write, not now, and only
+        swept if it exists: for the thousands of simulated stations of a swarm, most of
+        which never hold a certificate."""
         self.directory = Path(directory)
         # CSMS roots from outside the store (``ocpp.ca_file``): trusted for the station chain
         # too, else a station provisioned with a CA file could never take a new certificate.
@@ -166,8 +169,11 @@ class CertificateStore:
                              f"{', '.join(KEY_TYPES)}")
         if settings is not None:
             settings.register(STORE_SETTINGS)
-        self._private_dir(self.directory)
-        self._sweep_temporaries()
+        self._made = False
+        if not lazy or self.directory.is_dir():
+            self._private_dir(self.directory)
+            self._made = True
+            self._sweep_temporaries()
 
     # ------------------------------------------------------------------ files
 
@@ -178,6 +184,9 @@ class CertificateStore:
         return path
 
     def _sub(self, *parts: str) -> Path:
+        if not self._made:  # a lazy store's first write
+            self._private_dir(self.directory)
+            self._made = True
         path = self.directory.joinpath(*parts)
         cur = self.directory
         for part in parts:
