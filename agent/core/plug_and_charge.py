@@ -35,14 +35,13 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.clock import parse_iso
 from agent.core.authorization import AuthInfo
 from agent.core.model import AuthResult, Token
-from agent.core.settings import SettingDef
+from agent.core.settings import SettingDef, not_v16
 
 if TYPE_CHECKING:
     from agent.core.iso15118 import (
@@ -71,7 +70,7 @@ def pnc_settings(station: Any) -> tuple[SettingDef, ...]:
     Plug & Charge at all, per the application note)."""
     if getattr(station, "iso15118", None) is not None:
         return PNC_SETTINGS
-    return tuple(replace(d, v16=False) for d in PNC_SETTINGS)
+    return not_v16(PNC_SETTINGS)
 
 
 MAX_CERTIFICATE_PEM = 5500  # AuthorizeRequest.certificate

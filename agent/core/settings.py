@@ -27,8 +27,8 @@ station could never act on must not look accepted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Hashable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 log = logging.getLogger("cp_agent.settings")
@@ -125,6 +125,30 @@ def _d(name: str, kind: str, default: Any, **kw: Any) -> SettingDef:
     return SettingDef(name, kind, default, **kw)
 
 
+# Definitions a block derives from constants and its station's shape, made once per process
+# and shape: a SettingDef (frozen, 14 fields) costs microseconds to build, and a swarm builds
+# the same ones for every station.  The defaults they hold are shared, like CORE_SETTINGS'.
+_MADE: dict[Hashable, tuple[SettingDef, ...]] = {}
+_NOT_V16: dict[int, tuple[tuple[SettingDef, ...], tuple[SettingDef, ...]]] = {}
+
+
+def defs_once(key: Hashable, make: Callable[[], Iterable[SettingDef]]) -> tuple[SettingDef, ...]:
+    """``make()``'s definitions, made the first time ``key`` is asked for; ``key`` names the
+    block and everything ``make`` reads (e.g. the number of EVSEs)."""
+    defs = _MADE.get(key)
+    if defs is None:
+        defs = _MADE[key] = tuple(make())
+    return defs
+
+
+def not_v16(defs: tuple[SettingDef, ...]) -> tuple[SettingDef, ...]:
+    """``defs`` shown as no 1.6 configuration key (``v16=False``), made once per tuple."""
+    hit = _NOT_V16.get(id(defs))
+    if hit is None or hit[0] is not defs:
+        hit = _NOT_V16[id(defs)] = (defs, tuple(replace(d, v16=False) for d in defs))
+    return hit[1]
+
+
 # What the core itself reads. Bounds are the tighter of the versions' bounds.
 CORE_SETTINGS: tuple[SettingDef, ...] = (
     _d("AllowOfflineTxForUnknownId", "bool", False),
@@ -192,22 +216,32 @@ class Settings:
 
     def register(self, defs: Iterable[SettingDef]) -> None:
         """Add definitions (a block module's own settings); a name is defined once."""
+        known_defs, values = self.defs, self._values
+        overrides, stored, capabilities = self._overrides, self._stored, self._capabilities
         for d in defs:
-            known = self.defs.get(d.name)
+            name = d.name
+            known = known_defs.get(name)
             if known is not None:
-                if known != d:
-                    raise ValueError(f"setting {d.name} defined twice, differently")
+                if known is not d and known != d:
+                    raise ValueError(f"setting {name} defined twice, differently")
                 continue
-            self.defs[d.name] = d
-            self._values[d.name] = self._fit(d, self._initial(d))
+            known_defs[name] = d
+            if name in overrides or name in stored or d.supported_by in capabilities:
+                values[name] = self._fit(d, self._initial(d))
+            else:  # what _initial and _fit give for a value nobody set
+                values[name] = d.default
 
     def add_capability(self, name: str, supported: Callable[[], Collection[str]]) -> None:
         """What this station can do for the settings ``supported_by`` ``name`` (asked anew at
         every change, so a driver may learn more about its device after start-up)."""
         self._capabilities[name] = supported
+        have: set[str] | None = None  # asked once for all the lists it narrows
         for d in self.defs.values():
-            if d.supported_by == name:
-                self._values[d.name] = self._fit(d, self._values[d.name])
+            if d.supported_by == name and self._values[d.name]:
+                if have is None:
+                    have = set(supported())
+                allowed = have.intersection(d.choices) if d.choices is not None else set()
+                self._values[d.name] = self._fit(d, self._values[d.name], allowed)
 
     def choices(self, name: str) -> tuple[str, ...] | None:
         """The members the list setting ``name`` accepts on this station (None: any)."""
@@ -220,16 +254,18 @@ class Settings:
         have = set(supported())
         return tuple(c for c in d.choices if c in have)
 
-    def _unsupported(self, d: SettingDef, value: Any) -> list[str]:
-        if d.kind != "csl" or d.supported_by not in self._capabilities:
+    def _unsupported(self, d: SettingDef, value: Any,
+                     allowed: set[str] | None = None) -> list[str]:
+        if d.kind != "csl" or not value or d.supported_by not in self._capabilities:
             return []
-        allowed = set(self.choices(d.name) or ())
+        if allowed is None:
+            allowed = set(self.choices(d.name) or ())
         return [x for x in value if x not in allowed]
 
-    def _fit(self, d: SettingDef, value: Any) -> Any:
+    def _fit(self, d: SettingDef, value: Any, allowed: set[str] | None = None) -> Any:
         """A stored or factory list cut to what the station supports (in memory only: the
         stored text stays, for hardware that can do more)."""
-        bad = self._unsupported(d, value)
+        bad = self._unsupported(d, value, allowed)
         if not bad:
             return value
         log.warning("%s: this station's hardware cannot give %s; left out", d.name,

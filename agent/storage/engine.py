@@ -152,6 +152,9 @@ class Repository:
     """
 
     _clock: Callable[[], float]
+    # Rollbacks so far (Engine.atomic): a repository that caches what it read reloads after
+    # one, since a rollback may have undone writes its cache already holds.
+    _rollbacks: int
 
     if TYPE_CHECKING:
 
@@ -191,6 +194,7 @@ class Engine:
         self._memory = self._path == MEMORY
         self._clock = clock
         self._depth = 0
+        self._rollbacks = 0
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         # Told when the disk is full (the station's MemoryExhaustion security event); set by
@@ -530,6 +534,7 @@ class Engine:
                 yield
             except BaseException:
                 self._depth = 0
+                self._rollbacks += 1
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -537,6 +542,7 @@ class Engine:
             self._depth = 0
             if not conn.in_transaction:
                 # SQLite rolled back on its own (e.g. disk full) and a caller swallowed it.
+                self._rollbacks += 1
                 raise StorageError(
                     f"state database {self._path}: the transaction was rolled back by SQLite "
                     f"after an earlier error; nothing in it was saved."
@@ -544,6 +550,7 @@ class Engine:
             try:
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._rollbacks += 1
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -557,6 +564,7 @@ class Engine:
                 yield
             except BaseException:
                 self._depth -= 1
+                self._rollbacks += 1
                 with contextlib.suppress(sqlite3.Error):
                     if conn.in_transaction:
                         conn.execute(f"ROLLBACK TO {name}")

@@ -21,7 +21,7 @@ import logging
 import re
 from typing import Any
 
-from agent.core.settings import SettingDef
+from agent.core.settings import SettingDef, defs_once
 from agent.ocpp.blocks import Block
 from agent.redaction import SECRETS
 
@@ -44,8 +44,9 @@ class ConnectionSecurity(Block):
     def settings_defs(self) -> tuple[SettingDef, ...]:
         # SecurityProfile reads as the plan's (its default); stored only when it rises.
         level = self.plan.security_profile if self.plan is not None else 0
-        return (SettingDef(AUTHORIZATION_KEY, "str", "", secret=True),
-                SettingDef(SECURITY_PROFILE, "int", level, min=0, max=3))
+        return defs_once((type(self), level), lambda: (
+            SettingDef(AUTHORIZATION_KEY, "str", "", secret=True),
+            SettingDef(SECURITY_PROFILE, "int", level, min=0, max=3)))
 
     def start(self) -> None:
         if self.plan is not None:

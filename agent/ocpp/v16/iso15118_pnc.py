@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from agent.core import plug_and_charge
 from agent.core.plug_and_charge import ContractAuthority, pnc_settings, v2g_renewal
-from agent.core.settings import SettingDef
+from agent.core.settings import SettingDef, defs_once, not_v16
 from agent.link.rpc import CallFailed, CallTimeout, ConnectionLost
 from agent.ocpp.blocks import Block
 from agent.ocpp.certificate_signing import CertificateSigning
@@ -64,10 +64,9 @@ class PlugAndCharge16(Block):
             what="V2G certificate")
 
     def settings_defs(self) -> tuple[SettingDef, ...]:
-        signing = SIGNING_SETTINGS if self.station.iso15118 is not None else tuple(
-            SettingDef(d.name, d.kind, d.default, min=d.min, max=d.max, v16=False)
-            for d in SIGNING_SETTINGS)
-        return (*pnc_settings(self.station), *signing)
+        pnc = self.station.iso15118 is not None
+        return defs_once((type(self), pnc), lambda: (
+            *pnc_settings(self.station), *(SIGNING_SETTINGS if pnc else not_v16(SIGNING_SETTINGS))))
 
     @property
     def store(self) -> Any:

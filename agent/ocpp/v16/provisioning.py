@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from agent.core.model import StopReason
-from agent.core.settings import SettingDef
+from agent.core.settings import SettingDef, defs_once
 from agent.ocpp.blocks import Block, handles
 from agent.ocpp.v16.keys import ConfigurationView
 
@@ -26,11 +26,16 @@ class Provisioning(Block):
 
     def settings_defs(self) -> tuple[SettingDef, ...]:
         n = len(self.station.evses)
-        profiles = []
+        profiles: list[str] = []
         for block in self.adapter.spec.blocks:
             profile = getattr(block, "PROFILE", None)
             if profile and profile not in profiles:
                 profiles.append(profile)
+        return defs_once((type(self), n, *profiles),
+                         lambda: self._settings_defs(n, profiles))
+
+    @staticmethod
+    def _settings_defs(n: int, profiles: list[str]) -> tuple[SettingDef, ...]:
         return (
             SettingDef("BlinkRepeat", "int", 3, min=0, max=100),
             SettingDef("ConnectorPhaseRotation", "csl", ["0.RST"], max_items=n + 1),

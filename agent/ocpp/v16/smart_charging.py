@@ -14,7 +14,7 @@ from decimal import ROUND_FLOOR, Decimal
 from typing import Any, ClassVar
 
 from agent.clock import iso
-from agent.core.settings import SettingDef
+from agent.core.settings import SettingDef, defs_once
 from agent.core.smart_charging import (
     ChargingProfile,
     ChargingSchedule,
@@ -77,8 +77,9 @@ class SmartCharging(Block):
         """ConnectorSwitch3to1PhaseSupported says what the hardware can: true only when every
         EVSE's board switches phases (the HAL's ``supports_phase_switch``)."""
         switch = bool(getattr(self.service, "phase_switching", False))
-        return tuple(replace(d, default=switch) if d.name == "ConnectorSwitch3to1PhaseSupported"
-                     else d for d in self.SETTINGS)
+        return defs_once((type(self), switch), lambda: tuple(
+            replace(d, default=switch) if d.name == "ConnectorSwitch3to1PhaseSupported" else d
+            for d in self.SETTINGS))
 
     def check(self, profile: ChargingProfile, *, remote_start: bool = False) -> list[str]:
         """Every reason to refuse ``profile`` (1.6 rules and this station's capabilities)."""
