@@ -96,6 +96,18 @@ class Block:
         """The settings this block declares (registered in the one settings store)."""
         return self.SETTINGS
 
+    def when_service(self, name: str, callback: Callable[[Any], None]) -> None:
+        """``callback(station.<name>)`` once that service exists, without building it: a
+        service built on first use (``Station.provide``) calls back when it is built; a
+        station without such services (a test's stand-in) calls back now if it has one."""
+        when_built = getattr(self.station, "when_built", None)
+        if when_built is not None:
+            when_built(name, callback)
+            return
+        service = getattr(self.station, name, None)
+        if service is not None:
+            callback(service)
+
     def variables(self) -> list[Any]:
         """2.0.1 / 2.1: the device-model variables (VarDef) this block owns."""
         return []

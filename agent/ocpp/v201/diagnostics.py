@@ -46,11 +46,7 @@ class Diagnostics(Block):
     def start(self) -> None:
         """Own this version's GetLog jobs, also across a restart (once the service exists:
         an upload to resume builds it at start-up)."""
-        when_built = getattr(self.station, "when_built", None)
-        if when_built is not None:
-            when_built("diagnostics", self._own)
-        elif self.service is not None:
-            self._own(self.service)
+        self.when_service("diagnostics", self._own)
 
     def _own(self, service: DiagnosticsService) -> None:
         service.register(self._owner, self._report, self.adapter.spawn)

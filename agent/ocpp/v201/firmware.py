@@ -61,11 +61,7 @@ class Firmware(VariableBlock):
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
         self._accepted = False  # a BootNotification was accepted (the firmware confirmed)
-        when_built = getattr(self.station, "when_built", None)
-        if when_built is not None:
-            when_built("firmware", self._attach)
-        elif self.service is not None:
-            self._attach(self.service)
+        self.when_service("firmware", self._attach)
 
     def _attach(self, service: FirmwareService) -> None:
         """The service exists (now or at start-up): its statuses are ours to report, and
