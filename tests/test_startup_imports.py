@@ -117,16 +117,23 @@ DEFERRED = ("agent.core.iso15118", "hal.iso15118", "agent.transfer.upload",
 def test_an_idle_16_station_without_the_features_does_not_load_their_modules():
     """ISO 15118 (the core service and its dataclasses) and the file transfer clients of
     firmware updates and diagnostics uploads (with ftplib) are imported on first use."""
-    code = f"DEFERRED = {DEFERRED!r}\n" + _IDLE_16
+    status, loaded = _idle_station(_IDLE_16, DEFERRED)
+    assert status == "Idle"
+    assert loaded == []
+
+
+_IDLE_201 = _IDLE_16.replace('["1.6"]', '["2.0.1"]')
+
+
+def _idle_station(script: str, deferred: tuple[str, ...]) -> tuple[str, list[str]]:
+    """Run an idle station's probe in a fresh interpreter: (its firmware status, the
+    ``deferred`` modules it loaded anyway)."""
+    code = f"DEFERRED = {deferred!r}\n" + script
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     status, loaded = res.stdout.strip().splitlines()[-2:]
-    assert json.loads(status) == "Idle"
-    assert json.loads(loaded) == []
-
-
-_IDLE_201 = _IDLE_16.replace('["1.6"]', '["2.0.1"]')
+    return json.loads(status), json.loads(loaded)
 
 
 def test_an_idle_201_station_does_not_build_firmware_or_diagnostics():
@@ -134,13 +141,9 @@ def test_an_idle_201_station_does_not_build_firmware_or_diagnostics():
     diagnostics services and their modules stay unbuilt, the status still says Idle."""
     deferred = ("agent.core.firmware", "agent.core.diagnostics", "agent.transfer.upload",
                 "agent.transfer.download", "ftplib")
-    code = f"DEFERRED = {deferred!r}\n" + _IDLE_201
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stderr
-    status, loaded = res.stdout.strip().splitlines()[-2:]
-    assert json.loads(status) == "Idle"
-    assert json.loads(loaded) == []
+    status, loaded = _idle_station(_IDLE_201, deferred)
+    assert status == "Idle"
+    assert loaded == []
 
 
 def test_the_names_the_lazy_paths_repeat_are_the_services_own():

@@ -785,21 +785,7 @@ class Station:
             return
         while True:
             await self.clock.sleep(self.meter_poll_s)
-            error: BaseException | None = None
-            reading: MeterReading | None = None
-            try:
-                meter = evse.hw.meter
-                if getattr(meter, "answers_at_once", False):
-                    # A read that never suspends cannot time out: no timer to arm and cancel.
-                    reading = await meter.read()
-                else:
-                    # Not wait_for: on Python 3.11 it can swallow a cancel that arrives as
-                    # the read completes, and this loop would then outlive Station.stop().
-                    async with asyncio.timeout(5.0):
-                        reading = await meter.read()
-            except (HalError, TimeoutError) as exc:
-                error = exc
-            await poll.apply(*poll.judge(reading, error))
+            await poll.read_and_apply(evse.hw.meter)
 
 
 def _ticks(meter: object) -> bool:
@@ -891,7 +877,7 @@ class _MeterPoll:
             self._read_now = meter.read_now if _ticks(meter) else None  # type: ignore[attr-defined]
         read_now = self._read_now
         if read_now is None:  # swapped for a meter that may wait: read it in a task
-            self._step(self._read_and_apply(meter))
+            self._step(self.read_and_apply(meter))
             return
         try:
             reading, error = read_now(), None
@@ -909,12 +895,20 @@ class _MeterPoll:
         else:
             self.journal(good)
 
-    async def _read_and_apply(self, meter: object) -> None:
+    async def read_and_apply(self, meter: object) -> None:
+        """One sample through the meter's coroutine (a meter that may wait, or one the tick
+        cannot read): read, judge, apply."""
         error: BaseException | None = None
         reading: MeterReading | None = None
         try:
-            async with asyncio.timeout(5.0):
+            if getattr(meter, "answers_at_once", False):
+                # A read that never suspends cannot time out: no timer to arm and cancel.
                 reading = await meter.read()  # type: ignore[attr-defined]
+            else:
+                # Not wait_for: on Python 3.11 it can swallow a cancel that arrives as the
+                # read completes, and the sampler would then outlive Station.stop().
+                async with asyncio.timeout(5.0):
+                    reading = await meter.read()  # type: ignore[attr-defined]
         except (HalError, TimeoutError) as exc:
             error = exc
         await self.apply(*self.judge(reading, error))
