@@ -13,7 +13,7 @@ import logging
 import re
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -21,11 +21,8 @@ from urllib.parse import urlsplit
 from agent import __version__
 from agent.clock import Clock
 from agent.config import AgentConfig
-from agent.control import ControlServer, Stream
-from agent.core.cost import Costs
-from agent.core.display import DisplayService
-from agent.core.load_management import LoadManager, SiteLimits
-from agent.core.model import StopReason, Token
+from agent.control_server import ControlServer
+from agent.core.model import StopReason
 from agent.core.security_events import SECURITY_SETTINGS
 from agent.core.settings import Settings
 from agent.core.station import Station
@@ -39,17 +36,19 @@ from agent.platform.installer import Installer, build_installer
 from agent.redaction import SECRETS
 from agent.redaction import install as install_redaction
 from agent.sdnotify import Notifier
+from agent.security.names import holds_identity
 from agent.security.security_log import SecurityLog, own_name
-from agent.security.store import CertificateStore
-from agent.storage import MEMORY, Storage
+from agent.storage import MEMORY, Storage, StorageError
 from agent.storage.settings import SECRET_KEY
-from hal.interfaces import FaultKind, Hal, PilotState
-from hal.mock import MockHal
-from hal.mock_v2x import EV_SETTINGS
+from hal.interfaces import FaultKind, Hal
 
 if TYPE_CHECKING:  # built on first use (Station.provide): not imported at start-up
+    from agent.core.cost import Costs
     from agent.core.diagnostics import Diagnostics
+    from agent.core.display import DisplayService
     from agent.core.firmware import FirmwareService
+    from agent.core.load_management import LoadManager  # only with a site: section
+    from agent.security.store import CertificateStore
 
 log = logging.getLogger("cp_agent")
 
@@ -57,8 +56,6 @@ log = logging.getLogger("cp_agent")
 FLUSH_ON_STOP_S = 5.0
 # The OCPP version last agreed with a CSMS (its adapter is in charge while offline).
 LAST_VERSION_SETTING = "link.version"
-# How long a bench command waits for the agent to react before answering with the state.
-CONTROL_SETTLE_S = 10.0
 # A basic-auth password the CSMS set (2.0.1 SecurityCtrlr.BasicAuthPassword) replaces the
 # YAML one from the next connection on.
 PASSWORD_SETTING = "v201.dm.SecurityCtrlr/BasicAuthPassword"
@@ -104,6 +101,13 @@ def build_iso15118(cfg: AgentConfig, station: Station, state_dir: Path) -> Any:
     return service
 
 
+def _external_source(modes: Any) -> None:
+    """An energy manager (the MQTT bridge) gives external limits and setpoints: the 2.1
+    operation modes ExternalLimits / ExternalSetpoint are offered."""
+    modes.external_limits = True
+    modes.external_setpoint_source = True
+
+
 def build_load_manager(cfg: AgentConfig, hal: Hal, station: Station,
                        clock: Clock) -> LoadManager | None:
     """Local load management from the ``site:`` section (None without one); the grid meter is
@@ -111,6 +115,8 @@ def build_load_manager(cfg: AgentConfig, hal: Hal, station: Station,
     site = cfg.site
     if site is None:
         return None
+    from agent.core.load_management import LoadManager, SiteLimits
+
     assert site.max_current_a is not None  # validated
     meter = None
     if site.grid_meter is not None:
@@ -173,16 +179,14 @@ class Agent:
         self.storage.on_full = self._storage_full
         self.settings.listeners.append(self._security_setting_changed)
         # Keys, the station certificate chain and the roots (both versions' certificate
-        # blocks and the link's TLS reach it as station.certificates).
+        # blocks and the link's TLS reach it as station.certificates), built on first use
+        # or at start-up when the station needs it then (_certificates_at_start).
         # Agents sharing a state directory have a certificate directory each, made by the
         # first certificate (a swarm's stations mostly never get one).
-        shared = state_dir is not None
-        self.certificates = CertificateStore(
-            self.state_dir / "certs" / own_name(cfg.station.id) if shared
-            else self.state_dir / "certs", self.clock, self.station.security_events,
-            settings=self.settings, trusted_files=[f for f in (cfg.ocpp.ca_file,) if f],
-            lazy=shared)
-        self.station.certificates = self.certificates  # type: ignore[attr-defined]
+        self._shared_state = state_dir is not None
+        self.certs_dir = (self.state_dir / "certs" / own_name(cfg.station.id)
+                          if self._shared_state else self.state_dir / "certs")
+        self.station.provide("certificates", self._build_certificates)
         # Where and how the link connects: network profiles, security profile, password,
         # the TLS material from the certificate store (agent/link/network.py).
         self.tls = StoreTls(cfg.ocpp, lambda: getattr(self.station, "certificates", None))
@@ -208,14 +212,13 @@ class Agent:
         # The job itself is built (agent.core.firmware imported) on the first request, or at
         # start-up when the state file holds one to carry on.
         self.station.provide("firmware", self._build_firmware)
-        # What the driver sees (agent/core/display.py) and what a session costs
-        # (agent/core/cost.py); both versions' blocks reach them as station.display / .cost.
-        self.costs = Costs(self.storage, self.clock, self.settings)
-        self.station.cost = self.costs  # type: ignore[attr-defined]
-        self.display = DisplayService(self.station, getattr(self.hal, "display", None),
-                                      self.clock, settings=self.settings,
-                                      storage=self.storage, costs=self.costs)
-        self.station.display = self.display  # type: ignore[attr-defined]
+        # What a session costs (agent/core/cost.py), built when a CSMS first speaks of a
+        # tariff or a cost, or at start-up when the state file holds one; what the driver
+        # sees (agent/core/display.py), only on a station with a screen, built at start-up.
+        # Both versions' blocks reach them as station.cost / station.display.
+        self.station.provide("cost", self._build_costs)
+        if getattr(self.hal, "display", None) is not None:  # it follows every EVSE from now
+            self.station.display = self._build_display()  # type: ignore[attr-defined]
         build_iso15118(cfg, self.station, self.state_dir)  # station.iso15118 (or None)
         self._stop = asyncio.Event()
         ctx = StationContext(
@@ -262,9 +265,9 @@ class Agent:
             self.mqtt = MqttBridge(cfg.mqtt, cfg.station.id, self.station, clock=self.clock,
                                    link_state=lambda: (self.link.state, self.link.version))
             # 2.1 ExternalLimits / ExternalSetpoint: the energy manager's MQTT limits and
-            # setpoints are the external source.
-            self.station.v2x_modes.external_limits = True
-            self.station.v2x_modes.external_setpoint_source = True
+            # setpoints are the external source (the modes built on first use: a station
+            # without a stage that takes setpoints never needs them).
+            self.station.when_built("v2x_modes", _external_source)
         # GetDiagnostics / GetLog: the blocks reach the collector as station.diagnostics,
         # built (agent.core.diagnostics imported) on the first request or to resume an upload.
         self.station.provide("diagnostics", self._build_diagnostics)
@@ -276,6 +279,63 @@ class Agent:
     @property
     def firmware(self) -> FirmwareService:
         return self.station.firmware  # type: ignore[attr-defined]
+
+    @property
+    def costs(self) -> Costs:
+        return self.station.cost  # type: ignore[attr-defined]
+
+    @property
+    def display(self) -> DisplayService | None:
+        """The screen's service (None: the station has no screen)."""
+        return getattr(self.station, "display", None)
+
+    def _build_costs(self) -> Costs:
+        """The costs, with the transactions running now (as if they had been there when
+        those began: a tariff the CSMS names for their driver is theirs)."""
+        from agent.core.cost import Costs
+
+        costs = Costs(self.storage, self.clock, self.settings)
+        for evse in self.station.evses.values():
+            s, tx = evse.session, evse.tx
+            if tx is not None and s is not None and s.ended_reason is None:
+                costs.started(tx.local_id, evse.id, tx.id_token or None)
+        return costs
+
+    def _costs_stored(self) -> bool:
+        """The start-up check of the costs: one row query (an unreadable table counts as
+        stored: the costs are built and log what is wrong)."""
+        try:
+            return self.storage.tx_costs_any()
+        except StorageError:
+            return True
+
+    def _build_display(self) -> DisplayService:
+        from agent.core.display import DisplayService
+
+        return DisplayService(self.station, getattr(self.hal, "display", None), self.clock,
+                              settings=self.settings, storage=self.storage)
+
+    @property
+    def certificates(self) -> CertificateStore:
+        return self.station.certificates  # type: ignore[attr-defined]
+
+    def _build_certificates(self) -> CertificateStore:
+        from agent.security.store import CertificateStore
+
+        return CertificateStore(
+            self.certs_dir, self.clock, self.station.security_events, settings=self.settings,
+            trusted_files=[f for f in (self.cfg.ocpp.ca_file,) if f], lazy=self._shared_state)
+
+    def _certificates_at_start(self) -> bool:
+        """Whether the certificate store has start-up duties: TLS (security profile 2/3,
+        the configured one or one a CSMS raised it to, or a wss:// URL) needs the CSMS roots,
+        factory station-certificate files are imported, and a station certificate in the
+        store has its renewal timer.  Otherwise (profile 0/1) it is built on first use."""
+        ocpp = self.cfg.ocpp
+        return (self.network.security_profile >= 2  # the YAML's or a higher one reached
+                or ocpp.url.startswith("wss://")
+                or bool(ocpp.client_cert_file and ocpp.client_key_file)
+                or holds_identity(self.certs_dir))
 
     def _build_firmware(self) -> FirmwareService:
         from agent.core.firmware import FirmwareService
@@ -482,9 +542,13 @@ class Agent:
     async def start(self) -> None:
         # Queued now (the adapter in charge is known), sent once the CSMS accepted the boot.
         self.station.security_events.started(self.storage)
+        if self._certificates_at_start():
+            self.station.certificates  # noqa: B018 - built now, before the blocks start
         imported = self.tls.import_factory_identity()  # security profile 3, factory files
         if imported is not None:
             log.info("%s", imported)
+        if self._costs_stored():  # the totals the display shows after a restart
+            self.station.cost  # noqa: B018 - built now
         await self.station.start()
         if self.station.iso15118 is not None:  # the SECCs start; their EVs come later
             await self.station.iso15118.start()
@@ -492,7 +556,8 @@ class Agent:
             self.load.start()
         # Transactions a power cut left open end now, reported by the adapter in charge.
         self.station.recover()
-        self.display.start()
+        if self.display is not None:
+            self.display.start()
         # A firmware job in the state file (one query) is built before the blocks start:
         # they read its phase (2.0.1 boot reason) and carry on reporting it.
         resume_firmware = self.storage.get_setting(FIRMWARE_JOB) is not None
@@ -574,7 +639,8 @@ class Agent:
         firmware = self.station.built("firmware")
         if firmware is not None:
             await firmware.stop()
-        await self.display.stop()  # "out of service" on the glass, before the HAL closes
+        if self.display is not None:  # "out of service" on the glass, before the HAL closes
+            await self.display.stop()
         if self.station.iso15118 is not None:
             await self.station.iso15118.stop()
         await self.station.stop()
@@ -634,267 +700,12 @@ class Agent:
                 "station_faults": [str(f) for f in self.station.station_faults],
                 "site": self.load.status() if self.load is not None else None,
                 "firmware": self._firmware_status(),
-                "display": self.display.status(),
+                "display": self.display.status() if self.display is not None else None,
                 "evses": evses}
 
-    def _mock(self) -> MockHal:
-        if not isinstance(self.hal, MockHal):
-            raise ValueError("this command drives the mock HAL; the agent runs on hardware")
-        return self.hal
-
-    def _evse_id(self, args: dict) -> int:
-        evse = args.get("evse")
-        if not isinstance(evse, int) or evse not in self.station.evses:
-            raise ValueError(f"no EVSE {evse!r}; this station has EVSEs "
-                             f"{sorted(self.station.evses)}")
-        return evse
-
-    def _connector_id(self, evse: int, args: dict) -> int:
-        """The connector an EV is plugged into (``ctl plug EVSE --connector N``; default 1)."""
-        connector = args.get("connector", 1)
-        ids = self.station.evses[evse].connector_ids
-        if isinstance(connector, bool) or not isinstance(connector, int) \
-                or connector not in ids:
-            raise ValueError(f"EVSE {evse} has no connector {connector!r}; its connectors "
-                             f"are {sorted(ids)}")
-        return connector
-
     async def handle_control(self, request: dict) -> Any:
-        cmd = request.get("cmd")
-        args = request.get("args") or {}
-        if cmd == "status":
-            return self.status()
-        if cmd == "plug":
-            evse = self._evse_id(args)
-            connector = self._connector_id(evse, args)
-            if args.get("iso15118") and self.station.iso15118 is None:
-                raise ValueError("plug --iso15118 needs hal.iso15118 (enabled: true) on the "
-                                 "mock HAL")
-            self._mock().plug(evse, connector=connector)
-            if args.get("iso15118"):  # the package's EV simulator talks to the EVSE's SECC
-                hlc = self.station.iso15118.hlc
-                bidi = bool(args.get("bidirectional"))
-                await hlc.start_ev(evse, evcc_id=str(args.get("evcc_id") or ""),
-                                   tls=bool(args.get("tls")),
-                                   cert_install=bool(args.get("cert_install")),
-                                   bidirectional=bidi,
-                                   protocol_name="ISO_15118_20_AC" if bidi else "ISO_15118_2",
-                                   control_mode=str(args.get("control_mode") or "scheduled"))
-        elif cmd == "unplug":
-            self._mock().unplug(self._evse_id(args))
-        elif cmd == "ev":
-            return await self._ev(args)
-        elif cmd == "setpoint":
-            return await self._setpoint(args)
-        elif cmd == "external":
-            return await self._external(args)
-        elif cmd == "tap":
-            return await self._tap(args)
-        elif cmd == "house-load":
-            amps = args.get("amps")
-            if not isinstance(amps, int | float) or isinstance(amps, bool):
-                raise ValueError("house-load needs amps (a number)")
-            self._mock().set_house_load(amps)
-            if self.load is not None:  # the offer follows at once, not at the next sample
-                await self.load.step()
-        elif cmd in ("grid-frequency", "grid-voltage"):  # V2X frequency modes, DER alarms
-            key, name = ("hz", "frequency_hz") if cmd == "grid-frequency" else ("volts",
-                                                                              "voltage_v")
-            value = args.get(key)
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise ValueError(f"{cmd} needs {key} (a number)")
-            self._mock().set_grid(**{name: float(value)})
-        elif cmd == "priority":
-            return await self._priority(args)
-        elif cmd == "frames":
-            return self._frames(args)
-        elif cmd in ("fault", "clear-fault"):
-            kind = FaultKind(args.get("kind"))
-            evse = args.get("evse")
-            if kind != FaultKind.READER:
-                evse = self._evse_id(args)
-            raised = (kind in self.station.station_faults if kind == FaultKind.READER
-                      else kind in self.station.evses[evse].faults)
-            if isinstance(self.hal, MockHal):
-                (self.hal.inject_fault if cmd == "fault" else self.hal.clear_fault)(
-                    evse or 0, kind)
-            elif cmd == "clear-fault":
-                await self.station.evses[evse].clear_fault(kind)
-            else:
-                await self.station.evses[evse].raise_fault(kind, "raised from ctl")
-            if cmd == "clear-fault" and not raised:
-                where = "the station" if kind == FaultKind.READER else f"EVSE {evse}"
-                raise ValueError(f"no {kind} fault is raised on {where}: nothing to clear")
-        else:
-            raise ValueError(f"unknown command {cmd!r}")
-        return await self._settled_status()
+        """A control socket command (``cp-agent ctl``, the status page's actions): answered by
+        agent/control_commands.py, imported by the first one."""
+        from agent.control_commands import handle
 
-    async def _priority(self, args: dict) -> dict[str, Any]:
-        """The EV driver asks at the station for priority charging, or ends it (OCPP 2.1 K22;
-        on hardware a button or the station's app would call this).  ``priority`` in the
-        answer: Accepted, NoProfile (no PriorityCharging profile can serve it: the driver is
-        told it is not possible) or Rejected (no transaction on the EVSE)."""
-        evse = self._evse_id(args)
-        on = args.get("on")
-        if not isinstance(on, bool):
-            raise ValueError("priority needs on: true (ask for it) or false (end it)")
-        result = self.station.charging_profiles.use_priority(evse, on, by="the EV driver")
-        return {**await self._settled_status(), "priority": result}
-
-    async def _ev(self, args: dict) -> dict[str, Any]:
-        """What the EV does; asking for energy that is not offered is a valid bench step (the
-        EV waits in B), answered with a warning."""
-        evse = self._evse_id(args)
-        battery = {k: args[k] for k in EV_SETTINGS if args.get(k) is not None}
-        if args.get("state") is None and not battery:
-            raise ValueError("ev needs a pilot STATE or an EV setting (--soc, --max-soc, ...)")
-        if battery:  # a bidirectional mock EV's battery and limits (hal/mock_v2x.py)
-            self._mock().set_ev(evse, **battery)
-        state = PilotState(args["state"]) if args.get("state") is not None else None
-        if state is not None:
-            self._mock().set_ev_state(evse, state)
-        status = await self._settled_status()
-        controller = self.station.evses[evse]
-        if state is not None and state.wants_energy \
-                and controller.offered_a < controller.min_current_a:
-            status["warning"] = (f"EVSE {evse} offers no current (no session authorized): "
-                                 "the EV cannot charge without an offer; tap a card first")
-        return status
-
-    async def _setpoint(self, args: dict) -> dict[str, Any]:
-        """A signed power setpoint for the session on an EVSE (``ctl setpoint EVSE W|off``),
-        held to every bound (agent/core/v2x.py); the answer says what the stage follows."""
-        evse = self._evse_id(args)
-        watts = args.get("watts")
-        if watts is not None and (isinstance(watts, bool) or not isinstance(watts, int | float)):
-            raise ValueError("setpoint needs watts (a signed number) or null (off)")
-        controller = self.station.evses[evse]
-        if controller.session is None and watts is not None:
-            raise ValueError(f"EVSE {evse} has no session: a setpoint belongs to one "
-                             "(plug and authorize first)")
-        applied = await controller.set_power_setpoint(watts)
-        status = await self._settled_status()
-        snap = controller.snapshot().power_stage
-        if watts is not None and applied != watts and snap is not None:
-            why = f": {snap.no_discharge}" if watts < 0 and snap.no_discharge else ""
-            status["warning"] = (f"EVSE {evse} follows {applied if applied is not None else 0:g}"
-                                 f" W, not {watts:g} W (held to its bounds{why})")
-        return status
-
-    async def _external(self, args: dict) -> dict[str, Any]:
-        """What a local energy manager would send for the 2.1 external operation modes
-        (``ctl external EVSE --setpoint W --max-charge-w W --max-discharge-w W --valid-s
-        S``), so a bench drives them without a broker; the first use makes the control
-        socket the station's external source (ExternalSetpoint / ExternalLimits offered)."""
-        evse = self._evse_id(args)
-        if not self.station.evses[evse].hw.ev.supports_setpoint:
-            raise ValueError(f"EVSE {evse} has no power stage that takes setpoints "
-                             "(hal.v2x on the mock HAL)")
-        given = [k for k in ("setpoint_w", "max_charge_w", "max_discharge_w") if k in args]
-        if not given:
-            raise ValueError("external needs a setpoint_w, max_charge_w or max_discharge_w "
-                             "(a number of watts, or null to clear it)")
-        for key in given:
-            w = args[key]
-            if w is not None and (isinstance(w, bool) or not isinstance(w, int | float)
-                                  or w != w or abs(w) > 1_000_000
-                                  or (key != "setpoint_w" and w < 0)):
-                raise ValueError(f"{key} {w!r}: expected " + (
-                    "signed watts" if key == "setpoint_w" else "watts >= 0") + " or null")
-        valid = args.get("valid_s")
-        if valid is not None and (isinstance(valid, bool) or not isinstance(valid, int | float)
-                                  or not 0 < valid <= 86400):
-            raise ValueError(f"valid_s {valid!r}: expected seconds in (0, 86400] or null")
-        modes = self.station.v2x_modes
-        modes.external_setpoint_source = modes.external_limits = True
-        if "setpoint_w" in args:
-            modes.set_external_setpoint(evse, args["setpoint_w"], valid_s=valid)
-        for key, direction in (("max_charge_w", "charge"), ("max_discharge_w", "discharge")):
-            if key in args:
-                modes.set_external_limit(evse, direction, args[key])
-        with contextlib.suppress(TimeoutError):  # the scheduler plans with the new values
-            await self.station.charging_profiles.evaluated(timeout=CONTROL_SETTLE_S)
-        status = await self._settled_status()
-        watts, stale = modes.external_setpoint(evse)
-        plan = modes.plans.get(evse)
-        status["external"] = {
-            "evse": evse, "setpoint_w": watts, "stale": stale,
-            "max_charge_w": modes.external_caps.get(evse, {}).get("charge"),
-            "max_discharge_w": modes.external_caps.get(evse, {}).get("discharge"),
-            "operation_mode": plan.mode.value if plan is not None else None}
-        if plan is None or plan.mode.value not in ("ExternalSetpoint", "ExternalLimits"):
-            status["warning"] = (f"EVSE {evse} is in no ExternalSetpoint / ExternalLimits "
-                                 "period now: the values wait for one")
-        return status
-
-    async def _tap(self, args: dict) -> dict[str, Any]:
-        """Present a card and answer what became of it (``tap``) with the state it led to."""
-        token = args.get("token")
-        if not isinstance(token, str) or not token:
-            raise ValueError("tap needs a token")
-        evse = args.get("evse")
-        if evse is not None:
-            self._evse_id(args)
-        self.station.authorization.verdicts.pop(token, None)
-        if isinstance(self.hal, MockHal):
-            # The card goes the way a real one does: a HAL event, whose handling spawns the
-            # authorization; its outcome is what the station recorded for this card.
-            self.station.taps.pop(token, None)
-            if not self.hal.tap(token, evse):
-                raise ValueError("the RFID reader is faulted (clear-fault 0 reader)")
-            await asyncio.wait_for(self.station.settled(), CONTROL_SETTLE_S)
-            task = self.station.taps.get(token)
-            try:
-                result = (await asyncio.wait_for(asyncio.shield(task), CONTROL_SETTLE_S)
-                          if task is not None else "ignored")
-            except TimeoutError:
-                result = "pending"
-        else:
-            result = await self.station.present_token(Token(token), evse)
-        reason = None
-        if result == "rejected":
-            verdict = self.station.authorization.verdicts.get(token)
-            reason = (f"{verdict.status} ({verdict.source})"
-                      if verdict is not None and not verdict.accepted
-                      else "no EVSE could take the session")
-        elif result == "ignored":
-            reason = "no EVSE can take it"
-        status = await self._settled_status()
-        where = evse if evse is not None else next(
-            (e["evse"] for e in status["evses"] if e["token"] == token), None)
-        return {**status, "tap": {"token": token, "result": result, "reason": reason,
-                                  "evse": where}}
-
-    def _frames(self, args: dict) -> Stream:
-        """The message log: the last ``limit`` frames, then (``follow``) every new one."""
-        limit = args.get("limit")
-        follow = args.get("follow", False)
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise ValueError("frames: limit must be a non-negative integer")
-        if not isinstance(follow, bool):
-            raise ValueError("frames: follow must be true or false")
-        # Subscribed in the same step as the copy of the recent ones: none lost, none twice.
-        queue = self.frames.follow() if follow else None
-        recent = self.frames.recent(limit)
-
-        async def frames() -> AsyncIterator[dict[str, Any]]:
-            try:
-                for frame in recent:
-                    yield frame.as_dict()
-                while queue is not None:
-                    yield (await queue.get()).as_dict()
-            finally:
-                if queue is not None:
-                    self.frames.leave(queue)
-
-        return Stream(frames(), head={"frames": len(recent), "follow": follow})
-
-    async def _settled_status(self) -> dict[str, Any]:
-        """The state a bench command led to, once the agent reacted (the EV's answer to the
-        offer, the contactor, the reported status); ``settled`` says whether it did in time."""
-        try:
-            await self.station.quiet(timeout=CONTROL_SETTLE_S)
-            settled = True
-        except TimeoutError:
-            settled = False
-        return {**self.status(), "settled": settled}
+        return await handle(self, request)

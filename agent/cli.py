@@ -65,7 +65,7 @@ def _load(path: str) -> AgentConfig:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     cfg = _load(ns.config)
-    from agent.control import ControlSocketError, ControlSocketInUse
+    from agent.control_server import ControlSocketError, ControlSocketInUse
     from agent.preflight import run_blockers
 
     blockers = run_blockers(cfg)

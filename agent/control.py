@@ -14,365 +14,49 @@ one line ``{"item": ...}`` per item (newline-delimited JSON, as long as it lasts
 ``{"end": "reason"}`` when the stream is over or the agent stops; the connection closes after
 it.  The client ends a stream early by closing the connection (or its sending side).
 
-The server is exposed to every member of the socket's group, so it defends itself: a request
-is bounded in size, a client that stops talking is dropped after a timeout, and no exception
-escapes a connection into the agent.
+This module is the client side and ``cp-agent ctl``'s command line.  The agent's side is
+split by when it is needed: :mod:`agent.control_server` listens from start-up,
+:mod:`agent.control_session` serves a connection (imported by the first one) and
+:mod:`agent.control_commands` answers the commands; the server's names are re-exported here.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import logging
 import os
 import socket
-import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from agent.control_server import (  # noqa: F401 - re-exported: the names ctl users import
+    DEFAULT_SOCKET,
+    MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES,
+    SOCKET_MODE,
+    ControlServer,
+    ControlSocketError,
+    ControlSocketInUse,
+    Handler,
+    Stream,
+)
+from agent.control_server import encode as _encode
 from agent.frames import Frame
 from hal.interfaces import FaultKind, PilotState
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SOCKET = "/run/cp-agent/control.sock"
-MAX_REQUEST_BYTES = 64 * 1024
-# Answers such as a large status can exceed a request; the client still wants a bound.
-MAX_RESPONSE_BYTES = 1024 * 1024
-SOCKET_MODE = 0o660  # the agent's user and group; bench operators join the group
 
 EXIT_OK = 0
 EXIT_AGENT_ERROR = 1  # the agent answered ok:false
 EXIT_USAGE = 2  # bad command line (argparse's own convention)
 EXIT_NOT_RUNNING = 3  # no socket, or nobody listening on it
 EXIT_COMMS = 4  # the agent is there but the exchange failed (permission, timeout, garbage)
-
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
-
-
-class ControlSocketInUse(RuntimeError):
-    """Another live process answers on the control socket path."""
-
-
-class ControlSocketError(OSError):
-    """The control socket cannot be created (its directory is missing or not writable)."""
-
-
-class Stream:
-    """A streaming answer: a handler returns one instead of a result (``ctl frames``).
-
-    ``head`` goes out as the answer's result, then every item ``items`` yields on a line of
-    its own, until the iterator is exhausted, the client hangs up or the server stops; the
-    iterator is closed (``aclose``) in every case, so it can release what it holds.
-    """
-
-    def __init__(self, items: AsyncIterator[Any], head: Any = None) -> None:
-        self.items = items
-        self.head = head
-
-    async def aclose(self) -> None:
-        close = getattr(self.items, "aclose", None)
-        if close is not None:
-            await close()
-
-
-# ======================================================================= server
-
-
-class ControlServer:
-    """Serves control requests on a Unix stream socket, one handler call per request line.
-
-    ``handler`` receives the validated request (``{"cmd": str, "args": dict}``) and returns a
-    JSON-serialisable result.  It may raise ``ValueError`` or ``KeyError`` to reject a request
-    with a message meant for the operator; any other exception is reported as an internal
-    error (and logged with its traceback) without harming the server.
-    """
-
-    def __init__(
-        self,
-        path: str,
-        handler: Handler,
-        *,
-        max_request: int = MAX_REQUEST_BYTES,
-        read_timeout: float = 10.0,
-        handler_timeout: float = 30.0,
-    ) -> None:
-        self.path = path
-        self._handler = handler
-        self._max_request = max_request
-        self._read_timeout = read_timeout
-        self._handler_timeout = handler_timeout
-        self._server: asyncio.Server | None = None
-        self._inode: tuple[int, int] | None = None
-        self._clients: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self._streams: set[asyncio.Task[Any]] = set()  # clients being streamed to
-        self._stopping = asyncio.Event()
-
-    async def start(self) -> None:
-        """Listen on ``path``, replacing a stale socket left by a crashed agent.
-
-        Raises ``ControlSocketInUse`` if a live agent already answers there: silently taking
-        its path would leave that agent running but unreachable.
-        """
-        if self._server is not None:
-            return
-        self._stopping.clear()
-        await self._clear_stale_socket()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            try:
-                sock.bind(self.path)
-            except OSError as exc:
-                # A bare "No such file or directory" would not say which file.
-                raise ControlSocketError(
-                    exc.errno, f"cannot create control socket {self.path}: {exc.strerror or exc}"
-                ) from exc
-            # chmod before listen(): no client can connect while the umask-derived mode holds.
-            os.chmod(self.path, SOCKET_MODE)
-            st = os.stat(self.path)
-            self._inode = (st.st_dev, st.st_ino)
-            sock.listen(16)
-            sock.setblocking(False)
-            self._server = await asyncio.start_unix_server(
-                self._on_client, sock=sock, limit=self._max_request
-            )
-        except BaseException:
-            sock.close()
-            self._unlink_own_socket()
-            raise
-        log.info("control socket listening on %s", self.path)
-
-    async def stop(self) -> None:
-        """Stop listening, drop connected clients and remove the socket file."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        # Streams end on their own with an end line; the other clients are idle or in a
-        # handler. Closing the transports ends each client's pending read with EOF, so its
-        # task finishes on its own; cancelling it instead trips a spurious error log in 3.11.
-        self._stopping.set()
-        for task, writer in self._clients.items():
-            if task not in self._streams:
-                writer.close()
-        if self._clients:
-            _, pending = await asyncio.wait(list(self._clients), timeout=5)
-            for task in pending:  # stuck in the handler: give up on it
-                task.cancel()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), timeout=5)
-        self._unlink_own_socket()
-
-    async def __aenter__(self) -> ControlServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    # ------------------------------------------------------------------ internals
-
-    async def _clear_stale_socket(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            # Never delete a file we did not make; the configuration is probably wrong.
-            raise ControlSocketInUse(
-                f"{self.path} exists and is not a socket; refusing to replace it"
-            )
-        try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.path), timeout=2
-            )
-        except (ConnectionRefusedError, FileNotFoundError):
-            log.info("removing stale control socket %s", self.path)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-            return
-        except (TimeoutError, OSError) as exc:
-            # A full backlog or a permission problem: someone is there, or we cannot tell.
-            raise ControlSocketInUse(
-                f"cannot tell whether another cp-agent uses {self.path}: {exc}"
-            ) from exc
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        raise ControlSocketInUse(f"another cp-agent is already listening on {self.path}")
-
-    def _unlink_own_socket(self) -> None:
-        """Remove the socket only if it is still ours; a successor may have replaced it."""
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if self._inode is not None and (st.st_dev, st.st_ino) != self._inode:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        self._inode = None
-
-    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._clients[task] = writer
-        try:
-            await self._serve(reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass
-        except Exception:
-            log.exception("control connection failed")
-        finally:
-            self._clients.pop(task, None)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), timeout=1)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), self._read_timeout)
-            except asyncio.IncompleteReadError as exc:
-                if not exc.partial.strip():
-                    return  # clean EOF between requests
-                line = exc.partial  # last request without a newline: still answer it
-            except asyncio.LimitOverrunError:
-                # The rest of the stream cannot be re-synchronised: answer and hang up.
-                await self._reply(
-                    writer,
-                    _error(f"request too large (limit {self._max_request} bytes)"),
-                )
-                return
-            except TimeoutError:
-                log.debug("control client idle for %.0f s, dropping it", self._read_timeout)
-                return
-            if len(line) > self._max_request:
-                await self._reply(
-                    writer, _error(f"request too large (limit {self._max_request} bytes)")
-                )
-                return
-            if not line.strip():
-                continue
-            response = await self._dispatch(line)
-            if isinstance(response, Stream):
-                await self._stream(reader, writer, response)
-                return  # a stream is the last answer on its connection
-            await self._reply(writer, response)
-            if reader.at_eof():
-                return
-
-    async def _reply(self, writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:
-        writer.write(_encode(response))
-        await asyncio.wait_for(writer.drain(), self._read_timeout)
-
-    async def _stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      stream: Stream) -> None:
-        """Send a streaming answer until it ends, the client leaves or the server stops."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._streams.add(task)
-        gone = asyncio.ensure_future(_client_gone(reader))
-        stopping = asyncio.ensure_future(self._stopping.wait())
-        items = stream.items.__aiter__()
-
-        async def next_item() -> Any:
-            return await items.__anext__()
-
-        reason = "end of stream"
-        try:
-            await self._reply(writer, {"ok": True, "result": stream.head, "stream": True})
-            while True:
-                upcoming = asyncio.ensure_future(next_item())
-                await asyncio.wait({upcoming, gone, stopping},
-                                   return_when=asyncio.FIRST_COMPLETED)
-                if not upcoming.done():
-                    upcoming.cancel()
-                    await asyncio.gather(upcoming, return_exceptions=True)
-                    if gone.done():
-                        return  # nobody left to tell
-                    reason = "the agent is stopping"
-                    break
-                try:
-                    item = upcoming.result()
-                except StopAsyncIteration:
-                    break
-                writer.write(_encode({"item": item}))
-                await asyncio.wait_for(writer.drain(), self._read_timeout)
-            await self._reply(writer, {"end": reason})
-        finally:
-            self._streams.discard(task)
-            gone.cancel()
-            stopping.cancel()
-            await stream.aclose()
-
-    async def _dispatch(self, line: bytes) -> dict[str, Any] | Stream:
-        try:
-            request = json.loads(line)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(f"bad request: not JSON ({exc})")
-        if not isinstance(request, dict):
-            return _error("bad request: expected a JSON object")
-        cmd = request.get("cmd")
-        args = request.get("args", {})
-        if not isinstance(cmd, str) or not cmd:
-            return _error("bad request: 'cmd' must be a non-empty string")
-        if not isinstance(args, dict):
-            return _error("bad request: 'args' must be an object")
-        deadline = asyncio.timeout(self._handler_timeout)
-        try:
-            async with deadline:
-                result = await self._handler({"cmd": cmd, "args": args})
-        except (ValueError, KeyError) as exc:
-            return _error(_message(exc))
-        except TimeoutError as exc:
-            if not deadline.expired():
-                # The handler's own timeout (a HAL call, say), not ours.
-                log.exception("control command %r failed", cmd)
-                return _error(f"internal error: {type(exc).__name__}: {exc}")
-            log.error("control command %r did not finish in %.0f s", cmd, self._handler_timeout)
-            return _error(f"internal error: {cmd} did not finish in {self._handler_timeout:g} s")
-        except Exception as exc:
-            log.exception("control command %r failed", cmd)
-            return _error(f"internal error: {type(exc).__name__}: {exc}")
-        if isinstance(result, Stream):
-            return result
-        response = {"ok": True, "result": result}
-        try:
-            _encode(response)
-        except (TypeError, ValueError) as exc:
-            log.error("control command %r returned an unserialisable result: %s", cmd, exc)
-            return _error(f"internal error: result of {cmd} is not JSON-serialisable")
-        return response
-
-
-async def _client_gone(reader: asyncio.StreamReader) -> None:
-    """Returns when a streaming client closes its end (what it sends meanwhile is ignored)."""
-    with contextlib.suppress(ConnectionError, OSError):
-        while await reader.read(4096):
-            pass
-
-
-def _error(message: str) -> dict[str, Any]:
-    return {"ok": False, "error": message}
-
-
-def _encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-
-
-def _message(exc: BaseException) -> str:
-    # str(KeyError("x")) is "'x'": the quotes are repr noise, not part of the message.
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        return str(exc.args[0])
-    return str(exc) or type(exc).__name__
 
 
 # ======================================================================= client

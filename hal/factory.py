@@ -27,11 +27,11 @@ from hal.config_kit import ConfigMap, HalConfigError, bad, choice, number, yaml_
 from hal.display_config import DEFAULT_MOCK_SIZE, DisplayConfig, parse_display
 from hal.interfaces import Hal, PowerMeter
 from hal.mock import MockHal
-from hal.mock_v2x import V2xParams, parse_v2x
 
 if TYPE_CHECKING:
     from hal.hardware_factory import HardwareConfig
     from hal.iso15118.hlc_config import Iso15118Config
+    from hal.mock_v2x import V2xParams  # loaded only where hal.v2x asks for it
 
 __all__ = ["GridMeterConfig", "HalConfig", "HalConfigError", "MockConfig", "build_grid_meter",
            "build_hal", "parse_grid_meter", "parse_hal_config"]
@@ -97,13 +97,23 @@ def parse_hal_config(raw: dict, evse_ids: list[int], path: str = "hal") -> HalCo
             ev_max_current_a=m.get("ev_max_current_a", number(0, 80, lo_open=True), 16.0),
             display=parse_display(raw.get("display"), m.at("display"), "mock"),
             world_file=m.get("world_file", _absolute_path, None),
-            v2x=parse_v2x(raw.get("v2x"), m.at("v2x"), ids),
+            v2x=_parse_v2x(raw.get("v2x"), m.at("v2x"), ids),
         )
         return HalConfig("mock", ids, mock=mock, path=path, iso15118=iso15118)
     from hal.hardware_factory import parse_hardware
 
     return HalConfig("hardware", ids, hardware=parse_hardware(raw, ids, path), path=path,
                      iso15118=iso15118)
+
+
+def _parse_v2x(raw: Any, path: str, ids: tuple[int, ...]) -> tuple[tuple[int, V2xParams], ...]:
+    """``hal.v2x`` of the mock (hal/mock_v2x.py), which is imported only when the section
+    asks for a bidirectional EV: a charge-only mock station never loads it."""
+    if raw is None or raw is False:
+        return ()
+    from hal.mock_v2x import parse_v2x
+
+    return parse_v2x(raw, path, ids)
 
 
 def _absolute_path(v: Any, path: str) -> str:

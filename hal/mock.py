@@ -59,6 +59,13 @@ MOCK_METER_MEASURES = frozenset({"energy_import", "energy_export", "power", "cur
                                  "voltage", "frequency"})
 
 Monotonic = Callable[[], float]
+# What ``cp-agent ctl ev EVSE --soc ...`` may change on a bidirectional EV (hal/mock_v2x.py),
+# and the V2xParams field each sets: here, so that the control socket knows the names
+# without loading the V2X mock on a station that has none.
+EV_SETTINGS = {"soc": "soc_percent", "min_soc": "min_soc_percent",
+               "max_soc": "max_soc_percent", "target_soc": "target_soc_percent",
+               "battery_wh": "battery_wh", "max_charge_w": "ev_max_charge_w",
+               "max_discharge_w": "ev_max_discharge_w", "bidirectional": "ev_bidirectional"}
 
 if TYPE_CHECKING:
     from hal.mock_v2x import V2xParams

@@ -50,7 +50,8 @@ from hal.interfaces import (
     PowerLimits,
     ReactiveLimits,
 )
-from hal.mock import (
+from hal.mock import (  # EV_SETTINGS: what ``ctl ev`` may change (hal/mock.py keeps it)
+    EV_SETTINGS,
     MIN_PILOT_CURRENT,
     NOMINAL_VOLTAGE,
     MockEv,
@@ -452,11 +453,6 @@ def make_bidirectional(hal: MockHal, evse_id: int, params: V2xParams) -> BidiSim
     return sim
 
 
-# What ``cp-agent ctl ev EVSE --soc ...`` may change, and the V2xParams field each sets.
-EV_SETTINGS = {"soc": "soc_percent", "min_soc": "min_soc_percent",
-               "max_soc": "max_soc_percent", "target_soc": "target_soc_percent",
-               "battery_wh": "battery_wh", "max_charge_w": "ev_max_charge_w",
-               "max_discharge_w": "ev_max_discharge_w", "bidirectional": "ev_bidirectional"}
 
 
 def set_ev(hal: MockHal, evse_id: int, **changes: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ EVSE's ``"csms"`` limit source equal to the engine's answer:
   transaction starts or ends, when a session becomes active or inactive, and at start-up;
 - the station maximum (ChargePointMax / ChargingStationMax on EVSE 0) is shared: when the
   EVSEs' own composites together exceed it, the EVSEs with an active session share it with
-  load management's fairness (:func:`allocate` over :func:`agent.core.load_management.share`:
+  load management's fairness (:func:`allocate` over :func:`agent.core.sharing.share`:
   the oldest first, at least each one's minimum - its minChargingRate where that is higher -,
   the newest paused when there is not enough, never above its own composite), and the idle
   ones get nothing until their session begins, so two EVSEs never draw twice the maximum;
@@ -45,8 +45,14 @@ from typing import Any
 
 from agent.clock import Clock, parse_iso
 from agent.core.evse import NOMINAL_VOLTAGE, EvseController
-from agent.core.load_management import SOURCE as SITE_SOURCE
-from agent.core.load_management import Demand, lowered_first, rises, session_active, share
+from agent.core.sharing import (  # load management's fairness, without the load manager
+    SITE_SOURCE,
+    Demand,
+    lowered_first,
+    rises,
+    session_active,
+    share,
+)
 from agent.core.smart_charging import (
     ChargingProfile,
     ChargingSchedule,
@@ -171,7 +177,7 @@ def allocate(station_a: float | None, own_a: Mapping[int, float],
     EVSEs with an active session (their ``max_a`` at most their own composite).  When the own
     composites fit together under the maximum (or there is none), each EVSE keeps its own: no
     sharing is needed, and no order of session starts can exceed it.  Otherwise the active
-    EVSEs share it by :func:`agent.core.load_management.share` and the idle ones get 0: an
+    EVSEs share it by :func:`agent.core.sharing.share` and the idle ones get 0: an
     idle EVSE must not hold back capacity, and it is given its share the moment its session
     becomes active (the scheduler is woken then).  The result never sums above
     ``station_a`` and nobody gets more than its own composite.

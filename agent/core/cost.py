@@ -27,24 +27,16 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
 from agent.clock import Clock
-from agent.core.settings import SettingDef, Settings
+from agent.core import service_settings as names
+from agent.core.service_settings import COST_FALLBACK, CURRENCY, TARIFF_FALLBACK
+from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
 
 log = logging.getLogger("cp_agent.cost")
 
-# The neutral settings of tariff and cost (2.0.1 TariffCostCtrlr maps its variables onto them).
-TARIFF_ENABLED = "TariffEnabled"
-COST_ENABLED = "TotalCostEnabled"
-TARIFF_FALLBACK = "TariffFallbackMessage"
-COST_FALLBACK = "TotalCostFallbackMessage"
-CURRENCY = "Currency"
-COST_SETTINGS: tuple[SettingDef, ...] = (
-    SettingDef(TARIFF_ENABLED, "bool", True, v16=False),
-    SettingDef(COST_ENABLED, "bool", True, v16=False),
-    SettingDef(TARIFF_FALLBACK, "str", "", v16=False),
-    SettingDef(COST_FALLBACK, "str", "", v16=False),
-    SettingDef(CURRENCY, "str", "EUR", v16=False),
-)
+# The neutral settings of tariff and cost (COST_SETTINGS: TariffEnabled, TotalCostEnabled, the
+# fallback texts, Currency) live in agent/core/service_settings.py: the blocks declare them
+# without loading this module (the costs are built on first use).
 # ISO 4217 currencies whose minor unit is not the cent (digits after the decimal point).
 MINOR_UNITS = {"BHD": 3, "BIF": 0, "CLF": 4, "CLP": 0, "DJF": 0, "GNF": 0, "IQD": 3,
                "ISK": 0, "JOD": 3, "JPY": 0, "KMF": 0, "KRW": 0, "KWD": 3, "LYD": 3,
@@ -161,14 +153,13 @@ class Costs:
     # ------------------------------------------------------------------ settings
 
     def _setting(self, name: str) -> Any:
-        default = next(d.default for d in COST_SETTINGS if d.name == name)
-        return self._settings.get(name, default)
+        return names.cost_setting(self._settings, name)
 
     @property
     def supported(self) -> bool:
         """Whether a version that speaks of tariffs and costs is configured (2.0.1 registers
         their settings); 1.6 alone never gets a cost, so the display does not wait for one."""
-        return CURRENCY in self._settings
+        return names.costs_supported(self._settings)
 
     @property
     def currency(self) -> str:
@@ -176,11 +167,11 @@ class Costs:
 
     @property
     def tariff_enabled(self) -> bool:
-        return self.supported and bool(self._setting(TARIFF_ENABLED))
+        return names.tariff_enabled(self._settings)
 
     @property
     def cost_enabled(self) -> bool:
-        return self.supported and bool(self._setting(COST_ENABLED))
+        return names.cost_enabled(self._settings)
 
     @property
     def tariff_fallback(self) -> str:

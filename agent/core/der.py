@@ -91,32 +91,25 @@ from typing import Any
 
 from agent.clock import Clock, parse_iso
 from agent.core.smart_charging import curve_power
+from agent.core.v2x_names import (  # noqa: F401 - re-exported: the names DER code uses
+    APPLIED,
+    CONTROL_TYPES,
+    DER_STORE_KEY,
+    RAMP_TYPES,
+    REACTIVE_TYPES,
+    SETTING_FIELD,
+    setting_field,
+    stage_supports,
+    supported_types,
+)
 from hal.interfaces import ReactiveLimits
 
 log = logging.getLogger("cp_agent.der")
 
-STORE_KEY = "core.der.controls"
+STORE_KEY = DER_STORE_KEY  # agent/core/v2x_names.py: start-up checks it without this module
 MAX_CONTROLS = 64  # DERCtrlr: what the state file keeps (a new one beyond: Rejected)
 NOMINAL_V = 230.0
 
-CONTROL_TYPES = (
-    "EnterService", "FreqDroop", "FreqWatt", "FixedPFAbsorb", "FixedPFInject", "FixedVar",
-    "Gradients", "HFMustTrip", "HFMayTrip", "HVMustTrip", "HVMomCess", "HVMayTrip",
-    "LimitMaxDischarge", "LFMustTrip", "LVMustTrip", "LVMomCess", "LVMayTrip",
-    "PowerMonitoringMustTrip", "VoltVar", "VoltWatt", "WattPF", "WattVar")
-# The setting field of each type (SetDERControlRequest); every other type is a curve.
-SETTING_FIELD = {"EnterService": "enterService", "FixedPFAbsorb": "fixedPFAbsorb",
-                 "FixedPFInject": "fixedPFInject", "FixedVar": "fixedVar",
-                 "FreqDroop": "freqDroop", "Gradients": "gradient",
-                 "LimitMaxDischarge": "limitMaxDischarge"}
-# What a stage needs for a type: real-power ones need setpoints only (every stage here).
-REACTIVE_TYPES = frozenset({"FixedPFAbsorb", "FixedPFInject", "FixedVar", "VoltVar", "WattPF",
-                            "WattVar"})
-RAMP_TYPES = frozenset({"Gradients"})
-APPLIED = frozenset({"LimitMaxDischarge", "FreqWatt", "FreqDroop", "VoltWatt", "EnterService",
-                     "HVMustTrip", "HVMomCess", "HVMayTrip", "LVMustTrip", "LVMomCess",
-                     "LVMayTrip", "HFMustTrip", "HFMayTrip", "LFMustTrip"}) \
-    | REACTIVE_TYPES | RAMP_TYPES
 # The order a tie of priorities between reactive functions is broken in.
 _REACTIVE_ORDER = ("FixedPFAbsorb", "FixedPFInject", "FixedVar", "VoltVar", "WattVar",
                    "WattPF")
@@ -131,33 +124,6 @@ _TRIP = {"HVMustTrip": "OverVoltage", "HVMomCess": "OverVoltage", "HVMayTrip": "
          "HFMustTrip": "OverFrequency", "HFMayTrip": "OverFrequency",
          "LFMustTrip": "UnderFrequency"}
 _STOPS_DISCHARGE = frozenset(t for t in _TRIP if not t.endswith("MayTrip"))
-
-
-def setting_field(control_type: str) -> str:
-    return SETTING_FIELD.get(control_type, "curve")
-
-
-def supported_types(*, reactive: bool, ramp: bool) -> tuple[str, ...]:
-    """The control types a stage that takes setpoints can follow (DCDERCtrlr
-    SupportedControls), in the schema's order: the real-power ones always, the reactive ones
-    with reactive control, Gradients with ramp rates."""
-    return tuple(t for t in CONTROL_TYPES if t in APPLIED
-                 and (reactive or t not in REACTIVE_TYPES) and (ramp or t not in RAMP_TYPES))
-
-
-def stage_supports(ev: Any) -> tuple[str, ...]:
-    """:func:`supported_types` of a HAL EV side (a driver property that fails: not there)."""
-    if not _flag(ev, "supports_setpoint"):
-        return ()
-    return supported_types(reactive=_flag(ev, "supports_reactive"),
-                           ramp=_flag(ev, "supports_ramp_rate"))
-
-
-def _flag(obj: Any, name: str) -> bool:
-    try:
-        return getattr(obj, name, False) is True
-    except Exception:  # noqa: BLE001 - a driver's bug reads as "cannot"
-        return False
 
 
 @dataclass(frozen=True, slots=True)

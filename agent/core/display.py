@@ -4,8 +4,8 @@ A public station has to tell the person in front of it what is going on and what
 "present your card", "plug in", energy and power while charging, the running cost, the total
 after the session, and why it is out of order. :class:`DisplayService` composes that from the
 core's snapshots, the costs the CSMS sent (:mod:`agent.core.cost`) and the messages a CSMS
-configured for the display (:class:`MessageBoard`, 2.0.1 SetDisplayMessage), and writes it to
-the HAL's :class:`hal.interfaces.Display`.
+configured for the display (:mod:`agent.core.display_messages`, 2.0.1 SetDisplayMessage), and
+writes it to the HAL's :class:`hal.interfaces.Display`.
 
 What is shown follows the messages' priorities (2.0.1 MessagePriorityEnumType): an
 AlwaysFront message is shown alone, regardless of everything else (the newest one, when there
@@ -20,6 +20,10 @@ is recomposed at every change the core reports and once a ``tick_s``, and writte
 it differs from what is on the glass, at most once a ``min_redraw_s``. Texts are in the
 driver's language when the CSMS named one (2.0.1 idTokenInfo language1 / language2) and the
 station has it, else in the station's default language.
+
+The costs and the message board are built on first use (a CSMS speaking of a tariff or a
+cost, of a display message; or a start-up finding some in the state file): a station that
+never gets either draws its own pages without loading them.
 """
 
 from __future__ import annotations
@@ -28,39 +32,40 @@ import asyncio
 import contextlib
 import logging
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.clock import Clock, parse_iso, sleep_or
-from agent.core.cost import Costs, TxCost
+from agent.clock import Clock, sleep_or
 from agent.core.model import ConnectorStatus, EvseSnapshot
-from agent.core.settings import SettingDef, Settings
+from agent.core.service_settings import (
+    COST_FALLBACK,
+    DISPLAY_LANGUAGE,
+    MESSAGE_CAPACITY,
+    SHOWN_FORMATS,
+    TARIFF_FALLBACK,
+    cost_enabled,
+    cost_setting,
+    primary,
+    tariff_enabled,
+)
+from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
 from hal.interfaces import Display, FaultKind
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # both built on first use: a screen without CSMS messages or costs
+    from agent.core.cost import Costs, TxCost  # never loads them
+    from agent.core.display_messages import DisplayMessage, MessageBoard
     from agent.core.station import Station
 
 log = logging.getLogger("cp_agent.display")
 
-PRIORITIES = ("AlwaysFront", "InFront", "NormalCycle")
-MESSAGE_STATES = ("Charging", "Faulted", "Idle", "Unavailable")
-SHOWN_FORMATS = ("ASCII", "UTF8")  # what a character display can show as text
-# Messages the station keeps (2.0.1 DisplayMessageCtrlr.DisplayMessages maxLimit).
-MESSAGE_CAPACITY = 32
 # How long the total of a finished session stays after the EV left, and how long the station
 # waits for the final cost before it shows the fallback text instead.
 FINISHED_SHOW_S = 120.0
 RETRY_MIN_S = 2.0  # a failing display: first retry after this, doubling
 RETRY_MAX_S = 60.0
 FINAL_COST_WAIT_S = 15.0
-# The station's default language (2.0.1 DisplayMessageCtrlr.Language maps onto it).
-DISPLAY_LANGUAGE = "DisplayLanguage"
-DISPLAY_SETTINGS: tuple[SettingDef, ...] = (
-    SettingDef(DISPLAY_LANGUAGE, "str", "en", v16=False),
-)
 
 # The station's own words, per language (RFC 5646 primary subtag).
 TEXTS: dict[str, dict[str, str]] = {
@@ -103,180 +108,6 @@ FAULT_TEXT = {
     FaultKind.OVER_TEMPERATURE: "Overheated", FaultKind.GROUND_FAILURE: "Earth fault",
     FaultKind.INTERNAL: "Internal error",
 }
-
-
-def primary(language: str | None) -> str | None:
-    """``de-AT`` -> ``de``: what the station's catalogue and the matching of messages use."""
-    if not language:
-        return None
-    return language.split("-")[0].split("_")[0].strip().lower() or None
-
-
-# ====================================================================== CSMS messages
-
-
-class MessageError(ValueError):
-    """A message the board cannot take; ``reason`` is a 2.0.1 reason code."""
-
-    def __init__(self, reason: str, text: str) -> None:
-        super().__init__(text)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class DisplayMessage:
-    """One message a CSMS configured, as the station uses it (``info`` as it was sent)."""
-
-    id: int
-    priority: str
-    content: str
-    format: str
-    language: str | None
-    state: str | None
-    start: datetime | None
-    end: datetime | None
-    transaction_id: str | None
-    info: dict[str, Any]
-    seq: int = 0  # order of arrival: the newest AlwaysFront wins
-    # The same message in other languages (2.1 messageExtra): (content, format, language).
-    extra: tuple[tuple[str, str, str | None], ...] = ()
-
-    def variants(self) -> list[tuple[str, str, str | None]]:
-        """Every text of the message that the display can show: (content, format, language),
-        the main one first."""
-        return [v for v in [(self.content, self.format, self.language), *self.extra]
-                if v[1] in SHOWN_FORMATS]
-
-    def languages(self) -> set[str]:
-        """The primary language subtags it is given in (empty: for everyone)."""
-        return {p for _, _, lang in self.variants() if (p := primary(lang))}
-
-    def text_for(self, preferred: list[str]) -> str:
-        """The text in the first of the ``preferred`` languages it has, else its main one."""
-        shown = self.variants()
-        for lang in preferred:
-            for content, _, language in shown:
-                if primary(language) == lang:
-                    return content
-        return shown[0][0] if shown else self.content
-
-    @classmethod
-    def parse(cls, info: dict[str, Any], seq: int = 0) -> DisplayMessage:
-        """From a 2.0.1 MessageInfoType; :class:`MessageError` for what cannot be shown."""
-        content = info.get("message") if isinstance(info.get("message"), dict) else {}
-        try:
-            message_id = int(info["id"])
-        except (KeyError, TypeError, ValueError):
-            raise MessageError("MissingParam", "a message needs an id") from None
-        priority = info.get("priority")
-        if priority not in PRIORITIES:
-            raise MessageError("UnsupportedParam", f"priority {priority!r}")
-        state = info.get("state")
-        if state is not None and state not in MESSAGE_STATES:
-            raise MessageError("UnsupportedParam", f"state {state!r}")
-        text = content.get("content")
-        if not isinstance(text, str):
-            raise MessageError("MissingParam", "a message needs content")
-        start = end = None
-        try:
-            if info.get("startDateTime"):
-                start = parse_iso(str(info["startDateTime"]))
-            if info.get("endDateTime"):
-                end = parse_iso(str(info["endDateTime"]))
-        except ValueError as exc:
-            raise MessageError("InvalidValue", f"date-time: {exc}") from None
-        if start is not None and end is not None and end <= start:
-            raise MessageError("InvalidValue", "endDateTime is not after startDateTime")
-        tx = info.get("transactionId")
-        extra = tuple(
-            (x["content"], str(x.get("format") or "UTF8"), x.get("language"))
-            for x in info.get("messageExtra") or ()
-            if isinstance(x, dict) and isinstance(x.get("content"), str))
-        return cls(message_id, priority, text, str(content.get("format") or "UTF8"),
-                   content.get("language"), state, start, end,
-                   str(tx) if tx is not None else None, dict(info), seq, extra)
-
-    def active(self, now: datetime, state: str, running: set[str]) -> bool:
-        return ((self.start is None or self.start <= now)
-                and (self.end is None or now < self.end)
-                and (self.state is None or self.state == state)
-                and (self.transaction_id is None or self.transaction_id in running))
-
-
-class MessageBoard:
-    """The messages a CSMS configured, persisted; replaced by id, cleared, expired."""
-
-    def __init__(self, storage: Storage, capacity: int = MESSAGE_CAPACITY) -> None:
-        self._storage = storage
-        self.capacity = capacity
-        self._messages: dict[int, DisplayMessage] = {}
-        self._seq = 0
-        self.listeners: list[Callable[[], None]] = []
-        try:
-            rows = storage.display_messages_all()
-        except StorageError as exc:
-            log.error("display messages not read: %s", exc)
-            rows = []
-        for message_id, info in rows:
-            try:
-                self._seq += 1
-                self._messages[message_id] = DisplayMessage.parse(info, self._seq)
-            except MessageError as exc:
-                log.warning("stored display message %s dropped: %s", message_id, exc)
-
-    def __len__(self) -> int:
-        return len(self._messages)
-
-    def __contains__(self, message_id: int) -> bool:
-        return message_id in self._messages
-
-    def all(self) -> list[DisplayMessage]:
-        return sorted(self._messages.values(), key=lambda m: m.seq)
-
-    def put(self, info: dict[str, Any]) -> DisplayMessage:
-        """Store a message (one with the same id is replaced, 2.0.1 O06); raises
-        :class:`MessageError` when it cannot be parsed or the board is full."""
-        message = DisplayMessage.parse(info, self._seq + 1)
-        if message.id not in self._messages and len(self._messages) >= self.capacity:
-            raise MessageError("OutOfStorage", f"the station keeps {self.capacity} messages")
-        self._storage.display_message_put(message.id, message.info)
-        self._seq += 1
-        self._messages[message.id] = message
-        log.info("display message %s set (%s%s)", message.id, message.priority,
-                 f", transaction {message.transaction_id}" if message.transaction_id else "")
-        self._changed()
-        return message
-
-    def remove(self, ids: Iterable[int], why: str = "cleared") -> int:
-        gone = [i for i in ids if i in self._messages]
-        if not gone:
-            return 0
-        self._storage.display_message_delete(gone)
-        for message_id in gone:
-            del self._messages[message_id]
-        log.info("display message(s) %s %s", ", ".join(map(str, gone)), why)
-        self._changed()
-        return len(gone)
-
-    def purge(self, now: datetime, running: set[str]) -> None:
-        """Messages past their endDateTime, and those of transactions that ended, go."""
-        expired = [m.id for m in self._messages.values() if m.end is not None and now >= m.end]
-        ended = [m.id for m in self._messages.values()
-                 if m.transaction_id is not None and m.transaction_id not in running]
-        try:
-            if expired:
-                self.remove(expired, "expired")
-            if ended:
-                self.remove(ended, "removed: their transaction ended")
-        except StorageError as exc:
-            log.error("display messages not purged: %s", exc)
-
-    def active(self, now: datetime, state: str, running: set[str]) -> list[DisplayMessage]:
-        return [m for m in self.all() if m.active(now, state, running)]
-
-    def _changed(self) -> None:
-        for listener in list(self.listeners):
-            listener()
 
 
 # ====================================================================== composition
@@ -322,15 +153,18 @@ class DisplayService:
     """Composes the screen and keeps the HAL display showing it (redraw on change)."""
 
     def __init__(self, station: Station, screen: Display | None, clock: Clock, *,
-                 settings: Settings, storage: Storage, costs: Costs,
+                 settings: Settings, storage: Storage,
                  cycle_s: float = 5.0, tick_s: float = 1.0, min_redraw_s: float = 0.25,
                  capacity: int = MESSAGE_CAPACITY) -> None:
         self.station = station
         self.screen = screen
         self.clock = clock
         self.settings = settings
-        self.costs = costs
-        self.board = MessageBoard(storage, capacity)
+        self._storage = storage
+        self._capacity = capacity
+        # The CSMS's messages (agent/core/display_messages.py), built by the first request
+        # about them or by start() when the state file holds one: see ``board``.
+        self._board: MessageBoard | None = None
         self.cycle_s = cycle_s
         self.tick_s = tick_s
         self.min_redraw_s = min_redraw_s
@@ -346,11 +180,56 @@ class DisplayService:
         self._ended: dict[int, _Ended] = {}
         self._dirty = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.board.listeners.append(self.changed)
-        costs.listeners.append(self.changed)
+        # The costs (agent/core/cost.py) are the station's "cost" service, built when a CSMS
+        # first says something of a tariff or a cost; the screen redraws on each change.
+        station.when_built("cost", lambda costs: costs.listeners.append(self.changed))
         for evse in station.evses.values():
             evse.state_listeners.append(lambda _evse: self.changed())
             evse.tx_listeners.append(lambda e=evse: self._tx_changed(e))
+
+    # ------------------------------------------------------------------ on first use
+
+    @property
+    def board(self) -> MessageBoard:
+        """The CSMS's messages, built (and read from the state file) on first use."""
+        if self._board is None:
+            from agent.core.display_messages import MessageBoard
+
+            board = MessageBoard(self._storage, self._capacity)
+            board.listeners.append(self.changed)
+            self._board = board
+            self.changed()
+        return self._board
+
+    @property
+    def capacity(self) -> int:
+        """How many messages the board keeps (DisplayMessageCtrlr.DisplayMessages maxLimit)."""
+        return self._board.capacity if self._board is not None else self._capacity
+
+    def message_count(self) -> int:
+        """How many messages are kept, without building the board (none: 0)."""
+        return len(self._board) if self._board is not None else 0
+
+    def _messages_stored(self) -> bool:
+        """The start-up check: one row query (an unreadable table counts as stored, so the
+        board is built and logs what is wrong)."""
+        try:
+            return self._storage.display_messages_any()
+        except StorageError:
+            return True
+
+    @property
+    def costs(self) -> Costs | None:
+        """The station's costs if a CSMS ever spoke of one (None: no tariff, no cost)."""
+        return self.station.built("cost")
+
+    def _cost_of(self, local_id: str | None) -> TxCost | None:
+        costs = self.costs
+        return costs.of(local_id) if costs is not None else None
+
+    def _driver_info(self, token: str | None) -> tuple[Any, tuple[str, ...]]:
+        costs = self.costs
+        return costs.driver_info(token) if costs is not None else (None, ())
 
     # ------------------------------------------------------------------ geometry
 
@@ -381,7 +260,9 @@ class DisplayService:
         s = evse.session
         tx = s.tx if s is not None else None
         if tx is not None and s.ended_reason is None:
-            self.costs.started(tx.local_id, evse.id, tx.id_token or None)
+            costs = self.costs  # none yet: its builder adopts the running transactions
+            if costs is not None:
+                costs.started(tx.local_id, evse.id, tx.id_token or None)
             self._ended.pop(evse.id, None)
         elif tx is not None:
             stop = tx.meter_stop_wh if tx.meter_stop_wh is not None else tx.last_meter_wh
@@ -393,7 +274,8 @@ class DisplayService:
     def start(self) -> None:
         if self.screen is None or self._task is not None:
             return
-        self.board.purge(self.clock.now(), self._running())
+        if self._board is not None or self._messages_stored():
+            self.board.purge(self.clock.now(), self._running())
         self._task = asyncio.get_running_loop().create_task(self._run(), name="display")
 
     async def stop(self) -> None:
@@ -461,7 +343,7 @@ class DisplayService:
             return None
         lines = [*self.lines, *[""] * (self.rows - len(self.lines))]
         return {"columns": self.columns, "rows": self.rows, "lines": lines,
-                "messages": len(self.board), "ok": self.failing is None,
+                "messages": self.message_count(), "ok": self.failing is None,
                 "error": self.failing}
 
     # ------------------------------------------------------------------ what is shown
@@ -482,9 +364,9 @@ class DisplayService:
         """The driver's language where the CSMS named one the station has, else the
         station's default."""
         if snap is not None and snap.token is not None:
-            cost = self.costs.of(snap.tx_local_id)
+            cost = self._cost_of(snap.tx_local_id)
             languages = cost.languages if cost is not None and cost.languages else \
-                self.costs.driver_info(snap.token)[1]
+                self._driver_info(snap.token)[1]
             for lang in languages:
                 if primary(lang) in TEXTS:
                     return str(primary(lang))
@@ -499,16 +381,16 @@ class DisplayService:
         out: list[str] = []
         for snap in snaps:
             if snap.token is not None:
-                cost = self.costs.of(snap.tx_local_id)
+                cost = self._cost_of(snap.tx_local_id)
                 langs = cost.languages if cost is not None and cost.languages else \
-                    self.costs.driver_info(snap.token)[1]
+                    self._driver_info(snap.token)[1]
                 out += [p for p in (primary(x) for x in langs) if p]
         default = primary(str(self.settings.get(DISPLAY_LANGUAGE, "en") or "en"))
         return out + ([default] if default else [])
 
     def _messages(self, snaps: list[EvseSnapshot]) -> list[DisplayMessage]:
-        if not self.messages_enabled():
-            return []
+        if self._board is None or not self.messages_enabled():
+            return []  # no board: no CSMS ever set a message
         now = self.clock.now()
         running = self._running()
         self.board.purge(now, running)
@@ -529,13 +411,13 @@ class DisplayService:
         return _pages(_wrap(text, self.columns), self.rows)
 
     def _tariff_lines(self, cost: TxCost | None, token: str | None) -> list[str]:
-        if not self.costs.tariff_enabled:
+        if not tariff_enabled(self.settings):
             return []
         tariff = cost.tariff if cost is not None and cost.tariff is not None else \
-            self.costs.driver_info(token)[0]
+            self._driver_info(token)[0]
         if tariff is not None and tariff.format in SHOWN_FORMATS and tariff.text.strip():
             return _wrap(tariff.text, self.columns)
-        fallback = self.costs.tariff_fallback
+        fallback = str(cost_setting(self.settings, TARIFF_FALLBACK) or "")
         return _wrap(fallback, self.columns) if fallback.strip() else []
 
     def evse_lines(self, snap: EvseSnapshot) -> list[str]:
@@ -544,7 +426,7 @@ class DisplayService:
         t = self._t(lang)
         columns = self.columns
         ended = self._ended.get(snap.evse_id)
-        cost = self.costs.of(snap.tx_local_id)
+        cost = self._cost_of(snap.tx_local_id)
         if snap.blocking_fault is not None:
             return [t["out_of_order"], FAULT_TEXT.get(snap.blocking_fault,
                                                       str(snap.blocking_fault))]
@@ -559,8 +441,8 @@ class DisplayService:
             else:
                 head = t["paused"]
             lines = [head, _energy_line(snap.energy_wh, snap.power_w, columns)]
-            if self.costs.cost_enabled and cost is not None and cost.total is not None:
-                lines.append(f"{t['cost']} {self.costs.format(cost.total)}")
+            if cost_enabled(self.settings) and cost is not None and cost.total is not None:
+                lines.append(f"{t['cost']} {self._format(cost.total)}")
             return lines + self._tariff_lines(cost, snap.token)
         if snap.authorized:
             second = t["waiting_ev"] if snap.ev_connected else t["plug_in"]
@@ -577,18 +459,22 @@ class DisplayService:
         head = [ask] if snap.ev_connected else [t["available"], ask]
         return head + self._tariff_lines(None, None)
 
+    def _format(self, amount: Any) -> str:
+        costs = self.costs  # a total is known: the costs exist
+        return costs.format(amount) if costs is not None else str(amount)
+
     def _finished_lines(self, ended: _Ended, snap: EvseSnapshot,
                         t: dict[str, str]) -> list[str]:
         lines = [t["finished"], _energy_line(ended.energy_wh, None, self.columns)]
-        cost = self.costs.of(ended.local_id)
-        if self.costs.cost_enabled:
+        cost = self._cost_of(ended.local_id)
+        if cost_enabled(self.settings):
             if cost is not None and cost.final and cost.total is not None:
-                lines.append(f"{t['total']} {self.costs.format(cost.total)}")
+                lines.append(f"{t['total']} {self._format(cost.total)}")
             elif self.clock.monotonic() - ended.at < FINAL_COST_WAIT_S:
                 lines.append(t["total_follows"])
-            elif self.costs.cost_fallback.strip():
+            elif (fallback := str(cost_setting(self.settings, COST_FALLBACK) or "")).strip():
                 # 2.0.1 I05: the cost could not be had at the end (offline, no total sent).
-                lines += _wrap(self.costs.cost_fallback, self.columns)
+                lines += _wrap(fallback, self.columns)
         if snap.ev_connected:
             lines.append(t["unplug"])
         return lines

@@ -17,6 +17,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
 from agent.core.model import (
@@ -33,14 +34,6 @@ from agent.core.model import (
 )
 from agent.core.resumption import session_token
 from agent.core.settings import Settings
-from agent.core.v2x import (
-    PowerStageSnapshot,
-    SetpointBounds,
-    bounds,
-    ev_side,
-    parse_modes,
-    stage_limits,
-)
 from agent.storage import Storage, StorageError
 from hal.interfaces import (
     EnergyTransferMode,
@@ -52,6 +45,9 @@ from hal.interfaces import (
     PilotState,
     PowerLimits,
 )
+
+if TYPE_CHECKING:  # agent.core.v2x: imported where a stage takes setpoints (see _v2x)
+    from agent.core.v2x import PowerStageSnapshot, SetpointBounds
 
 log = logging.getLogger("cp_agent.evse")
 
@@ -75,6 +71,15 @@ EV_ANSWER_GRACE_S = 2.0
 
 async def _settled() -> None:
     return None
+
+
+def _v2x() -> Any:
+    """agent.core.v2x, the bounds of a signed setpoint: imported by the first EVSE whose
+    power stage takes setpoints (or whose session the CSMS restricts), so that a charge-only
+    station never loads it (docs/performance.md, issue 18)."""
+    from agent.core import v2x
+
+    return v2x
 
 
 def _default_points() -> frozenset[TxPoint]:
@@ -923,7 +928,7 @@ class EvseController:
         """The energy transfer modes the protocol allows this session (2.1: the CSMS's
         AuthorizeResponse / NotifyAllowedEnergyTransfer; None lifts the restriction); False
         when no session is there to take them (they belong to one session)."""
-        allowed = parse_modes(modes) if modes is not None else None
+        allowed = _v2x().parse_modes(modes) if modes is not None else None
         async with self.mutex:
             if self._own_v2x_session() is None:
                 return False
@@ -958,10 +963,11 @@ class EvseController:
 
     def _setpoint_bounds(self, offer: float) -> SetpointBounds:
         limits, modes = self.ev_reported
-        return bounds(self.hw.ev, offer_a=offer, phases=self.phases_in_use,
-                      max_current_a=self.max_current_a, allowed_modes=self.allowed_transfer,
-                      discharge_limits=self.discharge_limits, reported_limits=limits,
-                      reported_modes=modes)
+        return _v2x().bounds(
+            self.hw.ev, offer_a=offer, phases=self.phases_in_use,
+            max_current_a=self.max_current_a, allowed_modes=self.allowed_transfer,
+            discharge_limits=self.discharge_limits, reported_limits=limits,
+            reported_modes=modes)
 
     async def _drive_setpoint(self, offer: float) -> None:
         """Give the power stage the requested setpoint within every bound now (mutex held)."""
@@ -1000,20 +1006,21 @@ class EvseController:
         b = self._setpoint_bounds(self._offer())
         # The bounds with an offer, so that "could it discharge" is answered while idle too.
         could = self._setpoint_bounds(max(self._offer(), self.min_current_a))
+        v2x = _v2x()
         try:
-            ev_limits, ev_modes = ev_side(ev, *self.ev_reported)
+            ev_limits, ev_modes = v2x.ev_side(ev, *self.ev_reported)
             modes = tuple(sorted(m.value for m in ev_modes))
             energy = ev.energy_state
         except Exception:  # noqa: BLE001 - a snapshot never fails on a driver's bug
             modes, ev_limits, energy = (), None, None
-        return PowerStageSnapshot(
+        return v2x.PowerStageSnapshot(
             bidirectional=not could.no_discharge, modes=modes,
             allowed_modes=tuple(sorted(m.value for m in self.allowed_transfer))
             if self.allowed_transfer is not None else None,
             setpoint_requested_w=request, setpoint_w=ev.power_setpoint,
             max_charge_w=b.max_charge_w, max_discharge_w=b.max_discharge_w,
             ev_limits=ev_limits, energy=energy,
-            stage_limits=stage_limits(ev, max_current_a=self.max_current_a,
+            stage_limits=v2x.stage_limits(ev, max_current_a=self.max_current_a,
                                       phases=self.phases_in_use),
             discharge_limits=tuple(self.discharge_limits.items()),
             no_discharge=could.no_discharge)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.clock import parse_iso
 from agent.core.authorization import AuthInfo
 from agent.core.model import AuthResult, Token
-from agent.core.settings import SettingDef, not_v16
+from agent.core.pnc_settings import PNC_SETTINGS, pnc_settings  # re-exported
 
 if TYPE_CHECKING:
     from agent.core.iso15118 import (
@@ -53,25 +53,6 @@ if TYPE_CHECKING:
     from agent.core.station import Station
 
 log = logging.getLogger("cp_agent.pnc")
-
-# Neutral settings: 1.6 configuration keys of the application note, 2.x ISO15118Ctrlr variables.
-PNC_SETTINGS: tuple[SettingDef, ...] = (
-    SettingDef("ISO15118PnCEnabled", "bool", True),
-    SettingDef("CentralContractValidationAllowed", "bool", True),
-    SettingDef("ContractValidationOffline", "bool", True),
-    SettingDef("ContractCertificateInstallationEnabled", "bool", True, v16=False),
-    SettingDef("V2GCertificateInstallationEnabled", "bool", True, v16=False),
-)
-
-
-def pnc_settings(station: Any) -> tuple[SettingDef, ...]:
-    """:data:`PNC_SETTINGS` as this station declares them: 1.6 configuration keys only when it
-    speaks ISO 15118 (a CSMS reads ISO15118PnCEnabled to learn whether the station does
-    Plug & Charge at all, per the application note)."""
-    if getattr(station, "iso15118", None) is not None:
-        return PNC_SETTINGS
-    return not_v16(PNC_SETTINGS)
-
 
 MAX_CERTIFICATE_PEM = 5500  # AuthorizeRequest.certificate
 CONTRACT_ROOTS = ("MORootCertificate", "V2GRootCertificate")

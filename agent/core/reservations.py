@@ -37,7 +37,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock, iso, parse_iso, sleep_or
-from agent.core.settings import SettingDef, Settings
+from agent.core.service_settings import RESERVATION_PROFILE, RESERVATION_SETTINGS
+from agent.core.settings import Settings
 from agent.storage import Storage, StorageError
 
 if TYPE_CHECKING:
@@ -45,15 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cp_agent.reservations")
 
-PROFILE = "Reservation"  # the 1.6 feature profile
-# The settings the rules read. ReserveConnectorZeroSupported is the 1.6 key (9.3.1, read-only
-# to a CSMS; an installer may set it in ocpp.defaults), shown by 2.0.1 as
-# ReservationCtrlr.NonEvseSpecific. ReservationEnabled is 2.0.1's ReservationCtrlr.Enabled; 1.6
-# has no key for it ("configured not to accept reservations": an installer's ocpp.defaults).
-RESERVATION_SETTINGS: tuple[SettingDef, ...] = (
-    SettingDef("ReserveConnectorZeroSupported", "bool", True, readonly=True, profile=PROFILE),
-    SettingDef("ReservationEnabled", "bool", True, v16=False),
-)
+# The 1.6 feature profile and the settings the rules read (ReserveConnectorZeroSupported,
+# ReservationEnabled): declared where the blocks read them without building this service.
+PROFILE = RESERVATION_PROFILE
 
 # Answers to a reservation request (1.6 ReservationStatus, 2.0.1 ReserveNowStatusEnumType).
 ACCEPTED, FAULTED, OCCUPIED, REJECTED, UNAVAILABLE = (

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 from agent.clock import Clock, ticker
 from agent.core.authorization import AuthorizationPolicy
 from agent.core.charging_profiles import ChargingProfiles
-from agent.core.der import DerControls
 from agent.core.evse import CONNECTOR, EVSE, NOMINAL_VOLTAGE, STATION, EvseController, TxRules
 from agent.core.metering import Metering
 from agent.core.model import (
@@ -28,11 +27,10 @@ from agent.core.model import (
     Token,
     TxRecord,
 )
-from agent.core.reservations import Reservation, Reservations
 from agent.core.resumption import why_not_resumed
 from agent.core.security_events import SecurityEvents
 from agent.core.settings import Settings
-from agent.core.v2x_modes import OperationModes
+from agent.core.v2x_names import DER_STORE_KEY, der_stored, takes_setpoints
 from agent.storage import Storage, StorageError
 from hal.interfaces import (
     EvChanged,
@@ -48,7 +46,10 @@ from hal.interfaces import (
 )
 
 if TYPE_CHECKING:  # built only with hal.iso15118 (agent/app.py): not loaded otherwise
+    from agent.core.der import DerControls  # built on first use, see _build_der
     from agent.core.iso15118 import Iso15118Service
+    from agent.core.reservations import Reservation, Reservations  # built on first use
+    from agent.core.v2x_modes import OperationModes  # built on first use, see _build_v2x
 
 log = logging.getLogger("cp_agent.core")
 
@@ -145,18 +146,6 @@ class Station:
                 connectors=(evse_connectors or {}).get(evse_id))
         self.metering = Metering(self.evses, self.settings, clock)
         self.charging_profiles = ChargingProfiles(self.evses, storage, clock)
-        # 2.1 V2X and DER (agent/core/v2x_modes.py, der.py): planned by the scheduler.
-        self.der = DerControls(storage, clock)
-        self.v2x_modes = OperationModes(self.evses, self.settings, clock, der=self.der,
-                                        poll_s=meter_poll_s)
-        self.v2x_modes.wake = self.charging_profiles.wake
-        self.der.listeners.append(self.charging_profiles.wake)
-        self.charging_profiles.v2x = self.v2x_modes
-        self.reservations = Reservations(self.evses, storage, clock, self.settings,
-                                         spawn=self.spawn)
-        for evse in self.evses.values():
-            evse.reservation_hold = self.reservations.holds
-            evse.state_listeners.append(self.reservations.evse_changed)
         self.security_events = SecurityEvents(clock)
         # ISO 15118 high-level communication (agent/core/iso15118.py): set by the composition
         # root when hal.iso15118 is configured, else None.
@@ -165,6 +154,22 @@ class Station:
         # see provide().
         self._factories: dict[str, Callable[[], Any]] = {}
         self._when_built: dict[str, list[Callable[[Any], None]]] = {}
+        # Reservations (agent/core/reservations.py) on the first ReserveNow, or at start-up
+        # when the state file holds one; until then no EVSE is reserved.
+        self.provide("reservations", self._build_reservations)
+        self._reservation_timer: asyncio.Task | None = None
+        self._started = False  # start() has begun the station's tasks
+        # 2.1 V2X operation modes and DER controls (agent/core/v2x_modes.py, der.py),
+        # planned by the scheduler: built now where a power stage takes setpoints (the
+        # EVSEs they plan for) or the state file keeps a DER control (one settings read:
+        # a control is never ignored after a restart); otherwise on first use.
+        self.provide("der", self._build_der)
+        self.provide("v2x_modes", self._build_v2x)
+        self._v2x_watcher: asyncio.Task | None = None
+        if der_stored(storage.get_setting(DER_STORE_KEY)):
+            self.der  # noqa: B018 - built now
+        if any(takes_setpoints(e.hw.ev) for e in self.evses.values()):
+            self.v2x_modes  # noqa: B018 - built now
         # Whether transactions survive a restart (the active version's, see use_resumption).
         self.resumption: Callable[[], ResumptionRules] | None = None
         self.resumed: list[TxRecord] = []  # the transactions resumed at start-up
@@ -222,6 +227,65 @@ class Station:
             callback(service)
         return service
 
+    def _build_reservations(self) -> Reservations:
+        """The reservation service, hooked into every EVSE (Reserved status, the end of a
+        reservation whose EVSE became faulted or unavailable) and, on a running station,
+        with its expiry timer armed."""
+        from agent.core.reservations import Reservations
+
+        service = Reservations(self.evses, self.storage, self.clock, self.settings,
+                               spawn=self.spawn)
+        for evse in self.evses.values():
+            evse.reservation_hold = service.holds
+            evse.state_listeners.append(service.evse_changed)
+        self._arm_reservations(service)
+        return service
+
+    def _arm_reservations(self, service: Reservations) -> None:
+        """The expiry timer runs from the station's start to its stop (start() arms the
+        timer of a service built before it)."""
+        if self._started and self._reservation_timer is None and not self._stopping:
+            self._reservation_timer = self.spawn(service.run(), "reservations")
+
+    def _reservations_stored(self) -> bool:
+        """The start-up check: one row query (an unreadable table counts as stored, so that
+        the service is built and says what is wrong)."""
+        try:
+            return self.storage.reservations_any()
+        except StorageError:
+            return True
+
+    def _build_der(self) -> DerControls:
+        """The DER controls, as the state file keeps them; the scheduler re-plans on every
+        change (the operation modes apply them to the stages that take setpoints)."""
+        from agent.core.der import DerControls
+
+        der = DerControls(self.storage, self.clock)
+        der.listeners.append(self.charging_profiles.wake)
+        self.charging_profiles.wake()
+        return der
+
+    def _build_v2x(self) -> OperationModes:
+        """The V2X operation modes, planned by the scheduler at every evaluation, with the
+        DER controls once they exist (without them: no DER constraint, as with none kept);
+        on a running station with their grid watcher started."""
+        from agent.core.v2x_modes import OperationModes
+
+        modes = OperationModes(self.evses, self.settings, self.clock, der=self.built("der"),
+                               poll_s=self.meter_poll_s)
+        modes.wake = self.charging_profiles.wake
+        self.charging_profiles.v2x = modes
+        self.when_built("der", lambda der: setattr(modes, "der", der))
+        self._watch_grid(modes)
+        self.charging_profiles.wake()
+        return modes
+
+    def _watch_grid(self, modes: OperationModes) -> None:
+        """The V2X grid watcher runs from the station's start to its stop (start() starts
+        the one of modes built before it)."""
+        if self._started and self._v2x_watcher is None and not self._stopping:
+            self._v2x_watcher = self.spawn(modes.run(), "v2x-grid")
+
     def _trace(self, evse_id: int, what: str, detail: dict) -> None:
         for listener in self.traces:
             listener(evse_id, what, detail)
@@ -257,6 +321,8 @@ class Station:
             except (HalError, TimeoutError) as exc:
                 await evse.raise_fault(FaultKind.METER, str(exc) or "meter read timed out")
         await self._resume()  # before the pilot: a resumed session meets the EV as its own
+        if self.built("reservations") is None and self._reservations_stored():
+            self.reservations  # noqa: B018 - built now: EVSEs show Reserved from the start
         for evse in self.evses.values():
             await evse.on_pilot()  # adopt the pilot state the hardware has now
         self.spawn(self._event_pump(), "hal-events")
@@ -264,8 +330,13 @@ class Station:
             self.spawn(self._sampler(evse), f"meter-{evse.id}")
         self.metering.start()
         self.spawn(self.charging_profiles.run(), "smart-charging")
-        self.spawn(self.v2x_modes.run(), "v2x-grid")
-        self.spawn(self.reservations.run(), "reservations")
+        self._started = True
+        modes = self.built("v2x_modes")
+        if modes is not None:  # built before the start: its grid watcher runs from now
+            self._watch_grid(modes)
+        reservations = self.built("reservations")
+        if reservations is not None:  # built before the start: its timer runs from now
+            self._arm_reservations(reservations)
 
     async def stop(self) -> None:
         """Open every contactor first; nothing else in shutdown may delay that."""
@@ -431,17 +502,18 @@ class Station:
             return self.evses.get(evse_id)
         candidates = [e for e in self.evses.values()
                       if e.operative and e.blocking_fault is None]
-        reservations = self.reservations
+        reservations = self.built("reservations")  # none built: nothing is reserved
 
         def admitted(e: EvseController) -> bool:
-            return not strict or reservations.admit(e.id, token.id, parent)[0]
+            return (not strict or reservations is None
+                    or reservations.admit(e.id, token.id, parent)[0])
 
         for e in candidates:  # an EV waiting for authorization comes first
             if self._waits_for_authorization(e) and admitted(e):
                 return e
         idle = [e for e in candidates if e.session is None and not e.ev_connected]
         for e in idle:  # then the EVSE reserved for this card (tap before plug)
-            if reservations.reserved_for(e.id, token.id, parent):
+            if reservations is not None and reservations.reserved_for(e.id, token.id, parent):
                 return e
         for e in idle:  # then a free EVSE
             if admitted(e):
@@ -451,9 +523,13 @@ class Station:
     def _reservation_for(self, token: Token, target: EvseController,
                          parent: str | None) -> tuple[bool, Reservation | None]:
         """Whether a reservation lets ``token`` take ``target``, and the one it uses there;
-        the group is the authorization's, else what the local list or cache knows."""
+        the group is the authorization's, else what the local list or cache knows. Without
+        a reservation service (none was ever made) every EVSE is free to take."""
+        reservations = self.built("reservations")
+        if reservations is None:
+            return True, None
         group = parent or self.authorization.known_parent(token.id)
-        ok, reservation = self.reservations.admit(target.id, token.id, group)
+        ok, reservation = reservations.admit(target.id, token.id, group)
         if not ok:
             log.info("token %s: EVSE %s is reserved for another token", token.id, target.id)
         return ok, reservation
@@ -531,10 +607,11 @@ class Station:
         free = [e for e in candidates if e.operative and e.blocking_fault is None
                 and not e.resetting and (e.session is None or (not e.session.authorized
                                            and e.session.ended_reason is None))]
-        if token is not None:
+        reservations = self.built("reservations")  # none built: nothing is reserved
+        if token is not None and reservations is not None:
             group = self.authorization.known_parent(token.id)
-            free = [e for e in free if self.reservations.admit(e.id, token.id, group)[0]]
-            mine = [e for e in free if self.reservations.reserved_for(e.id, token.id, group)]
+            free = [e for e in free if reservations.admit(e.id, token.id, group)[0]]
+            mine = [e for e in free if reservations.reserved_for(e.id, token.id, group)]
             if mine and evse_id is None:
                 return next((e for e in mine if e.ev_connected), mine[0])
         if not free:

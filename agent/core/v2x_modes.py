@@ -75,6 +75,11 @@ from agent.core.smart_charging import (
     curve_power,
 )
 from agent.core.v2x import NOMINAL_VOLTAGE, bounds, stage_limits
+from agent.core.v2x_names import (
+    CHARGE_ONLY_MODES,
+    DEFAULT_THRESHOLD_MHZ,
+    FREQUENCY_THRESHOLD_SETTING,
+)
 from hal.interfaces import HalError, PowerLimits, ReactiveLimits
 
 if TYPE_CHECKING:
@@ -83,8 +88,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cp_agent.v2x")
 
-FREQUENCY_THRESHOLD_SETTING = "LocalFrequencyUpdateThreshold"  # mHz (V2XChargingCtrlr)
-DEFAULT_THRESHOLD_MHZ = 20
 SOURCE_PROFILE = "csms"  # the discharge cap a period's dischargeLimit sets
 SOURCE_DER = "der"  # the discharge cap of DER controls
 SOURCE_EXTERNAL = "external"  # the discharge cap an external energy manager sets
@@ -210,7 +213,7 @@ class OperationModes:
         evses = [e for i, e in self.evses.items() if evse_id in (0, i)]
         setpoints = bool(evses) and all(e.hw.ev.supports_setpoint for e in evses)
         frequency = bool(evses) and all("frequency" in _measures(e) for e in evses)
-        out = [OperationMode.IDLE, OperationMode.CHARGING_ONLY]
+        out = [OperationMode(m) for m in CHARGE_ONLY_MODES]  # Idle, ChargingOnly
         if setpoints:
             out += [OperationMode.CENTRAL_SETPOINT]
             if self.external_setpoint_source:

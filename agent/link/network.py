@@ -524,9 +524,9 @@ class StoreTls:
         """The YAML's station certificate into the store, once (factory provisioning); what
         happened, for the log, or None when there was nothing to do."""
         cert, key = self.cfg.client_cert_file, self.cfg.client_key_file
-        store = self._store()
         if not cert or not key:
             return None
+        store = self._store()  # only now: a store built on first use is not built for nothing
         provision = getattr(store, "provision_identity", None)
         if provision is None:
             return "no certificate store: the station certificate files are used directly"

@@ -108,6 +108,15 @@ class Block:
         if service is not None:
             callback(service)
 
+    def built_service(self, name: str) -> Any | None:
+        """``station.<name>`` if it exists, without building it (None: nobody used it yet),
+        for the questions whose answer is "nothing" then; a station without services built
+        on first use (a test's stand-in) answers with its attribute."""
+        built = getattr(self.station, "built", None)
+        if built is not None:
+            return built(name)
+        return getattr(self.station, name, None)
+
     def variables(self) -> list[Any]:
         """2.0.1 / 2.1: the device-model variables (VarDef) this block owns."""
         return []

@@ -43,7 +43,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent.core.settings import SettingDef, Settings
+from agent.core.settings import Settings
+from agent.security.names import CSMS_ROOT, IDENTITY_POINTER, STORE_SETTINGS, USES
 
 if TYPE_CHECKING:
     from agent.security.crypto import Certificate
@@ -65,9 +66,6 @@ KEY_TYPES = ("ec", "rsa")  # as crypto.KEY_TYPES, without importing it at start-
 
 log = logging.getLogger("cp_agent.certificates")
 
-CSMS_ROOT = "CSMSRootCertificate"
-USES = (CSMS_ROOT, "ManufacturerRootCertificate", "V2GRootCertificate", "MORootCertificate",
-        "OEMRootCertificate")  # the last one is 2.1's (ISO 15118-20: stored and listed only)
 FALLBACK_DIR = CSMS_ROOT + ".fallback"
 # A02.FR.08 switches to a new certificate once it is valid: a chain whose validity starts
 # later is kept and switched to then, one that starts within this allowance (clock skew
@@ -76,14 +74,6 @@ NOT_BEFORE_SKEW = timedelta(minutes=5)
 INVALID_STATION_CERTIFICATE = "InvalidChargingStationCertificate"
 PENDING_MAX = 8  # CSR keys kept per signing round (a round re-sends a few times at most)
 
-# The neutral settings the store reads (1.6 key names; 2.0.1 maps SecurityCtrlr variables).
-STORE_SETTINGS: tuple[SettingDef, ...] = (
-    SettingDef("CpoName", "str", ""),
-    SettingDef("CertificateStoreMaxLength", "int", 20, readonly=True, min=1, max=1000),
-    SettingDef("CertificateSignedMaxChainSize", "int", 10000, readonly=True, min=1,
-               max=10000),
-    SettingDef("AdditionalRootCertificateCheck", "bool", False, readonly=True),
-)
 _DEFAULTS = {d.name: d.default for d in STORE_SETTINGS}
 
 
@@ -413,7 +403,7 @@ class CertificateStore:
     # ------------------------------------------------------------------ station identity
 
     def _pointer(self) -> dict:
-        path = self.directory / "station" / "current.json"
+        path = self.directory.joinpath(*IDENTITY_POINTER)
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -684,7 +674,7 @@ class CertificateStore:
         write; identities it no longer names are removed.  Kept: the current one, the
         previous one (A02.FR.10 fallback) and one waiting for its validity (A02.FR.08)."""
         pointer = {k: v for k, v in {**self._pointer(), **changes}.items() if v}
-        self._write(self.directory / "station" / "current.json",
+        self._write(self.directory.joinpath(*IDENTITY_POINTER),
                     json.dumps(pointer).encode(), mode=0o600)
         keep = {pointer.get(k) for k in ("current", "previous", "next")}
         for entry in (self.directory / "station").iterdir():

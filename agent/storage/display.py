@@ -41,6 +41,12 @@ class DisplayRepository(Repository):
                           "reading display messages")
         return [(int(r[0]), _loads(r[1])) for r in rows]
 
+    def display_messages_any(self) -> bool:
+        """Whether any message is stored: the one-row question start-up asks before it
+        builds the message board (most stations never get a message)."""
+        return bool(self._read("SELECT 1 FROM display_messages LIMIT 1", (),
+                               "reading display messages"))
+
     def display_message_put(self, message_id: int, data: dict[str, Any]) -> None:
         """Store a message, replacing one with the same id (2.0.1 O06)."""
         text = _dumps(data)
@@ -64,6 +70,11 @@ class DisplayRepository(Repository):
             return removed
 
     # ------------------------------------------------------------------ transaction costs
+
+    def tx_costs_any(self) -> bool:
+        """Whether any transaction cost is stored: the one-row question start-up asks before
+        it builds the costs (a station whose CSMS never sent one has none)."""
+        return bool(self._read("SELECT 1 FROM tx_costs LIMIT 1", (), "reading costs"))
 
     def tx_cost_put(self, local_id: str, evse_id: int, data: dict[str, Any]) -> None:
         """Store what is known of one transaction's cost (replacing the earlier state) and

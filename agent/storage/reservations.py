@@ -36,6 +36,12 @@ class ReservationRepository(Repository):
                         data if isinstance(data, dict) else {}))
         return out
 
+    def reservations_any(self) -> bool:
+        """Whether any reservation is stored: the one-row question start-up asks before it
+        builds the reservation service (an idle station has none, and never builds it)."""
+        return bool(self._read("SELECT 1 FROM reservations LIMIT 1", (),
+                               "reading reservations"))
+
     def reservation_put(self, reservation_id: int, evse_id: int | None, expires_at: str,
                         data: dict[str, Any]) -> None:
         """Store a reservation, replacing one with the same id (1.6 5.13, 2.0.1 H01.FR.02)."""

@@ -20,9 +20,9 @@ from agent.ocpp.v16.connection_security import ConnectionSecurity
 from agent.ocpp.v16.data_transfer import DataTransfer
 from agent.ocpp.v16.diagnostics import Diagnostics
 from agent.ocpp.v16.firmware import Firmware
-from agent.ocpp.v16.iso15118_pnc import PlugAndCharge16
 from agent.ocpp.v16.local_list import LocalList
 from agent.ocpp.v16.metering import STREAMS, Metering
+from agent.ocpp.v16.pnc import PlugAndCharge16  # the full block only with ISO 15118
 from agent.ocpp.v16.provisioning import Provisioning
 from agent.ocpp.v16.remote_trigger import RemoteTrigger
 from agent.ocpp.v16.reservation import Reservations

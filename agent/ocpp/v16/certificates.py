@@ -14,11 +14,15 @@ The extension is no feature profile: this block adds nothing to SupportedFeature
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.ocpp.blocks import Block, handles
-from agent.ocpp.certificate_signing import CertificateSigning
-from agent.security.store import CSMS_ROOT, STORE_SETTINGS, CertificateStore
+from agent.ocpp.lazy_signing import LazySigning
+from agent.security.names import CSMS_ROOT, STORE_SETTINGS
+
+if TYPE_CHECKING:  # both built on first use (a station at profile 0/1 may never need them)
+    from agent.ocpp.certificate_signing import CertificateSigning
+    from agent.security.store import CertificateStore
 
 log = logging.getLogger("cp_agent.v16")
 
@@ -33,8 +37,17 @@ class Certificates(Block):
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
-        self.signing = CertificateSigning(adapter, payload=lambda csr: {"csr": csr},
-                                          resend_waits=lambda: [])
+        self._signing = LazySigning(self, self._make_signing, "v16-cert-renewal")
+
+    def _make_signing(self) -> CertificateSigning:
+        from agent.ocpp.certificate_signing import CertificateSigning
+
+        return CertificateSigning(self.adapter, payload=lambda csr: {"csr": csr},
+                                  resend_waits=lambda: [])
+
+    @property
+    def signing(self) -> CertificateSigning:
+        return self._signing.flow
 
     @property
     def store(self) -> CertificateStore | None:
@@ -47,7 +60,10 @@ class Certificates(Block):
         self.signing.start("ExtendedTriggerMessage")
 
     def session_started(self) -> None:
-        self.adapter.spawn(self.signing.renewal(), "v16-cert-renewal", session=True)
+        self._signing.session_started()  # A03 renewal, while a certificate store exists
+
+    def session_ended(self) -> None:
+        self._signing.session_ended()
 
     @handles("CertificateSigned")
     async def certificate_signed(self, p: dict) -> dict:

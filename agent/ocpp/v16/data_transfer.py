@@ -15,7 +15,8 @@ class DataTransfer(Block):
     @handles("DataTransfer")
     async def data_transfer(self, p: dict) -> dict:
         for block in self.adapter.blocks:
-            if getattr(block, "DATA_TRANSFER_VENDOR", None) == p["vendorId"]:
+            claimed = getattr(block, "DATA_TRANSFER_VENDOR", None)
+            if claimed is not None and claimed == p["vendorId"]:
                 return await block.vendor_data_transfer(p)
         if p["vendorId"] != self.adapter.ctx.vendor:
             return {"status": "UnknownVendorId"}

@@ -32,31 +32,29 @@ from agent.core import plug_and_charge
 from agent.core.plug_and_charge import ContractAuthority, pnc_settings, v2g_renewal
 from agent.core.settings import SettingDef, defs_once, not_v16
 from agent.link.rpc import CallFailed, CallTimeout, ConnectionLost
-from agent.ocpp.blocks import Block
 from agent.ocpp.certificate_signing import CertificateSigning
+from agent.ocpp.v16.pnc import SIGNING_SETTINGS, PlugAndCharge16
 
 log = logging.getLogger("cp_agent.v16.pnc")
 
 VENDOR = "org.openchargealliance.iso15118pnc"
 ROOT_TYPES = ("V2GRootCertificate", "MORootCertificate", "CSMSRootCertificate",
               "ManufacturerRootCertificate")
-SIGNING_SETTINGS = (
-    SettingDef("CertSigningWaitMinimum", "int", 300, min=0, max=86400),
-    SettingDef("CertSigningRepeatTimes", "int", 1, min=0, max=10),
-)
 
 
 class PncDataError(ValueError):
     """A PnC DataTransfer whose data is not the JSON object its messageId needs."""
 
 
-class PlugAndCharge16(Block):
-    DATA_TRANSFER_VENDOR: ClassVar[str] = VENDOR
+class PlugAndCharge16Iso(PlugAndCharge16):
+    """The block of a station that speaks ISO 15118 (agent/ocpp/v16/pnc.py makes it)."""
+
+    DATA_TRANSFER_VENDOR: ClassVar[str | None] = VENDOR
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
         if self.station.iso15118 is None:  # no ISO 15118 here: the vendorId stays unknown
-            self.DATA_TRANSFER_VENDOR = ""
+            self.DATA_TRANSFER_VENDOR = None
         self.authority = ContractAuthority(self.station, self, version="1.6")
         self.v2g_signing = CertificateSigning(
             adapter, payload=lambda csr: {"csr": csr, "certificateType": "V2GCertificate"},
@@ -253,4 +251,4 @@ class PlugAndCharge16(Block):
         return {"status": "Accepted"}
 
 
-__all__ = ["ROOT_TYPES", "VENDOR", "PlugAndCharge16"]
+__all__ = ["ROOT_TYPES", "SIGNING_SETTINGS", "VENDOR", "PlugAndCharge16Iso"]

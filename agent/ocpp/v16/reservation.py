@@ -8,6 +8,8 @@ faulted or unavailable) and puts its id into the StartTransaction of the session
 (:mod:`agent.ocpp.v16.transactions`). The connector's Reserved status, and Available again
 when the reservation ends, are the ordinary StatusNotifications of the availability block.
 Connector 0 means no particular connector: the core then keeps one free for the idTag.
+The service is built by the first ReserveNow (or at start-up when the state file holds a
+reservation); until then no connector is reserved and CancelReservation finds nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from agent.core.reservations import PROFILE, RESERVATION_SETTINGS, Reservation, when
+from agent.core.service_settings import RESERVATION_PROFILE, RESERVATION_SETTINGS
 from agent.ocpp.blocks import Block, handles
 
 log = logging.getLogger("cp_agent.v16")
@@ -24,7 +26,7 @@ _KEYS = tuple(d for d in RESERVATION_SETTINGS if d.v16)  # ReserveConnectorZeroS
 
 
 class Reservations(Block):
-    PROFILE: ClassVar[str] = PROFILE
+    PROFILE: ClassVar[str] = RESERVATION_PROFILE
     SETTINGS = _KEYS
 
     @property
@@ -33,11 +35,15 @@ class Reservations(Block):
 
     def clock_synced(self, delta: float) -> None:
         """The CSMS time was adopted (boot answer, Heartbeat): expiries are wall-clock times,
-        so the timer measures from the corrected time."""
-        self.service.rearm()
+        so the timer measures from the corrected time (none built: no timer to move)."""
+        service = self.built_service("reservations")
+        if service is not None:
+            service.rearm()
 
     @handles("ReserveNow")
     async def reserve_now(self, p: dict) -> dict:
+        from agent.core.reservations import Reservation, when
+
         connector_id = p["connectorId"]
         if connector_id != 0 and connector_id not in self.station.evses:
             log.info("ReserveNow %s: no connector %s", p["reservationId"], connector_id)
@@ -55,4 +61,6 @@ class Reservations(Block):
 
     @handles("CancelReservation")
     async def cancel_reservation(self, p: dict) -> dict:
-        return {"status": "Accepted" if self.service.cancel(p["reservationId"]) else "Rejected"}
+        service = self.built_service("reservations")  # none built: none to cancel
+        found = service is not None and service.cancel(p["reservationId"])
+        return {"status": "Accepted" if found else "Rejected"}

@@ -12,12 +12,16 @@ V2GCertificateChain; without that block (or a store) it is Rejected as before.
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.ocpp.blocks import handles
-from agent.ocpp.certificate_signing import CertificateSigning
+from agent.ocpp.lazy_signing import LazySigning
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, ro, rw
-from agent.security.store import STORE_SETTINGS, USES, CertificateStore, Verdict
+from agent.security.names import STORE_SETTINGS, USES
+
+if TYPE_CHECKING:  # both built on first use (a station at profile 0/1 may never need them)
+    from agent.ocpp.certificate_signing import CertificateSigning
+    from agent.security.store import CertificateStore, Verdict
 
 log = logging.getLogger("cp_agent.v201")
 
@@ -52,8 +56,18 @@ class Certificates(VariableBlock):
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
-        self.signing = CertificateSigning(adapter, payload=self._sign_payload,
-                                          resend_waits=self._resend_waits)
+        self._signing = LazySigning(self, self._make_signing,
+                                    f"{adapter.version.replace('.', '')}-cert-renewal")
+
+    def _make_signing(self) -> CertificateSigning:
+        from agent.ocpp.certificate_signing import CertificateSigning
+
+        return CertificateSigning(self.adapter, payload=self._sign_payload,
+                                  resend_waits=self._resend_waits)
+
+    @property
+    def signing(self) -> CertificateSigning:
+        return self._signing.flow
 
     def live_variables(self) -> list[VarDef]:
         return [ro("SecurityCtrlr", "CertificateEntries", "integer",
@@ -83,7 +97,10 @@ class Certificates(VariableBlock):
         self.signing.start("TriggerMessage")
 
     def session_started(self) -> None:
-        self.adapter.spawn(self.signing.renewal(), "v201-cert-renewal", session=True)
+        self._signing.session_started()  # A03 renewal, while a certificate store exists
+
+    def session_ended(self) -> None:
+        self._signing.session_ended()
 
     @handles("CertificateSigned")
     async def certificate_signed(self, p: dict) -> dict:

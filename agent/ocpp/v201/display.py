@@ -17,6 +17,9 @@ can do and answers the 2.0.1 way:
 - O03 / O04: GetDisplayMessages answers Accepted and reports the matching messages (by id,
   priority, state) in NotifyDisplayMessages parts (``tbc``), or Unknown when none matches.
 - O05: ClearDisplayMessage answers Accepted, or Unknown for an id the station does not have.
+
+The message board is built by the first SetDisplayMessage (or at start-up when the state file
+holds a message): until then Get and Clear find nothing without building it.
 """
 
 from __future__ import annotations
@@ -24,14 +27,13 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from agent.core.display import (
+from agent.core.service_settings import (
     DISPLAY_LANGUAGE,
+    DISPLAY_LANGUAGES,
     DISPLAY_SETTINGS,
     MESSAGE_STATES,
     PRIORITIES,
     SHOWN_FORMATS,
-    TEXTS,
-    MessageError,
 )
 from agent.link.rpc import CallFailed
 from agent.ocpp.blocks import handles
@@ -72,7 +74,7 @@ class DisplayMessages(VariableBlock):
            values_list=MESSAGE_STATES),
         ro("DisplayMessageCtrlr", "PersonalMessageSize", "integer",
            str(PERSONAL_MESSAGE_SIZE)),
-        rw("DisplayMessageCtrlr", "Language", "OptionList", values_list=tuple(sorted(TEXTS)),
+        rw("DisplayMessageCtrlr", "Language", "OptionList", values_list=DISPLAY_LANGUAGES,
            setting=DISPLAY_LANGUAGE),
     )
 
@@ -85,11 +87,11 @@ class DisplayMessages(VariableBlock):
 
     def live_variables(self) -> list[VarDef]:
         service = self._service()
-        capacity = service.board.capacity if service is not None else 0
+        capacity = service.capacity if service is not None else 0
         return [
             ro("DisplayMessageCtrlr", "Available", "boolean", lambda: b(self._has_display())),
             ro("DisplayMessageCtrlr", "DisplayMessages", "integer",
-               lambda: str(len(s.board)) if (s := self._service()) is not None else "0",
+               lambda: str(s.message_count()) if (s := self._service()) is not None else "0",
                max_limit=capacity),
         ]
 
@@ -125,8 +127,10 @@ class DisplayMessages(VariableBlock):
         if tx is not None and self.station.find_tx(local_id=tx) is None:
             return _refused("UnknownTransaction", "TxNotFound",
                             f"no transaction {tx} is running")
+        from agent.core.display_messages import MessageError
+
         try:
-            message = service.board.put(info)
+            message = service.board.put(info)  # the first message builds the board
         except MessageError as exc:
             return _refused("Rejected", exc.reason, str(exc))
         except StorageError as exc:
@@ -141,7 +145,7 @@ class DisplayMessages(VariableBlock):
     @handles("GetDisplayMessages")
     async def get_display_messages(self, p: dict) -> dict:
         service = self._service()
-        if service is None:
+        if service is None or not service.message_count():  # none kept (or no board yet)
             return _refused("Unknown", "NotFound")
         service.board.purge(self.clock.now(), {e.tx.local_id for e in self.station.evses.values()
                                                if e.tx is not None})
@@ -184,7 +188,7 @@ class DisplayMessages(VariableBlock):
     @handles("ClearDisplayMessage")
     async def clear_display_message(self, p: dict) -> dict:
         service = self._service()
-        if service is None or p["id"] not in service.board:
+        if service is None or not service.message_count() or p["id"] not in service.board:
             return {"status": "Unknown"}
         try:
             service.board.remove([p["id"]])

@@ -21,21 +21,22 @@ directory (``hal.iso15118.pki_dir``) in the ``iso15118`` package's layout.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.clock import iso
-from agent.core import plug_and_charge
 from agent.core.iso15118 import MAX_SCHEDULE_ENTRIES, ChargingNeeds, EvSession
-from agent.core.plug_and_charge import ContractAuthority, pnc_settings, v2g_renewal
-from agent.ocpp.certificate_signing import CertificateSigning
+from agent.core.pnc_settings import pnc_settings
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro, rw
 
 if TYPE_CHECKING:
     from agent.core.model import Token
+    from agent.core.plug_and_charge import ContractAuthority
     from agent.core.settings import SettingDef
+    from agent.ocpp.certificate_signing import CertificateSigning
 
 log = logging.getLogger("cp_agent.v201.iso15118")
 
@@ -87,10 +88,22 @@ class Iso15118(VariableBlock):
         # trigger stays NotImplemented and a V2G CertificateSigned Rejected, as before.
         if self.station.iso15118 is None:
             self.TRIGGERS = {}
-        self.authority = ContractAuthority(
-            self.station, self, version=adapter.version, on_answer=self._authorize_answered)
-        self.v2g_signing = CertificateSigning(
-            adapter, payload=self._v2g_payload, resend_waits=self._resend_waits,
+
+    # Made on first use (agent.core.plug_and_charge and agent.ocpp.certificate_signing
+    # imported): only a station that speaks ISO 15118 ever uses them.
+    @functools.cached_property
+    def authority(self) -> ContractAuthority:
+        from agent.core.plug_and_charge import ContractAuthority
+
+        return ContractAuthority(self.station, self, version=self.adapter.version,
+                                 on_answer=self._authorize_answered)
+
+    @functools.cached_property
+    def v2g_signing(self) -> CertificateSigning:
+        from agent.ocpp.certificate_signing import CertificateSigning
+
+        return CertificateSigning(
+            self.adapter, payload=self._v2g_payload, resend_waits=self._resend_waits,
             csr=self._v2g_csr, what="V2G certificate")
 
     def settings_defs(self) -> tuple[SettingDef, ...]:
@@ -104,7 +117,11 @@ class Iso15118(VariableBlock):
 
     def activate(self) -> None:
         """This version took charge (its adapter is the station's observer)."""
-        if plug_and_charge.attach(self.station, self.authority, listener=self._hlc_event):
+        if self.service is None:  # no ISO 15118 here: nothing to answer
+            return
+        from agent.core.plug_and_charge import attach
+
+        if attach(self.station, self.authority, listener=self._hlc_event):
             log.debug("OCPP %s answers the SECC's Plug & Charge questions",
                       self.adapter.version)
 
@@ -116,7 +133,7 @@ class Iso15118(VariableBlock):
     def session_started(self) -> None:
         if self.adapter.active:
             self.activate()
-        if self.store is not None and self.service is not None:
+        if self.service is not None and self.store is not None:  # store read only then
             self.adapter.spawn(self._v2g_renewal(), f"{self.adapter.version}-v2g-renewal",
                                session=True)
 
@@ -262,12 +279,15 @@ class Iso15118(VariableBlock):
         return out
 
     async def _v2g_renewal(self) -> None:
+        from agent.core.plug_and_charge import v2g_renewal
+
         await v2g_renewal(self.clock, lambda: self.store, self.v2g_signing, self._v2g_enabled)
 
     def pki_changed(self) -> None:
         """Write the SECC certificate and the V2G / MO roots to the SECC's PKI directory."""
-        service, store = self.service, self.store
+        service = self.service
         pki_dir = getattr(getattr(getattr(service, "hlc", None), "cfg", None), "pki_dir", None)
+        store = self.store if pki_dir else None  # no SECC: the store is not built for it
         if store is None or not pki_dir:
             return
         try:

@@ -10,26 +10,35 @@ says why a reservation ended the 2.0.1 way: ReservationStatusUpdate Expired or R
 for a cancellation the CSMS asked for, nor for a reservation used), queued in the durable
 outbox in the commit that removes it. The connector status Reserved is the availability
 block's StatusNotification; the reservationId of the transaction that used a reservation is
-the transactions block's (TransactionEvent.reservationId).
+the transactions block's (TransactionEvent.reservationId). The service is built by the first
+ReserveNow (or at start-up when the state file holds a reservation): until then nothing is
+reserved, and this block hooks into it when it is built.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from agent.core.reservations import EXPIRED, REMOVED, Reservation, when
+from agent.core.service_settings import RESERVATION_SETTINGS
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, ro, rw
+
+if TYPE_CHECKING:
+    from agent.core.reservations import Reservation
 
 log = logging.getLogger("cp_agent.v201")
 
 STATUS_UPDATE = "ReservationStatusUpdate"
 # connectorType values that name no type: a reservation of any connector.
 _NO_TYPE = frozenset({"Unknown", "Undetermined"})
+# Why the station ended a reservation, as agent.core.reservations says it (EXPIRED, REMOVED;
+# a test keeps them equal): the ends ReservationStatusUpdate reports.
+_REPORTED_ENDS = frozenset({"Expired", "Removed"})
 
 
 class Reservations(VariableBlock):
+    SETTINGS = RESERVATION_SETTINGS  # the variables below read them before any reservation
     OUTBOX_ACTIONS = frozenset({STATUS_UPDATE})
     VARIABLES: ClassVar[tuple[VarDef, ...]] = (
         rw("ReservationCtrlr", "Enabled", "boolean", setting="ReservationEnabled"),
@@ -40,8 +49,10 @@ class Reservations(VariableBlock):
 
     def __init__(self, adapter: Any) -> None:
         super().__init__(adapter)
-        service = self.service
-        for info in adapter.ctx.evses:  # what a reservation of a connectorType matches
+        self.when_service("reservations", self._hook)
+
+    def _hook(self, service: Any) -> None:
+        for info in self.adapter.ctx.evses:  # what a reservation of a connectorType matches
             service.connector_types.setdefault(info.id, info.connector_type)
         service.listeners.append(self._ended)
 
@@ -51,12 +62,14 @@ class Reservations(VariableBlock):
 
     def clock_synced(self, delta: float) -> None:
         """The CSMS time was adopted (boot answer, Heartbeat): expiries are wall-clock times,
-        so the timer measures from the corrected time."""
-        self.service.rearm()
+        so the timer measures from the corrected time (none built: no timer to move)."""
+        service = self.built_service("reservations")
+        if service is not None:
+            service.rearm()
 
     def _ended(self, reservation: Reservation, reason: str) -> None:
         """H04: the station ended a reservation (runs inside the commit that removes it)."""
-        if not self.adapter.active or reason not in (EXPIRED, REMOVED):
+        if not self.adapter.active or reason not in _REPORTED_ENDS:
             return
         self.adapter.enqueue(STATUS_UPDATE, {"reservationId": reservation.id,
                                              "reservationUpdateStatus": reason})
@@ -65,6 +78,8 @@ class Reservations(VariableBlock):
 
     @handles("ReserveNow")
     async def reserve_now(self, p: dict) -> dict:
+        from agent.core.reservations import Reservation, when
+
         evse_id = p.get("evseId") or None  # 0: no particular EVSE, as when omitted
         if evse_id is not None and evse_id not in self.station.evses:
             log.info("ReserveNow %s: no EVSE %s", p["id"], evse_id)
@@ -85,4 +100,6 @@ class Reservations(VariableBlock):
 
     @handles("CancelReservation")
     async def cancel_reservation(self, p: dict) -> dict:
-        return {"status": "Accepted" if self.service.cancel(p["reservationId"]) else "Rejected"}
+        service = self.built_service("reservations")  # none built: none to cancel
+        found = service is not None and service.cancel(p["reservationId"])
+        return {"status": "Accepted" if found else "Rejected"}

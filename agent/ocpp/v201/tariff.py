@@ -21,29 +21,34 @@ Amounts are in the TariffCostCtrlr.Currency (ISO 4217). The 2.1 local cost calcu
 TransactionEventResponse may add ``updatedPersonalMessageExtra`` (the tariff text in more
 languages), of which the driver's language is shown; a QRCODE text is not shown (the fallback
 is), like HTML and URI.
+
+The station's costs (``station.cost``) are built by the first answer or request that carries
+a tariff text or a cost: a CSMS that never sends one never has them built.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from agent.core.cost import (
+from agent.core.model import Token
+from agent.core.service_settings import (
     COST_ENABLED,
     COST_FALLBACK,
     COST_SETTINGS,
     CURRENCY,
+    SHOWN_FORMATS,
     TARIFF_ENABLED,
     TARIFF_FALLBACK,
-    CostError,
-    Tariff,
+    primary,
 )
-from agent.core.display import SHOWN_FORMATS, primary
-from agent.core.model import Token
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro, rw
 from agent.storage import OutboxItem
+
+if TYPE_CHECKING:  # the costs are built when a CSMS first speaks of a tariff or a cost
+    from agent.core.cost import Tariff
 
 log = logging.getLogger("cp_agent.v201")
 
@@ -57,6 +62,8 @@ def tariff_of(content: Any) -> Tariff | None:
     """A MessageContentType as a tariff text (None when there is none)."""
     if not isinstance(content, dict) or not isinstance(content.get("content"), str):
         return None
+    from agent.core.cost import Tariff
+
     return Tariff(content["content"], content.get("language"),
                   str(content.get("format") or "UTF8"))
 
@@ -105,26 +112,39 @@ class TariffCost(VariableBlock):
         return [ro("TariffCostCtrlr", "Enabled", "boolean", lambda: b(
             bool(self.settings[TARIFF_ENABLED]) or bool(self.settings[COST_ENABLED])))]
 
-    def _costs(self) -> Any:
+    def _costs(self, *, build: bool = True) -> Any:
+        """The station's costs; ``build=False``: only if they exist already."""
+        if not build:
+            return self.built_service("cost")
         return getattr(self.station, "cost", None)
 
     # ------------------------------------------------------------------ I01
 
     def authorize_answered(self, token: Token, answer: dict) -> None:
         """An AuthorizeResponse: the driver's tariff text and languages (I01)."""
-        costs = self._costs()
         info = answer.get("idTokenInfo")
-        if costs is None or not isinstance(info, dict):
+        if not isinstance(info, dict):
             return
-        costs.driver(token.id, tariff_of(info.get("personalMessage")), languages_of(info))
+        tariff, languages = tariff_of(info.get("personalMessage")), languages_of(info)
+        # Nothing to tell costs that do not exist yet (they would forget nothing).
+        costs = self._costs(build=tariff is not None or bool(languages))
+        if costs is not None:
+            costs.driver(token.id, tariff, languages)
 
     # ------------------------------------------------------------------ I02, I03, I06
 
     def transaction_answered(self, item: OutboxItem, result: dict) -> None:
         """A TransactionEventResponse (runs inside the commit that acknowledges the event,
         so it must not raise: the event would be sent again)."""
-        costs = self._costs()
-        if costs is None or item.tx_ref is None:
+        if item.tx_ref is None:
+            return
+        info = result.get("idTokenInfo")
+        says = "totalCost" in result or result.get("updatedPersonalMessage") is not None or (
+            isinstance(info, dict) and info.get("personalMessage") is not None)
+        # An answer without a tariff or a cost does not build the costs (a transaction they
+        # do not know yet is adopted when they are built).
+        costs = self._costs(build=says)
+        if costs is None:
             return
         try:
             self._take(costs, item, result)
@@ -133,6 +153,8 @@ class TariffCost(VariableBlock):
                           item.tx_ref)
 
     def _take(self, costs: Any, item: OutboxItem, result: dict) -> None:
+        from agent.core.cost import CostError
+
         local_id = item.tx_ref
         assert local_id is not None
         evse = item.payload.get("evse")
@@ -155,6 +177,8 @@ class TariffCost(VariableBlock):
     @handles("CostUpdated")
     async def cost_updated(self, p: dict) -> dict:
         """I02: the running total of a transaction; answered (empty) whatever it names."""
+        from agent.core.cost import CostError
+
         costs = self._costs()
         local_id = str(p["transactionId"])
         evse = self.station.find_tx(local_id=local_id)

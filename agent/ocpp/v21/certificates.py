@@ -26,7 +26,7 @@ from typing import ClassVar
 
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.certificates import STATION_CERT, Certificates
-from agent.security.store import USES
+from agent.security.names import USES
 
 log = logging.getLogger("cp_agent.v21")
 

@@ -28,19 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.clock import iso
-from agent.core.der import (
-    CONTROL_TYPES,
-    DerControl,
-    setting_field,
-    stage_supports,
-    validate_control,
-)
+from agent.core.v2x_names import CONTROL_TYPES, setting_field, stage_supports
 from agent.link.rpc import CallFailed, ConnectionLost
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro
+
+if TYPE_CHECKING:  # the service is built on first use (Station.provide)
+    from agent.core.der import DerControl, DerControls
 
 log = logging.getLogger("cp_agent.v21")
 
@@ -66,10 +63,17 @@ class Der21(VariableBlock):
         super().__init__(adapter)
         self._wake = asyncio.Event()
         self.reports = 0  # ReportDERControl messages sent (tests)
-        self.der.listeners.append(self._wake.set)
+        # The controls are built on the first request, or at start-up when the state file
+        # keeps one (agent/core/station.py): from then on this block hears of every change.
+        self.when_service("der", self._der_built)
+
+    def _der_built(self, der: DerControls) -> None:
+        der.listeners.append(self._wake.set)
+        self._wake.set()  # what a restart left owed goes out now
 
     @property
-    def der(self) -> Any:
+    def der(self) -> DerControls:
+        """The DER controls, built now if nothing did yet (a request that needs them)."""
         return self.station.der
 
     def capable(self) -> bool:
@@ -116,6 +120,8 @@ class Der21(VariableBlock):
             return _status("Rejected", "InvalidValue",
                            f"a {control_type} control takes {name}, not {', '.join(extra)}")
         setting = p.get(name)
+        from agent.core.der import validate_control
+
         problem = validate_control(control_type, p.get("isDefault"), setting)
         if problem is not None:
             log.warning("SetDERControl %s refused: %s", p.get("controlId"), problem[1])
@@ -133,9 +139,9 @@ class Der21(VariableBlock):
 
     @handles("GetDERControl")
     async def get_der_control(self, p: dict) -> dict:
-        chosen = self.der.select(control_id=p.get("controlId"),
-                                 control_type=p.get("controlType"),
-                                 is_default=p.get("isDefault"))
+        der = self.built_service("der")  # none built: none kept (start-up builds a kept one)
+        chosen = der.select(control_id=p.get("controlId"), control_type=p.get("controlType"),
+                            is_default=p.get("isDefault")) if der is not None else []
         if not chosen:
             return _status("NotFound", "NotFound", "no DER control matches")
         self.adapter.spawn(self._report(p["requestId"], chosen), "v21-der-report")
@@ -175,14 +181,23 @@ class Der21(VariableBlock):
 
     @handles("ClearDERControl")
     async def clear_der_control(self, p: dict) -> dict:
-        chosen = self.der.select(control_id=p.get("controlId"),
-                                 control_type=p.get("controlType"),
-                                 is_default=None if p.get("controlId") else p.get("isDefault"))
-        if not chosen or not self.der.clear([c.control_id for c in chosen]):
+        der = self.built_service("der")  # none built: none kept
+        chosen = der.select(control_id=p.get("controlId"), control_type=p.get("controlType"),
+                            is_default=None if p.get("controlId") else p.get("isDefault")
+                            ) if der is not None else []
+        if not chosen or not der.clear([c.control_id for c in chosen]):
             return _status("NotFound", "NotFound", "no DER control matches")
         return {"status": "Accepted"}
 
     # ------------------------------------------------------------------ R04 / R05 notify
+
+    def clock_synced(self, delta: float) -> None:
+        """The wall clock moved: the controls' windows are where they were, "now" is not.
+        The notifier and the scheduler judge them again (a restart's clock, corrected by the
+        boot answer, may have put a kept control out of its window until then)."""
+        self._wake.set()
+        if self.built_service("der") is not None:
+            self.station.charging_profiles.wake()
 
     def session_started(self) -> None:
         self._wake.set()
@@ -193,9 +208,10 @@ class Der21(VariableBlock):
         the next start or end, or until something changes; for the connection's life."""
         while True:
             self._wake.clear()
-            delivered = await self._deliver()
+            der = self.built_service("der")  # none yet: nothing kept, nothing owed
+            delivered = await self._deliver(der) if der is not None else True
             now = self.clock.now()
-            nxt = self.der.next_change(now)
+            nxt = der.next_change(now) if der is not None else None
             wait = max(0.0, (nxt - now).total_seconds()) if nxt is not None else None
             if not delivered:  # the CSMS refused or did not answer: again in a while
                 wait = RETRY_S if wait is None else min(wait, RETRY_S)
@@ -204,9 +220,9 @@ class Der21(VariableBlock):
             else:
                 await self.adapter.sleep_or(min(wait, 3600.0), self._wake)
 
-    async def _deliver(self) -> bool:
-        while self.der.alarm_queue:
-            alarm = self.der.alarm_queue[0]
+    async def _deliver(self, der: DerControls) -> bool:
+        while der.alarm_queue:
+            alarm = der.alarm_queue[0]
             payload: dict[str, Any] = {"controlType": alarm.control_type,
                                        "gridEventFault": alarm.fault,
                                        "timestamp": iso(alarm.at)}
@@ -216,15 +232,15 @@ class Der21(VariableBlock):
                 payload["extraInfo"] = alarm.info[:200]
             if not await self._send("NotifyDERAlarm", payload):
                 return False
-            self.der.alarm_queue.pop(0)
-        for control, started, at, superseded in self.der.due(self.clock.now()):
+            der.alarm_queue.pop(0)
+        for control, started, at, superseded in der.due(self.clock.now()):
             payload = {"controlId": control.control_id, "started": started,
                        "timestamp": iso(at)}
             if started and superseded:
                 payload["supersededIds"] = superseded[:24]
             if not await self._send("NotifyDERStartStop", payload):
                 return False
-            self.der.announced(control.control_id, started)
+            der.announced(control.control_id, started)
         return True
 
     async def _send(self, action: str, payload: dict) -> bool:

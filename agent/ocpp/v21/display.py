@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, ClassVar
 
-from agent.core.display import MESSAGE_STATES
+from agent.core.service_settings import MESSAGE_STATES
 from agent.ocpp.v201.device_model import VarDef
 from agent.ocpp.v201.display import FORMATS, DisplayMessages
 

@@ -61,8 +61,9 @@ from typing import Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.clock import iso, parse_iso
-from agent.core.cost import COST_ENABLED, TARIFF_ENABLED, CostError, Tariff, to_decimal
+from agent.core.cost import CostError, Tariff, to_decimal
 from agent.core.model import EvseSnapshot, StopReason, Token, TxRecord
+from agent.core.service_settings import COST_ENABLED, TARIFF_ENABLED
 from agent.core.tariffs import (
     REJECTED,
     CostCalculator,

@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 from agent.core.smart_charging import ChargingProfile, ChargingSchedulePeriod, Kind, Purpose
+from agent.core.v2x_names import CHARGE_ONLY_MODES
 from agent.link.rpc import CallFailed, ConnectionLost
 from agent.ocpp.blocks import handles
 from agent.ocpp.charging_profiles_json import dec, number, stamp, when
@@ -193,11 +194,13 @@ class SmartCharging21(SmartCharging):
         return from_profile_21(p)
 
     def validation_options(self) -> dict[str, Any]:
-        modes = getattr(self.station, "v2x_modes", None)
+        # Not built: no stage takes setpoints (the station builds the modes at start-up
+        # where one does), so the EVSEs apply what the pilot does.
+        modes = self.built_service("v2x_modes")
         evse_id = self._modes_for if isinstance(self._modes_for, int) else 0
         return {"allowed_purposes": frozenset(Purpose), "allowed_kinds": frozenset(Kind),
                 "operation_modes": modes.supported(evse_id) if modes is not None
-                else ("ChargingOnly",)}
+                else CHARGE_ONLY_MODES}
 
     def _check(self, profile: ChargingProfile, *, remote_start: bool) -> list[str]:
         """2.0.1's checks, with the V2X modes the profile's EVSE (0: all) can apply."""

@@ -31,7 +31,11 @@ from typing import Any, ClassVar
 from agent.clock import parse_iso
 from agent.core.settings import SettingDef
 from agent.core.smart_charging import OperationMode, v2x_at
-from agent.core.v2x_modes import DEFAULT_THRESHOLD_MHZ, FREQUENCY_THRESHOLD_SETTING
+from agent.core.v2x_names import (
+    CHARGE_ONLY_MODES,
+    DEFAULT_THRESHOLD_MHZ,
+    FREQUENCY_THRESHOLD_SETTING,
+)
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro, rw
 from hal.interfaces import EnergyTransferMode
@@ -63,7 +67,14 @@ class V2x21(VariableBlock):
 
     @property
     def modes(self) -> Any:
+        """The operation modes, built now if nothing did yet (a request that needs them)."""
         return self.station.v2x_modes
+
+    def supported_modes(self, evse_id: int) -> list[str] | tuple[str, ...]:
+        """What EVSE ``evse_id`` can apply, without building the modes: a station whose
+        stages take setpoints built them at start-up, so none built means charge-only."""
+        modes = self.built_service("v2x_modes")
+        return modes.supported(evse_id) if modes is not None else CHARGE_ONLY_MODES
 
     def live_variables(self) -> list[VarDef]:
         out: list[VarDef] = []
@@ -76,7 +87,7 @@ class V2x21(VariableBlock):
                    lambda evse=evse: ",".join(self._transfer_modes(evse)), evse=eid,
                    values_list=tuple(m.value for m in EnergyTransferMode)),
                 ro("V2XChargingCtrlr", "SupportedOperationModes", "MemberList",
-                   lambda eid=eid: ",".join(self.modes.supported(eid)), evse=eid,
+                   lambda eid=eid: ",".join(self.supported_modes(eid)), evse=eid,
                    values_list=tuple(m.value for m in OperationMode)),
             ]
         return out
