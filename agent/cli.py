@@ -9,6 +9,7 @@ import faulthandler
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 from agent import __version__
 from agent.config import AgentConfig, ConfigError, load_config
@@ -31,11 +32,23 @@ def _setup_logging(level: str, *, frames: bool = False) -> None:
         logging.getLogger("cp_agent.frames").setLevel(logging.INFO)
 
 
-async def freeze_after_start(ready: asyncio.Event) -> None:
-    """Once the agent is up (``Agent.ready``: started, devices answering), collect what start-up
-    left as cyclic garbage and move every object alive now (modules, schemas, the agent's
-    object graph) into the collector's permanent generation (``gc.freeze``): a full
+# How long the start-up housekeeping below waits for the first BootNotification to be answered
+# before it runs anyway (a station that cannot reach its CSMS still gets it, just later).
+BOOT_PATIENCE_S = 30.0
+
+
+async def freeze_after_start(ready: asyncio.Event, booted: Sequence[asyncio.Event] = (), *,
+                             patience_s: float = BOOT_PATIENCE_S) -> None:
+    """Once the agent is up (``Agent.ready``: started, devices answering) and its first
+    BootNotification was answered (any of ``booted``, or ``patience_s`` later), collect what
+    start-up left as cyclic garbage and move every object alive now (modules, schemas, the
+    agent's object graph) into the collector's permanent generation (``gc.freeze``): a full
     collection then no longer walks ~37,000 objects that live as long as the process.
+
+    After the boot, not before it: the mock HAL answers its self-check at once, so ``ready``
+    is set before the link has even connected, and a full collection there (~12 M
+    instructions) was start-up time spent before the BootNotification went out
+    (docs/performance.md).
 
     Measured (docs/performance.md): it changes nothing in an outbox replay (3 young-generation
     collections per 1,000 messages, ~1 ms, with or without it); what it saves is the
@@ -48,6 +61,13 @@ async def freeze_after_start(ready: asyncio.Event) -> None:
     from agent import dataclass_cache
 
     await ready.wait()
+    if booted:
+        waits = [asyncio.ensure_future(event.wait()) for event in booted]
+        try:
+            await asyncio.wait(waits, timeout=patience_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
     gc.collect()
     gc.freeze()
     # Every module a start needs is loaded now: their dataclass methods are cached for the
@@ -90,7 +110,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
             install_agent_log(agent.state_dir, max_kb=cfg.log.file_max_kb,
                               count=cfg.log.file_count, wall=agent.clock.wall)
-        freezer = asyncio.create_task(freeze_after_start(agent.ready), name="gc-freeze")
+        booted = [adapter.registration_seen for adapter in agent.adapters.values()]
+        freezer = asyncio.create_task(freeze_after_start(agent.ready, booted),
+                                      name="gc-freeze")
         try:
             return await agent.run()
         finally:  # a firmware update may have replaced the interpreter (python_package)
@@ -266,12 +288,40 @@ def cmd_firmware_sign(ns: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Undeclared:
+    """Stands in for the parser of a subcommand the command line does not name: argparse
+    parses the chosen subcommand's arguments only, so the others' need not be declared.
+    Declaring all of them (~70 arguments, each help text looked up by gettext) was ~12 M
+    instructions of every start (docs/performance.md); ``cp-agent -h`` still lists every
+    subcommand, and ``cp-agent swarm -h`` shows every argument of swarm."""
+
+    def add_argument(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def set_defaults(self, **kwargs: object) -> None:
+        return None
+
+    def add_subparsers(self, **kwargs: object) -> _Undeclared:
+        return self
+
+    def add_parser(self, *args: object, **kwargs: object) -> _Undeclared:
+        return self
+
+
+def _declared(parser: argparse.ArgumentParser, name: str,
+              command: str | None) -> argparse.ArgumentParser:
+    return parser if command is None or command == name else _Undeclared()  # type: ignore[return-value]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (the subcommand about to be parsed) only that
+    subcommand's arguments are declared, the others are listed by name and help."""
     versions = list(registry.versions())
     p = argparse.ArgumentParser(prog="cp-agent", description="OCPP charge point agent")
     p.add_argument("--version", action="version", version=f"cp-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the station daemon")
+    r = _declared(r, "run", command)
     r.add_argument("--config", required=True, help="YAML configuration file")
     r.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     r.add_argument("--log-frames", action="store_true",
@@ -279,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "log.frames: true does")
     r.set_defaults(func=cmd_run)
     d = sub.add_parser("demo", help="play a charging session against a local CSMS (mock HAL)")
+    d = _declared(d, "demo", command)
     d.add_argument("--ocpp", default=versions[0], choices=versions,
                    help=f"OCPP version to speak (default {versions[0]})")
     d.add_argument("-v", "--verbose", action="store_true", help="also print agent logs")
@@ -292,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "every frame, until Ctrl-C",
                         description="The strict test CSMS the integration tests use, as a "
                         "command: a station connects to ws://HOST:PORT/<station id>.")
+    cs = _declared(cs, "csms", command)
     cs.add_argument("--host", default="127.0.0.1", help="address to listen on (default "
                     "127.0.0.1; 0.0.0.0 for a charger on the network)")
     cs.add_argument("--port", type=int, default=CSMS_PORT,
@@ -306,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "delay_s}) sent to each station once its boot is accepted")
     cs.set_defaults(func=cmd_csms)
     doc = sub.add_parser("doctor", help="probe every configured device")
+    doc = _declared(doc, "doctor", command)
     doc.add_argument("--config", required=True)
     doc.set_defaults(func=cmd_doctor)
     c = sub.add_parser("check-config", help="validate a configuration file and exit")
+    c = _declared(c, "check-config", command)
     c.add_argument("--config", required=True)
     c.set_defaults(func=cmd_check_config)
     sw = sub.add_parser("swarm", help="simulate many stations (real agents, mock HAL) "
@@ -316,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "process, each the real agent on its own mock HAL, with simulated "
                         "drivers. Ctrl-C finishes the sessions and stops cleanly (twice: "
                         "at once).")
+    sw = _declared(sw, "swarm", command)
     sw.add_argument("--csms", metavar="URL",
                     help="CSMS websocket URL; the station id is appended to it (required)")
     sw.add_argument("--count", type=int, metavar="N",
@@ -384,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "ctl":
         return cmd_ctl(argv[1:])
-    ns = build_parser().parse_args(argv)
+    ns = build_parser(argv[0] if argv else None).parse_args(argv)
     return ns.func(ns)
 
 

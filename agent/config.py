@@ -8,6 +8,7 @@ odd behaviour weeks later.  So every key is declared here, unknown keys are erro
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import re
@@ -16,11 +17,10 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import yaml
-
+from agent import config_cache
 from agent.ocpp import registry
 from hal.config_kit import yaml_repr
 
@@ -685,8 +685,14 @@ def _check_required(raw: Any, source: str) -> None:
                       f"{what}")
 
 
+if TYPE_CHECKING:
+    import yaml  # imported where a file is parsed: a start on a cached document needs none
+
+
 def _yaml_error(exc: yaml.YAMLError, source: str, text: str) -> str:
     """The YAML error with the file's name, line and column (PyYAML says "<unicode string>")."""
+    import yaml
+
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         mark = exc.problem_mark
         detail = exc.problem or "syntax error"
@@ -707,30 +713,39 @@ def _yaml_error(exc: yaml.YAMLError, source: str, text: str) -> str:
     return f"{source}: not valid YAML: {exc}"
 
 
-# libyaml's parser, when PyYAML was built with it: a commented configuration like
-# config.example.yaml loads in ~1 ms instead of ~55 ms, at every start (docs/performance.md).
-_FAST_LOADER = getattr(yaml, "CSafeLoader", None)
-
-
 def _safe_load(text: str) -> Any:
-    """``yaml.safe_load`` through libyaml when available.  A document libyaml refuses is
-    parsed again by the pure-Python parser, so an error reads as it always did (that one
-    names the offending character or alias, libyaml does not)."""
-    if _FAST_LOADER is not None:
+    """``yaml.safe_load`` through libyaml when available (a commented configuration like
+    config.example.yaml loads in ~1 ms instead of ~55 ms, docs/performance.md).  A document
+    libyaml refuses is parsed again by the pure-Python parser, so an error reads as it always
+    did (that one names the offending character or alias, libyaml does not)."""
+    import yaml
+
+    fast = getattr(yaml, "CSafeLoader", None)  # None: PyYAML built without libyaml
+    if fast is not None:
         try:
-            return yaml.load(text, Loader=_FAST_LOADER)
+            return yaml.load(text, Loader=fast)
         except yaml.YAMLError:
             pass
     return yaml.safe_load(text)
 
 
-def load_config_text(text: str, source: str = "<string>",
-                     base_dir: str | os.PathLike[str] | None = None) -> AgentConfig:
-    """Parse and validate ``text``; relative paths are relative to ``base_dir`` if given."""
+def _parse(text: str, source: str) -> Any:
+    """The YAML document of ``text``; a ConfigError naming line and column if it is not YAML."""
+    import yaml
+
     try:
-        raw = _safe_load(text)
+        return _safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(_yaml_error(exc, source, text)) from None
+
+
+def load_config_text(text: str, source: str = "<string>",
+                     base_dir: str | os.PathLike[str] | None = None, *,
+                     raw: Any = config_cache.MISS) -> AgentConfig:
+    """Parse and validate ``text``; relative paths are relative to ``base_dir`` if given.
+    ``raw``: the document ``text`` parses to, when it is known already (the parse cache)."""
+    if raw is config_cache.MISS:
+        raw = _parse(text, source)
     cfg = _build(AgentConfig, raw, "")
     # Versions written unquoted in YAML arrive as floats: 1.6 -> "1.6" is fine, 2.0.1 is a str.
     cfg.source = source
@@ -760,4 +775,13 @@ def load_config(path: str | os.PathLike[str]) -> AgentConfig:
                           f"{exc.start} (line {line}, column {column}) is not valid UTF-8"
                           f"{hint}; save the file as UTF-8") from None
     # Relative paths in the file are relative to the file, not to the working directory.
-    return load_config_text(text, str(p), base_dir=p.resolve().parent)
+    base_dir = p.resolve().parent
+    raw = config_cache.lookup(data)  # the document of exactly these bytes, parsed before
+    if raw is not config_cache.MISS:
+        return load_config_text(text, str(p), base_dir=base_dir, raw=raw)
+    raw = _parse(text, str(p))
+    # Kept only for a configuration that is valid, to be read at the next start instead of
+    # parsed; everything below runs on it as on a parse.
+    cfg = load_config_text(text, str(p), base_dir=base_dir, raw=copy.deepcopy(raw))
+    config_cache.store(data, raw)
+    return cfg

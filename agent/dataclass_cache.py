@@ -18,8 +18,16 @@ interpreter's own rules apply: each file carries the interpreter's magic number 
 Python ignores it), nothing is written when ``sys.dont_write_bytecode`` is set or the
 directory is read-only (a hardened installation: then every start compiles, as without this
 module, unless the installer warmed the cache: :func:`warm`), and an unreadable or foreign
-file is ignored and replaced. Once a start is over (:func:`save`) the entries are let go: a
-class's methods hold their own code, the cache's copies would only take memory.
+file is ignored and replaced.
+
+What a module's file held is let go as soon as that module's import is over (checked at the
+next compile of any module, and by :func:`save` / :func:`release`): a class's methods hold
+their own (inner) code, and the rest of an entry, the text it is keyed by and the code that
+builds the method, is garbage once the class exists.  Before, every module's entries lived
+until the save after start-up, all at once at the top of the start-up heap, and those of a
+module imported after that save (a service built on first use) until the process exited.
+Only a module that compiled something its file did not hold keeps what it used, until the
+save writes its file.
 
 It patches one private function of the standard library, ``dataclasses._create_fn``, and only
 where it is the function it knows (CPython 3.11's; 3.12 names its locals differently and 3.13
@@ -51,6 +59,7 @@ _KNOWN_VARNAMES = ("name", "args", "body", "globals", "locals", "return_type",
 _loaded: dict[str, dict[str, CodeType]] = {}  # module -> what its file held (popped as used)
 _used: dict[str, dict[str, CodeType]] = {}  # module -> every entry it used in this process
 _dirty: set[str] = set()  # modules that compiled something their file did not hold
+_reread: set[str] = set()  # modules whose entries were let go once and read again later
 _installed = False
 _original: Any = None  # dataclasses' own _create_fn, once replaced
 stats = {"hits": 0, "compiled": 0}  # since install(): what the cache saved, what it did not
@@ -114,17 +123,51 @@ def save() -> int:
     if not sys.dont_write_bytecode:
         for module in sorted(_dirty):
             path = cache_file(module)
-            if path is not None and _write(path, _used.get(module, {})):
+            if path is None:
+                continue
+            codes = _used.get(module, {})
+            if module in _reread:  # what it used before its entries were let go is kept too
+                codes = {**_loaded.get(module, {}), **codes}
+            if _write(path, codes):
                 written += 1
+    release()
+    return written
+
+
+def release() -> None:
+    """Let go of every entry held, written or not (a module that compiled something is
+    compiled again at the next start)."""
     _dirty.clear()
     _used.clear()
     _loaded.clear()
-    return written
+    _reread.clear()
+
+
+def held() -> int:
+    """How many entries are held now (loaded from files or used): what :func:`release` and
+    the end of each module's import let go."""
+    return sum(map(len, _loaded.values())) + sum(map(len, _used.values()))
+
+
+def _importing(module: str) -> bool:
+    spec = getattr(sys.modules.get(module), "__spec__", None)
+    return bool(getattr(spec, "_initializing", False))
+
+
+def _let_go_of_imported(current: str) -> None:
+    """Drop the entries of every module other than ``current`` whose import is over and that
+    compiled nothing new (those keep theirs for :func:`save`)."""
+    for module in [m for m in _used if m != current and m not in _dirty]:
+        if not _importing(module):
+            del _used[module]
+            if _loaded.pop(module, None) is not None:
+                _reread.add(module)
 
 
 def _compile(module: str, txt: str) -> CodeType:
     used = _used.get(module)
     if used is None:
+        _let_go_of_imported(module)
         path = cache_file(module)
         _loaded[module] = _load(path) if path is not None else {}
         used = _used[module] = {}
@@ -207,4 +250,4 @@ def warm(packages: tuple[str, ...] = ("agent", "hal")) -> int:
     return save()
 
 
-__all__ = ["cache_file", "install", "save", "stats", "warm"]
+__all__ = ["cache_file", "held", "install", "release", "save", "stats", "warm"]

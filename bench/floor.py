@@ -110,6 +110,10 @@ class _Programs:
                      "--id", self.ids["bare"], "--ocpp", version],
         }
         self.env = child_env(tmp / "pycache") if private_pycache else None
+        if self.env is not None:
+            # What systemd's StateDirectory= gives cp-agent.service: where the agent keeps the
+            # parsed configuration for its next start (agent/config_cache.py).
+            self.env["STATE_DIRECTORY"] = str(tmp)
 
     async def spawn(self, name: str, boots: _Boots) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(

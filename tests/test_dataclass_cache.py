@@ -144,3 +144,70 @@ def test_other_code_is_compiled_as_the_dataclasses_module_does() -> None:
     assert dataclass_cache.stats == before
     assert dataclass_cache.cache_file(__name__) is None
     assert dataclass_cache.cache_file("dataclasses") is None
+
+
+_RELEASE_PROBE = """
+import json, sys
+from agent import dataclass_cache as d
+out = {}
+def held():
+    return sum(map(len, d._used.values())) + sum(map(len, d._loaded.values()))
+import agent.config  # its classes are all made: the file's entries are not needed any more
+out["config_held_after_its_import"] = "agent.config" in d._used
+import hal.interfaces  # the next module's first class lets go of agent.config's entries
+out["config_held_after_next_import"] = "agent.config" in d._used or "agent.config" in d._loaded
+out["held_before_save"] = held()
+d.save()  # what `cp-agent run` does once booted
+out["held_after_save"] = held()
+import agent.core.firmware, agent.core.diagnostics  # services built on first use, later
+out["firmware_held_later"] = "agent.core.firmware" in d._used or "agent.core.firmware" in d._loaded
+out["stats"] = d.stats
+print(json.dumps(out))
+"""
+
+
+def test_a_modules_entries_are_let_go_once_its_import_is_over(tmp_path: Path) -> None:
+    """The code that builds a method and the text it is keyed by are garbage once the class
+    exists: held until the save after start-up they were at the top of the start-up heap, and
+    a module imported after that save (a service built on first use) kept them for the
+    process's life."""
+    e = {k: v for k, v in os.environ.items()
+         if k not in ("PYTHONDONTWRITEBYTECODE", "CP_AGENT_NO_DATACLASS_CACHE")}
+    e.update(PYTHONPYCACHEPREFIX=str(tmp_path))
+
+    def run() -> dict:
+        out = subprocess.run([sys.executable, "-c", _RELEASE_PROBE], cwd=ROOT, env=e,
+                             check=True, capture_output=True, text=True, timeout=120).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    first = run()  # fills the cache (compiles, so agent.config keeps what it used)
+    assert first["stats"]["compiled"] > 100
+    second = run()  # every method from the cache, as on a station
+    assert second["stats"]["compiled"] == 0
+    assert second["config_held_after_its_import"] is True  # until another module compiles
+    assert second["config_held_after_next_import"] is False
+    assert second["held_before_save"] > 0  # hal.interfaces' own, the module last imported
+    assert second["held_after_save"] == 0
+    assert second["firmware_held_later"] is False
+
+
+def test_entries_let_go_and_read_again_are_all_written(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module whose entries were let go, read again later and then compiling something new
+    writes what its file held as well as the new entry: nothing it had drops out."""
+    monkeypatch.setattr(dataclass_cache, "_PACKAGES", ("agent.", "hal.", __name__))
+    path = tmp_path / "probe.dataclasses"
+    monkeypatch.setattr(dataclass_cache, "cache_file", lambda module: path)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    for name in ("_loaded", "_used"):  # this process's own entries are left alone
+        monkeypatch.setattr(dataclass_cache, name, {})
+    for name in ("_dirty", "_reread"):
+        monkeypatch.setattr(dataclass_cache, name, set())
+    dataclass_cache._write(path, {"old text": compile("x = 1", "<string>", "exec")})
+    dataclass_cache._compile(__name__, "old text")  # read from the file, a hit
+    dataclass_cache._let_go_of_imported("other")  # this module is not being imported
+    assert dataclass_cache.held() == 0
+    dataclass_cache._compile(__name__, "y = 2")  # read again, and a new entry compiled
+    assert dataclass_cache.save() == 1
+    assert set(dataclass_cache._load(path)) == {"old text", "y = 2"}
+    assert dataclass_cache.held() == 0
