@@ -198,7 +198,8 @@ def cmd_swarm(ns: argparse.Namespace) -> int:
             evses=ns.evses, id_tag=ns.id_tag,
             password=ns.password or os.environ.get(PASSWORD_ENV) or None,
             state_dir=ns.state_dir, seed=ns.seed, shard=resolve_shard(ns.shard, ns.shard_env),
-            workers=ns.workers, report=ns.report, loop=ns.loop, id_width=ns.id_width)
+            workers=ns.workers, report=ns.report, loop=ns.loop, id_width=ns.id_width,
+            compression=ns.compression == "on")
         options.validate()
         return 0 if main(options, sys.stdout, ns.log_level).failed == 0 else 1
     except ValueError as exc:
@@ -422,8 +423,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                     help="event loop (default auto: uvloop when installed, the swarm extra)")
     sw.add_argument("--id-width", type=int, default=0, metavar="D",
                     help="digits of the station number (default: those of the last, min 5)")
+    sw.add_argument("--compression", default="on", choices=["on", "off"],
+                    help="offer permessage-deflate on every websocket (default on, as a "
+                         "station's ocpp.compression; off: ~40 KiB and the deflate of every "
+                         "frame less per station, for the CSMS as well)")
     sw.set_defaults(func=cmd_swarm)
     fw = sub.add_parser("firmware", help="firmware images: sign one for a signed update")
+    fw = _declared(fw, "firmware", command)
     fw_sub = fw.add_subparsers(dest="firmware_command", required=True)
     fs = fw_sub.add_parser("sign", help="print the base64 signature of IMAGE (RSA-PSS or "
                                         "ECDSA with SHA-256, by the key's type)")
