@@ -193,9 +193,30 @@ async def test_schedule_is_resumed_after_a_restart(kit, short_dir):
         start = await station_max(kit, csms, agent, [(0, 12), (3600, 7)])
         await agent.stop()
         again = await make()
+        csms.now = again.clock.now  # the new agent's fake time, or each Heartbeat sets it back
         await timing_online(again)
         assert [p.id for p in again.station.charging_profiles.profiles] == [1]
         await kit.charging(again, csms)
         await eventually(lambda: pilot(again) == 12, "period 1 after the restart")
         await until(again, start + timedelta(seconds=3600), 1, expect_before=12,
                     expect_after=7)
+
+
+async def test_a_clock_correction_replans_an_absolute_schedule(kit, short_dir):
+    """The CSMS sets the station's clock past a period boundary (a Heartbeat answer): the
+    schedule is planned on the corrected time at once, not when the sleep computed on the
+    old time would have ended (no fake time passes here at all)."""
+    async with rig(kit.version, short_dir) as (csms, make):
+        agent = await make()
+        csms.now = agent.clock.now
+        await timing_online(agent)
+        await kit.charging(agent, csms)
+        start = await station_max(kit, csms, agent, [(0, 12), (3600, 7)])
+        await eventually(lambda: pilot(agent) == 12, "period 1")
+        later = start + timedelta(seconds=3700)
+        csms.now = lambda: later
+        res = await csms.stations[SID].call("TriggerMessage", {"requestedMessage": "Heartbeat"})
+        assert res["status"] == "Accepted", res
+        await eventually(lambda: abs((agent.clock.now() - later).total_seconds()) < 5,
+                         "the clock corrected by the Heartbeat answer")
+        await eventually(lambda: pilot(agent) == 7, "period 2 on the corrected clock")

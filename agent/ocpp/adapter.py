@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("cp_agent.adapter")
 
 BOOT_RETRY_S = 60.0  # after a failed BootNotification (CALLERROR, unusable answer)
+# A CSMS time this far from ours re-plans what depends on the wall clock (sync_clock).
+CLOCK_MOVED_S = 1.0
 
 # A block's method sending a triggered message (for one EVSE / connector, or None: all).
 Trigger = Callable[[int | None], Awaitable[None]]
@@ -291,6 +293,7 @@ class Adapter:
     def sync_clock(self, current_time: str | None) -> None:
         if not current_time:
             return
+        trusted = self.clock.trustworthy
         try:
             delta = self.clock.sync(parse_iso(current_time))
         except ValueError:
@@ -298,7 +301,16 @@ class Adapter:
             return
         self.spec.clock_corrected(self, delta)
         self._each("clock_synced", delta)  # e.g. timers on the wall clock re-arm
-        self.outbox.wake()  # messages held for want of a trustworthy time may go now
+        if not trusted or abs(delta) >= CLOCK_MOVED_S:
+            # Messages held for want of a trustworthy time may go now, and the limits of
+            # profiles with absolute windows (and DER controls) are planned on the new time:
+            # a station whose clock was far off judged them over or not yet begun. Every
+            # Heartbeat answer syncs too; a sub-second correction wakes neither (an empty
+            # outbox peek per heartbeat was 4 % of an idle swarm station).
+            self.outbox.wake()
+            profiles = getattr(self.station, "charging_profiles", None)
+            if profiles is not None:
+                profiles.wake()
 
     def _setting_changed(self, name: str, value: Any) -> None:
         if name == "HeartbeatInterval":
@@ -350,11 +362,16 @@ class Adapter:
             return {}
 
     async def send_quiet(self, action: str, payload: dict, *, pending_ok: bool = False) -> None:
-        """A message that is not transaction-related: sent once if online, never queued."""
+        """A message that is not transaction-related: sent once if online, never queued.
+        A triggered Heartbeat's answer sets the clock as the periodic one's does (a CSMS
+        triggers one to correct a station's time)."""
         try:
-            await self.call(action, payload, pending_ok=pending_ok)
+            res = await self.call(action, payload, pending_ok=pending_ok)
         except CallFailed as exc:
             log.info("%s not delivered: %s", action, exc)
+            return
+        if action == "Heartbeat" and isinstance(res, dict):
+            self.sync_clock(res.get("currentTime"))
 
     async def send_unconfirmed(self, action: str, payload: dict) -> bool:
         """A 2.1 SEND (NotifyPeriodicEventStream): no answer awaited, never retried, not held
