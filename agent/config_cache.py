@@ -34,7 +34,6 @@ off.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import marshal
@@ -138,19 +137,12 @@ def store(data: bytes, doc: Any, where: Path | None = None) -> bool:
     where = directory() if where is None else where
     if where is None or not _plain(doc):
         return False
-    import tempfile  # here: a start that hits the cache never writes
+    from agent.atomic_file import replace_file  # here: a start that hits the cache never writes
 
     try:
-        blob = _MAGIC + key(data) + marshal.dumps(doc)
-        fd, tmp = tempfile.mkstemp(prefix=".config-", dir=where)  # 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-            os.replace(tmp, where / FILE_NAME)  # a reader sees the old file or the new one
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # 0600: the document holds the configuration's secrets.
+        replace_file(where / FILE_NAME, _MAGIC + key(data) + marshal.dumps(doc),
+                     prefix=".config-")
     except (OSError, ValueError):
         return False
     return True

@@ -93,22 +93,14 @@ def _load(path: Path) -> dict[str, CodeType]:
 
 
 def _write(path: Path, codes: dict[str, CodeType]) -> bool:
-    import tempfile  # here: it pulls in random and shutil, which a start does not need
+    from agent.atomic_file import replace_file
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".dc-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(importlib.util.MAGIC_NUMBER + marshal.dumps(codes))
-            # Readable by all, as the bytecode beside it: written by root at install time,
-            # read by the service's own user (mkstemp creates it 0600).
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)  # atomic: a reader sees the old file or the new one
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        # Readable by all, as the bytecode beside it: written by root at install time, read
+        # by the service's own user.
+        replace_file(path, importlib.util.MAGIC_NUMBER + marshal.dumps(codes), mode=0o644,
+                     prefix=".dc-")
     except (OSError, ValueError):
         return False
     return True

@@ -36,13 +36,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agent.atomic_file import replace_file
 from agent.core.settings import Settings
 from agent.security.names import CSMS_ROOT, IDENTITY_POINTER, STORE_SETTINGS, USES
 
@@ -194,23 +194,7 @@ class CertificateStore:
     @staticmethod
     def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
         """Temporary file in the same directory, fsync, rename: a reader sees old or new."""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, mode)  # mkstemp made it 0600: a key is never readable by others
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_file(path, data, mode=mode, durable=True)
 
     def _setting(self, name: str) -> Any:
         if self.settings is not None and name in self.settings:
