@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import platform
 import resource
 import socket
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -211,9 +213,10 @@ def station_config(url: str, state_dir: Path, station_id: str = "BENCH1", *,
 class CsmsProcess:
     """``python -m bench.lightcsms`` in its own process, driven over its stdin/stdout."""
 
-    def __init__(self, *, heartbeat: int = 300, port: int = 0) -> None:
+    def __init__(self, *, heartbeat: int = 300, port: int = 0, reuse_port: bool = False) -> None:
         self.heartbeat = heartbeat
         self.port = port
+        self.reuse_port = reuse_port
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.final_stats: dict | None = None
@@ -224,7 +227,8 @@ class CsmsProcess:
     async def start(self) -> str:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.lightcsms", "--port", str(self.port),
-            "--heartbeat", str(self.heartbeat), cwd=REPO,
+            "--heartbeat", str(self.heartbeat), *(["--reuse-port"] if self.reuse_port else []),
+            cwd=REPO,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24)
         assert self.proc.stdout is not None
         first = await asyncio.wait_for(self.proc.stdout.readline(), 30)
@@ -265,8 +269,18 @@ class CsmsProcess:
         await self.proc.stdin.drain()
         return await asyncio.wait_for(future, timeout)
 
-    async def stats(self) -> dict:
-        return (await self.request({"cmd": "stats"}))["stats"]
+    async def stats(self, ids: bool = False) -> dict:
+        """Counters; ``ids`` adds the connected and booted stations' ids (for merging)."""
+        return (await self.request({"cmd": "stats", **({"ids": True} if ids else {})}))["stats"]
+
+    async def holds(self, station: str) -> float | None:
+        """perf_counter at which ``station`` connected to this process, None if it is not."""
+        doc = await self.request({"cmd": "holds", "station": station})
+        return doc["since"] if doc.get("holds") else None
+
+    def cpu_s(self) -> float:
+        """CPU seconds the process has used so far."""
+        return proc_cpu_s(self.pid)
 
     async def call(self, station: str, action: str, payload: dict) -> tuple[float, dict]:
         doc = await self.request({"cmd": "call", "station": station, "action": action,
@@ -291,6 +305,126 @@ class CsmsProcess:
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
         return self.final_stats
+
+
+STATIONS_PER_SHARD = 15_000  # well below the 20,000 descriptors a process may have
+
+
+def csms_shards_for(count: int) -> int:
+    """How many CSMS processes ``count`` stations need (each holds STATIONS_PER_SHARD)."""
+    return max(1, math.ceil(count / STATIONS_PER_SHARD))
+
+
+def merge_stats(docs: list[dict]) -> dict:
+    """The stats of several CSMS processes as one CSMS's: counters and CPU added up, calls
+    added per action, connected / booted stations counted once across the processes when the
+    docs carry their ids.  ``peak_connections`` and ``peak_rss_kb`` are sums of each process's
+    own peak, an upper bound of the group's (the peaks need not coincide)."""
+    if len(docs) == 1:
+        return docs[0]
+    merged: dict[str, Any] = {}
+    calls: Counter[str] = Counter()
+    for doc in docs:
+        calls.update(doc.get("calls", {}))
+        for key, value in doc.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                merged[key] = merged.get(key, 0) + value
+    merged["calls"] = dict(calls)
+    for key, ids in (("connections", "station_ids"), ("booted", "booted_ids")):
+        if all(ids in doc for doc in docs):
+            merged[key] = len(set().union(*(doc[ids] for doc in docs)))
+    merged["processes"] = len(docs)
+    return merged
+
+
+class CsmsShards:
+    """The bench CSMS as ``shards`` processes sharing one port (SO_REUSEPORT), driven as one.
+
+    A process holds no more connections than its descriptor limit (20,000 on some machines,
+    and not to be raised there); the kernel spreads the stations over the processes, so a
+    group of K holds K times as many.  ``stats()``, ``call()``, ``stop()`` and ``cpu_s()``
+    answer for the group; with one shard it is exactly ``CsmsProcess``, without SO_REUSEPORT.
+    """
+
+    def __init__(self, *, heartbeat: int = 300, port: int = 0, shards: int = 1) -> None:
+        if shards < 1:
+            raise ValueError(f"shards must be at least 1, not {shards}")
+        self.shards = [CsmsProcess(heartbeat=heartbeat, port=port, reuse_port=shards > 1)
+                       for _ in range(shards)]
+        self.url = ""
+
+    async def start(self) -> str:
+        """The first process picks the port (or binds the one given), the others join it."""
+        first, *rest = self.shards
+        try:
+            self.url = await first.start()
+            port = int(self.url.rstrip("/").rsplit(":", 1)[1])
+            for shard in rest:
+                shard.port = port
+            started = await asyncio.gather(*(shard.start() for shard in rest),
+                                           return_exceptions=True)
+            for outcome in started:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException:
+            await self.stop()
+            raise
+        if any(shard.url != self.url for shard in rest):
+            await self.stop()
+            raise RuntimeError(f"the CSMS processes did not share one port: "
+                               f"{[shard.url for shard in self.shards]}")
+        return self.url
+
+    @property
+    def pids(self) -> list[int]:
+        return [shard.pid for shard in self.shards]
+
+    @property
+    def pid(self) -> int:
+        if len(self.shards) != 1:
+            raise AttributeError(f"{len(self.shards)} CSMS processes: use pids or cpu_s()")
+        return self.shards[0].pid
+
+    def cpu_s(self) -> float:
+        """CPU seconds the processes have used so far, added up."""
+        return sum(shard.cpu_s() for shard in self.shards)
+
+    async def stats(self) -> dict:
+        if len(self.shards) == 1:
+            return await self.shards[0].stats()
+        docs = await asyncio.gather(*(shard.stats(ids=True) for shard in self.shards))
+        merged = merge_stats(list(docs))
+        merged.pop("station_ids", None)
+        merged.pop("booted_ids", None)
+        return merged
+
+    async def shard_of(self, station: str) -> CsmsProcess:
+        """The process holding ``station``'s connection (its newest, should an old one still
+        linger in another process after a reconnect)."""
+        if len(self.shards) == 1:
+            return self.shards[0]
+        since = await asyncio.gather(*(shard.holds(station) for shard in self.shards))
+        held = [(t, i) for i, t in enumerate(since) if t is not None]
+        if not held:
+            raise RuntimeError(f"{station} is not connected to any of the "
+                               f"{len(self.shards)} CSMS processes")
+        return self.shards[max(held)[1]]
+
+    async def call(self, station: str, action: str, payload: dict) -> tuple[float, dict]:
+        """As ``CsmsProcess.call``; the look-up of the shard comes before ``sent_at``."""
+        return await (await self.shard_of(station)).call(station, action, payload)
+
+    async def stop(self) -> dict | None:
+        """Stops every process; their final stats merged (None if one had none)."""
+        finals = await asyncio.gather(*(shard.stop() for shard in self.shards))
+        if len(finals) == 1:
+            return finals[0]
+        if any(doc is None for doc in finals):
+            return None
+        merged = merge_stats([doc for doc in finals if doc is not None])
+        merged.pop("station_ids", None)
+        merged.pop("booted_ids", None)
+        return merged
 
 
 # ---------------------------------------------------------------------- profiles

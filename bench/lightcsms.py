@@ -11,12 +11,24 @@ its CPU is not charged to the agent being measured.  The process prints ``{"url"
 first stdout line and then takes one JSON command per stdin line, answering with one JSON line:
 
     {"cmd": "stats"}                                 -> {"stats": {...}}
+    {"cmd": "stats", "ids": true}                    -> the same, plus "station_ids" and
+                                                        "booted_ids" (lists)
+    {"cmd": "holds", "id": 1, "station": "CP1"}      -> {"id": 1, "holds": true,
+                                                        "since": ...}  (or "holds": false)
     {"cmd": "call", "id": 1, "station": "CP1", "action": "RemoteStartTransaction",
      "payload": {...}}                               -> {"id": 1, "sent_at": ..., "result": {...}}
     {"cmd": "quit"}  (or end of input)               -> {"stats": {...}} and exit 0
 
 ``sent_at`` is ``time.perf_counter()`` just before the CALL frame was written; on Linux that is
 CLOCK_MONOTONIC, shared by every process, so a benchmark can compare it with its own clock.
+
+One process holds at most as many connections as its descriptor limit allows.  With
+``--reuse-port`` several processes listen on one port (SO_REUSEPORT; the kernel spreads the
+incoming connections over them): the first binds ``--port 0`` and reports the port it got, the
+others bind that one.  ``bench._common.CsmsShards`` drives such a group as one CSMS.  When
+accept() fails for want of descriptors (EMFILE), asyncio pauses accepting for a second and
+retries; the process counts those failures (``accept_failed`` in the stats) instead of logging
+a traceback each time.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import resource
 import sys
@@ -32,6 +45,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -49,22 +63,25 @@ def _now_iso() -> str:
 
 
 class _Conn:
-    __slots__ = ("ws", "station_id", "version", "pending")
+    __slots__ = ("ws", "station_id", "version", "pending", "since")
 
     def __init__(self, ws: ServerConnection, station_id: str, version: str) -> None:
         self.ws = ws
         self.station_id = station_id
         self.version = version
         self.pending: dict[str, asyncio.Future] = {}
+        self.since = time.perf_counter()
 
 
 class LightCsms:
     """Accepts every station, boot and token; counts what it sees."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0,
-                 heartbeat_interval: int = 300, on_call: CallObserver | None = None) -> None:
+                 heartbeat_interval: int = 300, on_call: CallObserver | None = None,
+                 reuse_port: bool = False) -> None:
         self.host = host
         self.port = port
+        self.reuse_port = reuse_port
         self.heartbeat_interval = heartbeat_interval
         self.on_call = on_call
         self.url = ""
@@ -77,13 +94,14 @@ class LightCsms:
         self.tx_stopped = 0
         self.malformed = 0
         self.call_errors_received = 0
+        self.accept_failed = 0  # accept() calls that failed for want of descriptors
         self._next_tx = 1
         self._server: Server | None = None
 
     async def start(self) -> str:
         self._server = await serve(
             self._serve, self.host, self.port, subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
-            ping_interval=None, max_size=1 << 20, backlog=4096)
+            ping_interval=None, max_size=1 << 20, backlog=4096, reuse_port=self.reuse_port)
         self.port = self._server.sockets[0].getsockname()[1]
         self.url = f"ws://{self.host}:{self.port}/"
         return self.url
@@ -94,16 +112,63 @@ class LightCsms:
             server.close()
             await server.wait_closed()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, ids: bool = False) -> dict[str, Any]:
+        """Counters; with ``ids`` also which stations are connected and booted, so that the
+        stats of several processes sharing a port can be merged without counting a station
+        that reconnected to another process twice."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return {
+        doc: dict[str, Any] = {
             "connections": len(self.stations), "peak_connections": self.peak_connections,
             "connections_total": self.connections_total, "booted": len(self.booted),
             "calls": dict(self.calls), "calls_total": sum(self.calls.values()),
             "tx_started": self.tx_started, "tx_stopped": self.tx_stopped,
             "malformed": self.malformed, "call_errors_received": self.call_errors_received,
+            "accept_failed": self.accept_failed,
             "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_kb": usage.ru_maxrss,
         }
+        if ids:
+            doc["station_ids"] = sorted(self.stations)
+            doc["booted_ids"] = sorted(self.booted)
+        return doc
+
+    def holds(self, station_id: str) -> dict[str, Any]:
+        """Whether this process has ``station_id`` connected, and since when (perf_counter):
+        of several processes, the one with the newest connection is the one to call."""
+        conn = self.stations.get(station_id)
+        return {"holds": False} if conn is None else {"holds": True, "since": conn.since}
+
+    def guard_accept(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Count accept() failures for want of descriptors instead of logging each one.
+
+        asyncio (3.11) reports such a failure to the loop's exception handler, a traceback in
+        the log, and schedules a retry a second later; but it goes on calling accept() up to
+        the backlog (4,096) times in the same turn, each failure reported and each scheduling
+        a retry: thousands of tracebacks a second for as long as the descriptors are short,
+        and as many more when the retries fire on the closed socket after ``stop()``.  Those
+        two are counted or dropped here; everything else goes to the handler there was."""
+        previous = loop.get_exception_handler()
+        short = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+        def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            exc = context.get("exception")
+            if (isinstance(exc, OSError) and exc.errno in short
+                    and str(context.get("message", "")).startswith("socket.accept()")):
+                if not self.accept_failed:
+                    print(f"bench CSMS on port {self.port}: accept() failed ({exc.strerror}) "
+                          f"with {len(self.stations)} connections; further failures are "
+                          "counted in the stats (accept_failed)", file=sys.stderr, flush=True)
+                self.accept_failed += 1
+                return
+            callback = getattr(context.get("handle"), "_callback", None)
+            if (self.accept_failed and self._server is None and isinstance(exc, ValueError)
+                    and getattr(callback, "__name__", "") == "_start_serving"):
+                return  # one of those retries, on the socket stop() closed
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        loop.set_exception_handler(handler)
 
     async def call(self, station_id: str, action: str, payload: dict,
                    timeout: float = 10.0) -> tuple[float, dict]:
@@ -233,7 +298,9 @@ async def _serve_commands(csms: LightCsms) -> None:
             continue
         what = cmd.get("cmd")
         if what == "stats":
-            emit({"id": cmd.get("id"), "stats": csms.stats()})
+            emit({"id": cmd.get("id"), "stats": csms.stats(bool(cmd.get("ids")))})
+        elif what == "holds":
+            emit({"id": cmd.get("id"), **csms.holds(str(cmd.get("station")))})
         elif what == "call":
             task = asyncio.create_task(do_call(cmd))
             tasks.add(task)
@@ -246,26 +313,50 @@ async def _serve_commands(csms: LightCsms) -> None:
         task.cancel()
 
 
-async def _main(port: int, heartbeat: int) -> None:
-    # 2,000 stations need 2,000 sockets: lift the soft limit to the hard one.
+def _lift_nofile(want: int = 1 << 20) -> None:
+    """One socket per station: lift the soft limit to the hard one, and the hard one too where
+    we may (root: up to fs.nr_open). A 20,000-station run needs more than the 20,000 a
+    machine's hard limit may be, since the CSMS has descriptors of its own besides."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    csms = LightCsms(port=port, heartbeat_interval=heartbeat)
+    with contextlib.suppress(OSError):
+        want = min(want, int(Path("/proc/sys/fs/nr_open").read_text()))
+    for limit in (max(hard, want), hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            return
+        except (ValueError, OSError):
+            continue
+
+
+async def _main(port: int, heartbeat: int, reuse_port: bool = False,
+                nofile: int | None = None) -> None:
+    if nofile is None:
+        _lift_nofile()
+    else:  # what a machine with fewer descriptors does (tests the accept() guard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+    csms = LightCsms(port=port, heartbeat_interval=heartbeat, reuse_port=reuse_port)
+    csms.guard_accept(asyncio.get_running_loop())
     url = await csms.start()
     print(json.dumps({"url": url}), flush=True)
     try:
         await _serve_commands(csms)
     finally:
         await csms.stop()
-        print(json.dumps({"stats": csms.stats()}), flush=True)
+        print(json.dumps({"stats": csms.stats(ids=reuse_port)}), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--heartbeat", type=int, default=300, help="interval in the boot answer")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="bind with SO_REUSEPORT, so that other processes can share the port")
+    p.add_argument("--nofile", type=int, default=None, metavar="N",
+                   help="set the descriptor limit to N instead of lifting it")
     ns = p.parse_args(argv)
-    asyncio.run(_main(ns.port, ns.heartbeat))
+    if ns.nofile is not None and ns.nofile < 16:
+        p.error(f"--nofile {ns.nofile}: the process needs at least 16 descriptors of its own")
+    asyncio.run(_main(ns.port, ns.heartbeat, ns.reuse_port, ns.nofile))
     return 0
 
 

@@ -2,14 +2,17 @@
 
     python -m bench.swarm [--count 2000] [--ramp 50] [--window 60] [--workers N]
                           [--loop auto|asyncio|uvloop] [--charging-ratio 0.1]
-                          [--quick] [--profile FILE]
+                          [--csms-processes K] [--quick] [--profile FILE]
 
 The swarm is ``agent.swarm.Swarm``, what `cp-agent swarm` runs: every station a full
 ``Agent`` on its own mock HAL (state in memory, the swarm's load-test mode), with simulated
 drivers (charging ratio 0.1 unless ``--charging-ratio``, mean session 300 s, MeterValues
 every 60 s).  The CSMS is the
 bench CSMS in another process, so the CPU measured here is the agents' and their simulated
-hardware's, and the CSMS's own CPU is reported separately.  With ``--workers N`` the stations
+hardware's, and the CSMS's own CPU is reported separately.  One CSMS process holds at most
+15,000 stations (a process may have no more than 20,000 descriptors on some machines), so
+from 15,001 stations on the CSMS is several processes sharing its port (``CsmsShards``) and
+its CPU is theirs added up.  With ``--workers N`` the stations
 are split over N `cp-agent swarm` processes (``agent.swarm.Workers``, as ``--workers`` does)
 and their CPU and memory are added up.
 
@@ -37,9 +40,10 @@ from pathlib import Path
 
 from agent.swarm import Swarm, SwarmOptions, SwarmSummary, Workers, loop_factory
 from bench._common import (
-    CsmsProcess,
+    CsmsShards,
     Profile,
     Report,
+    csms_shards_for,
     proc_cpu_s,
     proc_status_kb,
     raise_nofile,
@@ -83,10 +87,14 @@ async def _wait_booted(task: asyncio.Task, booted: asyncio.Event, out: io.String
 
 async def run(count: int, ramp: float, window: float, settle: float, quick: bool,
               profile: Profile, workers: int = 1, loop: str = "auto",
-              boot_timeout: float = TIMEOUT_BOOT, charging_ratio: float = 0.1) -> Report:
+              boot_timeout: float = TIMEOUT_BOOT, charging_ratio: float = 0.1,
+              csms_shards: int | None = None) -> Report:
+    """``csms_shards``: CSMS processes sharing the port (default: as many as ``count``
+    needs, see ``csms_shards_for``)."""
     report = Report("swarm", quick)
     nofile = raise_nofile()
-    csms = CsmsProcess(heartbeat=HEARTBEAT_S)
+    shards = csms_shards or csms_shards_for(count)
+    csms = CsmsShards(heartbeat=HEARTBEAT_S, shards=shards)
     url = await csms.start()
     out = io.StringIO()
     options = _options(url, count, ramp, workers, loop, charging_ratio)
@@ -134,7 +142,7 @@ async def run(count: int, ramp: float, window: float, settle: float, quick: bool
         await asyncio.sleep(settle)  # let the boot's StatusNotifications drain (not measured)
         connected, booted, _, frames0 = census()
         cpu0, t0, wait0 = cpu(), time.perf_counter(), waited()
-        csms_cpu0 = proc_cpu_s(csms.pid)
+        csms_cpu0 = csms.cpu_s()
         charging_samples: list[int] = []
         profile.start()
         end = t0 + window
@@ -144,7 +152,7 @@ async def run(count: int, ramp: float, window: float, settle: float, quick: bool
         profile.stop()
         cpu1, t1, frames1 = cpu(), time.perf_counter(), census()[3]
         wait1 = waited()
-        csms_cpu1 = proc_cpu_s(csms.pid)
+        csms_cpu1 = csms.cpu_s()
         rss1 = rss_kb()
         worker_rss = ([proc_status_kb(w.proc.pid, "VmRSS") or 0 for w in runner.workers
                        if w.proc is not None] if isinstance(runner, Workers) else [])
@@ -208,7 +216,8 @@ async def run(count: int, ramp: float, window: float, settle: float, quick: bool
                note=f"charging ratio {charging_ratio:g} of {count}")
     report.add("frames per second during the window", (frames1 - frames0) / span, "msg/s")
     report.add("CPU of the bench CSMS process in the window", (csms_cpu1 - csms_cpu0) / span
-               * 100, "% core", note="not part of the swarm's figure")
+               * 100, "% core", note="not part of the swarm's figure; "
+                                     f"{shards} CSMS process{'es' if shards > 1 else ''}")
     report.add("connected / booted at the window start", connected, "",
                note=f"{booted} booted")
     report.details.update(
@@ -218,6 +227,7 @@ async def run(count: int, ramp: float, window: float, settle: float, quick: bool
         sessions_completed=summary.sessions_completed, errors=summary.errors,
         last_error=summary.last_error, sent=dict(summary.sent),
         csms_calls=stats["calls"], csms_peak_connections=stats["peak_connections"],
+        csms_processes=shards, csms_accept_failed=stats.get("accept_failed", 0),
         summary_text=out.getvalue()[-4000:])
     if summary.errors:
         print(out.getvalue()[-4000:])
@@ -241,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--charging-ratio", type=float, default=0.1,
                    help="long-run share of stations in a session (default 0.1; 0: idle "
                         "stations only, what the agent costs without the drivers' traffic)")
+    p.add_argument("--csms-processes", type=int, default=None, metavar="K",
+                   help="bench CSMS processes sharing its port (default: one per 15,000 "
+                        "stations)")
     p.add_argument("--quick", action="store_true", help="20 stations, 3 s: checks the script")
     p.add_argument("--profile", metavar="FILE", help="pyinstrument profile of the window")
     ns = p.parse_args(argv)
@@ -252,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     with asyncio.Runner(loop_factory=factory) as runner:
         report = runner.run(run(count, ramp, window, 1.0 if ns.quick else 10.0, ns.quick,
                                 Profile(ns.profile), ns.workers, ns.loop, ns.boot_timeout,
-                                ns.charging_ratio))
+                                ns.charging_ratio, ns.csms_processes))
     report.emit()
     return 0
 
