@@ -87,8 +87,6 @@ def build_iso15118(cfg: AgentConfig, station: Station, state_dir: Path) -> Any:
     """ISO 15118 high-level communication when ``hal.iso15118`` is enabled: the SECC
     sidecars (hal/iso15118/client.py) and the core's side of them, as ``station.iso15118``
     (agent/core/iso15118.py); None otherwise."""
-    if isinstance(cfg.hal, dict) and "iso15118" not in cfg.hal:
-        return None  # the common case, without parsing the section again
     from hal.factory import parse_hal_config
 
     iso = parse_hal_config(cfg.hal, cfg.evse_ids).iso15118
@@ -248,12 +246,6 @@ class Agent:
             last = cfg.ocpp.versions[0]
         self.adapter: Adapter = self.adapters[last]
         self.adapter.activate()
-        # The version whose messages alone the outbox can hold, known without a query: a
-        # private database in memory starts empty, and with one adapter nothing else queues
-        # (None: _drop_foreign_messages asks the database at every connection).
-        self._outbox_only: str | None = (
-            self.adapter.version if cfg.storage.path == MEMORY and len(self.adapters) == 1
-            else None)
         self.link = Link(cfg.ocpp, cfg.station.id, self.adapters, clock=self.clock,
                          ping_interval=lambda: float(self.settings["WebSocketPingInterval"]),
                          on_version=self._on_version, on_frame=self._frame_observer(on_frame),
@@ -517,8 +509,6 @@ class Agent:
         its own terms (2.0.1 sends a Started for a transaction begun under 1.6).
         """
         version = adapter.version
-        if version == self._outbox_only and not adapter.queued_foreign:
-            return  # nothing but this version's own messages was ever queued
         allowed = adapter.outbox_actions
         forgotten: set[str] = set()
         for item in self.storage.outbox_foreign(allowed):

@@ -95,15 +95,7 @@ def supported_measurands(hardware: Iterable[EvseHardware]) -> tuple[str, ...]:
     if not found:
         return MEASURANDS
     common = frozenset.intersection(*found)
-    supported = _SUPPORTED.get(common)
-    if supported is None:  # a swarm's stations all measure the same: worked out once
-        supported = _SUPPORTED[common] = tuple(
-            m for m in MEASURANDS if NEEDS[m] is None or NEEDS[m] in common)
-    return supported
-
-
-# what the HAL measures -> the measurands supported (supported_measurands)
-_SUPPORTED: dict[frozenset[str], tuple[str, ...]] = {}
+    return tuple(m for m in MEASURANDS if NEEDS[m] is None or NEEDS[m] in common)
 
 
 @dataclass(frozen=True, slots=True)

@@ -201,8 +201,6 @@ class Settings:
         self._overrides = dict(overrides or {})
         self.listeners: list[Callable[[str, Any], None]] = []
         self._capabilities: dict[str, Callable[[], Collection[str]]] = {}
-        # capability -> the definitions it narrows (add_capability walks these, not all)
-        self._narrowed: dict[str, list[SettingDef]] = {}
         self._stored = self._load()
         self.register(defs)
 
@@ -228,8 +226,6 @@ class Settings:
                     raise ValueError(f"setting {name} defined twice, differently")
                 continue
             known_defs[name] = d
-            if d.supported_by is not None:
-                self._narrowed.setdefault(d.supported_by, []).append(d)
             if name in overrides or name in stored or d.supported_by in capabilities:
                 values[name] = self._fit(d, self._initial(d))
             else:  # what _initial and _fit give for a value nobody set
@@ -240,8 +236,8 @@ class Settings:
         every change, so a driver may learn more about its device after start-up)."""
         self._capabilities[name] = supported
         have: set[str] | None = None  # asked once for all the lists it narrows
-        for d in self._narrowed.get(name, ()):
-            if self._values[d.name]:
+        for d in self.defs.values():
+            if d.supported_by == name and self._values[d.name]:
                 if have is None:
                     have = set(supported())
                 allowed = have.intersection(d.choices) if d.choices is not None else set()

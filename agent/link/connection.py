@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -57,29 +57,20 @@ _TLS_CIPHER_REASONS = frozenset({"NO_CIPHERS_AVAILABLE", "NO_SHARED_CIPHER",
 # swarm connects thousands of stations to one URL. The environment does not change under a
 # running agent.
 _PROXIES: dict[tuple[str, int, bool], str | None] = {}
-# ... and by the URL as written (each station's URL ends in its id): no parse_uri per attempt
-_PROXY_OF_URL: dict[str, str | None] = {}
 
 
 def _proxy(url: str) -> str | None:
-    try:
-        return _PROXY_OF_URL[url]
-    except KeyError:
-        pass
     uri = parse_uri(url)
     key = (uri.host, uri.port, uri.secure)
     if key not in _PROXIES:
         _PROXIES[key] = get_proxy(uri)
-    if len(_PROXY_OF_URL) >= 100_000:  # bounded: a process of many stations, many URLs
-        _PROXY_OF_URL.clear()
-    found = _PROXY_OF_URL[url] = _PROXIES[key]
-    return found
+    return _PROXIES[key]
 
 
 class Adapter(Protocol):
     version: str
     subprotocol: str
-    handlers: Mapping[str, Any]
+    handlers: dict
 
     async def run_session(self, rpc: RpcSession) -> None: ...
 

@@ -41,7 +41,7 @@ import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -117,9 +117,7 @@ class ProfileSpec:
     versions: tuple[str, ...]
 
     def to_json(self) -> str:
-        return json.dumps({"slot": self.slot, "url": self.url,  # asdict's order, without
-                           "security_profile": self.security_profile,  # its deep copy
-                           "versions": list(self.versions)})
+        return json.dumps({**asdict(self), "versions": list(self.versions)})
 
     @classmethod
     def from_json(cls, text: str | None) -> ProfileSpec | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from agent.core.settings import Settings
 from agent.core.station import Station
 from agent.link.outbox import Hold, OutboxSender
 from agent.link.rpc import CallFailed, CallTimeout, ConnectionLost, OcppCallError, RpcSession
-from agent.ocpp.blocks import Block, Handler, route_names
+from agent.ocpp.blocks import Block, Handler
 from agent.ocpp.status import StatusQueue
 from agent.storage import OutboxItem, Storage
 from hal.interfaces import FaultKind
@@ -41,93 +41,6 @@ CLOCK_MOVED_S = 1.0
 
 # A block's method sending a triggered message (for one EVSE / connector, or None: all).
 Trigger = Callable[[int | None], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """What a tuple of block classes routes, owns and lets a CSMS trigger, by block index.
-
-    Worked out (and checked) once per process for each version's blocks: a swarm builds
-    thousands of adapters from the same few tuples."""
-
-    routes: dict[str, tuple[int, str]]  # action -> (block, method) of Block.routes
-    custom: tuple[int, ...]  # blocks overriding routes(): asked per adapter
-    owners: dict[str, int]  # outbox action -> block
-    triggers: dict[str, tuple[int, str]]  # triggered message -> (block, method)
-
-
-_LAYOUTS: dict[tuple[type[Block], ...], _Layout] = {}
-
-
-def _layout(version: str, classes: tuple[type[Block], ...]) -> _Layout:
-    found = _LAYOUTS.get(classes)
-    if found is None:
-        found = _LAYOUTS[classes] = _work_out(version, classes)
-    return found
-
-
-def _work_out(version: str, members: Sequence[type[Block] | Block]) -> _Layout:
-    """The layout of block classes, or of block instances whose ``TRIGGERS`` or
-    ``OUTBOX_ACTIONS`` are their own (a block may drop a trigger it cannot serve)."""
-    routes: dict[str, tuple[int, str]] = {}
-    custom: list[int] = []
-    owners: dict[str, int] = {}
-    triggers: dict[str, tuple[int, str]] = {}
-    for i, member in enumerate(members):
-        cls = member if isinstance(member, type) else type(member)
-        for action in member.OUTBOX_ACTIONS:
-            owners[action] = i
-        if cls.routes is Block.routes:
-            for action, name in route_names(cls):
-                if action in routes:
-                    raise ValueError(f"OCPP {version}: {action} is handled twice")
-                routes[action] = (i, name)
-        else:
-            custom.append(i)
-        for message, method in member.TRIGGERS.items():
-            if not callable(getattr(member, method, None)):
-                raise TypeError(f"{cls.__name__}.TRIGGERS[{message!r}] names "
-                                f"{method!r}, which is not a method of it")
-            if message in triggers:
-                raise ValueError(f"OCPP {version}: triggered {message} is claimed twice")
-            triggers[message] = (i, method)
-    return _Layout(routes, tuple(custom), owners, triggers)
-
-
-class _Handlers(Mapping[str, Handler]):
-    """The adapter's CALL handlers (action -> coroutine function), each wrapped in the
-    version's refusal check (``VersionSpec.refuse_call``) when first looked up: a station
-    answers a handful of the ~40 actions it routes, and wrapping them all cost every
-    adapter's construction."""
-
-    __slots__ = ("_adapter", "_routes", "_extra", "_made")
-
-    def __init__(self, adapter: Adapter, routes: dict[str, tuple[int, str]],
-                 extra: dict[str, Handler]) -> None:
-        self._adapter = adapter
-        self._routes = routes  # shared by every adapter of the same blocks: never written
-        self._extra = extra  # the handlers of blocks with routes() of their own
-        self._made: dict[str, Handler] = {}
-
-    def __getitem__(self, action: str) -> Handler:
-        made = self._made.get(action)
-        if made is None:
-            fn = self._extra.get(action)
-            if fn is None:
-                index, name = self._routes[action]  # KeyError: not routed
-                fn = getattr(self._adapter.blocks[index], name)
-            made = self._made[action] = self._adapter._guarded(action, fn)
-        return made
-
-    def __contains__(self, action: object) -> bool:
-        return action in self._routes or action in self._extra
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._routes
-        yield from self._extra
-
-    def __len__(self) -> int:
-        return len(self._routes) + len(self._extra)
 
 
 @dataclass
@@ -185,17 +98,12 @@ class Adapter:
         self.accepted = asyncio.Event()
         self.registration_seen = asyncio.Event()  # set at every Boot answer (tests, demo)
         self.boots = 0  # BootNotifications sent by this process
-        # Something this version does not send was queued (Agent._drop_foreign_messages).
-        self.queued_foreign = False
         self._accepted_boot: dict | None = None  # the payload accepted in this process
         self._boot_wakeup = asyncio.Event()
         self._heartbeat_wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._session_tasks: set[asyncio.Task] = set()
-        layout = self._layout = _layout(self.version, spec.blocks)
         self.blocks: list[Block] = [cls(self) for cls in spec.blocks]
-        if any("TRIGGERS" in vars(b) or "OUTBOX_ACTIONS" in vars(b) for b in self.blocks):
-            layout = self._layout = _work_out(self.version, self.blocks)
         for block in self.blocks:
             self.settings.register(block.settings_defs())
         self.status = StatusQueue("StatusNotification", self.clock, ready=self._status_ready)
@@ -205,13 +113,28 @@ class Adapter:
             on_dropped=self._outbox_dropped,
             attempts=lambda: self.settings["TransactionMessageAttempts"],
             retry_interval=lambda: self.settings["TransactionMessageRetryInterval"])
-        extra: dict[str, Handler] = {}
-        for index in layout.custom:
-            for action, handler in self.blocks[index].routes().items():
-                if action in extra or action in layout.routes:
+        self._owners: dict[str, Block] = {}
+        handlers: dict[str, Handler] = {}
+        for block in self.blocks:
+            for action in block.OUTBOX_ACTIONS:
+                self._owners[action] = block
+            for action, handler in block.routes().items():
+                if action in handlers:
                     raise ValueError(f"OCPP {self.version}: {action} is handled twice")
-                extra[action] = handler
-        self.handlers: Mapping[str, Handler] = _Handlers(self, layout.routes, extra)
+                handlers[action] = handler
+        self.handlers: dict[str, Handler] = {
+            action: self._guarded(action, fn) for action, fn in handlers.items()}
+        self._triggers: dict[str, Trigger] = {}
+        for block in self.blocks:
+            for message, method in block.TRIGGERS.items():
+                fn = getattr(block, method, None)
+                if not callable(fn):
+                    raise TypeError(f"{type(block).__name__}.TRIGGERS[{message!r}] names "
+                                    f"{method!r}, which is not a method of it")
+                if message in self._triggers:
+                    raise ValueError(f"OCPP {self.version}: triggered {message} is claimed "
+                                     "twice")
+                self._triggers[message] = fn
         self.settings.listeners.append(self._setting_changed)
 
     # ------------------------------------------------------------------ composition
@@ -231,7 +154,7 @@ class Adapter:
 
     @property
     def outbox_actions(self) -> frozenset[str]:
-        return frozenset(self._layout.owners)
+        return frozenset(self._owners)
 
     @property
     def active(self) -> bool:
@@ -251,8 +174,7 @@ class Adapter:
     def trigger_target(self, message: str) -> Trigger | None:
         """The method of the block that sends ``message`` when a CSMS triggers it (its
         ``TRIGGERS``), or None when no block of this version claims it (NotImplemented)."""
-        found = self._layout.triggers.get(message)
-        return getattr(self.blocks[found[0]], found[1]) if found is not None else None
+        return self._triggers.get(message)
 
     # ------------------------------------------------------------------ tasks
 
@@ -491,8 +413,7 @@ class Adapter:
     # ------------------------------------------------------------------ outbox
 
     def _owner(self, item: OutboxItem) -> Block | None:
-        index = self._layout.owners.get(item.action)
-        return self.blocks[index] if index is not None else None
+        return self._owners.get(item.action)
 
     def _prepare_outbox(self, item: OutboxItem) -> dict | None:
         """Real times for deferred stamps, then the owning block's own completion; None drops
@@ -536,8 +457,6 @@ class Adapter:
     def enqueue(self, action: str, payload: dict, tx_ref: str | None = None) -> None:
         """Queue a message durably (call inside the storage transaction of its cause)."""
         self.storage.outbox_put(action, payload, tx_ref=tx_ref)
-        if action not in self._layout.owners:  # no block of this version sends it
-            self.queued_foreign = True
         self.outbox.wake()
 
     # ------------------------------------------------------------------ CoreObserver

@@ -42,7 +42,7 @@ _ROUTE = "__ocpp_action__"
 _ROUTES: dict[type, tuple[tuple[str, str], ...]] = {}
 
 
-def route_names(cls: type) -> tuple[tuple[str, str], ...]:
+def _route_names(cls: type) -> tuple[tuple[str, str], ...]:
     names = _ROUTES.get(cls)
     if names is None:
         names = tuple((action, name) for name, member in inspect.getmembers(cls)
@@ -122,7 +122,7 @@ class Block:
         return []
 
     def routes(self) -> dict[str, Handler]:
-        return {action: getattr(self, name) for action, name in route_names(type(self))}
+        return {action: getattr(self, name) for action, name in _route_names(type(self))}
 
     def start(self) -> None:
         """Agent start-up (tasks for the agent's lifetime go through ``adapter.spawn``)."""

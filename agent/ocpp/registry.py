@@ -68,22 +68,13 @@ def versions() -> tuple[str, ...]:
     return tuple(_PACKAGES)
 
 
-# version -> its SPEC, once imported: import_module's lookup costs a swarm station (which
-# asks twice while it is built) more than the rest of factory_settings.
-_SPECS: dict[str, VersionSpec] = {}
-
-
 def spec(version: str) -> VersionSpec:
-    found = _SPECS.get(version)
-    if found is not None:
-        return found
     try:
         package = _PACKAGES[version]
     except KeyError:
         raise LookupError(f"OCPP {version} is not implemented; this agent speaks "
                           f"{', '.join(_PACKAGES)}") from None
-    found = _SPECS[version] = importlib.import_module(package).SPEC
-    return found
+    return importlib.import_module(package).SPEC
 
 
 def factory_settings(defaults: dict[str, Any], offered: list[str]) -> dict[str, Any]:
