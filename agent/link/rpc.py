@@ -289,6 +289,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# ``json.loads(raw, parse_constant=...)`` builds a new decoder (and its scanner) for every
+# frame; one for the process does the same work.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 # One encoder for the process: ``json.dumps`` with options builds a new one per call, and
 # the check for circular structures (a dict of the ids being walked) is left to the
 # interpreter's recursion limit, turned into the ValueError every caller handles.
@@ -553,7 +558,7 @@ class RpcSession:
                 await self._malformed(raw, None, "RpcFrameworkError", "Message is not UTF-8")
                 return
         try:
-            message = json.loads(raw, parse_constant=_reject_constant)
+            message = _DECODER.decode(raw)
         except (ValueError, RecursionError):
             await self._malformed(raw, None, "RpcFrameworkError", "Message is not valid JSON")
             return
