@@ -193,6 +193,48 @@ async def test_a_failing_look_ahead_keeps_the_ack_and_the_next_step_meets_the_fa
     storage.close()
 
 
+async def test_a_failing_send_count_in_the_look_ahead_keeps_the_ack(tmp_path: Path,
+                                                                    monkeypatch: Any) -> None:
+    """The look-ahead has no savepoint of its own: its one write (the send count of the next
+    message) is its last statement, and when that fails the ack of the message before it is
+    still committed, with fsync; the next message is handed over by the ordinary step."""
+    path = tmp_path / "state.sqlite3"
+    _fill(path, 3)
+    storage = Storage(path)
+    reader = sqlite3.connect(path)
+    real = storage.outbox_mark_sent
+    failed: list[int] = []
+
+    def mark_sent(item_id: int) -> None:
+        if storage._depth and not failed:  # the first look-ahead, inside the ack's commit
+            failed.append(item_id)
+            storage._require().execute("INSERT INTO outbox (id, action, payload, created) "
+                                       "VALUES (?, 'X', '{}', '')", (item_id,))  # fails
+        real(item_id)
+
+    monkeypatch.setattr(storage, "outbox_mark_sent", mark_sent)
+    seen_committed: list[list[int]] = []
+
+    class Watching(Csms):
+        async def call(self, action: str, payload: dict) -> dict:
+            seen_committed.append([n for (n,) in reader.execute(
+                "SELECT json_extract(payload, '$.n') FROM outbox ORDER BY id")])
+            return await super().call(action, payload)
+
+    csms = Watching()
+    try:
+        await _until_idle(_sender(storage), csms)
+    finally:
+        storage.close()
+        reader.close()
+    assert failed, "the look-ahead's send count was made to fail"
+    assert csms.seen == [1, 2, 3]
+    assert seen_committed[1] == [2, 3], "the ack of #1 was committed before #2 went out"
+    storage = Storage(path)
+    assert storage.outbox_count() == 0
+    storage.close()
+
+
 async def test_look_ahead_drops_holds_and_waits_like_the_ordinary_step(tmp_path: Path) -> None:
     """What the ack's commit finds at the head is judged once: an item that cannot be
     completed is dropped (prepare not asked twice), a held one waits, the rest go in order."""

@@ -193,18 +193,22 @@ class OutboxSender:
     def _prefetch(self) -> None:
         """Inside the ack's commit: judge the new head and, if it can go, count its send.
 
-        Runs in a savepoint, so whatever goes wrong here (a failing ``prepare``, a storage
-        error) is undone without undoing the ack, and the next step simply looks again.
+        Whatever goes wrong here (a failing ``prepare``, a storage error) leaves the ack as it
+        is, and the next step simply looks again.  No savepoint is needed for that (it was
+        two of the eight statements of every replayed message): the peek and ``prepare`` only
+        read, and the one write, the send count, is the last statement, which SQLite undoes
+        on its own if it fails.  Should an error make SQLite roll back the whole transaction
+        (a full disk, an I/O error), a savepoint would be gone with it: the ack's commit then
+        fails as a whole (``atomic`` raises), and the message goes again, as after a crash.
         """
         try:
-            with self._storage.atomic():
-                items = self._storage.outbox_peek(1)
-                if not items:
-                    return
-                verdict, value = self._judge(items[0])
-                if verdict == "send":
-                    self._hand_over(items[0])
-                self._next = (items[0], verdict, value)
+            items = self._storage.outbox_peek(1)
+            if not items:
+                return
+            verdict, value = self._judge(items[0])
+            if verdict == "send":
+                self._hand_over(items[0])
+            self._next = (items[0], verdict, value)
         except Exception:  # noqa: BLE001 - the ordinary path meets it again and reports it
             log.debug("outbox: looking ahead in the ack's commit failed", exc_info=True)
             self._next = None
