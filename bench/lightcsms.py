@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import re
 import resource
 import sys
 import time
@@ -65,6 +66,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
+from websockets.utils import apply_mask
 
 SUBPROTOCOLS = {"ocpp1.6": "1.6", "ocpp2.0.1": "2.0.1", "ocpp2.1": "2.1"}
 
@@ -296,10 +298,24 @@ class LightCsms:
         return {}
 
 
+# A CALL's header, as stations write it: [2,"<id>","<Action>",  (no blanks)
+_CALL_HEAD = re.compile(rb'\[2,"([^"\\]{1,64})","([A-Za-z0-9]{1,64})",')
+# Actions whose canned answer depends on the payload (see LightCsms._answer).
+_READS_PAYLOAD = frozenset({"StopTransaction", "TransactionEvent"})
+
+
 class _LeanConnection(asyncio.Protocol):
     """One station on websockets' Sans-I/O protocol: every frame is handled in the callback
     that received it (see the module docstring).  Also the ``ws`` of its ``_Conn``, so that
-    ``LightCsms.call`` works the same on both servers."""
+    ``LightCsms.call`` works the same on both servers.
+
+    Without permessage-deflate (the station did not offer it), the frames after the handshake
+    are read and written here rather than by the protocol object: a station's frame is a
+    masked header and payload (RFC 6455 5.2), an answer an unmasked one, and websockets'
+    generator-based parser was most of this CSMS's work per message.  A CALL's payload is
+    decoded only when its answer depends on it (``_READS_PAYLOAD``); other CALLs are counted
+    from their header, so this server does not notice a malformed payload there.
+    """
 
     def __init__(self, csms: LightCsms) -> None:
         self.csms = csms
@@ -310,6 +326,8 @@ class _LeanConnection(asyncio.Protocol):
         self.conn: _Conn | None = None
         self.request: Request | None = None
         self._parts: list[bytes] = []  # a fragmented message so far
+        self._raw = False  # after an uncompressed handshake: frames parsed here (see above)
+        self._buffer = b""
 
     @property
     def subprotocol(self) -> str | None:
@@ -322,8 +340,17 @@ class _LeanConnection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self._raw:
+            self._raw_received(data)
+            return
+        opened = self.conn is None
         self.protocol.receive_data(data)
         self._handle()
+        if (opened and self.conn is not None and not self.protocol.extensions
+                and self.protocol.state is State.OPEN and not self.protocol.reader.buffer):
+            # Just after the handshake (a client sends no frame before the 101 answer): the
+            # frames are ours from here on.
+            self._raw = True
 
     def eof_received(self) -> bool | None:
         self.protocol.receive_eof()
@@ -345,8 +372,98 @@ class _LeanConnection(asyncio.Protocol):
     async def send(self, text: str) -> None:
         if self.transport is None or self.transport.is_closing():
             raise ConnectionClosed(None, None)
+        if self._raw:
+            self._raw_send(0x1, text.encode())
+            return
         self.protocol.send_text(text.encode())
         self._flush()
+
+    # frames read and written here (no extension negotiated)
+
+    def _raw_send(self, opcode: int, data: bytes) -> None:
+        assert self.transport is not None
+        n = len(data)
+        if n < 126:
+            head = bytes((0x80 | opcode, n))
+        elif n < 1 << 16:
+            head = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
+        else:
+            head = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
+        self.transport.write(head + data)
+
+    def _raw_received(self, data: bytes) -> None:
+        buf = self._buffer + data if self._buffer else data
+        pos = 0
+        while True:
+            if len(buf) - pos < 2:
+                break
+            b0, b1 = buf[pos], buf[pos + 1]
+            n, at = b1 & 0x7F, pos + 2
+            if n == 126:
+                if len(buf) - at < 2:
+                    break
+                n, at = int.from_bytes(buf[at:at + 2], "big"), at + 2
+            elif n == 127:
+                if len(buf) - at < 8:
+                    break
+                n, at = int.from_bytes(buf[at:at + 8], "big"), at + 8
+            if not b1 & 0x80 or b0 & 0x70 or n > 1 << 20:
+                # RFC 6455 5.1 / 5.2: a client frame is masked, no extension, bounded.
+                self._raw_close(1002 if n <= 1 << 20 else 1009)
+                return
+            if len(buf) - at < 4 + n:
+                break
+            payload = apply_mask(buf[at + 4:at + 4 + n], buf[at:at + 4])
+            pos = at + 4 + n
+            if not self._raw_frame(b0 & 0x80, b0 & 0x0F, payload):
+                return
+        self._buffer = buf[pos:]
+
+    def _raw_frame(self, fin: int, opcode: int, payload: bytes) -> bool:
+        """One frame; False once the connection is closing."""
+        if opcode == 0x8:  # close: echo the code, then the server closes TCP (RFC 6455 7.1.1)
+            self._raw_send(0x8, payload[:2])
+            assert self.transport is not None
+            self.transport.close()
+            return False
+        if opcode == 0x9:
+            self._raw_send(0xA, payload)
+            return True
+        if opcode == 0xA:
+            return True
+        if opcode not in (0x0, 0x1, 0x2):
+            self._raw_close(1002)
+            return False
+        if not fin:
+            self._parts.append(payload)
+            return True
+        if self._parts:
+            self._parts.append(payload)
+            payload, self._parts = b"".join(self._parts), []
+        assert self.conn is not None
+        reply = self._lean_reply(self.conn, payload)
+        if reply is not None:
+            self._raw_send(0x1, reply.encode())
+        return True
+
+    def _raw_close(self, code: int) -> None:
+        self._raw_send(0x8, code.to_bytes(2, "big"))
+        assert self.transport is not None
+        self.transport.close()
+
+    def _lean_reply(self, conn: _Conn, data: bytes) -> str | None:
+        """``LightCsms._reply``, reading only the header of a CALL whose answer does not
+        depend on its payload."""
+        csms = self.csms
+        head = _CALL_HEAD.match(data)
+        if head is None or csms.on_call is not None:
+            return csms._reply(conn, data)
+        action = head.group(2).decode()
+        if action in _READS_PAYLOAD:
+            return csms._reply(conn, data)
+        csms.calls[action] += 1
+        answer = csms._answer(conn, action, {})
+        return f'[3,"{head.group(1).decode()}",{json.dumps(answer, separators=(",", ":"))}]'
 
     # websockets events
 
