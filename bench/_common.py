@@ -213,10 +213,12 @@ def station_config(url: str, state_dir: Path, station_id: str = "BENCH1", *,
 class CsmsProcess:
     """``python -m bench.lightcsms`` in its own process, driven over its stdin/stdout."""
 
-    def __init__(self, *, heartbeat: int = 300, port: int = 0, reuse_port: bool = False) -> None:
+    def __init__(self, *, heartbeat: int = 300, port: int = 0, reuse_port: bool = False,
+                 lean: bool = False) -> None:
         self.heartbeat = heartbeat
         self.port = port
         self.reuse_port = reuse_port
+        self.lean = lean  # bench.lightcsms --lean: websockets' Sans-I/O layer, no tasks
         self.proc: asyncio.subprocess.Process | None = None
         self.url = ""
         self.final_stats: dict | None = None
@@ -228,6 +230,7 @@ class CsmsProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.lightcsms", "--port", str(self.port),
             "--heartbeat", str(self.heartbeat), *(["--reuse-port"] if self.reuse_port else []),
+            *(["--lean"] if self.lean else []),
             cwd=REPO,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24)
         assert self.proc.stdout is not None

@@ -24,6 +24,16 @@ without the disk.  ``--snapshot FILE`` records the offline sessions once into FI
 replays copies of it (the agent restarts on the copy, as a station rebooted while offline
 would), which saves the ~40 s recording when comparing changes.
 
+The figure depends on the bench CSMS as much as on the agent: with one CALL in flight, every
+message waits for the CSMS's own work and for the other process to be woken.  The default is
+what the other benches use (``bench.lightcsms`` on websockets' asyncio server,
+permessage-deflate on, both processes where the scheduler puts them).  ``--csms lean`` answers
+on websockets' Sans-I/O layer inside the receive callback, ``--no-compression`` leaves out
+both sides' zlib work, and ``--pin same|split`` pins the agent and the CSMS to one CPU or to
+one each (waking an idle vCPU of a VM costs more than the CSMS's work).  The report names the
+setting and prints the CSMS's CPU during the replay, so that which side was the bottleneck
+can be read off it.
+
 ``--instructions`` counts the agent's own work per replayed message, a figure the machine's
 load cannot move: it records two outboxes (``--base-sessions``, default 2, and
 ``--sessions``, default 12, sessions of ``--messages`` each, on tmpfs), replays a copy of
@@ -129,6 +139,10 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _sys_s() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def _flush_ms(directory: Path, count: int = 200) -> float:
     """Median fdatasync of an 8 KiB overwrite in ``directory``: what one ack commit waits for."""
     path = directory / "flush-probe"
@@ -151,7 +165,8 @@ def _flush_ms(directory: Path, count: int = 200) -> float:
 async def run(sessions: int, messages: int, evses: int, quick: bool,
               profile: Profile | None = None, state_dir: str = "/tmp",
               snapshot: str | None = None, floor_count: int | None = None,
-              timeout: float = TIMEOUT, compression: bool = True) -> Report:
+              timeout: float = TIMEOUT, compression: bool = True, csms_kind: str = "websockets",
+              pin: str = "none") -> Report:
     report = Report("outbox_replay", quick)
     port = free_port()
     url = f"ws://127.0.0.1:{port}/"
@@ -174,7 +189,8 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         if not sample and direction == "out" and action == "MeterValues":
             sample.update(payload)
 
-    csms = CsmsProcess(port=port)
+    csms = CsmsProcess(port=port, lean=csms_kind == "lean")
+    affinity = os.sched_getaffinity(0)  # given back at the end (--pin), before the report
     state_file = Path(tmp.name) / f"{STATION}.sqlite3"
     agent: Agent | None = None
     try:
@@ -201,9 +217,11 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         db_kb = _state_kb(Path(tmp.name))
 
         await csms.start()
+        _pin(pin, csms.pid)
         profile = profile or Profile(None)
         profile.start()
-        cpu_up = _cpu_s()
+        csms_cpu_up = csms.cpu_s()
+        cpu_up, sys_up = _cpu_s(), _sys_s()
         t_up = time.perf_counter()
         await clock.advance(3.0)  # past the reconnect backoff the link is sleeping through
         async with asyncio.timeout(timeout):
@@ -215,7 +233,8 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
                 if agent.storage.outbox_count():
                     await agent.adapters["1.6"].outbox.idle.wait()
         t_done = time.perf_counter()
-        cpu_s = _cpu_s() - cpu_up
+        cpu_s, sys_s = _cpu_s() - cpu_up, _sys_s() - sys_up
+        csms_cpu_s = csms.cpu_s() - csms_cpu_up
         profile.stop()
         flush_ms = _flush_ms(Path(tmp.name))
         stats = await csms.stats()  # before the floor's station adds its own CALLs
@@ -227,9 +246,11 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
         delivered = sum(calls.get(a, 0) for a in
                         ("StartTransaction", "MeterValues", "StopTransaction"))
         replay_s = t_done - t_up
+        setting = (f"{'deflate' if compression else 'no compression'}, CSMS {csms_kind}, "
+                   f"pinned {pin}")
         report.add(f"CSMS back -> {tx_queued} transaction messages acknowledged",
                    replay_s, "s", 3.0 if tx_queued >= 10_000 else None,
-                   note=f"+{other} other queued message(s)" if other else "")
+                   note=setting + (f"; +{other} other queued message(s)" if other else ""))
         report.add("  of which: CSMS back -> connection open", t_connected - t_up, "s",
                    note="the reconnect backoff is skipped with the fake clock")
         report.add("  of which: connection open -> BootNotification accepted",
@@ -242,6 +263,10 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
                    note="after the boot: the agent's own work and its flush")
         report.add("agent CPU during the replay", cpu_s, "s",
                    note="user + system, the CSMS process not included")
+        report.add("agent CPU per message", cpu_s / queued * 1000, "ms",
+                   note=f"of which system {sys_s / queued * 1000:.3f} ms")
+        report.add("bench CSMS CPU during the replay", csms_cpu_s, "s",
+                   note="its own process, /proc ticks of 10 ms")
         report.add(f"flush latency of {state_dir} (median fdatasync, probed after)", flush_ms,
                    "ms", note="one per acknowledgement")
         report.add("transaction messages the CSMS received", delivered, "")
@@ -251,8 +276,10 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
                    note="" if recording_s is not None else f"copied from {snapshot}")
         report.add("state file size with the full outbox", db_kb / 1024, "MB")
         report.details.update(sessions=sessions, messages_per_session=messages, evses=evses,
-                              compression=compression,
-                              state_dir=state_dir, agent_cpu_s=cpu_s, flush_ms=flush_ms,
+                              compression=compression, csms=csms_kind, pin=pin,
+                              csms_cpu_s=csms_cpu_s,
+                              state_dir=state_dir, agent_cpu_s=cpu_s, agent_sys_s=sys_s,
+                              flush_ms=flush_ms,
                               floor_round_trip_ms=floor_ms,
                               other_queued=other, csms_calls=calls,
                               outbox_sent=agent.adapters["1.6"].outbox.sent,
@@ -265,7 +292,21 @@ async def run(sessions: int, messages: int, evses: int, quick: bool,
             await agent.stop()
         await csms.stop()
         tmp.cleanup()
+        os.sched_setaffinity(0, affinity)
     return report
+
+
+def _pin(pin: str, csms_pid: int) -> None:
+    """Pin this process (the agent and the floor's client) and the CSMS: ``same`` puts both on
+    the first usable CPU, ``split`` one on each of the first two; ``none`` leaves them."""
+    if pin == "none":
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin == "split" and len(cpus) < 2:
+        raise SystemExit("--pin split needs two usable CPUs")
+    mine, theirs = cpus[0], cpus[0] if pin == "same" else cpus[1]
+    os.sched_setaffinity(0, {mine})
+    os.sched_setaffinity(csms_pid, {theirs})
 
 
 def _callgrind(args: list[str], out_file: str) -> float:
@@ -344,6 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compression", action="store_true",
                    help="the agent (and the floor) without permessage-deflate "
                         "(ocpp.compression: false)")
+    p.add_argument("--csms", choices=("websockets", "lean"), default="websockets",
+                   help="the bench CSMS's server: websockets' asyncio server (default, as the "
+                        "other benches) or its Sans-I/O layer answering in the receive "
+                        "callback (lean: less of the CSMS's own work per round trip)")
+    p.add_argument("--pin", choices=("none", "same", "split"), default="none",
+                   help="pin the agent and the CSMS to one CPU (same) or one each (split)")
     ns = p.parse_args(argv)
     if ns.instructions:
         report = instructions(ns.base_sessions, ns.sessions or 12, ns.messages or 100,
@@ -358,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.CRITICAL)
     report = asyncio.run(run(sessions, messages, min(ns.evses, sessions), ns.quick,
                              Profile(ns.profile), ns.state_dir, ns.snapshot,
-                             ns.floor_count, ns.timeout, not ns.no_compression))
+                             ns.floor_count, ns.timeout, not ns.no_compression, ns.csms,
+                             ns.pin))
     report.emit()
     return 0
 

@@ -14,14 +14,18 @@ promise of docs/durability.md at unit level, on a real state file:
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.clock import FakeClock
-from agent.link.outbox import Hold, OutboxSender
+from agent.link.outbox import Hold, OutboxSender, stored_json
+from agent.link.rpc import encode
 from agent.storage import OutboxItem, Storage
 
 
@@ -193,6 +197,48 @@ async def test_a_failing_look_ahead_keeps_the_ack_and_the_next_step_meets_the_fa
     storage.close()
 
 
+async def test_a_failing_send_count_in_the_look_ahead_keeps_the_ack(tmp_path: Path,
+                                                                    monkeypatch: Any) -> None:
+    """The look-ahead has no savepoint of its own: its one write (the send count of the next
+    message) is its last statement, and when that fails the ack of the message before it is
+    still committed, with fsync; the next message is handed over by the ordinary step."""
+    path = tmp_path / "state.sqlite3"
+    _fill(path, 3)
+    storage = Storage(path)
+    reader = sqlite3.connect(path)
+    real = storage.outbox_mark_sent
+    failed: list[int] = []
+
+    def mark_sent(item_id: int) -> None:
+        if storage._depth and not failed:  # the first look-ahead, inside the ack's commit
+            failed.append(item_id)
+            storage._require().execute("INSERT INTO outbox (id, action, payload, created) "
+                                       "VALUES (?, 'X', '{}', '')", (item_id,))  # fails
+        real(item_id)
+
+    monkeypatch.setattr(storage, "outbox_mark_sent", mark_sent)
+    seen_committed: list[list[int]] = []
+
+    class Watching(Csms):
+        async def call(self, action: str, payload: dict) -> dict:
+            seen_committed.append([n for (n,) in reader.execute(
+                "SELECT json_extract(payload, '$.n') FROM outbox ORDER BY id")])
+            return await super().call(action, payload)
+
+    csms = Watching()
+    try:
+        await _until_idle(_sender(storage), csms)
+    finally:
+        storage.close()
+        reader.close()
+    assert failed, "the look-ahead's send count was made to fail"
+    assert csms.seen == [1, 2, 3]
+    assert seen_committed[1] == [2, 3], "the ack of #1 was committed before #2 went out"
+    storage = Storage(path)
+    assert storage.outbox_count() == 0
+    storage.close()
+
+
 async def test_look_ahead_drops_holds_and_waits_like_the_ordinary_step(tmp_path: Path) -> None:
     """What the ack's commit finds at the head is judged once: an item that cannot be
     completed is dropped (prepare not asked twice), a held one waits, the rest go in order."""
@@ -257,3 +303,55 @@ def test_a_stored_message_without_a_deferred_time_is_known_to_need_no_walk() -> 
     marked, plain = storage.outbox_peek(2)
     assert may_hold_deferred(marked.text) and not may_hold_deferred(plain.text)
     assert may_hold_deferred(""), "an item not read from the table is walked"
+
+
+# ------------------------------------------------------------------------ stored_json
+
+_scalars = (st.none() | st.booleans() | st.integers(-2**63, 2**63)
+            | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
+_json = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=st.dictionaries(st.text(max_size=6), _json, min_size=1, max_size=6),
+       pick=st.integers(0, 10), value=_json)
+def test_the_stored_json_with_a_value_spliced_in_is_what_the_encoder_writes(
+        payload: dict, pick: int, value: Any) -> None:
+    """The outbox sends a replayed payload cut from its stored text (one top-level value
+    replaced, the 1.6 transactionId) instead of encoding it anew: whenever it does, the text
+    is exactly the link's encoding of the payload, and it falls back (None) otherwise."""
+    storage = Storage(":memory:")
+    storage.outbox_put("MeterValues", payload)
+    [item] = storage.outbox_peek(1)
+    prepared = dict(item.payload)
+    key = list(prepared)[pick % len(prepared)]
+    prepared[key] = value
+    body = stored_json(item, prepared)
+    if body is not None:
+        assert body == encode(prepared)
+        assert json.loads(body) == json.loads(encode(prepared))
+    if item.text.isascii() and "\x7f" not in item.text:
+        assert body is not None, "an ASCII payload with one value replaced is spliced"
+    assert stored_json(item, dict(item.payload)) in (None, encode(item.payload))
+    storage.close()
+
+
+def test_stored_json_falls_back_when_more_than_one_value_or_a_key_changed() -> None:
+    storage = Storage(":memory:")
+    storage.outbox_put("MeterValues", {"connectorId": 1, "transactionId": 0,
+                                       "meterValue": [{"timestamp": "t", "sampledValue": []}]})
+    [item] = storage.outbox_peek(1)
+    one = {**item.payload, "transactionId": 42}
+    assert stored_json(item, one) == encode(one)
+    assert stored_json(item, {**item.payload, "transactionId": 1, "connectorId": 2}) is None
+    assert stored_json(item, {**item.payload, "extra": 1}) is None
+    renamed = dict(item.payload)
+    del renamed["connectorId"]
+    renamed["connector"] = 1
+    assert stored_json(item, renamed) is None
+    # a nested value rebuilt (as Clock.resolve_payload does) is a second change, not the same
+    rebuilt = {**item.payload, "transactionId": 3,
+               "meterValue": [{"timestamp": "2026-01-01T00:00:00Z", "sampledValue": []}]}
+    assert stored_json(item, rebuilt) is None
+    storage.close()

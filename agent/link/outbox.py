@@ -11,7 +11,9 @@ TransactionMessageAttempts / MessageAttempts failures the item is dropped (kept 
 forever.  Strict FIFO keeps Start before MeterValues before Stop.
 
 Version-neutral: the adapter supplies ``prepare`` (fill in ids and times known only at send
-time), ``on_result`` (runs in the same SQLite transaction as the ack, so a kill -9 can never
+time; it replaces values of the item's payload, never changes its nested values in place, so
+that the stored JSON can be sent with the replaced value spliced in: :func:`stored_json`),
+``on_result`` (runs in the same SQLite transaction as the ack, so a kill -9 can never
 separate "the CSMS answered" from "we recorded the answer"), ``on_dropped`` (likewise, in the
 transaction that drops an item), ``on_done`` (after either) and the retry settings.
 
@@ -41,6 +43,7 @@ from agent.link.rpc import (
     ConnectionLost,
     ResponseInvalid,
     RpcSession,
+    encode,
 )
 from agent.storage import OutboxItem, Storage, StorageError
 
@@ -52,6 +55,52 @@ STORAGE_RETRY_S = 5.0
 HOLD_POLL_S = 1.0
 # CALLERROR codes saying the CSMS does not know / support the action at all.
 UNSUPPORTED = frozenset({"NotImplemented", "NotSupported"})
+
+
+_MISSING = object()
+
+
+def stored_json(item: OutboxItem, payload: dict) -> str | None:
+    """``payload`` as the link encodes it, cut from the item's stored JSON instead of encoded
+    anew; None when that cannot be shown cheaply (then the caller encodes).
+
+    Encoding a replayed MeterValues was about a tenth of the agent's work per message, and
+    what ``prepare`` does to it is to fill in one top-level value (the 1.6 transactionId).
+    So: when every top-level value of ``payload`` is the very object read from the table but
+    at most one, the stored text is the answer with that one value spliced in.  The stored
+    text is the storage's encoding of the decoded ``item.payload``, which equals the link's
+    for ASCII text (the storage writes non-ASCII characters and DEL as they are, the link
+    escapes them); everything before the replaced value is encoded and compared, so the cut
+    is made at the right place or not at all.  ``prepare`` must not change nested values of
+    the item's payload in place (none does: they replace, ``Clock.resolve_payload`` builds
+    anew); tests/test_outbox_delivery.py checks the equality against the encoder.
+    """
+    text, stored = item.text, item.payload
+    if not text or len(payload) != len(stored) or not text.isascii() or "\x7f" in text:
+        return None
+    changed = _MISSING
+    head = ["{"]
+    for key, value in stored.items():
+        new = payload.get(key, _MISSING)
+        if new is value:
+            if changed is _MISSING:
+                head.append(f"{encode(key)}:{encode(value)},")
+            continue
+        if changed is not _MISSING or new is _MISSING:
+            return None
+        changed = key
+    if changed is _MISSING:
+        return text
+    try:
+        prefix = "".join(head)
+        old = f"{encode(changed)}:{encode(stored[changed])}"
+        end = len(prefix) + len(old)
+        if not (text.startswith(prefix) and text.startswith(old, len(prefix))
+                and text[end:end + 1] in (",", "}")):
+            return None
+        return f"{prefix}{encode(changed)}:{encode(payload[changed])}{text[end:]}"
+    except (TypeError, ValueError):
+        return None  # the ordinary encoding reports it
 
 
 class Hold(Exception):  # noqa: N818 - a signal from ``prepare``, not an error
@@ -193,18 +242,22 @@ class OutboxSender:
     def _prefetch(self) -> None:
         """Inside the ack's commit: judge the new head and, if it can go, count its send.
 
-        Runs in a savepoint, so whatever goes wrong here (a failing ``prepare``, a storage
-        error) is undone without undoing the ack, and the next step simply looks again.
+        Whatever goes wrong here (a failing ``prepare``, a storage error) leaves the ack as it
+        is, and the next step simply looks again.  No savepoint is needed for that (it was
+        two of the eight statements of every replayed message): the peek and ``prepare`` only
+        read, and the one write, the send count, is the last statement, which SQLite undoes
+        on its own if it fails.  Should an error make SQLite roll back the whole transaction
+        (a full disk, an I/O error), a savepoint would be gone with it: the ack's commit then
+        fails as a whole (``atomic`` raises), and the message goes again, as after a crash.
         """
         try:
-            with self._storage.atomic():
-                items = self._storage.outbox_peek(1)
-                if not items:
-                    return
-                verdict, value = self._judge(items[0])
-                if verdict == "send":
-                    self._hand_over(items[0])
-                self._next = (items[0], verdict, value)
+            items = self._storage.outbox_peek(1)
+            if not items:
+                return
+            verdict, value = self._judge(items[0])
+            if verdict == "send":
+                self._hand_over(items[0])
+            self._next = (items[0], verdict, value)
         except Exception:  # noqa: BLE001 - the ordinary path meets it again and reports it
             log.debug("outbox: looking ahead in the ack's commit failed", exc_info=True)
             self._next = None
@@ -236,7 +289,9 @@ class OutboxSender:
             return False
         payload: dict = value  # type: ignore[assignment]
         try:
-            result = await rpc.call(item.action, payload)
+            body = stored_json(item, payload) if isinstance(rpc, RpcSession) else None
+            result = await (rpc.call(item.action, payload, encoded=body) if body is not None
+                            else rpc.call(item.action, payload))
         except ValueError as exc:
             # Our own message does not match the schema: it can never be delivered, and
             # retrying would block every later transaction message.

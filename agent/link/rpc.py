@@ -289,6 +289,11 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# ``json.loads(raw, parse_constant=...)`` builds a new decoder (and its scanner) for every
+# frame; one for the process does the same work.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 # One encoder for the process: ``json.dumps`` with options builds a new one per call, and
 # the check for circular structures (a dict of the ids being walked) is left to the
 # interpreter's recursion limit, turned into the ValueError every caller handles.
@@ -301,6 +306,12 @@ def _dumps(value: Any) -> str:
         return _ENCODER.encode(value)
     except RecursionError:
         raise ValueError("circular or too deeply nested structure") from None
+
+
+def encode(value: Any) -> str:
+    """JSON as the frames carry it (compact, ASCII escapes, no NaN); ValueError/TypeError if
+    it cannot be."""
+    return _dumps(value)
 
 
 def _message_id() -> str:
@@ -393,14 +404,17 @@ class RpcSession:
         except Exception:
             log.exception("%s: unexpected failure processing a frame", self.name)
 
-    async def call(self, action: str, payload: dict, *, timeout: float | None = None) -> dict:
+    async def call(self, action: str, payload: dict, *, timeout: float | None = None,
+                   encoded: str | None = None) -> dict:
         """Send a CALL and return the CALLRESULT payload.
 
         Raises ValueError (our payload is invalid, nothing is sent), CallErrorReceived,
         ResponseInvalid, CallTimeout or ConnectionLost. The timeout runs from the moment the
-        frame is sent, not while waiting for an earlier CALL to finish.
+        frame is sent, not while waiting for an earlier CALL to finish.  ``encoded``, when the
+        caller has it, is ``payload`` as this module encodes it (:func:`encode`), sent as it is;
+        ``payload`` is still what is validated and reported.
         """
-        body = self._encode_outgoing(CALL, action, payload)
+        body = self._encode_outgoing(CALL, action, payload, encoded)
         wait = self._default_timeout if timeout is None else timeout
         async with self._lock:
             if self._closed:
@@ -479,7 +493,8 @@ class RpcSession:
 
     # ---------------------------------------------------------------- outgoing helpers
 
-    def _encode_outgoing(self, message_type: int, action: str, payload: dict) -> str:
+    def _encode_outgoing(self, message_type: int, action: str, payload: dict,
+                         encoded: str | None = None) -> str:
         if not isinstance(payload, dict):
             raise ValueError(f"{action}: payload must be a dict, got {type(payload).__name__}")
         if self._validate:
@@ -494,6 +509,8 @@ class RpcSession:
                 raise ValueError(str(exc)) from None
             if problem is not None:
                 raise ValueError(f"invalid outgoing {problem.description}")
+        if encoded is not None:
+            return encoded
         try:
             return _dumps(payload)
         except (TypeError, ValueError) as exc:
@@ -553,7 +570,7 @@ class RpcSession:
                 await self._malformed(raw, None, "RpcFrameworkError", "Message is not UTF-8")
                 return
         try:
-            message = json.loads(raw, parse_constant=_reject_constant)
+            message = _DECODER.decode(raw)
         except (ValueError, RecursionError):
             await self._malformed(raw, None, "RpcFrameworkError", "Message is not valid JSON")
             return
