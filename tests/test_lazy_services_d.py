@@ -1,7 +1,8 @@
 """What an idle station no longer loads, fifth pass (docs/performance.md, issue 18): the
-stdlib's ``logging.handlers`` (with ``pickle``) for the rotating log files, ``zoneinfo`` (with
-``sysconfig``) and the tariff engine for 2.1 tariffs, and on 2.0.1 / 2.1 the ISO 15118 service, the firmware and
-diagnostics services and the upload client, which the 2.x blocks imported at their top.
+stdlib's ``logging.handlers`` (with ``pickle``) for the rotating log files; ``zoneinfo`` (with
+``sysconfig``) and the tariff engine for 2.1 tariffs; on 2.0.1 / 2.1 the ISO 15118 service,
+the firmware and diagnostics services and the upload client, which the 2.x blocks imported
+at their top.
 
 Each probe runs a fresh interpreter through the start-up ``cp-agent run`` does (agent.log and
 security.log installed in the state directory), then checks what the first use still does.
