@@ -2,7 +2,8 @@
 stdlib's ``logging.handlers`` (with ``pickle``) for the rotating log files; ``zoneinfo`` (with
 ``sysconfig``) and the tariff engine for 2.1 tariffs; on 2.0.1 / 2.1 the ISO 15118 service,
 the firmware and diagnostics services and the upload client, which the 2.x blocks imported
-at their top.
+at their top; and the smart-charging engine (agent/core/smart_charging_engine.py: validation,
+composite, limit at an instant) on every version while no charging profile is stored.
 
 Each probe runs a fresh interpreter through the start-up ``cp-agent run`` does (agent.log and
 security.log installed in the state directory), then checks what the first use still does.
@@ -10,17 +11,24 @@ security.log installed in the state directory), then checks what the first use s
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from agent.logfiles import RotatingFile, rotated_files, rotating_handler
-from tests.conftest import online201, version_rig
-from tests.test_startup_imports import _IDLE_16, _idle_station
+from tests.conftest import eventually, online201, version_rig
+from tests.test_smart_charging_versions import Kit, Kit16, Kit21, Kit201, station_max
+from tests.test_startup_imports import _IDLE_16, ROOT, _idle_station
+from tests.test_timing import online as timing_online
+from tests.test_timing import rig
 
 VERSIONS = ("1.6", "2.0.1", "2.1")
-EVERY_VERSION = ("logging.handlers", "pickle", "zoneinfo", "sysconfig")
+EVERY_VERSION = ("logging.handlers", "pickle", "zoneinfo", "sysconfig",
+                 "agent.core.smart_charging_engine")
 ON_2X = ("agent.core.iso15118", "agent.core.firmware", "agent.core.diagnostics",
          "agent.transfer.upload", "ftplib")
 DEFERRED = {"1.6": EVERY_VERSION, "2.0.1": EVERY_VERSION + ON_2X,
@@ -132,3 +140,90 @@ async def test_a_21_tariff_time_zone_is_read_on_first_use(short_dir, zone, offse
             assert str(tz) == zone
         else:
             assert tz.utcoffset(None).total_seconds() == offset
+
+
+# ====================================================================== the smart-charging engine
+
+_STORED = """
+import asyncio, json, sys, tempfile
+from datetime import UTC, datetime
+from agent.app import Agent
+from agent.config import load_config_text
+
+STATE = sys.argv[1]
+cfg = load_config_text(json.dumps({
+    "station": {"id": "CP1"},
+    "ocpp": {"url": "ws://127.0.0.1:9/ocpp", "versions": [sys.argv[2]],
+             "reconnect": {"min_backoff_s": 5}},
+    "storage": {"path": STATE + "/s.db"}, "control": {"socket": STATE + "/c.sock"}}))
+
+async def main():
+    agent = Agent(cfg)
+    built = "agent.core.smart_charging_engine" in sys.modules  # construction, before start
+    if sys.argv[3] == "install":
+        from agent.core.smart_charging import (
+            ChargingProfile, ChargingSchedule, ChargingSchedulePeriod)
+        agent.station.charging_profiles.install(ChargingProfile(
+            id=7, stack_level=0, purpose="StationMax", kind="Absolute", evse_id=0,
+            schedules=[ChargingSchedule("A", [ChargingSchedulePeriod(0, 10)],
+                                        start=datetime(2020, 1, 1, tzinfo=UTC))]))
+    await agent.start()
+    agent.station.charging_profiles.wake()
+    await agent.station.charging_profiles.evaluated()
+    limit = agent.station.evses[1].limits.get("csms")
+    await agent.stop()
+    print(json.dumps([built, limit]))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_stored_profile_loads_the_engine_when_the_station_is_built(tmp_path, version):
+    """No profile: the engine stays unloaded and the scheduler sets no limit, as before.  A
+    profile in the state file: the engine is imported while the station is constructed,
+    before anything starts, and the profile's limit is applied."""
+
+    def run(step: str) -> list:
+        res = subprocess.run([sys.executable, "-c", _STORED, str(tmp_path), version, step],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    assert run("nothing") == [False, None]
+    assert run("install") == [False, 10.0]  # installing it imported the engine
+    assert run("restart") == [True, 10.0]
+
+
+@pytest.fixture(params=[Kit16(), Kit201(), Kit21()], ids=list(VERSIONS))
+def kit(request: pytest.FixtureRequest) -> Kit:
+    return request.param
+
+
+async def test_a_restart_with_a_stored_profile_closes_at_its_limit(kit, short_dir, monkeypatch):
+    """The contactor first closes after the restart with the stored profile's limit already
+    on the pilot (10 A, not the EV's 16 A), on every version."""
+    from hal.mock import MockContactor
+
+    closes: list[float] = []
+    original = MockContactor.set
+
+    async def recording(self, closed: bool) -> None:
+        if closed:
+            closes.append(self._sim.offered)
+        await original(self, closed)
+
+    async with rig(kit.version, short_dir) as (csms, make):
+        agent = await make()
+        csms.now = agent.clock.now
+        await timing_online(agent)
+        await station_max(kit, csms, agent, [(0, 10)])
+        await agent.stop()
+        monkeypatch.setattr(MockContactor, "set", recording)
+        again = await make()
+        csms.now = again.clock.now
+        await timing_online(again)
+        await kit.charging(again, csms)
+        await eventually(lambda: bool(closes), "the contactor closed")
+        assert closes[0] == 10
+        assert again.hal.evses[1].ev.current_limit == 10
