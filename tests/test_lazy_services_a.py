@@ -24,9 +24,9 @@ from tests.test_startup_imports import _IDLE_16, _idle_station
 
 VERSIONS = ("1.6", "2.0.1", "2.1")
 LAZY = ("agent.core.reservations", "agent.core.display_messages", "agent.core.cost")
-# The 2.1 local cost block (agent/ocpp/v21/local_cost.py) still imports agent.core.tariffs,
-# which imports agent.core.cost, at its top: on 2.1 only the cost module is loaded (not built).
-LAZY_ON = {"1.6": LAZY, "2.0.1": LAZY, "2.1": LAZY[:2]}
+# The 2.1 local cost block imports the tariff engine (and with it agent.core.cost) where a
+# tariff is used (tests/test_lazy_services_d.py): on every version none of them is loaded.
+LAZY_ON = {"1.6": LAZY, "2.0.1": LAZY, "2.1": LAZY}
 NO_SCREEN = '"hal": {"driver": "mock", "display": {"type": "none"}}, "storage":'
 
 

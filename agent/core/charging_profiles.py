@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock, parse_iso
 from agent.core.evse import NOMINAL_VOLTAGE, EvseController
@@ -60,14 +60,11 @@ from agent.core.smart_charging import (
     CompositePeriod,
     Kind,
     Purpose,
-    composite,
-    limit_at,
-    next_change,
-    profile_in_force,
-    station_composite,
-    v2x_at,
 )
 from agent.storage import Storage, StorageError
+
+if TYPE_CHECKING:
+    from types import ModuleType
 
 log = logging.getLogger("cp_agent.smart_charging")
 
@@ -86,6 +83,24 @@ _TENTH = Decimal("0.1")
 # The longest the scheduler sleeps without a known change (a guard, not a poll: the engine
 # says when to wake; this only bounds a sleep across a wall-clock step).
 MAX_SLEEP_S = 3600.0
+
+_ENGINE: ModuleType | None = None
+
+
+def engine() -> ModuleType:
+    """The smart-charging engine (agent/core/smart_charging_engine.py), imported on first use.
+
+    A station without a profile never evaluates one: its limits, shares and phases are what
+    the scheduler sets with no profile, which needs none of the engine (issue 18).  The
+    service imports it the moment it holds a profile (read at start-up, installed), before
+    the scheduler can apply that profile, so applying a limit never waits on an import.
+    """
+    global _ENGINE
+    if _ENGINE is None:
+        from agent.core import smart_charging_engine
+
+        _ENGINE = smart_charging_engine
+    return _ENGINE
 
 
 # ---------------------------------------------------------------------- (de)serialisation
@@ -238,6 +253,8 @@ class ChargingProfiles:
         except StorageError as exc:
             log.error("charging profiles could not be read, none apply: %s", exc)
             return
+        if rows:
+            engine()  # at construction, before the station starts: see engine()
         for pid, text in rows:
             try:
                 self._profiles[pid] = profile_from_json(text)
@@ -284,12 +301,13 @@ class ChargingProfiles:
             evses = list(self.evses.values())
             rating = sum(e.max_current_a for e in evses) if evses else 0.0
             phases = max((e.phases for e in evses), default=3)
-            return composite(profiles, evse_id=0, window_start=start, window_s=duration_s,
-                             evse_max_a=rating, phases=phases, unit=unit)
+            return engine().composite(profiles, evse_id=0, window_start=start,
+                                      window_s=duration_s, evse_max_a=rating, phases=phases,
+                                      unit=unit)
         evse = self.evses[evse_id]
         tx = evse.tx
-        return composite(profiles, evse_id=evse_id, window_start=start,
-                         window_s=duration_s, tx_start=self.tx_start(evse),
+        return engine().composite(profiles, evse_id=evse_id, window_start=start,
+                                  window_s=duration_s, tx_start=self.tx_start(evse),
                          evse_max_a=evse.max_current_a, phases=evse.phases, unit=unit,
                          transaction_id=tx.remote_id if tx is not None else None,
                          priority=self.priority_active(evse_id))
@@ -303,6 +321,7 @@ class ChargingProfiles:
         refused beforehand when the validity periods overlap (K01.FR.06) and may coexist when
         they do not.  Validation is the caller's (``validate``).  A Dynamic profile (2.1 K28)
         counts from now: its dyn_update_time is the station's clock at installation."""
+        engine()  # before the profile is held: the scheduler applies it without an import
         if profile.kind == Kind.DYNAMIC:
             profile = replace(profile, dyn_update_time=self.clock.now())
         replaced = [pid for pid, p in self._profiles.items()
@@ -517,11 +536,13 @@ class ChargingProfiles:
             tx_id = tx.remote_id if tx is not None else None
             tx_start = self.tx_start(evse)
             priority = self.priority_active(evse_id)
-            own[evse_id] = limit_at(profiles, now, evse_id=evse_id, tx_start=tx_start,
-                                    evse_max_a=evse.max_current_a, phases=evse.phases,
+            # profiles held: the engine was imported when they were read or installed
+            sc = engine()
+            own[evse_id] = sc.limit_at(profiles, now, evse_id=evse_id, tx_start=tx_start,
+                                       evse_max_a=evse.max_current_a, phases=evse.phases,
+                                       transaction_id=tx_id, priority=priority)
+            change = sc.next_change(profiles, now, evse_id=evse_id, tx_start=tx_start,
                                     transaction_id=tx_id, priority=priority)
-            change = next_change(profiles, now, evse_id=evse_id, tx_start=tx_start,
-                                 transaction_id=tx_id, priority=priority)
             if change is not None and (soonest is None or change < soonest):
                 soonest = change
         plans = self._v2x_plans(profiles, now, own)
@@ -576,9 +597,10 @@ class ChargingProfiles:
             if not evse.hw.ev.supports_setpoint:
                 continue
             tx = evse.tx
-            period = v2x_at(profiles, now, evse_id=evse_id, tx_start=self.tx_start(evse),
-                            transaction_id=tx.remote_id if tx is not None else None,
-                            priority=self.priority_active(evse_id)) if profiles else None
+            period = engine().v2x_at(
+                profiles, now, evse_id=evse_id, tx_start=self.tx_start(evse),
+                transaction_id=tx.remote_id if tx is not None else None,
+                priority=self.priority_active(evse_id)) if profiles else None
             plans[evse_id] = v2x.plan(evse, period, own.get(evse_id), now)
         return plans
 
@@ -596,7 +618,7 @@ class ChargingProfiles:
         if not any(p.purpose == Purpose.STATION_MAX for p in profiles):
             return own_a
         evses = list(self.evses.values())
-        (station, *_) = station_composite(
+        (station, *_) = engine().station_composite(
             profiles, window_start=now, window_s=1,
             station_max_a=sum(e.max_current_a for e in evses),
             phases=max((e.phases for e in evses), default=3), voltage=NOMINAL_VOLTAGE,
@@ -649,10 +671,11 @@ class ChargingProfiles:
         if evse is None:
             return None
         tx = evse.tx
-        profile = profile_in_force(self.profiles, at or self.clock.now(), evse_id=evse_id,
-                                   tx_start=self.tx_start(evse),
-                                   transaction_id=tx.remote_id if tx is not None else None,
-                                   priority=self.priority_active(evse_id))
+        # No profile: none in force (what the engine answers), without importing it.
+        profile = None if not self._profiles else engine().profile_in_force(
+            self.profiles, at or self.clock.now(), evse_id=evse_id, tx_start=self.tx_start(evse),
+            transaction_id=tx.remote_id if tx is not None else None,
+            priority=self.priority_active(evse_id))
         if profile is None or not profile.schedules:
             return None
         schedule = profile.schedules[0]

@@ -20,7 +20,6 @@ from agent.core.smart_charging import (
     ChargingSchedule,
     ChargingSchedulePeriod,
     Purpose,
-    validate,
 )
 from agent.ocpp.blocks import Block, handles
 from agent.ocpp.charging_profiles_json import dec as _dec
@@ -83,6 +82,9 @@ class SmartCharging(Block):
 
     def check(self, profile: ChargingProfile, *, remote_start: bool = False) -> list[str]:
         """Every reason to refuse ``profile`` (1.6 rules and this station's capabilities)."""
+        # The engine, imported by the first profile a CSMS sends (agent/core/charging_profiles.py)
+        from agent.core.smart_charging_engine import validate
+
         units = [UNITS[u] for u in self.settings["ChargingScheduleAllowedChargingRateUnit"]
                  if u in UNITS]
         problems = validate(

@@ -28,11 +28,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.clock import iso
-from agent.core.iso15118 import MAX_SCHEDULE_ENTRIES, ChargingNeeds, EvSession
 from agent.core.pnc_settings import pnc_settings
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, b, ro, rw
 
 if TYPE_CHECKING:
+    # The core service (agent/core/iso15118.py) is loaded only where hal.iso15118 builds it
+    # (agent/app.py): a station without ISO 15118 does not pay for it (issue 18).
+    from agent.core.iso15118 import ChargingNeeds, EvSession
     from agent.core.model import Token
     from agent.core.plug_and_charge import ContractAuthority
     from agent.core.settings import SettingDef
@@ -43,6 +45,9 @@ log = logging.getLogger("cp_agent.v201.iso15118")
 ENERGY_MODES_201 = ("AC_single_phase_core", "AC_three_phase_core", "DC_core", "DC_extended",
                     "DC_combo_core", "DC_unique")
 V2G_CERT = "V2GCertificate"
+# agent.core.iso15118.MAX_SCHEDULE_ENTRIES (the periods offered to the EV), which the
+# ISO15118Ctrlr reports; repeated so that the block does not load the service (a test compares).
+MAX_SCHEDULE_ENTRIES = 24
 
 
 def _country(text: str) -> str | None:

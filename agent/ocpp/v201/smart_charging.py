@@ -39,7 +39,6 @@ from agent.core.smart_charging import (
     ChargingSchedule,
     ChargingSchedulePeriod,
     Purpose,
-    validate,
 )
 from agent.link.rpc import CallFailed
 from agent.ocpp.blocks import handles
@@ -285,6 +284,9 @@ class SmartCharging(VariableBlock):
         return str(p.purpose) in BASE_PURPOSES and str(p.kind) in BASE_KINDS
 
     def _check(self, profile: ChargingProfile, *, remote_start: bool) -> list[str]:
+        # The engine, imported by the first profile a CSMS sends (agent/core/charging_profiles.py)
+        from agent.core.smart_charging_engine import validate
+
         transactions = self.service.local_transactions()
         problems = [_in_201_terms(text) for text in validate(
             profile, max_stack_level=self.dm.integer("SmartChargingCtrlr", "ProfileStackLevel"),

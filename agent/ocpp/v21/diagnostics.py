@@ -10,15 +10,20 @@ with minimum 0 ("0: no retries", as the 2.0.1 block reads it), a longer ``filena
 
 from __future__ import annotations
 
-from agent.core.diagnostics import JobState, UploadJob
+from typing import TYPE_CHECKING
+
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.diagnostics import Diagnostics
-from agent.transfer.upload import safe_url
+
+if TYPE_CHECKING:
+    from agent.core.diagnostics import JobState, UploadJob
 
 # LogEnumType values whose logs this station collects (the 2.0.1 block's).
 COLLECTED = frozenset({"DiagnosticsLog", "SecurityLog"})
-FAILED = frozenset({JobState.FAILED, JobState.PERMISSION_DENIED, JobState.NOT_SUPPORTED,
-                    JobState.BAD_MESSAGE})
+# The values of agent.core.diagnostics' failed JobStates: an idle station loads neither that
+# module nor the upload client (with ftplib) for this block (issue 18; a test compares them).
+FAILED = frozenset({"UploadFailure", "PermissionDenied", "NotSupportedOperation",
+                    "BadMessage"})
 MAX_INFO = 1024  # StatusInfoType.additionalInfo
 
 
@@ -34,7 +39,10 @@ class Diagnostics21(Diagnostics):
 
     def _report(self, job: UploadJob, state: JobState) -> None:
         payload: dict = {"status": state.value, "requestId": job.request.request_id}
-        if state in FAILED and job.last_error:
+        if state.value in FAILED and job.last_error:
+            # Loaded by the upload that failed already; never on an idle station's path.
+            from agent.transfer.upload import safe_url
+
             payload["statusInfo"] = {"reasonCode": job.last_reason or "Unspecified",
                                      "additionalInfo": safe_url(job.last_error)[:MAX_INFO]}
         self.adapter.enqueue("LogStatusNotification", payload)

@@ -10,13 +10,18 @@ The other 2.1 changes to these messages need nothing here: a longer ``location``
 
 from __future__ import annotations
 
-from agent.core.firmware import FirmwareJob, FwStatus
+from typing import TYPE_CHECKING
+
 from agent.ocpp.v201.firmware import Firmware
 
-# Statuses that end (or pause) an update for a reason the CSMS should read.
-EXPLAINED = frozenset({FwStatus.DOWNLOAD_FAILED, FwStatus.DOWNLOAD_PAUSED,
-                       FwStatus.INSTALLATION_FAILED, FwStatus.INSTALL_VERIFICATION_FAILED,
-                       FwStatus.INVALID_SIGNATURE})
+if TYPE_CHECKING:
+    from agent.core.firmware import FirmwareJob
+
+# Statuses that end (or pause) an update for a reason the CSMS should read: agent.core.firmware's
+# FwStatus values (a StrEnum, so its members compare equal), spelled out so that an idle station
+# does not import the firmware service for this block (issue 18; a test compares the two).
+EXPLAINED = frozenset({"DownloadFailed", "DownloadPaused", "InstallationFailed",
+                       "InstallVerificationFailed", "InvalidSignature"})
 MAX_INFO = 1024  # StatusInfoType.additionalInfo
 
 

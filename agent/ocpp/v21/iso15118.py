@@ -18,12 +18,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.clock import iso
-from agent.core.iso15118 import ChargingNeeds
 from agent.ocpp.v201.device_model import VarDef, b, ro
 from agent.ocpp.v201.iso15118 import Iso15118
+
+if TYPE_CHECKING:  # loaded with the ISO 15118 service only (agent/app.py)
+    from agent.core.iso15118 import ChargingNeeds
 
 # ISO 15118 protocol -> "<uri>,<major>,<minor>" of its supportedAppProtocol entry.
 PROTOCOL_URIS = {

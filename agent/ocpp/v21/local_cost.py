@@ -57,28 +57,25 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
-from typing import Any, ClassVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from agent.clock import iso, parse_iso
-from agent.core.cost import CostError, Tariff, to_decimal
 from agent.core.model import EvseSnapshot, StopReason, Token, TxRecord
 from agent.core.service_settings import COST_ENABLED, TARIFF_ENABLED
-from agent.core.tariffs import (
-    REJECTED,
-    CostCalculator,
-    CostResult,
-    LocalTariff,
-    Sample,
-    TariffError,
-    json_number,
-    parse_tariff,
-)
 from agent.ocpp.blocks import handles
 from agent.ocpp.v201.device_model import VarDef, VariableBlock, ro, rw
 from agent.ocpp.v201.transactions import Transactions
 from agent.storage import StorageError
 from hal.interfaces import FaultKind
+
+if TYPE_CHECKING:
+    from agent.core.cost import Tariff
+    from agent.core.tariffs import CostCalculator, CostResult, LocalTariff, Sample
+
+# The tariff engine (agent/core/tariffs.py, with agent/core/cost.py) is imported where a tariff
+# is parsed or a priced transaction sampled, not at the top: a station with no tariff never
+# runs it, and it is ~0.3 MB of an idle 2.1 station's memory (issue 18).  Nothing here is on
+# a path that switches or limits energy.
 
 log = logging.getLogger("cp_agent.v21")
 
@@ -104,17 +101,23 @@ def _sample_json(s: Sample) -> dict[str, Any]:
 
 
 def _sample_of(data: dict[str, Any]) -> Sample:
+    from agent.core.tariffs import Sample
+
     return Sample(parse_iso(data["at"]), Decimal(data["e"]), bool(data["c"]),
                   Decimal(data["p"]) if "p" in data else None,
                   Decimal(data["i"]) if "i" in data else None)
 
 
 def _amount(value: Decimal | None) -> int | float | None:
+    from agent.core.tariffs import json_number
+
     return None if value is None else json_number(value)
 
 
 def cost_details(result: CostResult) -> dict[str, Any]:
     """A :class:`CostResult` as 2.1 CostDetailsType."""
+    from agent.core.tariffs import json_number
+
     periods = []
     for p in result.periods:
         dims: list[dict[str, Any]] = [{"type": "Energy", "volume": json_number(
@@ -234,6 +237,10 @@ class LocalCost21(VariableBlock):
     def _tz(self) -> tzinfo:
         name = self.dm.value("ClockCtrlr", "TimeZone", default="").strip()
         if name:
+            # zoneinfo (with sysconfig, for its TZPATH) is ~0.3 MB an idle station without a
+            # time zone does not need (issue 18): imported by the first tariff that asks.
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
             try:
                 return ZoneInfo(name)
             except (ZoneInfoNotFoundError, ValueError):
@@ -245,6 +252,8 @@ class LocalCost21(VariableBlock):
         return UTC
 
     def _parse(self, raw: Any) -> LocalTariff:
+        from agent.core.tariffs import parse_tariff
+
         return parse_tariff(raw, max_elements=MAX_ELEMENTS)
 
     def _costs(self) -> Any:
@@ -262,6 +271,10 @@ class LocalCost21(VariableBlock):
         except StorageError as exc:
             log.error("tariffs not read: %s", exc)
             return
+        if not rows and not tx_rows:
+            return
+        from agent.core.tariffs import TariffError
+
         for tariff_id, raw, evses, installed_at in rows:
             try:
                 self._seq += 1
@@ -281,6 +294,8 @@ class LocalCost21(VariableBlock):
 
     def _replay(self, priced: Priced, samples: list[dict[str, Any]]) -> None:
         """Rebuild the calculation from the kept samples, exactly as it went live."""
+        from agent.core.tariffs import CostCalculator
+
         first = priced.segments[0]
         priced.calc = CostCalculator(parse_iso(first["from"]), self._parse(first["tariff"]),
                                      tz=self._tz())
@@ -338,6 +353,8 @@ class LocalCost21(VariableBlock):
 
     @handles("SetDefaultTariff")
     async def set_default_tariff(self, p: dict) -> dict:
+        from agent.core.tariffs import TariffError
+
         self._load()
         evse_id = int(p["evseId"])
         if not self.enabled():
@@ -461,6 +478,8 @@ class LocalCost21(VariableBlock):
         raw = answer.get("tariff")
         if raw is None:
             return
+        from agent.core.tariffs import REJECTED, TariffError
+
         self._load()
         try:
             if not self.enabled():
@@ -489,6 +508,8 @@ class LocalCost21(VariableBlock):
     def _describe(tariff: LocalTariff, languages: tuple[str, ...]) -> Tariff | None:
         if not tariff.description:
             return None
+        from agent.core.cost import Tariff
+
         wanted = [lang.split("-")[0].lower() for lang in languages]
         for lang in wanted:
             for content, language, fmt in tariff.description:
@@ -534,6 +555,8 @@ class LocalCost21(VariableBlock):
             self._save_priced(priced)
             log.info("transaction %s: no tariff, its cost is the CSMS's", tx.local_id)
             return None
+        from agent.core.tariffs import CostCalculator
+
         priced.segments = [{"from": iso(start), "after": 0, "tariff": raw}]
         priced.calc = CostCalculator(start, tariff, tz=self._tz())
         self._save_priced(priced)
@@ -559,6 +582,9 @@ class LocalCost21(VariableBlock):
                 at: datetime | None = None, energy: Decimal | None = None,
                 charging: bool | None = None) -> None:
         """Take (and keep) a sample of the transaction now."""
+        from agent.core.cost import CostError, to_decimal
+        from agent.core.tariffs import Sample
+
         assert priced.calc is not None
         reading = snap.reading if snap is not None else None
         if energy is None:
@@ -592,6 +618,9 @@ class LocalCost21(VariableBlock):
     def cost_so_far(self, local_id: str, snap: EvseSnapshot) -> Decimal | None:
         """What the transaction has cost up to ``snap`` (including tax where known), when
         this station prices it; None when its cost is the CSMS's (E16 maxCost)."""
+        from agent.core.cost import CostError, to_decimal
+        from agent.core.tariffs import Sample
+
         self._load()
         priced = self._priced.get(local_id)
         if priced is None or priced.kind == CENTRAL or priced.calc is None or priced.done:
@@ -611,6 +640,8 @@ class LocalCost21(VariableBlock):
         return priced is not None and priced.kind != CENTRAL and priced.calc is not None
 
     def _show(self, priced: Priced, result: CostResult, *, final: bool = False) -> None:
+        from agent.core.cost import CostError
+
         costs = self._costs()
         total = result.total.shown
         if costs is None or (total == priced.shown and not final):
@@ -690,6 +721,8 @@ class LocalCost21(VariableBlock):
             return
         was_watched = priced.calc is not None
         priced.kind, priced.samples = DRIVER, 0
+        from agent.core.tariffs import CostCalculator
+
         priced.segments = [{"from": iso(start), "after": 0, "tariff": raw}]
         priced.calc = CostCalculator(start, tariff, tz=self._tz())
         self._save_priced(priced)
@@ -728,6 +761,8 @@ class LocalCost21(VariableBlock):
                 payload["costDetails"] = failed_details(currency, f"{type(exc).__name__}")
 
     def _final_sample(self, priced: Priced, tx: TxRecord, payload: dict) -> None:
+        from agent.core.cost import CostError, to_decimal
+
         assert priced.calc is not None
         priced.done = True
         stamp = self.clock.resolve(str(payload.get("timestamp") or ""))
@@ -770,6 +805,8 @@ class LocalCost21(VariableBlock):
 
     @handles("ChangeTransactionTariff")
     async def change_transaction_tariff(self, p: dict) -> dict:
+        from agent.core.tariffs import TariffError
+
         self._load()
         local_id = str(p["transactionId"])
         evse = self.station.find_tx(local_id=local_id)

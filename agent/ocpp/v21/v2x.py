@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from agent.clock import parse_iso
 from agent.core.settings import SettingDef
-from agent.core.smart_charging import OperationMode, v2x_at
+from agent.core.smart_charging import OperationMode
 from agent.core.v2x_names import (
     CHARGE_ONLY_MODES,
     DEFAULT_THRESHOLD_MHZ,
@@ -171,6 +171,8 @@ class V2x21(VariableBlock):
             at = parse_iso(p.get("timestamp") or "")
         except (TypeError, ValueError):
             return _rejected("InvalidValue", f"timestamp {p.get('timestamp')!r} is not a date")
+        from agent.core.smart_charging_engine import v2x_at
+
         service = self.station.charging_profiles
         now = self.clock.now()
         curves = []
