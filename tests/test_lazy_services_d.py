@@ -227,3 +227,53 @@ async def test_a_restart_with_a_stored_profile_closes_at_its_limit(kit, short_di
         await eventually(lambda: bool(closes), "the contactor closed")
         assert closes[0] == 10
         assert again.hal.evses[1].ev.current_limit == 10
+
+
+# ====================================================================== jsonschema
+
+
+# A station connected to the bench CSMS (its own process): boot, status, a triggered
+# Heartbeat; then a CALL with a wrong type, which the fast check is not sure of.
+_CONNECTED = """
+import asyncio, json, sys, tempfile
+from pathlib import Path
+from agent.app import Agent
+from agent.config import load_config_text
+from bench._common import CsmsProcess, station_config
+
+async def main(version):
+    csms = CsmsProcess()
+    url = await csms.start()
+    tmp = Path(tempfile.mkdtemp(prefix="cpa-", dir="/tmp"))
+    doc = station_config(url, tmp, "CP1")
+    doc["ocpp"]["versions"] = [version]
+    agent = Agent(load_config_text(json.dumps(doc)), control=False)
+    try:
+        await agent.start()
+        await asyncio.wait_for(agent.adapters[version].accepted.wait(), 30)
+        _, trigger = await csms.call("CP1", "TriggerMessage", {"requestedMessage": "Heartbeat"})
+        before = "jsonschema" in sys.modules
+        reset = {"type": 7}  # a number where the schema wants a string
+        _, answer = await csms.call("CP1", "Reset", reset)  # a CALLERROR: {"errorCode": ...}
+        return [trigger["status"], before, "jsonschema" in sys.modules, answer.get("errorCode")]
+    finally:
+        await agent.stop()
+        await csms.stop()
+
+print(json.dumps(asyncio.run(main(sys.argv[1]))))
+"""
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_connected_station_loads_jsonschema_only_for_a_doubtful_payload(version):
+    """Frames the fast check is sure of (the boot exchange, a status, a triggered Heartbeat)
+    need no jsonschema (agent/link/rpc.py: ~3 MB with referencing, rpds and attrs); a CALL
+    with a wrong type loads it and is answered with jsonschema's verdict, as before."""
+    res = subprocess.run([sys.executable, "-c", _CONNECTED, version], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    status, before, after, refused = json.loads(res.stdout.strip().splitlines()[-1])
+    assert status == "Accepted"
+    assert before is False
+    assert after is True
+    assert refused == "TypeConstraintViolation"  # jsonschema's "type" keyword, as before

@@ -24,16 +24,16 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ocpp
-from jsonschema import Draft4Validator
-from jsonschema.exceptions import ValidationError as SchemaError
-from jsonschema.exceptions import best_match
 from ocpp.exceptions import OCPPError
-from ocpp.messages import get_validator
 
 from agent.link.fastschema import compile_schema
+
+if TYPE_CHECKING:
+    from jsonschema import Draft4Validator
+    from jsonschema.exceptions import ValidationError as SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -230,21 +230,55 @@ def _decimalize(node: Any) -> Any:
     return node
 
 
-@functools.cache
-def _schema(version: str, message_type: int, action: str) -> tuple[Draft4Validator, bool] | None:
-    """The validator for one message and whether it needs Decimal instances.
+def _schema_name(version: str, message_type: int, action: str) -> str:
+    """The file the ``ocpp`` package keeps a message's schema in (what its ``get_validator``
+    reads): 1.6 ``X`` / ``XResponse``, 2.x ``XRequest`` / ``XResponse``, 2.1 SEND ``X``."""
+    if message_type == CALLRESULT:
+        return action + "Response"
+    if message_type == CALL and version != "1.6":
+        return action + "Request"
+    return action
 
-    We rebuild the Decimal flavour ourselves instead of passing parse_float to get_validator:
-    the library caches validators by name only, so whichever flavour was asked for first
-    (possibly by other code in this process) would be returned for both.
+
+@functools.cache
+def _schema(version: str, message_type: int, action: str) -> tuple[dict, bool] | None:
+    """One message's schema, read from the ``ocpp`` package's files, and whether it needs
+    Decimal instances (then its floats are Decimals too).
+
+    The file is read here rather than through ``ocpp.messages.get_validator``: that module
+    imports jsonschema (with referencing, rpds and attrs, ~3 MB of an idle agent, issue 18),
+    which only a payload the fast check is not sure of needs (:func:`_validator`).  The
+    Decimal flavour is ours as well: the library caches validators by name only, so whichever
+    flavour was asked for first (possibly by other code in this process) would be returned
+    for both.
     """
+    folder = _SCHEMA_DIRS.get(version)
+    if folder is None:
+        return None
+    path = os.path.join(os.path.dirname(ocpp.__file__), folder, "schemas",
+                        _schema_name(version, message_type, action) + ".json")
     try:
-        base = get_validator(message_type, action, version)
+        # utf-8-sig: some of the library's schema files start with a byte order mark.
+        with open(path, encoding="utf-8-sig") as f:
+            schema = json.load(f)
     except (OSError, ValueError):
         return None
-    if not _mentions(base.schema, "multipleOf"):
-        return base, False
-    return Draft4Validator(_decimalize(base.schema)), True
+    if not _mentions(schema, "multipleOf"):
+        return schema, False
+    return _decimalize(schema), True
+
+
+@functools.cache
+def _validator(version: str, message_type: int, action: str) -> Draft4Validator:
+    """jsonschema's validator for a schema :func:`_schema` found, made (and jsonschema
+    imported) the first time a payload needs it: a doubtful one, or one whose schema has
+    ``multipleOf``."""
+    from jsonschema import Draft4Validator
+
+    entry = _schema(version, message_type, action)
+    if entry is None:  # callers ask only after _schema found one
+        raise LookupError(f"no {KIND.get(message_type, '')} schema for {action} in {version}")
+    return Draft4Validator(entry[0])
 
 
 @functools.cache
@@ -253,7 +287,7 @@ def _fast_check(version: str, message_type: int, action: str) -> Callable[[Any],
     entry = _schema(version, message_type, action)
     if entry is None or entry[1]:
         return None
-    return compile_schema(entry[0].schema)
+    return compile_schema(entry[0])
 
 
 def _violation(version: str, message_type: int, action: str, payload: dict) -> _Violation | None:
@@ -261,11 +295,14 @@ def _violation(version: str, message_type: int, action: str, payload: dict) -> _
     entry = _schema(version, message_type, action)
     if entry is None:
         raise LookupError(f"no {KIND.get(message_type, '')} schema for {action} in {version}")
-    validator, needs_decimal = entry
+    needs_decimal = entry[1]
     if not needs_decimal:
         fast = _fast_check(version, message_type, action)
         if fast is not None and fast(payload):
             return None  # certainly valid; only a doubtful payload pays for jsonschema
+    from jsonschema.exceptions import best_match
+
+    validator = _validator(version, message_type, action)
     error: SchemaError | None = best_match(
         validator.iter_errors(_decimalize(payload) if needs_decimal else payload)
     )
