@@ -12,10 +12,14 @@ import io
 import sqlite3
 import tarfile
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agent.clock import iso
 from agent.core.diagnostics import LogKind, Window, line_time
 from agent.core.plug_and_charge import PNC_SETTINGS, pnc_settings
 from agent.core.security_events import SecurityEvent
@@ -286,3 +290,14 @@ async def test_only_a_station_in_memory_with_one_version_skips_the_foreign_messa
         assert len(asked) == (0 if len(versions) == 1 else 1)
     finally:
         agent.storage.close()
+
+
+# ====================================================================== OCPP timestamps
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-8))])))
+def test_iso_is_what_strftime_gave(dt: datetime):
+    """``iso`` formats by hand (cheaper per CALL); the text is exactly the strftime one."""
+    u = dt.astimezone(UTC)
+    assert iso(dt) == u.strftime("%Y-%m-%dT%H:%M:%S.") + f"{u.microsecond // 1000:03d}Z"
