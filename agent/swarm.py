@@ -63,13 +63,6 @@ _STOP_BATCH = 200
 # calls the collections of the ramp still scanned up to 250 stations each (1.6 ms of GC per
 # boot, measured with gc.callbacks; 0.25 ms with 1), for ~20 objects per station kept.
 _FREEZE_EVERY = 1
-# The collector's first threshold during the ramp (700 by default). A station's start leaves
-# a few thousand tracked objects, all frozen right after it; with 700 the ramp collected
-# (and rescanned in the older generations) those objects several times per station before
-# the freeze, 0.35 M instructions of 11 M per boot (callgrind, 100 stations). The objects
-# that die young are freed by their reference count either way; only cyclic garbage waits
-# longer (until the next collection or, if a freeze comes first, the end of the run).
-_RAMP_GC_THRESHOLD = 20_000
 # At the end a station is done when nothing is queued, nothing is in flight and the link has
 # been silent this long (the status that follows an unplug goes out right after it).
 _QUIET_S = 0.2
@@ -385,21 +378,16 @@ class Swarm:
         # Creating a state file (schema migrations, fsyncs) takes 7-40 ms depending on how
         # busy the disk is, opening an existing one ~1.5 ms: created in worker threads ahead of
         # the ramp, the event loop serving the running stations only ever opens them.
-        threshold = gc.get_threshold()
-        gc.set_threshold(max(threshold[0], _RAMP_GC_THRESHOLD), *threshold[1:])
-        try:
-            with ThreadPoolExecutor(max_workers=min(16, opts.count),
-                                    thread_name_prefix="swarm-state") as pool:
-                ids = [self._station_id(opts.first + n) for n in range(opts.count)]
-                prepared = [pool.submit(_prepare_state, self._state_path(i))
-                            if not self._memory else _done() for i in ids]
-                try:
-                    await self._start_stations(ids, prepared)
-                finally:
-                    for future in prepared:
-                        future.cancel()
-        finally:
-            gc.set_threshold(*threshold)
+        with ThreadPoolExecutor(max_workers=min(16, opts.count),
+                                thread_name_prefix="swarm-state") as pool:
+            ids = [self._station_id(opts.first + n) for n in range(opts.count)]
+            prepared = [pool.submit(_prepare_state, self._state_path(i))
+                        if not self._memory else _done() for i in ids]
+            try:
+                await self._start_stations(ids, prepared)
+            finally:
+                for future in prepared:
+                    future.cancel()
         # Everything built so far lives as long as the run: keep it out of the collector's
         # full scans, which at thousands of agents would pause every station at once.
         gc.collect()

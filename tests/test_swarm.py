@@ -128,30 +128,6 @@ async def test_ramp_spaces_out_the_connections(csms, short_dir):
     assert summary.sent["StartTransaction"] == 0, "charging ratio 0: nobody charges"
 
 
-async def test_the_ramp_collects_less_often_and_puts_the_threshold_back(csms, monkeypatch):
-    """The collector's first threshold is raised while stations are built and started (their
-    objects are frozen after each start) and is what it was once the ramp is over."""
-    import gc
-
-    from agent import swarm as swarm_mod
-
-    before = gc.get_threshold()
-    during: list[tuple[int, int, int]] = []
-    build = swarm_mod.Swarm._build
-
-    def spy(self, index, station_id):
-        during.append(gc.get_threshold())
-        return build(self, index, station_id)
-
-    monkeypatch.setattr(swarm_mod.Swarm, "_build", spy)
-    options = SwarmOptions(csms=csms.url, count=2, id_prefix="G-", charging_ratio=0.0,
-                           ramp=0, duration=1.0, drain_s=2)
-    summary = await run_swarm(options, io.StringIO())
-    assert summary.booted == 2
-    assert during == [(max(before[0], swarm_mod._RAMP_GC_THRESHOLD), *before[1:])] * 2
-    assert gc.get_threshold() == before
-
-
 async def test_cli_swarm_stops_cleanly_on_ctrl_c(csms, short_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = await asyncio.create_subprocess_exec(
