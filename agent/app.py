@@ -546,6 +546,9 @@ class Agent:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        # Asked before the first write, while a database in memory still answers it without
+        # SQLite (Engine.pristine); nothing below writes a cost.
+        costs_stored = self._costs_stored()
         # Queued now (the adapter in charge is known), sent once the CSMS accepted the boot.
         self.station.security_events.started(self.storage)
         if self._certificates_at_start():
@@ -553,7 +556,7 @@ class Agent:
         imported = self.tls.import_factory_identity()  # security profile 3, factory files
         if imported is not None:
             log.info("%s", imported)
-        if self._costs_stored():  # the totals the display shows after a restart
+        if costs_stored:  # the totals the display shows after a restart
             self.station.cost  # noqa: B018 - built now
         await self.station.start()
         if self.station.iso15118 is not None:  # the SECCs start; their EVs come later

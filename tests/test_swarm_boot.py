@@ -301,3 +301,22 @@ def test_iso_is_what_strftime_gave(dt: datetime):
     """``iso`` formats by hand (cheaper per CALL); the text is exactly the strftime one."""
     u = dt.astimezone(UTC)
     assert iso(dt) == u.strftime("%Y-%m-%dT%H:%M:%S.") + f"{u.microsecond // 1000:03d}Z"
+
+
+async def test_a_swarm_station_starts_without_asking_sqlite_for_costs(short_dir: Path):
+    """The start-up costs check comes before the first write, so a copied database in memory
+    answers it itself; a station whose state file holds costs is covered elsewhere."""
+    swarm = _swarm(None)
+    try:
+        st = swarm._build(1, "CP-00001")
+        conn = st.agent.storage._conn
+        assert conn is not None
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        await st.agent.start()
+        assert statements, "the start-up security event was written"
+        assert not [s for s in statements if "tx_costs" in s]
+        assert not [s for s in statements if "FROM settings" in s]
+        await st.agent.stop()
+    finally:
+        swarm._cleanup_state_dir()
