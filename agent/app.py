@@ -239,6 +239,8 @@ class Agent:
         # One adapter per offered version, built from the registry's entry.
         self.adapters: dict[str, Adapter] = {
             v: Adapter(registry.spec(v), ctx) for v in cfg.ocpp.versions}
+        # State in memory and one adapter: every queued message is that version's.
+        self._one_version_in_memory = cfg.storage.path == MEMORY and len(self.adapters) == 1
         # While offline the core reports to the adapter of the version last negotiated, so
         # that what happens during an outage is queued in the form that CSMS understands.
         last = self.storage.get_setting(LAST_VERSION_SETTING)
@@ -508,6 +510,10 @@ class Agent:
         blocking the queue.  A transaction still running is reported by the new adapter in
         its own terms (2.0.1 sends a Started for a transaction begun under 1.6).
         """
+        if self._one_version_in_memory:
+            # Only this version's adapter ever queued into this database (in memory, so no
+            # earlier run's messages either): nothing can be foreign, no query to compile.
+            return
         version = adapter.version
         allowed = adapter.outbox_actions
         forgotten: set[str] = set()
@@ -540,6 +546,9 @@ class Agent:
     # ------------------------------------------------------------------ life cycle
 
     async def start(self) -> None:
+        # Asked before the first write, while a database in memory still answers it without
+        # SQLite (Engine.pristine); nothing below writes a cost.
+        costs_stored = self._costs_stored()
         # Queued now (the adapter in charge is known), sent once the CSMS accepted the boot.
         self.station.security_events.started(self.storage)
         if self._certificates_at_start():
@@ -547,7 +556,7 @@ class Agent:
         imported = self.tls.import_factory_identity()  # security profile 3, factory files
         if imported is not None:
             log.info("%s", imported)
-        if self._costs_stored():  # the totals the display shows after a restart
+        if costs_stored:  # the totals the display shows after a restart
             self.station.cost  # noqa: B018 - built now
         await self.station.start()
         if self.station.iso15118 is not None:  # the SECCs start; their EVs come later

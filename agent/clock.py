@@ -50,7 +50,10 @@ MAX_BACKWARD_HELD_S = 1.0
 def iso(dt: datetime) -> str:
     """OCPP timestamps: UTC, millisecond precision, 'Z' suffix (accepted by every CSMS)."""
     dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    # Formatted by hand: what strftime("%Y-%m-%dT%H:%M:%S.") gives (glibc's %Y is not
+    # padded either), at half the cost; every CALL of every swarm station stamps one.
+    return (f"{dt.year}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
+            f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z")
 
 
 def parse_iso(text: str) -> datetime:

@@ -12,10 +12,14 @@ import io
 import sqlite3
 import tarfile
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agent.clock import iso
 from agent.core.diagnostics import LogKind, Window, line_time
 from agent.core.plug_and_charge import PNC_SETTINGS, pnc_settings
 from agent.core.security_events import SecurityEvent
@@ -215,3 +219,104 @@ async def test_stations_of_different_shapes_in_one_process_keep_their_own_keys(v
         for swarm, agent in agents:
             agent.storage.close()
             swarm._cleanup_state_dir()
+
+
+# ========================================================== a pristine database in memory
+
+
+def test_a_copied_database_in_memory_is_pristine_until_its_first_write(tmp_path: Path):
+    """Start-up reads of a pristine database are answered without SQLite; any write, whether
+    it commits, rolls back or is unsynced, ends that, and a state file is never pristine."""
+    Storage(MEMORY).close()  # the process's image of the schema exists from here on
+    with Storage(MEMORY) as s:
+        assert s.pristine
+        statements: list[str] = []
+        assert s._conn is not None
+        s._conn.set_trace_callback(statements.append)
+        assert s.get_setting("link.version") is None
+        assert s.profiles_all() == [] and s.tx_costs_any() is False
+        assert statements == []  # nothing compiled, nothing run
+        with pytest.raises(RuntimeError), s.atomic():
+            raise RuntimeError("rolled back")
+        assert not s.pristine  # even a rolled-back write ends it
+    with Storage(MEMORY) as s:
+        s.tx_cost_put("L1", 1, {"cost": 1.5})
+        assert not s.pristine and s.tx_costs_any() is True
+    with Storage(MEMORY) as s:
+        s.profiles_put(7, 1, "TxDefaultProfile", 0, "{}")
+        assert not s.pristine and s.profiles_all() == [(7, "{}")]
+    with Storage(MEMORY) as s:
+        s.set_setting("k", "v")
+        assert s.get_setting("k") == "v"
+    with Storage(MEMORY) as s:
+        s._write_unsynced("INSERT INTO settings (key, value) VALUES ('k', 'v')", (), "test")
+        assert not s.pristine
+    s = Storage(MEMORY)
+    s.close()
+    assert not s.pristine
+    with pytest.raises(StorageError):
+        s.profiles_all()  # a closed database still says so
+    with Storage(tmp_path / "new.sqlite3") as f:
+        assert not f.pristine
+
+
+def test_a_database_in_memory_starts_at_the_current_schema_version():
+    """The copy skips the migrations; it is still exactly what they give."""
+    from agent.storage import MIGRATIONS
+
+    Storage(MEMORY).close()
+    with Storage(MEMORY) as s:
+        assert s._conn is not None
+        assert s._conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        s.outbox_put("Heartbeat", {})
+        assert [i.action for i in s.outbox_peek(5)] == ["Heartbeat"]
+
+
+@pytest.mark.parametrize("versions", [("1.6",), ("1.6", "2.0.1")])
+async def test_only_a_station_in_memory_with_one_version_skips_the_foreign_message_query(
+        versions, short_dir: Path, monkeypatch):
+    from agent.app import Agent
+    from tests.conftest import agent_config
+
+    cfg = agent_config("ws://127.0.0.1:9/", short_dir, versions=versions)
+    cfg = replace(cfg, storage=replace(cfg.storage, path=MEMORY))
+    agent = Agent(cfg, control=False, state_dir=short_dir)
+    asked: list[frozenset] = []
+    real = agent.storage.outbox_foreign
+    monkeypatch.setattr(agent.storage, "outbox_foreign",
+                        lambda allowed: asked.append(frozenset(allowed)) or real(allowed))
+    try:
+        agent._on_version(agent.adapters["1.6"])
+        assert len(asked) == (0 if len(versions) == 1 else 1)
+    finally:
+        agent.storage.close()
+
+
+# ====================================================================== OCPP timestamps
+
+
+@given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-8))])))
+def test_iso_is_what_strftime_gave(dt: datetime):
+    """``iso`` formats by hand (cheaper per CALL); the text is exactly the strftime one."""
+    u = dt.astimezone(UTC)
+    assert iso(dt) == u.strftime("%Y-%m-%dT%H:%M:%S.") + f"{u.microsecond // 1000:03d}Z"
+
+
+async def test_a_swarm_station_starts_without_asking_sqlite_for_costs(short_dir: Path):
+    """The start-up costs check comes before the first write, so a copied database in memory
+    answers it itself; a station whose state file holds costs is covered elsewhere."""
+    swarm = _swarm(None)
+    try:
+        st = swarm._build(1, "CP-00001")
+        conn = st.agent.storage._conn
+        assert conn is not None
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        await st.agent.start()
+        assert statements, "the start-up security event was written"
+        assert not [s for s in statements if "tx_costs" in s]
+        assert not [s for s in statements if "FROM settings" in s]
+        await st.agent.stop()
+    finally:
+        swarm._cleanup_state_dir()

@@ -16,6 +16,8 @@ class ChargingProfileRepository(Repository):
 
     def profiles_all(self) -> list[tuple[int, str]]:
         """(id, JSON) of every installed profile, oldest installation first."""
+        if self.pristine:  # a database in memory nothing has written to: none installed
+            return []
         rows = self._read("SELECT id, data FROM charging_profiles ORDER BY seq", (),
                           "reading charging profiles")
         return [(int(r[0]), r[1]) for r in rows]

@@ -74,6 +74,8 @@ class DisplayRepository(Repository):
     def tx_costs_any(self) -> bool:
         """Whether any transaction cost is stored: the one-row question start-up asks before
         it builds the costs (a station whose CSMS never sent one has none)."""
+        if self.pristine:  # a database in memory nothing has written to
+            return False
         return bool(self._read("SELECT 1 FROM tx_costs LIMIT 1", (), "reading costs"))
 
     def tx_cost_put(self, local_id: str, evse_id: int, data: dict[str, Any]) -> None:

@@ -158,6 +158,9 @@ class Repository:
 
     if TYPE_CHECKING:
 
+        @property
+        def pristine(self) -> bool: ...
+
         def _require(self) -> sqlite3.Connection: ...
 
         def _translate(self, doing: str) -> AbstractContextManager[None]: ...
@@ -197,6 +200,9 @@ class Engine:
         self._rollbacks = 0
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
+        # A database in memory starts as the process's copy of the empty migrated schema:
+        # until its first write every table is known to be empty (see ``pristine``).
+        self._pristine = False
         # Told when the disk is full (the station's MemoryExhaustion security event); set by
         # the composition root. Must not write to this database.
         self.on_full: Callable[[str], None] | None = None
@@ -208,10 +214,13 @@ class Engine:
             if self._memory:
                 # Nothing to check in a copy made a moment ago (and the check would keep
                 # ~150 KiB of SQLite's memory per connection resident).
-                self._load_memory_image()
+                # The copy is this class's own migrated schema: nothing to check or
+                # migrate (the three schema queries were where SQLite parsed the schema,
+                # which the first real statement now does instead).
+                self._pristine = self._load_memory_image()
             else:
                 self._check_integrity()
-            self._migrate()
+                self._migrate()
             if created:
                 self._sync_directory()
         except BaseException:
@@ -321,11 +330,13 @@ class Engine:
             raise
         return conn
 
-    def _load_memory_image(self) -> None:
+    def _load_memory_image(self) -> bool:
         """Start a database in memory from the process's copy of the migrated schema.
 
-        The copy is what running the migrations on an empty database gives, so what follows
-        (integrity check, migrations: none left) behaves as for a freshly created file.
+        The copy is what running the migrations on an empty database gives, so the database
+        is what a freshly created and migrated file would be. True when it was copied (it is
+        empty and up to date), False for the first database of the class in this process,
+        which ran the migrations itself.
         """
         cls = type(self)
         conn = self._require()
@@ -335,8 +346,19 @@ class Engine:
                 conn.execute(f"PRAGMA page_size = {MEMORY_PAGE_SIZE}")
                 self._migrate()
                 _MEMORY_IMAGES[cls] = conn.serialize()
-            else:
-                conn.deserialize(image)
+                return False
+            conn.deserialize(image)
+            return True
+
+    @property
+    def pristine(self) -> bool:
+        """True while this is a database in memory copied from the empty migrated schema that
+        nothing has written to yet: every table is empty, so a start-up read of one (stored
+        settings, profiles, costs) can be answered without compiling its statement. A state
+        file is never pristine, even a new one: only the copy's contents are known for sure.
+        Any write transaction, or a single unsynced write, ends it, whether it commits or not.
+        """
+        return self._pristine and self._conn is not None  # a closed one says so on a read
 
     def _check_integrity(self) -> None:
         """Catch a damaged file at start-up, not halfway through a charging session."""
@@ -532,6 +554,7 @@ class Engine:
         write method runs through here, which is what makes them join an enclosing block.
         """
         conn = self._require()
+        self._pristine = False
         if self._depth == 0:
             # try/except rather than ``_translate`` on the paths every write takes: a
             # generator context manager per statement was ~5 % of an outbox replay's CPU.
@@ -606,6 +629,7 @@ class Engine:
         ``durable=True`` commits it with fsync like any other write.
         """
         conn = self._require()
+        self._pristine = False
         try:
             if self._depth or durable or self._memory:  # a database in memory never syncs
                 return conn.execute(sql, params)

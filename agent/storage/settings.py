@@ -35,7 +35,10 @@ class SettingsRepository(Repository):
     def _settings_table(self) -> dict[str, str]:
         copy = self._settings_copy
         if copy is None or self._settings_copy_at != self._rollbacks:
-            rows = self._read("SELECT key, value FROM settings", (), "reading settings")
+            # A pristine database in memory (a swarm station's) has no settings yet: no
+            # statement to compile for an empty table.
+            rows = [] if self.pristine else self._read("SELECT key, value FROM settings", (),
+                                                       "reading settings")
             copy = {row[0]: row[1] for row in rows}
             self._settings_copy = copy
             self._settings_copy_at = self._rollbacks
