@@ -475,6 +475,27 @@ async def test_16_one_decimal_limits_are_valid_despite_binary_floats(poison_libr
     assert answer[:3] == [4, "d2", "PropertyConstraintViolation"]
 
 
+
+@pytest.mark.parametrize(("limit", "expected"), [
+    (1e30, "Accepted"),  # a multiple of 0.1 that 28 Decimal digits cannot show
+    (1.7976931348623157e308, "Accepted"),  # the largest float
+    (10 ** 4000, "Accepted"),  # an integer near the JSON decoder's 4,300-digit limit
+    (1e-300, "PropertyConstraintViolation"),
+], ids=["1e30", "largest-float", "10**4000", "1e-300"])
+async def test_16_a_huge_multiple_of_a_tenth_is_answered(limit, expected):
+    """multipleOf on Decimals is a remainder, which the default 28-digit context raised
+    DivisionImpossible on for 1e30: the CALL went unanswered (hostile-frames campaign)."""
+    async def handler(payload: dict) -> dict:
+        return {"status": "Accepted"}
+
+    session, wire = make("1.6", {"SetChargingProfile": handler})
+    answer = await answer_of(session, wire, call_frame("h1", "SetChargingProfile",
+                                                       _with_limit(limit)))
+    if expected == "Accepted":
+        assert answer == [3, "h1", {"status": "Accepted"}]
+    else:
+        assert answer[:3] == [4, "h1", expected]
+
 async def test_16_composite_schedule_response_with_one_decimal_is_sent():
     async def composite(payload: dict) -> dict:
         return {

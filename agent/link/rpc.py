@@ -16,6 +16,7 @@ Spec references used below (OCPP-J texts in shared/spec):
 from __future__ import annotations
 
 import asyncio
+import decimal
 import functools
 import json
 import logging
@@ -268,6 +269,13 @@ def _schema(version: str, message_type: int, action: str) -> tuple[dict, bool] |
     return _decimalize(schema), True
 
 
+# multipleOf on Decimals is ``instance % step``, which the default context (28 digits) cannot
+# do for a large instance (1e30 % 0.1 raises DivisionImpossible, and the CALL went unanswered:
+# the hostile-frames campaign found it). Every float has at most ~330 significant places
+# above 0.1 steps, and the JSON decoder refuses integers of more than 4,300 digits.
+_EXACT = decimal.Context(prec=4400)
+
+
 @functools.cache
 def _validator(version: str, message_type: int, action: str) -> Draft4Validator:
     """jsonschema's validator for a schema :func:`_schema` found, made (and jsonschema
@@ -303,9 +311,16 @@ def _violation(version: str, message_type: int, action: str, payload: dict) -> _
     from jsonschema.exceptions import best_match
 
     validator = _validator(version, message_type, action)
-    error: SchemaError | None = best_match(
-        validator.iter_errors(_decimalize(payload) if needs_decimal else payload)
-    )
+    if needs_decimal:
+        try:
+            with decimal.localcontext(_EXACT):
+                error: SchemaError | None = best_match(
+                    validator.iter_errors(_decimalize(payload)))
+        except decimal.InvalidOperation:  # beyond even _EXACT: cannot be shown a multiple
+            return _Violation("PropertyConstraintViolation",
+                              f"{action}: a number too large to check against its schema")
+    else:
+        error = best_match(validator.iter_errors(payload))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path)
