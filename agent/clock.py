@@ -50,9 +50,11 @@ MAX_BACKWARD_HELD_S = 1.0
 def iso(dt: datetime) -> str:
     """OCPP timestamps: UTC, millisecond precision, 'Z' suffix (accepted by every CSMS)."""
     dt = dt.astimezone(UTC)
-    # Formatted by hand: what strftime("%Y-%m-%dT%H:%M:%S.") gives (glibc's %Y is not
-    # padded either), at half the cost; every CALL of every swarm station stamps one.
-    return (f"{dt.year}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
+    # Formatted by hand, at half strftime's cost (every CALL of every swarm station stamps
+    # one). The year has four digits as RFC 3339 wants: glibc's %Y wrote year 127 as "127",
+    # which parse_iso (and a CSMS) cannot read back (the hostile-frames campaign found it in
+    # a stored firmware retrieveDate).
+    return (f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:"
             f"{dt.second:02d}.{dt.microsecond // 1000:03d}Z")
 
 

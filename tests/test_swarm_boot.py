@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.clock import iso
+from agent.clock import iso, parse_iso
 from agent.core.diagnostics import LogKind, Window, line_time
 from agent.core.plug_and_charge import PNC_SETTINGS, pnc_settings
 from agent.core.security_events import SecurityEvent
@@ -298,9 +298,18 @@ async def test_only_a_station_in_memory_with_one_version_skips_the_foreign_messa
 @given(st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
                                                timezone(timedelta(hours=-8))])))
 def test_iso_is_what_strftime_gave(dt: datetime):
-    """``iso`` formats by hand (cheaper per CALL); the text is exactly the strftime one."""
+    """``iso`` formats by hand (cheaper per CALL); the text is the strftime one with the
+    year in four digits (glibc does not pad %Y), and parse_iso reads it back."""
     u = dt.astimezone(UTC)
-    assert iso(dt) == u.strftime("%Y-%m-%dT%H:%M:%S.") + f"{u.microsecond // 1000:03d}Z"
+    want = f"{u.year:04d}" + u.strftime("-%m-%dT%H:%M:%S.") + f"{u.microsecond // 1000:03d}Z"
+    assert iso(dt) == want
+    assert parse_iso(want) == u.replace(microsecond=u.microsecond // 1000 * 1000)
+
+
+def test_a_year_below_1000_is_written_in_four_digits_and_read_back():
+    dt = datetime(127, 9, 18, 6, 47, 1, tzinfo=UTC)
+    assert iso(dt) == "0127-09-18T06:47:01.000Z"
+    assert parse_iso(iso(dt)) == dt
 
 
 async def test_a_swarm_station_starts_without_asking_sqlite_for_costs(short_dir: Path):
