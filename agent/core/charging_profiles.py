@@ -308,9 +308,9 @@ class ChargingProfiles:
         tx = evse.tx
         return engine().composite(profiles, evse_id=evse_id, window_start=start,
                                   window_s=duration_s, tx_start=self.tx_start(evse),
-                         evse_max_a=evse.max_current_a, phases=evse.phases, unit=unit,
-                         transaction_id=tx.remote_id if tx is not None else None,
-                         priority=self.priority_active(evse_id))
+                                  evse_max_a=evse.max_current_a, phases=evse.phases, unit=unit,
+                                  transaction_id=tx.remote_id if tx is not None else None,
+                                  priority=self.priority_active(evse_id))
 
     # ------------------------------------------------------------------ commands
 

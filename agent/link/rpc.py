@@ -184,8 +184,13 @@ class _Pending:
 # Schemas
 
 
+def _schema_folder(version: str) -> str:
+    """Where the ``ocpp`` package keeps the version's JSON schemas."""
+    return os.path.join(os.path.dirname(ocpp.__file__), _SCHEMA_DIRS[version], "schemas")
+
+
 def _schema_stems(version: str) -> list[str]:
-    folder = os.path.join(os.path.dirname(ocpp.__file__), _SCHEMA_DIRS[version], "schemas")
+    folder = _schema_folder(version)
     return [stem for stem, ext in map(os.path.splitext, os.listdir(folder)) if ext == ".json"]
 
 
@@ -253,10 +258,9 @@ def _schema(version: str, message_type: int, action: str) -> tuple[dict, bool] |
     flavour was asked for first (possibly by other code in this process) would be returned
     for both.
     """
-    folder = _SCHEMA_DIRS.get(version)
-    if folder is None:
+    if version not in _SCHEMA_DIRS:
         return None
-    path = os.path.join(os.path.dirname(ocpp.__file__), folder, "schemas",
+    path = os.path.join(_schema_folder(version),
                         _schema_name(version, message_type, action) + ".json")
     try:
         # utf-8-sig: some of the library's schema files start with a byte order mark.
